@@ -1,0 +1,4 @@
+# Sourced by the scripts: one build cache outside the checkout, shared by
+# tests, the dev cluster and benches (rocksdb is built once).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tessera/target}"
+export TESSERA_BIN="$CARGO_TARGET_DIR/debug"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs the whole test suite (unit + integration against real processes,
+# etcdctl and real etcd side by side). Installs prerequisites first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/prereqs.sh
+. scripts/env.sh
+cargo build --workspace --bins
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi

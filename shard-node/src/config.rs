@@ -1,0 +1,273 @@
+//! Configuration of a shard-node, with etcd's flag names so etcd runbooks
+//! carry over. Clap holds the defaults; a YAML `--config-file` (etcd's keys)
+//! replaces the flags as in etcd.
+
+use clap::Parser;
+use serde::Deserialize;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Deserialize, Debug, Clone)]
+#[command(name = "shard-node", version, about = "A Tessera shard node: one member of an etcd-compatible raft group")]
+#[serde(default, rename_all = "kebab-case")]
+pub struct Config {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Path to the data directory (default: <name>.tessera).
+    #[arg(long, default_value = "")]
+    pub data_dir: String,
+    /// URLs to listen on for client traffic (comma-separated).
+    #[arg(long, default_value = "http://localhost:2379")]
+    pub listen_client_urls: String,
+    /// Client URLs advertised to the rest of the cluster.
+    #[arg(long, default_value = "http://localhost:2379")]
+    pub advertise_client_urls: String,
+    /// URLs to listen on for peer traffic.
+    #[arg(long, default_value = "http://localhost:2380")]
+    pub listen_peer_urls: String,
+    /// This member's peer URLs to advertise to the rest of the cluster.
+    #[arg(long, default_value = "http://localhost:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration for bootstrapping: name=peerURL,...
+    #[arg(long, default_value = "default=http://localhost:2380")]
+    pub initial_cluster: String,
+    /// 'new' to bootstrap a cluster, 'existing' to join one.
+    #[arg(long, default_value = "new")]
+    pub initial_cluster_state: String,
+    /// Initial cluster token, part of the member and cluster ids.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Time (ms) of a heartbeat interval.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Time (ms) for an election to timeout.
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Applied entries kept in the raft log before it is compacted.
+    #[arg(long, default_value_t = 100_000)]
+    pub snapshot_count: u64,
+    /// Entries kept after a compaction so slow followers catch up without a snapshot.
+    #[arg(long, default_value_t = 5000)]
+    pub experimental_snapshot_catchup_entries: u64,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, default_value_t = 1572864)]
+    pub max_request_bytes: usize,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Raise an alarm when the backend size exceeds this (0 = 2 GiB default).
+    #[arg(long, default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+    /// Duration of periodic watch progress notifications (e.g. 10m, 5s).
+    #[arg(long, default_value = "10m")]
+    pub experimental_watch_progress_notify_interval: String,
+    /// Additional URLs to serve /metrics and /health on.
+    #[arg(long, default_value = "")]
+    pub listen_metrics_urls: String,
+    /// Revision clock: 'hlc' (the federation's rule: revisions follow a
+    /// hybrid logical clock) or 'counter' (etcd's +1 revisions).
+    #[arg(long, default_value = "hlc")]
+    pub revision_clock: String,
+    /// Recent watch events kept in memory for fast fan-out.
+    #[arg(long, default_value_t = 65536)]
+    pub watch_event_cache: usize,
+    /// Path to a YAML configuration file (etcd's keys); flags are then ignored.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
+    /// Log level (error, warn, info, debug).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse_from(["shard-node"])
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// One member of --initial-cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialMember {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+impl Config {
+    /// Flags, or the config file they name.
+    pub fn load() -> Result<Self, ConfigError> {
+        let flags = Config::parse();
+        match &flags.config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+                serde_yaml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+            }
+            None => Ok(flags),
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        if self.data_dir.is_empty() {
+            PathBuf::from(format!("{}.tessera", self.name))
+        } else {
+            PathBuf::from(&self.data_dir)
+        }
+    }
+
+    pub fn initial_members(&self) -> Result<Vec<InitialMember>, ConfigError> {
+        let mut members: Vec<InitialMember> = vec![];
+        for part in self.initial_cluster.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, url) =
+                part.split_once('=').ok_or_else(|| ConfigError(format!("--initial-cluster entry {part:?} is not name=url")))?;
+            socket_addr(url)?;
+            match members.iter_mut().find(|m| m.name == name) {
+                Some(m) => m.peer_urls.push(url.to_string()),
+                None => members.push(InitialMember { name: name.to_string(), peer_urls: vec![url.to_string()] }),
+            }
+        }
+        Ok(members)
+    }
+
+    pub fn advertise_peer_urls(&self) -> Vec<String> {
+        split_urls(&self.initial_advertise_peer_urls)
+    }
+
+    pub fn advertise_client_urls(&self) -> Vec<String> {
+        split_urls(&self.advertise_client_urls)
+    }
+
+    pub fn hlc_revisions(&self) -> bool {
+        self.revision_clock == "hlc"
+    }
+
+    pub fn progress_notify_interval(&self) -> Result<Duration, ConfigError> {
+        parse_duration(&self.experimental_watch_progress_notify_interval)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.name.is_empty() {
+            return Err(ConfigError("--name must not be empty".into()));
+        }
+        if self.heartbeat_interval == 0 || self.election_timeout < 5 * self.heartbeat_interval {
+            return Err(ConfigError(format!(
+                "--election-timeout[{}ms] should be at least as 5 times as --heartbeat-interval[{}ms]",
+                self.election_timeout, self.heartbeat_interval
+            )));
+        }
+        if !matches!(self.initial_cluster_state.as_str(), "new" | "existing") {
+            return Err(ConfigError(format!(
+                "--initial-cluster-state must be 'new' or 'existing', got {:?}",
+                self.initial_cluster_state
+            )));
+        }
+        if !matches!(self.revision_clock.as_str(), "hlc" | "counter") {
+            return Err(ConfigError("--revision-clock must be 'hlc' or 'counter'".into()));
+        }
+        if self.max_request_bytes == 0 || self.max_txn_ops == 0 {
+            return Err(ConfigError("--max-request-bytes and --max-txn-ops must be positive".into()));
+        }
+        for u in split_urls(&self.listen_client_urls).iter().chain(&split_urls(&self.listen_peer_urls)) {
+            socket_addr(u)?;
+        }
+        let members = self.initial_members()?;
+        let me = members.iter().find(|m| m.name == self.name).ok_or_else(|| {
+            ConfigError(format!("--initial-cluster has no entry for this member's --name {:?}", self.name))
+        })?;
+        let mut mine = me.peer_urls.clone();
+        let mut adv = self.advertise_peer_urls();
+        mine.sort();
+        adv.sort();
+        if mine != adv {
+            return Err(ConfigError(format!(
+                "--initial-cluster has {}={} but --initial-advertise-peer-urls is {}",
+                self.name,
+                mine.join(","),
+                adv.join(",")
+            )));
+        }
+        self.progress_notify_interval()?;
+        Ok(())
+    }
+}
+
+pub fn split_urls(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
+}
+
+/// `http://host:port` → a socket address to bind or dial.
+pub fn socket_addr(url: &str) -> Result<SocketAddr, ConfigError> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| ConfigError(format!("URL {url:?} must start with http:// (TLS is not supported yet)")))?;
+    let hostport = rest.trim_end_matches('/');
+    hostport
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.find(|a| a.is_ipv4()).or_else(|| hostport.to_socket_addrs().ok()?.next()))
+        .ok_or_else(|| ConfigError(format!("cannot resolve {url:?}")))
+}
+
+/// "10m", "5s", "250ms", "1h".
+pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
+    let bad = || ConfigError(format!("invalid duration {s:?}"));
+    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(bad()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three() -> Config {
+        Config::parse_from([
+            "shard-node",
+            "--name",
+            "n1",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:12380",
+            "--initial-cluster",
+            "n1=http://127.0.0.1:12380,n2=http://127.0.0.1:22380,n3=http://127.0.0.1:32380",
+        ])
+    }
+
+    #[test]
+    fn etcd_flags_parse_and_validate() {
+        let c = three();
+        c.validate().unwrap();
+        assert_eq!(c.initial_members().unwrap().len(), 3);
+        assert_eq!(c.data_dir(), PathBuf::from("n1.tessera"));
+    }
+
+    #[test]
+    fn rejects_what_etcd_rejects() {
+        let mut c = three();
+        c.name = "n9".into();
+        assert!(c.validate().unwrap_err().0.contains("no entry"));
+        let mut c = three();
+        c.election_timeout = 200;
+        assert!(c.validate().is_err());
+        let mut c = three();
+        c.initial_cluster_state = "old".into();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("ten").is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! The handle the gRPC layer holds for one group: proposals, linearizable
+//! reads, status. The raft state machine itself runs on the group's driver
+//! thread (`raft::driver`); this handle only talks to it through its mailbox.
+
+use crate::apply::{ApplyOutput, StateMachine};
+use crate::error::{Error, Result};
+use crate::hlc::Hlc;
+use crate::metrics;
+use parking_lot::{Mutex, RwLock};
+use prost::Message as _;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_proto::etcdserverpb::ResponseHeader;
+use tessera_proto::tessera::command::{command::Op, Command};
+use tokio::sync::oneshot;
+
+/// What the driver thread is asked to do.
+pub enum Msg {
+    Propose { seq: u64, data: Vec<u8> },
+    Raft(Box<raft::prelude::Message>),
+    /// Linearizable reads are waiting in `Group::reads`.
+    ReadIndex,
+    Unreachable(u64),
+    SnapshotStatus { to: u64, ok: bool },
+    TransferLeader(u64),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RaftStatus {
+    pub leader: u64,
+    pub term: u64,
+    pub is_leader: bool,
+    pub is_learner: bool,
+    pub commit: u64,
+    pub applied: u64,
+    pub last_index: u64,
+}
+
+pub struct GroupSettings {
+    pub request_timeout: Duration,
+    pub max_request_bytes: usize,
+}
+
+pub struct Group {
+    pub id: u64,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub sm: Arc<StateMachine>,
+    pub hlc: Hlc,
+    pub settings: GroupSettings,
+    mailbox: SyncSender<Msg>,
+    waiters: Mutex<HashMap<u64, oneshot::Sender<ApplyOutput>>>,
+    seq: AtomicU64,
+    /// Linearizable reads not yet handed to raft (the driver batches them
+    /// into one ReadIndex round).
+    pub(crate) reads: Mutex<Vec<oneshot::Sender<Result<()>>>>,
+    pub(crate) status: RwLock<RaftStatus>,
+}
+
+impl Group {
+    pub fn new(
+        id: u64,
+        member_id: u64,
+        cluster_id: u64,
+        sm: Arc<StateMachine>,
+        hlc: Hlc,
+        settings: GroupSettings,
+        mailbox: SyncSender<Msg>,
+    ) -> Self {
+        Self {
+            id,
+            member_id,
+            cluster_id,
+            sm,
+            hlc,
+            settings,
+            mailbox,
+            waiters: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(1),
+            reads: Mutex::new(vec![]),
+            status: RwLock::new(RaftStatus::default()),
+        }
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        self.status.read().clone()
+    }
+
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.status.read().term,
+        }
+    }
+
+    pub fn send(&self, msg: Msg) -> Result<()> {
+        self.mailbox.try_send(msg).map_err(|e| match e {
+            TrySendError::Full(_) => Error::TooManyRequests,
+            TrySendError::Disconnected(_) => Error::Stopped,
+        })
+    }
+
+    /// Proposes `op` through raft and waits for this member to apply it.
+    pub async fn propose(&self, op: Op) -> Result<ApplyOutput> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let cmd = Command { member_id: self.member_id, seq, revision_hint: self.hlc.now(), epoch: 0, op: Some(op) };
+        let data = cmd.encode_to_vec();
+        // As etcd: the limit applies to the request as it goes into the log.
+        if data.len() > self.settings.max_request_bytes {
+            return Err(Error::RequestTooLarge);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().insert(seq, tx);
+        if let Err(e) = self.send(Msg::Propose { seq, data }) {
+            self.waiters.lock().remove(&seq);
+            return Err(e);
+        }
+        metrics::PROPOSALS_PENDING.inc();
+        let out = tokio::time::timeout(self.settings.request_timeout, rx).await;
+        metrics::PROPOSALS_PENDING.dec();
+        match out {
+            Ok(Ok(out)) => {
+                self.hlc.observe(out.rev);
+                Ok(out)
+            }
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => {
+                self.waiters.lock().remove(&seq);
+                metrics::PROPOSALS_FAILED.inc();
+                Err(Error::Timeout)
+            }
+        }
+    }
+
+    /// Called by the driver when an entry this member proposed is applied.
+    pub(crate) fn resolve(&self, seq: u64, out: ApplyOutput) {
+        if let Some(tx) = self.waiters.lock().remove(&seq) {
+            let _ = tx.send(out);
+        }
+    }
+
+    pub(crate) fn fail(&self, seq: u64, e: Error) {
+        if let Some(tx) = self.waiters.lock().remove(&seq) {
+            let rev = self.sm.store.current_revision();
+            let _ = tx.send(ApplyOutput { result: Err(e), rev });
+        }
+    }
+
+    /// Waits until this member has applied everything committed before the
+    /// call (raft ReadIndex, no log write), so a local read is linearizable.
+    pub async fn read_index(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.reads.lock().push(tx);
+        // The driver may be busy; one wake-up covers every queued read.
+        let _ = self.mailbox.try_send(Msg::ReadIndex);
+        match tokio::time::timeout(self.settings.request_timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! A Tessera shard node: members of raft groups, each group a complete,
+//! durable etcd store (MVCC, txn, leases, watch) behind etcd's v3 API.
+//!
+//! Layers, bottom up: `engine` (storage trait, rocksdb) → `mvcc`, `lease`,
+//! `watch` (the etcd store) → `apply` (the state machine) → `raft` (log,
+//! driver, transport) → `group` (the handle) → `server` (etcd's gRPC API) →
+//! `node` (assembly, start/stop).
+
+pub mod apply;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod group;
+pub mod hlc;
+pub mod lease;
+pub mod members;
+pub mod membership;
+pub mod metrics;
+pub mod mvcc;
+pub mod node;
+pub mod raft;
+pub mod server;
+pub mod watch;
+
+pub use config::Config;
+pub use node::{run, start, Running};

@@ -1,0 +1,15 @@
+use shard_node::Config;
+
+fn main() -> anyhow::Result<()> {
+    let config = Config::load()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},raft=warn", config.log_level))),
+        )
+        .init();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(shard_node::run(config, async {
+        let _ = tokio::signal::ctrl_c().await;
+    }))
+}

@@ -1,0 +1,14 @@
+//! Multi-version store of one group (etcd's mvcc): the in-memory key index
+//! points at revisions; values live in the engine under their revision.
+
+mod key_index;
+mod range;
+mod revision;
+mod store;
+mod txn;
+
+pub use key_index::{Entry, KeyIndex};
+pub use range::{key_in_range, RangeBounds};
+pub use revision::{next_revision, Rev};
+pub use store::{MvccStore, State};
+pub use txn::{LeaseMove, TxnOutcome, WriteTxn};

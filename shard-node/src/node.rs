@@ -1,0 +1,245 @@
+//! Starting and stopping one shard-node member: open the engine, bootstrap
+//! or resume the group, run its driver thread, serve the client and peer
+//! ports, and shut all of it down cleanly.
+
+use crate::apply::StateMachine;
+use crate::config::{socket_addr, split_urls, Config};
+use crate::engine::keys::{decode_u64, GroupKeys};
+use crate::engine::{Engine, RocksEngine, WriteBatch};
+use crate::group::{Group, GroupSettings, Msg};
+use crate::hlc::Hlc;
+use crate::members::{fnv1a, member_id};
+use crate::raft::driver::{Driver, DriverSettings};
+use crate::raft::storage::RaftStorage;
+use crate::raft::transport::{Mailboxes, Transport};
+use crate::server::{peer::PeerService, ClientApi};
+use anyhow::{bail, Context};
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_proto::tessera::command::{command::Op, MemberAttributes, MemberContext};
+use tessera_proto::tessera::transport::peer_server::PeerServer;
+use tokio::net::TcpListener;
+
+/// The group a standalone (etcd-style) member serves.
+pub const STANDALONE_GROUP: u64 = 0;
+
+/// A running member: its addresses and group, and how to stop it.
+pub struct Running {
+    pub client_addrs: Vec<SocketAddr>,
+    pub peer_addr: SocketAddr,
+    pub group: Arc<Group>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    driver: Option<std::thread::JoinHandle<()>>,
+    mailboxes: Mailboxes,
+}
+
+impl Running {
+    /// Stops serving, then stops the driver and waits for all of it.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        self.mailboxes.write().clear();
+        let driver = self.driver.take();
+        drop(self);
+        if let Some(d) = driver {
+            let _ = tokio::task::spawn_blocking(move || d.join()).await;
+        }
+    }
+}
+
+/// Runs a member until `shutdown` completes (the binary passes Ctrl-C;
+/// tests boot the same code in-process).
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+fn meta_u64(engine: &dyn Engine, keys: &GroupKeys, name: &str) -> anyhow::Result<Option<u64>> {
+    Ok(engine.get(&keys.meta(name))?.map(|v| decode_u64(&v)))
+}
+
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    config.validate()?;
+    let dir = config.data_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+    let engine: Arc<dyn Engine> = Arc::new(RocksEngine::open(&dir.join("db"))?);
+    let keys = GroupKeys::new(STANDALONE_GROUP);
+
+    let initial = config.initial_members()?;
+    let token = &config.initial_cluster_token;
+    let ids: Vec<(u64, &crate::config::InitialMember)> =
+        initial.iter().map(|m| (member_id(&m.peer_urls, token), m)).collect();
+    let my_id_flags = member_id(&config.advertise_peer_urls(), token);
+
+    let sm = Arc::new(StateMachine::open(engine.clone(), keys, config.watch_event_cache)?);
+    let storage = RaftStorage::open(engine.clone(), keys, sm.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    // Identity is fixed at bootstrap; a restart resumes it whatever the flags say.
+    let (member_id, cluster_id) = match (meta_u64(&*engine, &keys, "member_id")?, meta_u64(&*engine, &keys, "cluster_id")?) {
+        (Some(m), Some(c)) => (m, c),
+        _ => {
+            if config.initial_cluster_state == "existing" {
+                bail!("joining an existing cluster (--initial-cluster-state existing) is not supported yet");
+            }
+            let mut sorted: Vec<u64> = ids.iter().map(|(id, _)| *id).collect();
+            sorted.sort();
+            let cluster_id = fnv1a(format!("{sorted:?}{token}").as_bytes());
+            let mut batch = WriteBatch::default();
+            let mut cs = raft::prelude::ConfState::default();
+            cs.set_voters(sorted.clone());
+            storage.set_conf_state(&cs, &mut batch);
+            for (id, m) in &ids {
+                let client_urls = if *id == my_id_flags { config.advertise_client_urls() } else { vec![] };
+                sm.upsert_member(
+                    MemberContext { id: *id, name: m.name.clone(), peer_urls: m.peer_urls.clone(), client_urls, is_learner: false },
+                    &mut batch,
+                );
+            }
+            batch.put(keys.meta("member_id"), my_id_flags.to_be_bytes().to_vec());
+            batch.put(keys.meta("cluster_id"), cluster_id.to_be_bytes().to_vec());
+            engine.write(batch, true)?;
+            tracing::info!(member = format!("{my_id_flags:x}"), cluster = format!("{cluster_id:x}"), "bootstrapped new cluster");
+            (my_id_flags, cluster_id)
+        }
+    };
+
+    // Applies are written before the hard state carrying the commit index
+    // that covers them; after a crash in between, applied can be ahead of
+    // the persisted commit. Only committed entries are ever applied, so the
+    // commit index can safely be raised to it.
+    if storage.hard_state().get_commit() < sm.applied_index() {
+        let mut batch = WriteBatch::default();
+        storage.set_commit(sm.applied_index(), &mut batch);
+        engine.write(batch, true)?;
+    }
+
+    let tick = Duration::from_millis(config.heartbeat_interval);
+    let election_ticks = (config.election_timeout / config.heartbeat_interval) as usize;
+    let raft_cfg = raft::Config {
+        id: member_id,
+        election_tick: election_ticks,
+        heartbeat_tick: 1,
+        applied: sm.applied_index(),
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        read_only_option: raft::ReadOnlyOption::Safe,
+        ..Default::default()
+    };
+    raft_cfg.validate().map_err(|e| anyhow::anyhow!("raft config: {e}"))?;
+    let logger = crate::raft::logger::logger(STANDALONE_GROUP, member_id);
+    let node = raft::RawNode::new(&raft_cfg, storage.clone(), &logger).map_err(|e| anyhow::anyhow!("raft: {e}"))?;
+
+    let request_timeout = Duration::from_secs(5) + 2 * Duration::from_millis(config.election_timeout);
+    let (mb_tx, mb_rx) = std::sync::mpsc::sync_channel::<Msg>(8192);
+    let mailboxes: Mailboxes = Arc::new(RwLock::new(HashMap::new()));
+    mailboxes.write().insert(STANDALONE_GROUP, mb_tx.clone());
+    let transport = Arc::new(Transport::new(tokio::runtime::Handle::current(), mailboxes.clone()));
+    for id in sm.members.read().ids() {
+        if let Some(url) = sm.members.read().get(id).and_then(|m| m.peer_urls.first().cloned()) {
+            transport.set_peer(id, url);
+        }
+    }
+    let group = Arc::new(Group::new(
+        STANDALONE_GROUP,
+        member_id,
+        cluster_id,
+        sm.clone(),
+        Hlc::new(config.hlc_revisions()),
+        GroupSettings { request_timeout, max_request_bytes: config.max_request_bytes },
+        mb_tx,
+    ));
+    group.hlc.observe(sm.store.current_revision());
+
+    // Bind before the driver runs so peers reach us as soon as we campaign.
+    let peer_listener = TcpListener::bind(socket_addr(&split_urls(&config.listen_peer_urls)[0])?).await?;
+    let peer_addr = peer_listener.local_addr()?;
+    let mut client_listeners = vec![];
+    for u in split_urls(&config.listen_client_urls) {
+        client_listeners.push(TcpListener::bind(socket_addr(&u)?).await.with_context(|| format!("listening on {u}"))?);
+    }
+    let client_addrs: Vec<SocketAddr> = client_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+
+    let driver = Driver::new(
+        node,
+        storage,
+        group.clone(),
+        mb_rx,
+        transport,
+        DriverSettings {
+            tick,
+            election_ticks,
+            snapshot_count: config.snapshot_count,
+            catchup_entries: config.experimental_snapshot_catchup_entries,
+            request_timeout,
+        },
+    );
+    let driver = std::thread::Builder::new().name(format!("raft-{STANDALONE_GROUP}")).spawn(move || driver.run())?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = vec![];
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let peer_svc = PeerService { mailboxes: mailboxes.clone(), group: group.clone() };
+    let peer_server = tonic::transport::Server::builder()
+        .add_service(PeerServer::new(peer_svc).max_decoding_message_size(usize::MAX))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(peer_listener), stopped(stop_rx.clone()));
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = peer_server.await {
+            tracing::error!(error = %e, "peer server failed");
+        }
+    }));
+
+    // etcd's minimum lease TTL: 1.5 election timeouts, rounded up to seconds.
+    let min_lease_ttl = (config.election_timeout * 3 / 2).div_ceil(1000) as i64;
+    for l in client_listeners {
+        let app = ClientApi {
+            group: group.clone(),
+            max_txn_ops: config.max_txn_ops,
+            progress_interval: config.progress_notify_interval()?,
+            min_lease_ttl,
+        }
+        .router();
+        let rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stopped(rx)).await {
+                tracing::error!(error = %e, "client server failed");
+            }
+        }));
+    }
+
+    tasks.push(tokio::spawn(crate::server::lease::run_lease_loops(group.clone(), Duration::from_secs(300), stop_rx.clone())));
+    tasks.push(tokio::spawn(publish_attributes(group.clone(), config.name.clone(), config.advertise_client_urls(), stop_rx)));
+
+    tracing::info!(name = config.name, member = format!("{member_id:x}"), client = ?client_addrs, peer = %peer_addr, "shard-node serving");
+    Ok(Running { client_addrs, peer_addr, group, stop: stop_tx, tasks, driver: Some(driver), mailboxes })
+}
+
+/// Announces this member's name and client URLs through raft once a leader
+/// exists (etcd's publish), so MemberList shows them on every member.
+async fn publish_attributes(group: Arc<Group>, name: String, client_urls: Vec<String>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let attrs = MemberAttributes { id: group.member_id, name, client_urls };
+    loop {
+        tokio::select! {
+            r = group.propose(Op::Publish(attrs.clone())) => if r.is_ok() { return },
+            _ = stop.changed() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! The driving loop of one group, on a thread of its own (raft-rs's
+//! five_mem_node shape): receive from the mailbox, step, tick, and
+//! `handle_ready` (send, persist with fsync, apply, advance). The raft state
+//! machine never waits on the network or on tokio: the transport and the
+//! gRPC handlers only exchange messages with this loop.
+
+use crate::engine::WriteBatch;
+use crate::error::Error;
+use crate::group::{Group, Msg};
+use crate::metrics;
+use crate::raft::storage::RaftStorage;
+use crate::raft::transport::Transport;
+use protobuf::Message as _;
+use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, Message, ReadState};
+use raft::{RawNode, SnapshotStatus, StateRole};
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+pub struct DriverSettings {
+    pub tick: Duration,
+    pub election_ticks: usize,
+    /// Applied entries kept in the log before it is compacted.
+    pub snapshot_count: u64,
+    /// Entries kept behind a compaction for slow followers.
+    pub catchup_entries: u64,
+    pub request_timeout: Duration,
+}
+
+type ReadWaiters = Vec<oneshot::Sender<crate::error::Result<()>>>;
+
+pub struct Driver {
+    pub node: RawNode<RaftStorage>,
+    pub storage: RaftStorage,
+    pub group: Arc<Group>,
+    pub mailbox: Receiver<Msg>,
+    pub transport: Arc<Transport>,
+    pub settings: DriverSettings,
+    next_read: u64,
+    /// ReadIndex rounds sent to raft, by context: (waiters, tick sent).
+    reads_in_flight: HashMap<Vec<u8>, (ReadWaiters, u64)>,
+    /// Reads whose ReadIndex came back, waiting for apply to reach it.
+    reads_waiting: Vec<(u64, ReadWaiters)>,
+    /// Proposals that arrived while no leader was known.
+    unled: Vec<(u64, Vec<u8>, Instant)>,
+    ticks: u64,
+    role: StateRole,
+    leader: u64,
+}
+
+impl Driver {
+    pub fn new(
+        node: RawNode<RaftStorage>,
+        storage: RaftStorage,
+        group: Arc<Group>,
+        mailbox: Receiver<Msg>,
+        transport: Arc<Transport>,
+        settings: DriverSettings,
+    ) -> Self {
+        Self {
+            node,
+            storage,
+            group,
+            mailbox,
+            transport,
+            settings,
+            next_read: 1,
+            reads_in_flight: HashMap::new(),
+            reads_waiting: vec![],
+            unled: vec![],
+            ticks: 0,
+            role: StateRole::Follower,
+            leader: 0,
+        }
+    }
+
+    /// Runs until every mailbox sender is gone (the node shuts down).
+    pub fn run(mut self) {
+        let mut last_tick = Instant::now();
+        loop {
+            let wait = self.settings.tick.saturating_sub(last_tick.elapsed());
+            match self.mailbox.recv_timeout(wait) {
+                Ok(msg) => {
+                    self.on_msg(msg);
+                    // Drain what else is queued: one ready, one fsync for all.
+                    for msg in self.mailbox.try_iter().take(4096).collect::<Vec<_>>() {
+                        self.on_msg(msg);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if last_tick.elapsed() >= self.settings.tick {
+                last_tick = Instant::now();
+                self.on_tick();
+            }
+            self.start_reads();
+            self.handle_ready();
+        }
+        for (_, (waiters, _)) in self.reads_in_flight.drain() {
+            fail_reads(waiters, Error::Stopped);
+        }
+    }
+
+    fn on_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Propose { seq, data } => self.propose(seq, data, Instant::now()),
+            Msg::Raft(m) => {
+                if let Err(e) = self.node.step(*m) {
+                    tracing::debug!(error = %e, "raft step");
+                }
+            }
+            Msg::ReadIndex => {}
+            Msg::Unreachable(id) => self.node.report_unreachable(id),
+            Msg::SnapshotStatus { to, ok } => {
+                let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                self.node.report_snapshot(to, status);
+            }
+            Msg::TransferLeader(id) => self.node.transfer_leader(id),
+        }
+    }
+
+    fn propose(&mut self, seq: u64, data: Vec<u8>, since: Instant) {
+        if self.node.raft.leader_id == raft::INVALID_ID {
+            // As etcd: a proposal waits for a leader (up to the request
+            // timeout) instead of failing during an election.
+            self.unled.push((seq, data, since));
+            return;
+        }
+        if self.node.propose(vec![], data).is_err() {
+            self.group.fail(seq, Error::NoLeader);
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.node.tick();
+        self.ticks += 1;
+        // A leader drops ReadIndex requests until it has committed an entry
+        // of its term, and messages can be lost: ask again after 3 ticks.
+        let now = self.ticks;
+        let stale: Vec<Vec<u8>> =
+            self.reads_in_flight.iter().filter(|(_, (_, at))| now - *at >= 3).map(|(c, _)| c.clone()).collect();
+        for ctx in stale {
+            if let Some(r) = self.reads_in_flight.get_mut(&ctx) {
+                r.1 = now;
+            }
+            self.node.read_index(ctx);
+        }
+        let timeout = self.settings.request_timeout;
+        self.unled.retain(|(_, _, since)| since.elapsed() < timeout);
+    }
+
+    fn start_reads(&mut self) {
+        let waiters: ReadWaiters = std::mem::take(&mut *self.group.reads.lock());
+        if waiters.is_empty() {
+            return;
+        }
+        let ctx = self.next_read.to_be_bytes().to_vec();
+        self.next_read += 1;
+        self.reads_in_flight.insert(ctx.clone(), (waiters, self.ticks));
+        self.node.read_index(ctx);
+    }
+
+    fn on_read_state(&mut self, rs: ReadState) {
+        if let Some((waiters, _)) = self.reads_in_flight.remove(&rs.request_ctx) {
+            self.reads_waiting.push((rs.index, waiters));
+        }
+    }
+
+    fn resolve_reads(&mut self) {
+        let applied = self.group.sm.applied_index();
+        self.reads_waiting.retain_mut(|(index, waiters)| {
+            if *index > applied {
+                return true;
+            }
+            for w in waiters.drain(..) {
+                let _ = w.send(Ok(()));
+            }
+            false
+        });
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        for (to, snapshot) in self.transport.send(self.group.id, msgs) {
+            self.node.report_unreachable(to);
+            if snapshot {
+                self.node.report_snapshot(to, SnapshotStatus::Failure);
+            }
+        }
+    }
+
+    fn persist(&self, batch: WriteBatch, sync: bool) {
+        if batch.is_empty() {
+            return;
+        }
+        let start = Instant::now();
+        // Losing the raft log would break raft's promises: stop instead.
+        self.group.sm.engine.write(batch, sync).expect("raft log write failed");
+        if sync {
+            metrics::WAL_FSYNC_SECONDS.observe(start.elapsed().as_secs_f64());
+        }
+    }
+
+    /// The one place raft's output is acted on.
+    fn handle_ready(&mut self) {
+        if !self.node.has_ready() {
+            return;
+        }
+        let mut ready = self.node.ready();
+        // A leader may send before persisting (raft thesis 10.2.1).
+        self.send(ready.take_messages());
+
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            let mut batch = WriteBatch::default();
+            if let Err(e) = self.group.sm.stage_snapshot(snap.get_data(), &mut batch) {
+                panic!("cannot install raft snapshot: {e}");
+            }
+            self.storage.reset_to_snapshot(&snap, &mut batch);
+            self.persist(batch, true);
+            if let Err(e) = self.group.sm.reload_after_snapshot() {
+                panic!("cannot load installed snapshot: {e}");
+            }
+            tracing::info!(index = snap.get_metadata().get_index(), "installed snapshot");
+        }
+
+        self.apply(ready.take_committed_entries());
+
+        let mut batch = WriteBatch::default();
+        self.storage.append(ready.entries(), &mut batch);
+        if let Some(hs) = ready.hs() {
+            self.storage.set_hard_state(hs, &mut batch);
+        }
+        self.persist(batch, true);
+        self.send(ready.take_persisted_messages());
+        for rs in ready.take_read_states() {
+            self.on_read_state(rs);
+        }
+
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            let mut batch = WriteBatch::default();
+            self.storage.set_commit(commit, &mut batch);
+            // The commit index can be recomputed after a crash: no fsync.
+            self.persist(batch, false);
+        }
+        self.send(light.take_messages());
+        self.apply(light.take_committed_entries());
+        self.node.advance_apply();
+
+        self.resolve_reads();
+        self.maybe_compact_log();
+        self.update_status();
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) {
+        for e in entries {
+            let index = e.get_index();
+            match e.get_entry_type() {
+                EntryType::EntryNormal if e.get_data().is_empty() => self.group.sm.apply_noop(index, None),
+                EntryType::EntryNormal => {
+                    if let Some((member, seq, out)) = self.group.sm.apply_command(index, e.get_data()) {
+                        if member == self.group.member_id {
+                            self.group.resolve(seq, out);
+                        }
+                    }
+                    metrics::PROPOSALS_APPLIED.inc();
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => self.apply_conf_change(&e),
+            }
+        }
+    }
+
+    fn apply_conf_change(&mut self, e: &Entry) {
+        let cc: ConfChangeV2 = if e.get_entry_type() == EntryType::EntryConfChange {
+            match ConfChange::parse_from_bytes(e.get_data()) {
+                Ok(c) => raft_proto::ConfChangeI::into_v2(c),
+                Err(err) => {
+                    tracing::error!(error = %err, "undecodable conf change skipped");
+                    return self.group.sm.apply_noop(e.get_index(), None);
+                }
+            }
+        } else {
+            match ConfChangeV2::parse_from_bytes(e.get_data()) {
+                Ok(c) => c,
+                Err(err) => {
+                    tracing::error!(error = %err, "undecodable conf change skipped");
+                    return self.group.sm.apply_noop(e.get_index(), None);
+                }
+            }
+        };
+        let mut batch = WriteBatch::default();
+        match self.node.apply_conf_change(&cc) {
+            Ok(cs) => self.storage.set_conf_state(&cs, &mut batch),
+            Err(err) => tracing::warn!(error = %err, "conf change rejected"),
+        }
+        crate::membership::apply_context(&self.group.sm, &cc, e.get_context(), &mut batch);
+        self.group.sm.apply_noop(e.get_index(), Some(batch));
+    }
+
+    fn maybe_compact_log(&mut self) {
+        let applied = self.group.sm.applied_index();
+        let first = self.storage.first_log_index();
+        if applied < first + self.settings.snapshot_count + self.settings.catchup_entries {
+            return;
+        }
+        let to = applied - self.settings.catchup_entries;
+        let mut batch = WriteBatch::default();
+        match self.storage.compact_to(to, &mut batch) {
+            Ok(()) => {
+                self.persist(batch, false);
+                tracing::info!(compacted_to = to, "raft log compacted");
+            }
+            Err(e) => tracing::warn!(error = %e, "raft log compaction skipped"),
+        }
+    }
+
+    fn update_status(&mut self) {
+        let r = &self.node.raft;
+        let leader = r.leader_id;
+        let role = r.state;
+        {
+            let mut st = self.group.status.write();
+            st.leader = leader;
+            st.term = r.term;
+            st.is_leader = role == StateRole::Leader;
+            st.is_learner = r.prs().conf().learners().contains(&self.group.member_id);
+            st.commit = r.raft_log.committed;
+            st.applied = self.group.sm.applied_index();
+            st.last_index = self.storage.last_log_index();
+        }
+        if role != self.role {
+            let mut lessor = self.group.sm.lessor.lock();
+            if role == StateRole::Leader {
+                // Leases get the election on top, as etcd's Promote.
+                lessor.promote(self.settings.tick * self.settings.election_ticks as u32);
+            } else if self.role == StateRole::Leader {
+                lessor.demote();
+            }
+            self.role = role;
+        }
+        if leader != self.leader {
+            self.leader = leader;
+            metrics::LEADER_CHANGES.inc();
+            metrics::HAS_LEADER.set(i64::from(leader != raft::INVALID_ID));
+            if leader != raft::INVALID_ID {
+                for (seq, data, since) in std::mem::take(&mut self.unled) {
+                    self.propose(seq, data, since);
+                }
+            }
+        }
+    }
+}
+
+fn fail_reads(waiters: ReadWaiters, e: Error) {
+    for w in waiters {
+        let _ = w.send(Err(e.clone()));
+    }
+}

@@ -1,0 +1,144 @@
+//! Raft messages between members: one long-lived gRPC client stream per
+//! peer, fed by a bounded queue. Sending never blocks the driver: a full
+//! queue or an unknown peer is reported back at once as unreachable, and a
+//! broken stream is reported through the group's mailbox.
+
+use crate::group::Msg;
+use parking_lot::{Mutex, RwLock};
+use protobuf::Message as _;
+use raft::prelude::{Message, MessageType};
+use std::collections::HashMap;
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_proto::tessera::transport::peer_client::PeerClient;
+use tessera_proto::tessera::transport::RaftBatch;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Mailboxes of the groups hosted here, by group id.
+pub type Mailboxes = Arc<RwLock<HashMap<u64, SyncSender<Msg>>>>;
+
+struct Outgoing {
+    group: u64,
+    to: u64,
+    msgs: Vec<Vec<u8>>,
+    snapshot: bool,
+}
+
+pub struct Transport {
+    runtime: tokio::runtime::Handle,
+    urls: RwLock<HashMap<u64, String>>,
+    peers: Mutex<HashMap<u64, mpsc::Sender<Outgoing>>>,
+    mailboxes: Mailboxes,
+}
+
+const PEER_QUEUE: usize = 1024;
+
+impl Transport {
+    pub fn new(runtime: tokio::runtime::Handle, mailboxes: Mailboxes) -> Self {
+        Self { runtime, urls: RwLock::new(HashMap::new()), peers: Mutex::new(HashMap::new()), mailboxes }
+    }
+
+    pub fn set_peer(&self, id: u64, url: String) {
+        let changed = self.urls.write().insert(id, url.clone()).is_some_and(|old| old != url);
+        if changed {
+            self.peers.lock().remove(&id); // reconnect to the new address
+        }
+    }
+
+    /// Queues messages; returns (peer, carried a snapshot) for each peer that
+    /// cannot take them now.
+    pub fn send(&self, group: u64, msgs: Vec<Message>) -> Vec<(u64, bool)> {
+        let mut by_peer: HashMap<u64, Outgoing> = HashMap::new();
+        for m in msgs {
+            let to = m.get_to();
+            let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            let out = by_peer.entry(to).or_insert_with(|| Outgoing { group, to, msgs: vec![], snapshot: false });
+            out.snapshot |= snapshot;
+            match m.write_to_bytes() {
+                Ok(b) => out.msgs.push(b),
+                Err(e) => tracing::error!(error = %e, "cannot encode raft message"),
+            }
+        }
+        let mut failed = vec![];
+        for (to, out) in by_peer {
+            let snapshot = out.snapshot;
+            match self.peer(to) {
+                Some(tx) if tx.try_send(out).is_ok() => {}
+                _ => failed.push((to, snapshot)),
+            }
+        }
+        failed
+    }
+
+    fn peer(&self, id: u64) -> Option<mpsc::Sender<Outgoing>> {
+        let mut peers = self.peers.lock();
+        if let Some(tx) = peers.get(&id).filter(|tx| !tx.is_closed()) {
+            return Some(tx.clone());
+        }
+        let url = self.urls.read().get(&id)?.clone();
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        self.runtime.spawn(peer_loop(url, rx, self.mailboxes.clone()));
+        peers.insert(id, tx.clone());
+        Some(tx)
+    }
+}
+
+fn report(mailboxes: &Mailboxes, group: u64, msg: Msg) {
+    if let Some(mb) = mailboxes.read().get(&group) {
+        let _ = mb.try_send(msg);
+    }
+}
+
+/// Keeps one stream to a peer open, reconnecting with backoff.
+async fn peer_loop(url: String, mut rx: mpsc::Receiver<Outgoing>, mailboxes: Mailboxes) {
+    let mut backoff = Duration::from_millis(50);
+    'connect: loop {
+        let channel = match tonic::transport::Endpoint::from_shared(url.clone()) {
+            Ok(ep) => ep.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).connect().await,
+            Err(e) => {
+                tracing::error!(url, error = %e, "bad peer url");
+                return;
+            }
+        };
+        let channel = match channel {
+            Ok(c) => c,
+            Err(_) => {
+                // Tell raft about what could not be delivered meanwhile.
+                while let Ok(out) = rx.try_recv() {
+                    fail(&mailboxes, &out);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                if rx.is_closed() {
+                    return;
+                }
+                continue 'connect;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        let mut client = PeerClient::new(channel).max_encoding_message_size(usize::MAX);
+        let (stx, srx) = mpsc::channel::<RaftBatch>(64);
+        let call = tokio::spawn(async move { client.raft(ReceiverStream::new(srx)).await });
+        while let Some(out) = rx.recv().await {
+            let batch = RaftBatch { group_id: out.group, messages: out.msgs.clone() };
+            if stx.send(batch).await.is_err() {
+                fail(&mailboxes, &out);
+                let _ = call.await;
+                continue 'connect;
+            }
+            if out.snapshot {
+                report(&mailboxes, out.group, Msg::SnapshotStatus { to: out.to, ok: true });
+            }
+        }
+        return;
+    }
+}
+
+fn fail(mailboxes: &Mailboxes, out: &Outgoing) {
+    report(mailboxes, out.group, Msg::Unreachable(out.to));
+    if out.snapshot {
+        report(mailboxes, out.group, Msg::SnapshotStatus { to: out.to, ok: false });
+    }
+}

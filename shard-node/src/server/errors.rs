@@ -1,0 +1,27 @@
+//! Group errors as etcd's gRPC statuses: the same code and the same
+//! `etcdserver: ...` message, which etcd clients map back to typed errors.
+
+use crate::error::Error;
+use tonic::{Code, Status};
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::Compacted | Error::FutureRev | Error::LeaseTtlTooLarge => Code::OutOfRange,
+            Error::EmptyKey
+            | Error::KeyNotFound
+            | Error::ValueProvided
+            | Error::LeaseProvided
+            | Error::TooManyOps
+            | Error::DuplicateKey
+            | Error::RequestTooLarge
+            | Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::LeaseNotFound | Error::MemberNotFound => Code::NotFound,
+            Error::LeaseExist | Error::EpochNotMatch { .. } => Code::FailedPrecondition,
+            Error::NoLeader | Error::Timeout | Error::Stopped => Code::Unavailable,
+            Error::TooManyRequests | Error::NoSpace => Code::ResourceExhausted,
+            Error::Internal(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,55 @@
+//! Reaching the group leader's peer port, for what only the leader answers
+//! (lease liveness). The client is cached per leader.
+
+use crate::error::{Error, Result};
+use crate::group::Group;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_proto::tessera::transport::peer_client::PeerClient;
+use tonic::transport::Channel;
+
+pub struct LeaderClient {
+    group: Arc<Group>,
+    cached: Mutex<Option<(u64, PeerClient<Channel>)>>,
+}
+
+impl LeaderClient {
+    pub fn new(group: Arc<Group>) -> Self {
+        Self { group, cached: Mutex::new(None) }
+    }
+
+    pub fn get(&self) -> Result<PeerClient<Channel>> {
+        let leader = self.group.status().leader;
+        if leader == 0 {
+            return Err(Error::NoLeader);
+        }
+        let mut cached = self.cached.lock();
+        if let Some((id, c)) = cached.as_ref() {
+            if *id == leader {
+                return Ok(c.clone());
+            }
+        }
+        let url = self
+            .group
+            .sm
+            .members
+            .read()
+            .get(leader)
+            .and_then(|m| m.peer_urls.first().cloned())
+            .ok_or(Error::NoLeader)?;
+        let ep = tonic::transport::Endpoint::from_shared(url).map_err(|e| Error::Internal(e.to_string()))?;
+        let client = PeerClient::new(ep.connect_timeout(Duration::from_secs(1)).connect_lazy());
+        *cached = Some((leader, client.clone()));
+        Ok(client)
+    }
+}
+
+/// A peer-RPC failure as the error a client should see.
+pub fn forward_error(s: tonic::Status) -> tonic::Status {
+    if s.code() == tonic::Code::Unavailable && !s.message().starts_with("etcdserver:") {
+        Error::NoLeader.into()
+    } else {
+        s
+    }
+}

@@ -1,0 +1,203 @@
+//! etcd's Lease service. Grants and revokes go through raft; liveness
+//! (keepalive, time-to-live) is answered by the leader, to which other
+//! members forward.
+
+use super::leader::{forward_error, LeaderClient};
+use crate::apply::Applied;
+use crate::error::Error;
+use crate::group::Group;
+use crate::lease::MAX_LEASE_TTL;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tessera_proto::etcdserverpb::lease_server::Lease;
+use tessera_proto::etcdserverpb::*;
+use tessera_proto::tessera::command::command::Op;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+pub struct LeaseService {
+    pub group: Arc<Group>,
+    pub leader: Arc<LeaderClient>,
+    /// etcd's minimum TTL: 1.5 election timeouts, in whole seconds.
+    pub min_ttl: i64,
+}
+
+/// Renews on the leader; a renewal clears a checkpointed remaining TTL
+/// through raft so a later leader does not resurrect a stale one.
+pub async fn renew_local(group: &Arc<Group>, id: i64) -> Result<i64, Status> {
+    if !group.status().is_leader {
+        return Err(Status::failed_precondition("etcdserver: not leader"));
+    }
+    let renewed = group.sm.lessor.lock().renew(id);
+    match renewed {
+        None => Ok(0), // etcd answers TTL 0 for an unknown lease
+        Some((ttl, clear_checkpoint)) => {
+            if clear_checkpoint {
+                let g = group.clone();
+                tokio::spawn(async move {
+                    let cp = LeaseCheckpointRequest { checkpoints: vec![LeaseCheckpoint { id, remaining_ttl: 0 }] };
+                    let _ = g.propose(Op::LeaseCheckpoint(cp)).await;
+                });
+            }
+            Ok(ttl)
+        }
+    }
+}
+
+pub fn time_to_live_local(group: &Group, r: &LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse, Status> {
+    let st = group.status();
+    if !st.is_leader {
+        return Err(Status::failed_precondition("etcdserver: not leader"));
+    }
+    let lessor = group.sm.lessor.lock();
+    let rev = group.sm.store.current_revision();
+    match (lessor.get(r.id), lessor.remaining(r.id)) {
+        (Some(l), Some(left)) => Ok(LeaseTimeToLiveResponse {
+            header: Some(group.header(rev)),
+            id: r.id,
+            ttl: left,
+            granted_ttl: l.ttl,
+            keys: if r.keys { l.keys.iter().cloned().collect() } else { vec![] },
+        }),
+        _ => Ok(LeaseTimeToLiveResponse { header: Some(group.header(rev)), id: r.id, ttl: -1, ..Default::default() }),
+    }
+}
+
+impl LeaseService {
+    async fn renew(&self, id: i64) -> Result<i64, Status> {
+        if self.group.status().is_leader {
+            return renew_local(&self.group, id).await;
+        }
+        let mut c = self.leader.get()?;
+        let resp = c.lease_renew(LeaseKeepAliveRequest { id }).await.map_err(forward_error)?;
+        Ok(resp.into_inner().ttl)
+    }
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        let mut r = req.into_inner();
+        if r.ttl > MAX_LEASE_TTL {
+            return Err(Error::LeaseTtlTooLarge.into());
+        }
+        r.ttl = r.ttl.max(self.min_ttl);
+        if r.id == 0 {
+            // The id is fixed before proposing, so every member applies the same.
+            let lessor = self.group.sm.lessor.lock();
+            r.id = loop {
+                let id = rand::random::<i64>() & i64::MAX;
+                if id != 0 && !lessor.exists(id) {
+                    break id;
+                }
+            };
+        }
+        let out = self.group.propose(Op::LeaseGrant(r)).await?;
+        match out.result? {
+            Applied::LeaseGrant { id, ttl } => Ok(Response::new(LeaseGrantResponse {
+                header: Some(self.group.header(out.rev)),
+                id,
+                ttl,
+                error: String::new(),
+            })),
+            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+        }
+    }
+
+    async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let out = self.group.propose(Op::LeaseRevoke(req.into_inner())).await?;
+        out.result?;
+        Ok(Response::new(LeaseRevokeResponse { header: Some(self.group.header(out.rev)) }))
+    }
+
+    type LeaseKeepAliveStream = ReceiverStream<Result<LeaseKeepAliveResponse, Status>>;
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let mut input = req.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let svc = LeaseService { group: self.group.clone(), leader: self.leader.clone(), min_ttl: self.min_ttl };
+        tokio::spawn(async move {
+            while let Ok(Some(r)) = input.message().await {
+                let resp = svc.renew(r.id).await.map(|ttl| LeaseKeepAliveResponse {
+                    header: Some(svc.group.header(svc.group.sm.store.current_revision())),
+                    id: r.id,
+                    ttl,
+                });
+                let failed = resp.is_err();
+                if tx.send(resp).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let r = req.into_inner();
+        if self.group.status().is_leader {
+            return Ok(Response::new(time_to_live_local(&self.group, &r)?));
+        }
+        let mut c = self.leader.get()?;
+        c.lease_time_to_live(r).await.map_err(forward_error)
+    }
+
+    async fn lease_leases(&self, _req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.group.read_index().await?;
+        let leases = self.group.sm.lessor.lock().ids().into_iter().map(|id| LeaseStatus { id }).collect();
+        let rev = self.group.sm.store.current_revision();
+        Ok(Response::new(LeaseLeasesResponse { header: Some(self.group.header(rev)), leases }))
+    }
+}
+
+/// On the leader: revokes expired leases through raft, and checkpoints
+/// remaining TTLs so a leader change cannot extend them indefinitely.
+pub async fn run_lease_loops(group: Arc<Group>, checkpoint_every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut revoking: HashMap<i64, Instant> = HashMap::new();
+    let mut last_checkpoint = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let (primary, expired, checkpoints) = {
+            let l = group.sm.lessor.lock();
+            let cps = if last_checkpoint.elapsed() >= checkpoint_every { l.checkpoints() } else { vec![] };
+            (l.is_primary(), l.expired(), cps)
+        };
+        if !primary {
+            revoking.clear();
+            continue;
+        }
+        revoking.retain(|_, at| at.elapsed() < Duration::from_secs(3));
+        for id in expired {
+            if revoking.insert(id, Instant::now()).is_some() {
+                continue;
+            }
+            let g = group.clone();
+            tokio::spawn(async move {
+                let _ = g.propose(Op::LeaseRevoke(LeaseRevokeRequest { id })).await;
+            });
+        }
+        if last_checkpoint.elapsed() >= checkpoint_every {
+            last_checkpoint = Instant::now();
+            if !checkpoints.is_empty() {
+                let req = LeaseCheckpointRequest {
+                    checkpoints: checkpoints.into_iter().map(|(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl }).collect(),
+                };
+                let g = group.clone();
+                tokio::spawn(async move {
+                    let _ = g.propose(Op::LeaseCheckpoint(req)).await;
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The peer port: raft traffic in, and lease liveness calls that other
+//! members forward to the leader.
+
+use super::lease::{renew_local, time_to_live_local};
+use crate::group::{Group, Msg};
+use crate::raft::transport::Mailboxes;
+use protobuf::Message as _;
+use std::sync::Arc;
+use tessera_proto::etcdserverpb::{LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse};
+use tessera_proto::tessera::transport::peer_server::Peer;
+use tessera_proto::tessera::transport::{RaftAck, RaftBatch};
+use tonic::{Request, Response, Status, Streaming};
+
+pub struct PeerService {
+    pub mailboxes: Mailboxes,
+    pub group: Arc<Group>,
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn raft(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
+        let mut input = req.into_inner();
+        while let Some(batch) = input.message().await? {
+            let Some(mb) = self.mailboxes.read().get(&batch.group_id).cloned() else {
+                tracing::debug!(group = batch.group_id, "raft message for a group not hosted here");
+                continue;
+            };
+            for bytes in batch.messages {
+                match raft::prelude::Message::parse_from_bytes(&bytes) {
+                    // A full mailbox drops the message: raft retransmits.
+                    Ok(m) => {
+                        let _ = mb.try_send(Msg::Raft(Box::new(m)));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "undecodable raft message"),
+                }
+            }
+        }
+        Ok(Response::new(RaftAck {}))
+    }
+
+    async fn lease_renew(&self, req: Request<LeaseKeepAliveRequest>) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        let id = req.into_inner().id;
+        let ttl = renew_local(&self.group, id).await?;
+        let rev = self.group.sm.store.current_revision();
+        Ok(Response::new(LeaseKeepAliveResponse { header: Some(self.group.header(rev)), id, ttl }))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        Ok(Response::new(time_to_live_local(&self.group, &req.into_inner())?))
+    }
+}

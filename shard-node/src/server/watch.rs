@@ -1,0 +1,310 @@
+//! etcd's Watch service: one task per client stream, multiplexing its
+//! watchers. Each watcher has a next revision; the task brings every
+//! watcher up to the group's revision from the hub's ring or, once behind
+//! it, from history, whole revisions at a time (a txn's events are never
+//! split unless the client asked for fragments). Sending waits on the
+//! client, so a slow client slows only its own stream.
+
+use crate::group::Group;
+use crate::metrics;
+use crate::mvcc::{key_in_range, Rev};
+use prost::Message;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_proto::etcdserverpb::watch_create_request::FilterType;
+use tessera_proto::etcdserverpb::watch_request::RequestUnion;
+use tessera_proto::etcdserverpb::watch_server::Watch;
+use tessera_proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+use tessera_proto::mvccpb::{event::EventType, Event};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+pub struct WatchService {
+    pub group: Arc<Group>,
+    pub progress_interval: Duration,
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+
+    async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+        let (tx, rx) = mpsc::channel(64);
+        let stream = WatchStream {
+            group: self.group.clone(),
+            out: tx,
+            watchers: vec![],
+            next_id: 0,
+            progress_requested: false,
+        };
+        tokio::spawn(stream.run(req.into_inner(), self.progress_interval));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Revisions one watcher takes from history per round, so one far-behind
+/// watcher cannot starve the others of the stream.
+const HISTORY_REVS_PER_ROUND: usize = 1000;
+
+struct Watcher {
+    id: i64,
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    next_rev: i64,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    progress_notify: bool,
+    fragment: bool,
+    /// Whether anything was sent since the last progress notification.
+    sent_since_progress: bool,
+}
+
+impl Watcher {
+    fn wants(&self, e: &Event) -> bool {
+        let put = e.r#type == EventType::Put as i32;
+        if (put && self.no_put) || (!put && self.no_delete) {
+            return false;
+        }
+        e.kv.as_ref().is_some_and(|kv| key_in_range(&kv.key, &self.key, &self.range_end))
+    }
+}
+
+struct WatchStream {
+    group: Arc<Group>,
+    out: mpsc::Sender<Result<WatchResponse, Status>>,
+    watchers: Vec<Watcher>,
+    next_id: i64,
+    progress_requested: bool,
+}
+
+/// The client went away.
+struct Gone;
+
+impl WatchStream {
+    async fn run(mut self, mut input: Streaming<WatchRequest>, progress_interval: Duration) {
+        let mut rev_rx = self.group.sm.hub.subscribe();
+        let mut progress = tokio::time::interval(progress_interval);
+        progress.tick().await;
+        let mut behind = false;
+        loop {
+            tokio::select! {
+                biased;
+                req = input.message() => match req {
+                    Ok(Some(r)) => if self.on_request(r).await.is_err() { break },
+                    _ => break,
+                },
+                changed = rev_rx.changed(), if !behind => if changed.is_err() { break },
+                _ = progress.tick(), if !behind => if self.progress_notify().await.is_err() { break },
+                _ = std::future::ready(()), if behind => {}
+            }
+            let current = *rev_rx.borrow_and_update();
+            match self.catch_up(current).await {
+                Ok(b) => behind = b,
+                Err(Gone) => break,
+            }
+            if self.progress_requested && !behind && self.send_progress_all(current).await.is_err() {
+                break;
+            }
+        }
+        metrics::WATCHERS.sub(self.watchers.len() as i64);
+    }
+
+    fn header(&self, rev: i64) -> Option<tessera_proto::etcdserverpb::ResponseHeader> {
+        Some(self.group.header(rev))
+    }
+
+    async fn send(&self, r: WatchResponse) -> Result<(), Gone> {
+        self.out.send(Ok(r)).await.map_err(|_| Gone)
+    }
+
+    async fn on_request(&mut self, r: WatchRequest) -> Result<(), Gone> {
+        let current = self.group.sm.store.current_revision();
+        match r.request_union {
+            Some(RequestUnion::CreateRequest(c)) => self.create(c, current).await,
+            Some(RequestUnion::CancelRequest(c)) => {
+                let before = self.watchers.len();
+                self.watchers.retain(|w| w.id != c.watch_id);
+                if self.watchers.len() < before {
+                    metrics::WATCHERS.dec();
+                    self.send(WatchResponse { header: self.header(current), watch_id: c.watch_id, canceled: true, ..Default::default() })
+                        .await?;
+                }
+                Ok(())
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                self.progress_requested = true;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn create(&mut self, c: WatchCreateRequest, current: i64) -> Result<(), Gone> {
+        let id = if c.watch_id != 0 {
+            c.watch_id
+        } else {
+            while self.watchers.iter().any(|w| w.id == self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id
+        };
+        if self.watchers.iter().any(|w| w.id == id) || id < 0 {
+            return self
+                .send(WatchResponse {
+                    header: self.header(current),
+                    watch_id: id,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: "etcdserver: mvcc: duplicate watch ID provided on the WatchStream".into(),
+                    ..Default::default()
+                })
+                .await;
+        }
+        if c.watch_id == 0 {
+            self.next_id += 1;
+        }
+        self.send(WatchResponse { header: self.header(current), watch_id: id, created: true, ..Default::default() }).await?;
+        metrics::WATCHERS.inc();
+        self.watchers.push(Watcher {
+            id,
+            key: c.key,
+            range_end: c.range_end,
+            next_rev: if c.start_revision > 0 { c.start_revision } else { current + 1 },
+            prev_kv: c.prev_kv,
+            no_put: c.filters.contains(&(FilterType::Noput as i32)),
+            no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
+            progress_notify: c.progress_notify,
+            fragment: c.fragment,
+            sent_since_progress: false,
+        });
+        Ok(())
+    }
+
+    /// Brings watchers toward `current`; returns whether any is still behind.
+    async fn catch_up(&mut self, current: i64) -> Result<bool, Gone> {
+        let mut behind = false;
+        let mut canceled = vec![];
+        for i in 0..self.watchers.len() {
+            let w = &self.watchers[i];
+            if w.next_rev > current {
+                continue;
+            }
+            let (events, upto) = match self.events_for(w, current) {
+                Ok(x) => x,
+                Err(crate::error::Error::Compacted) => {
+                    canceled.push(w.id);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch history read failed");
+                    behind = true;
+                    continue;
+                }
+            };
+            let w = &mut self.watchers[i];
+            w.next_rev = upto + 1;
+            behind |= upto < current;
+            if events.is_empty() {
+                continue;
+            }
+            w.sent_since_progress = true;
+            let (id, fragment) = (w.id, w.fragment);
+            self.send_events(id, fragment, events, current).await?;
+        }
+        for id in canceled {
+            self.watchers.retain(|w| w.id != id);
+            metrics::WATCHERS.dec();
+            let compact_revision = self.group.sm.store.compact_revision();
+            self.send(WatchResponse {
+                header: self.header(current),
+                watch_id: id,
+                canceled: true,
+                compact_revision,
+                cancel_reason: crate::error::Error::Compacted.to_string(),
+                ..Default::default()
+            })
+            .await?;
+        }
+        Ok(behind)
+    }
+
+    /// The watcher's events from its next revision: the ring if it still
+    /// holds them, else history. Returns the events and the last revision covered.
+    fn events_for(&self, w: &Watcher, current: i64) -> crate::error::Result<(Vec<Event>, i64)> {
+        let store = &self.group.sm.store;
+        let mut events: Vec<Event> = match self.group.sm.hub.recent(w.next_rev, current) {
+            Some(batches) => batches.iter().flat_map(|b| b.events.iter().filter(|e| w.wants(e)).cloned()).collect(),
+            None => {
+                let (evs, upto) = store.history(w.next_rev, current, HISTORY_REVS_PER_ROUND, &|k| {
+                    key_in_range(k, &w.key, &w.range_end)
+                })?;
+                let evs: Vec<Event> = evs.into_iter().filter(|e| w.wants(e)).collect();
+                return self.with_prev(w, evs).map(|e| (e, upto));
+            }
+        };
+        events = self.with_prev(w, events)?;
+        Ok((events, current))
+    }
+
+    fn with_prev(&self, w: &Watcher, mut events: Vec<Event>) -> crate::error::Result<Vec<Event>> {
+        if w.prev_kv {
+            for e in &mut events {
+                if let Some(kv) = &e.kv {
+                    e.prev_kv = self.group.sm.store.prev_of(&kv.key, Rev::new(kv.mod_revision, 0))?;
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    async fn send_events(&self, id: i64, fragment: bool, events: Vec<Event>, current: i64) -> Result<(), Gone> {
+        let limit = self.group.settings.max_request_bytes;
+        let resp = WatchResponse { header: self.header(current), watch_id: id, events, ..Default::default() };
+        if !fragment || resp.encoded_len() <= limit {
+            return self.send(resp).await;
+        }
+        // Fragments: every part but the last has `fragment` set.
+        let mut parts: Vec<Vec<Event>> = vec![vec![]];
+        let mut size = 0;
+        for e in resp.events {
+            let n = e.encoded_len() + 8;
+            if size + n > limit && !parts.last().is_some_and(|p| p.is_empty()) {
+                parts.push(vec![]);
+                size = 0;
+            }
+            size += n;
+            parts.last_mut().expect("non-empty").push(e);
+        }
+        let last = parts.len() - 1;
+        for (i, events) in parts.into_iter().enumerate() {
+            self.send(WatchResponse { header: self.header(current), watch_id: id, events, fragment: i < last, ..Default::default() })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Answers a WatchProgressRequest once every watcher has been sent all
+    /// events up to `current` (etcd 3.5's rule, which Kubernetes relies on).
+    async fn send_progress_all(&mut self, current: i64) -> Result<(), Gone> {
+        self.progress_requested = false;
+        self.send(WatchResponse { header: self.header(current), watch_id: -1, ..Default::default() }).await
+    }
+
+    /// Periodic progress for watchers that asked for it and had no events.
+    async fn progress_notify(&mut self) -> Result<(), Gone> {
+        let current = self.group.sm.store.current_revision();
+        let mut due = vec![];
+        for w in &mut self.watchers {
+            if w.progress_notify && w.next_rev > current && !w.sent_since_progress {
+                due.push(w.id);
+            }
+            w.sent_since_progress = false;
+        }
+        for id in due {
+            self.send(WatchResponse { header: self.header(current), watch_id: id, ..Default::default() }).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,230 @@
+//! A real group of `shard-node` processes on loopback for integration tests.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Member {
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+}
+
+pub struct Cluster {
+    pub members: Vec<Member>,
+    cluster_flag: String,
+    extra: Vec<String>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` members (extra flags go to every member) and waits for a leader.
+    pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let members: Vec<Member> = (1..=n)
+            .map(|i| Member {
+                name: format!("n{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                dir: tmp.path().join(format!("n{i}")),
+                child: None,
+            })
+            .collect();
+        let cluster_flag = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster { members, cluster_flag, extra: extra.iter().map(|s| s.to_string()).collect(), _tmp: tmp };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c.wait_ready().await;
+        c
+    }
+
+    pub fn spawn(&mut self, i: usize) {
+        let m = &self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self._tmp.path().join(format!("{}.log", m.name)))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_shard-node"))
+            .args(["--name", &m.name, "--data-dir", m.dir.to_str().unwrap()])
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{}", m.client_port)])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{}", m.client_port)])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", m.peer_port)])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", m.peer_port)])
+            .args(["--initial-cluster", &self.cluster_flag])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn shard-node");
+        self.members[i].child = Some(child);
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.members[i].child.is_some()
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.endpoint()).collect()
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self._tmp.path().join(format!("{}.log", self.members[i].name))).unwrap_or_default()
+    }
+
+    pub async fn client(&self, i: usize) -> etcd_client::Client {
+        etcd_client::Client::connect([self.members[i].endpoint()], None).await.expect("connect")
+    }
+
+    /// Waits until every running member sees the same leader.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(_) = self.try_leader().await {
+                return;
+            }
+            assert!(Instant::now() < deadline, "group did not elect a leader; logs:\n{}", self.log(0));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn try_leader(&self) -> Option<u64> {
+        let mut leader = None;
+        for (i, m) in self.members.iter().enumerate() {
+            if !self.is_running(i) {
+                continue;
+            }
+            let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_millis(500));
+            let mut c = etcd_client::Client::connect([m.endpoint()], Some(opts)).await.ok()?;
+            let l = c.status().await.ok()?.leader();
+            if l == 0 || leader.is_some_and(|x| x != l) {
+                return None;
+            }
+            leader = Some(l);
+        }
+        leader
+    }
+
+    /// Index of the member that leads.
+    pub async fn leader(&self) -> usize {
+        self.wait_ready().await;
+        for (i, _) in self.members.iter().enumerate() {
+            if !self.is_running(i) {
+                continue;
+            }
+            let mut c = self.client(i).await;
+            let s = c.status().await.unwrap();
+            if s.leader() == s.header().unwrap().member_id() {
+                return i;
+            }
+        }
+        panic!("no member claims leadership");
+    }
+
+    pub fn etcdctl(&self, i: usize, args: &[&str]) -> Output {
+        etcdctl(&self.members[i].endpoint(), args)
+    }
+}
+
+pub fn etcdctl(endpoint: &str, args: &[&str]) -> Output {
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(args)
+        .output()
+        .expect("etcdctl is installed (scripts/prereqs.sh)")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// A real etcd 3.4 server, for side-by-side comparisons.
+pub struct RealEtcd {
+    child: Child,
+    pub endpoint: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl RealEtcd {
+    pub async fn start() -> RealEtcd {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cp, pp) = (free_port(), free_port());
+        let child = Command::new("etcd")
+            .args(["--name", "ref", "--data-dir", tmp.path().join("d").to_str().unwrap()])
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{cp}")])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{cp}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{pp}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{pp}")])
+            .args(["--initial-cluster", &format!("ref=http://127.0.0.1:{pp}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd is installed (scripts/prereqs.sh)");
+        let endpoint = format!("127.0.0.1:{cp}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = etcd_client::Client::connect([endpoint.clone()], None).await {
+                if c.status().await.map(|s| s.leader() != 0).unwrap_or(false) {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "reference etcd did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        RealEtcd { child, endpoint, _tmp: tmp }
+    }
+}
+
+impl Drop for RealEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn etcdctl_stdin(endpoint: &str, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("etcdctl");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
