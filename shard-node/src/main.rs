@@ -7,6 +7,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},raft=warn", config.log_level))),
         )
+        .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(shard_node::run(config, async {

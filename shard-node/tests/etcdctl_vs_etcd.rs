@@ -53,11 +53,17 @@ fn run_session(endpoint: &str) -> Vec<String> {
         .iter()
         .map(|(args, stdin)| {
             let out = if args[0] == "txn" { etcdctl_stdin(endpoint, args, stdin) } else { etcdctl(endpoint, args) };
+            // etcdctl's client-side retry warnings carry timestamps and ids.
+            let stderr: String = String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .filter(|l| !l.starts_with("{\"level\":\"warn\""))
+                .map(|l| format!("{l}\n"))
+                .collect();
             format!(
                 "$ etcdctl {}\n{}{}[exit {}]",
                 args.join(" "),
                 String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
+                stderr,
                 out.status.code().unwrap_or(-1)
             )
         })

@@ -18,7 +18,7 @@ async fn watch_replays_history_then_streams_live() {
     cl.put("w/b", "2", None).await.unwrap();
     cl.delete("w/a", None).await.unwrap();
 
-    let (_watcher, mut stream) =
+    let mut stream =
         w.watch("w/", Some(WatchOptions::new().with_prefix().with_start_revision(first).with_prev_key())).await.unwrap();
     let mut events = vec![];
     while events.len() < 3 {
@@ -46,7 +46,7 @@ async fn watch_filters_cancel_and_compaction() {
     let r2 = cl.put("f", "2", None).await.unwrap().header().unwrap().revision();
     cl.compact(r2, None).await.unwrap();
 
-    let (_w, mut s) = cl.watch("f", Some(WatchOptions::new().with_start_revision(r1))).await.unwrap();
+    let mut s = cl.watch("f", Some(WatchOptions::new().with_start_revision(r1))).await.unwrap();
     let mut r = next(&mut s).await;
     if r.created() && !r.canceled() {
         r = next(&mut s).await;
@@ -54,14 +54,15 @@ async fn watch_filters_cancel_and_compaction() {
     assert!(r.canceled());
     assert_eq!(r.compact_revision(), r2);
 
-    let (mut w, mut s) = cl.watch("f", Some(WatchOptions::new().with_filter_put())).await.unwrap();
-    assert!(next(&mut s).await.created());
+    let mut s = cl.watch("f", Some(WatchOptions::new().with_filters([WatchFilterType::NoPut]))).await.unwrap();
+    let created = next(&mut s).await;
+    assert!(created.created());
     cl.put("f", "3", None).await.unwrap();
     cl.delete("f", None).await.unwrap();
     let r = next(&mut s).await;
     assert_eq!(r.events().len(), 1);
     assert_eq!(r.events()[0].event_type(), EventType::Delete);
-    w.cancel().await.unwrap();
+    s.cancel(created.watch_id()).await.unwrap();
     assert!(next(&mut s).await.canceled());
 }
 
@@ -69,10 +70,10 @@ async fn watch_filters_cancel_and_compaction() {
 async fn watch_progress_request_reports_current_revision() {
     let c = Cluster::start(3, &[]).await;
     let mut cl = c.client(0).await;
-    let (mut w, mut s) = cl.watch("p", None).await.unwrap();
+    let mut s = cl.watch("p", None).await.unwrap();
     assert!(next(&mut s).await.created());
     let rev = cl.put("other", "x", None).await.unwrap().header().unwrap().revision();
-    w.request_progress().await.unwrap();
+    s.request_progress().await.unwrap();
     let r = next(&mut s).await;
     assert!(r.events().is_empty());
     assert!(r.header().unwrap().revision() >= rev);
@@ -104,7 +105,7 @@ async fn leases_attach_expire_and_revoke() {
     let short = cl.lease_grant(1, None).await.unwrap();
     assert_eq!(short.ttl(), 2);
     cl.put("gone", "v", Some(PutOptions::new().with_lease(short.id()))).await.unwrap();
-    let (_w, mut s) = cl.watch("gone", None).await.unwrap();
+    let mut s = cl.watch("gone", None).await.unwrap();
     assert!(next(&mut s).await.created());
     let r = next(&mut s).await;
     assert_eq!(r.events()[0].event_type(), EventType::Delete);

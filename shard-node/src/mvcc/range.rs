@@ -100,22 +100,28 @@ pub(crate) fn range(
     let mut kvs = if target == SortTarget::Value && order != SortOrder::None {
         let revs: Vec<Rev> = found.iter().map(|(_, e)| e.rev).collect();
         let mut kvs = fetch(&revs)?;
-        kvs.sort_by(|a, b| a.value.cmp(&b.value));
         if order == SortOrder::Descend {
-            kvs.reverse();
+            kvs.sort_by(|a, b| b.value.cmp(&a.value));
+        } else {
+            kvs.sort_by(|a, b| a.value.cmp(&b.value));
         }
         kvs.truncate(limit);
         kvs
     } else {
         if order != SortOrder::None {
-            match target {
-                SortTarget::Version => found.sort_by_key(|(_, e)| e.version),
-                SortTarget::Create => found.sort_by_key(|(_, e)| e.create),
-                SortTarget::Mod => found.sort_by_key(|(_, e)| e.rev.main),
-                _ => {} // the index is already in key order
-            }
-            if order == SortOrder::Descend {
-                found.reverse();
+            let field = |e: &Entry| match target {
+                SortTarget::Version => e.version,
+                SortTarget::Create => e.create,
+                SortTarget::Mod => e.rev.main,
+                _ => 0,
+            };
+            // Stable, in either direction: ties keep key order, as etcd's
+            // results show.
+            match (target, order) {
+                (SortTarget::Key, SortOrder::Descend) => found.reverse(),
+                (SortTarget::Key, _) => {}
+                (_, SortOrder::Descend) => found.sort_by(|(_, a), (_, b)| field(b).cmp(&field(a))),
+                _ => found.sort_by_key(|(_, e)| field(e)),
             }
         }
         found.truncate(limit);

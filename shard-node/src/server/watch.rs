@@ -234,6 +234,9 @@ impl WatchStream {
     /// holds them, else history. Returns the events and the last revision covered.
     fn events_for(&self, w: &Watcher, current: i64) -> crate::error::Result<(Vec<Event>, i64)> {
         let store = &self.group.sm.store;
+        if w.next_rev < store.compact_revision() {
+            return Err(crate::error::Error::Compacted);
+        }
         let mut events: Vec<Event> = match self.group.sm.hub.recent(w.next_rev, current) {
             Some(batches) => batches.iter().flat_map(|b| b.events.iter().filter(|e| w.wants(e)).cloned()).collect(),
             None => {
