@@ -196,7 +196,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let peer_svc = PeerService { mailboxes: mailboxes.clone(), group: group.clone() };
     let peer_server = tonic::transport::Server::builder()
         .add_service(PeerServer::new(peer_svc).max_decoding_message_size(usize::MAX))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(peer_listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(peer_listener), |s| {
+                s.inspect(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                })
+            }),
+            stopped(stop_rx.clone()),
+        );
     tasks.push(tokio::spawn(async move {
         if let Err(e) = peer_server.await {
             tracing::error!(error = %e, "peer server failed");
@@ -214,6 +221,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         .router();
         let rx = stop_rx.clone();
+        // Without TCP_NODELAY, small gRPC responses wait out delayed ACKs (~40 ms).
+        let l = axum::serve::ListenerExt::tap_io(l, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stopped(rx)).await {
                 tracing::error!(error = %e, "client server failed");
