@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/prereqs.sh
+# etcd's own benchmark and etcd-runner tools, for the side-by-side tests.
+bash "$(pwd)/../shared/tools/etcd-peers.sh" "$HOME/.cache/etcd-peers/bin" >/dev/null
 . scripts/env.sh
 cargo build --workspace --bins
 if cargo nextest --version >/dev/null 2>&1; then

@@ -124,6 +124,7 @@ impl WatchStream {
         match r.request_union {
             Some(RequestUnion::CreateRequest(c)) => self.create(c, current).await,
             Some(RequestUnion::CancelRequest(c)) => {
+                tracing::debug!(id = c.watch_id, "watch cancel");
                 let before = self.watchers.len();
                 self.watchers.retain(|w| w.id != c.watch_id);
                 if self.watchers.len() < before {
@@ -165,6 +166,7 @@ impl WatchStream {
         if c.watch_id == 0 {
             self.next_id += 1;
         }
+        tracing::debug!(id, key = ?String::from_utf8_lossy(&c.key), end = ?String::from_utf8_lossy(&c.range_end), start = c.start_revision, current, "watch created");
         self.send(WatchResponse { header: self.header(current), watch_id: id, created: true, ..Default::default() }).await?;
         metrics::WATCHERS.inc();
         self.watchers.push(Watcher {
@@ -263,6 +265,7 @@ impl WatchStream {
     }
 
     async fn send_events(&self, id: i64, fragment: bool, events: Vec<Event>, current: i64) -> Result<(), Gone> {
+        tracing::debug!(id, n = events.len(), first = events[0].kv.as_ref().map(|k| k.mod_revision), types = ?events.iter().map(|e| e.r#type).collect::<Vec<_>>(), "watch events");
         let limit = self.group.settings.max_request_bytes;
         let resp = WatchResponse { header: self.header(current), watch_id: id, events, ..Default::default() };
         if !fragment || resp.encoded_len() <= limit {
