@@ -70,9 +70,10 @@ pub struct Config {
     /// hybrid logical clock) or 'counter' (etcd's +1 revisions).
     #[arg(long, default_value = "hlc")]
     pub revision_clock: String,
-    /// Recent watch events kept in memory for fast fan-out.
-    #[arg(long, default_value_t = 65536)]
-    pub watch_event_cache: usize,
+    /// Bytes of recent watch events kept in memory for fast fan-out; watchers
+    /// further behind read history from disk.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub watch_event_cache_bytes: usize,
     /// Path to a YAML configuration file (etcd's keys); flags are then ignored.
     #[arg(long)]
     #[serde(skip)]

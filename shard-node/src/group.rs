@@ -26,6 +26,8 @@ pub enum Msg {
     Unreachable(u64),
     SnapshotStatus { to: u64, ok: bool },
     TransferLeader(u64),
+    /// Stop the driver (clients may still hold the group).
+    Stop,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -96,6 +98,11 @@ impl Group {
             revision,
             raft_term: self.status.read().term,
         }
+    }
+
+    /// Stops the driver, waiting for room in the mailbox if need be.
+    pub fn stop(&self) {
+        let _ = self.mailbox.send(Msg::Stop);
     }
 
     pub fn send(&self, msg: Msg) -> Result<()> {

@@ -42,14 +42,22 @@ impl Running {
     /// Stops serving, then stops the driver and waits for all of it.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        for t in self.tasks.drain(..) {
-            let _ = t.await;
+        // Graceful shutdown waits for connections to close, and a watch
+        // stream never does on its own: give them a moment, then cut them.
+        let grace = tokio::time::Instant::now() + Duration::from_secs(2);
+        for mut t in self.tasks.drain(..) {
+            if tokio::time::timeout_at(grace, &mut t).await.is_err() {
+                t.abort();
+            }
         }
         self.mailboxes.write().clear();
-        let driver = self.driver.take();
-        drop(self);
-        if let Some(d) = driver {
-            let _ = tokio::task::spawn_blocking(move || d.join()).await;
+        let group = self.group.clone();
+        if let Some(d) = self.driver.take() {
+            let _ = tokio::task::spawn_blocking(move || {
+                group.stop();
+                d.join()
+            })
+            .await;
         }
     }
 }
@@ -64,8 +72,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
-fn meta_u64(engine: &dyn Engine, keys: &GroupKeys, name: &str) -> anyhow::Result<Option<u64>> {
-    Ok(engine.get(&keys.meta(name))?.map(|v| decode_u64(&v)))
+fn identity(engine: &dyn Engine, keys: &GroupKeys, name: &str) -> anyhow::Result<Option<u64>> {
+    Ok(engine.get(&keys.identity(name))?.map(|v| decode_u64(&v)))
 }
 
 pub async fn start(config: Config) -> anyhow::Result<Running> {
@@ -81,11 +89,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         initial.iter().map(|m| (member_id(&m.peer_urls, token), m)).collect();
     let my_id_flags = member_id(&config.advertise_peer_urls(), token);
 
-    let sm = Arc::new(StateMachine::open(engine.clone(), keys, config.watch_event_cache)?);
+    let sm = Arc::new(StateMachine::open(engine.clone(), keys, config.watch_event_cache_bytes)?);
     let storage = RaftStorage::open(engine.clone(), keys, sm.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
 
     // Identity is fixed at bootstrap; a restart resumes it whatever the flags say.
-    let (member_id, cluster_id) = match (meta_u64(&*engine, &keys, "member_id")?, meta_u64(&*engine, &keys, "cluster_id")?) {
+    let (member_id, cluster_id) = match (identity(&*engine, &keys, "member_id")?, identity(&*engine, &keys, "cluster_id")?) {
         (Some(m), Some(c)) => (m, c),
         _ => {
             if config.initial_cluster_state == "existing" {
@@ -105,8 +113,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     &mut batch,
                 );
             }
-            batch.put(keys.meta("member_id"), my_id_flags.to_be_bytes().to_vec());
-            batch.put(keys.meta("cluster_id"), cluster_id.to_be_bytes().to_vec());
+            batch.put(keys.identity("member_id"), my_id_flags.to_be_bytes().to_vec());
+            batch.put(keys.identity("cluster_id"), cluster_id.to_be_bytes().to_vec());
             engine.write(batch, true)?;
             tracing::info!(member = format!("{my_id_flags:x}"), cluster = format!("{cluster_id:x}"), "bootstrapped new cluster");
             (my_id_flags, cluster_id)

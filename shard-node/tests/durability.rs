@@ -78,6 +78,19 @@ async fn leader_kill_under_writes_loses_nothing_and_member_catches_up_by_snapsho
     assert_has_all(&mut back, &acked).await;
     let log = c.log(leader);
     assert!(log.contains("installed snapshot"), "the restarted member should have needed a snapshot:\n{log}");
+
+    // A snapshot carries the group's state, never the receiver's identity:
+    // after another restart the member is still itself and still serves.
+    let id_before = back.status().await.unwrap().header().unwrap().member_id();
+    c.kill(leader);
+    c.spawn(leader);
+    c.wait_ready().await;
+    let mut again = c.client(leader).await;
+    assert_eq!(again.status().await.unwrap().header().unwrap().member_id(), id_before);
+    let members = again.member_list().await.unwrap();
+    assert_eq!(members.members().len(), 3);
+    again.put("after-snapshot", "ok", None).await.unwrap();
+    assert_has_all(&mut again, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

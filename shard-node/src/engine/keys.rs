@@ -10,6 +10,7 @@
 //! [group][b'l'][lease id i64 BE]       lease (state machine)
 //! [group][b'm'][name]                  state-machine meta (applied index, ...)
 //! [group][b'n'][member id u64 BE]      group member (state machine)
+//! [group][b'I'][name]                  this member's identity (never in a snapshot)
 //! ```
 //!
 //! State-machine tables are lowercase and contiguous only in the sense that a
@@ -72,6 +73,11 @@ impl GroupKeys {
     }
     pub fn meta(&self, name: &str) -> Vec<u8> {
         self.key(b'm', name.as_bytes())
+    }
+    /// This member's own identity (member id, cluster id): deliberately not
+    /// a state table, so installing a peer's snapshot never overwrites it.
+    pub fn identity(&self, name: &str) -> Vec<u8> {
+        self.key(b'I', name.as_bytes())
     }
     pub fn member(&self, id: u64) -> Vec<u8> {
         self.key(b'n', &id.to_be_bytes())

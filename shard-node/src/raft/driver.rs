@@ -82,11 +82,20 @@ impl Driver {
         loop {
             let wait = self.settings.tick.saturating_sub(last_tick.elapsed());
             match self.mailbox.recv_timeout(wait) {
+                Ok(Msg::Stop) => break,
                 Ok(msg) => {
                     self.on_msg(msg);
                     // Drain what else is queued: one ready, one fsync for all.
+                    let mut stop = false;
                     for msg in self.mailbox.try_iter().take(4096).collect::<Vec<_>>() {
-                        self.on_msg(msg);
+                        match msg {
+                            Msg::Stop => stop = true,
+                            msg => self.on_msg(msg),
+                        }
+                    }
+                    if stop {
+                        self.handle_ready();
+                        break;
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -119,6 +128,7 @@ impl Driver {
                 self.node.report_snapshot(to, status);
             }
             Msg::TransferLeader(id) => self.node.transfer_leader(id),
+            Msg::Stop => {} // handled by the loop
         }
     }
 

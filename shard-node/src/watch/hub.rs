@@ -13,7 +13,8 @@ pub struct RevEvents {
 
 struct Ring {
     batches: VecDeque<Arc<RevEvents>>,
-    events: usize,
+    /// Approximate bytes held (keys and values dominate).
+    bytes: usize,
     /// Every event with revision >= this is in the ring.
     covered_from: i64,
 }
@@ -25,10 +26,10 @@ pub struct WatchHub {
 }
 
 impl WatchHub {
-    /// `capacity`: how many recent events to keep in memory.
+    /// `capacity`: bytes of recent events to keep in memory.
     pub fn new(current_rev: i64, capacity: usize) -> Self {
         Self {
-            ring: Mutex::new(Ring { batches: VecDeque::new(), events: 0, covered_from: current_rev + 1 }),
+            ring: Mutex::new(Ring { batches: VecDeque::new(), bytes: 0, covered_from: current_rev + 1 }),
             capacity,
             rev: watch::channel(current_rev).0,
         }
@@ -38,11 +39,11 @@ impl WatchHub {
     pub fn publish(&self, rev: i64, events: Vec<Event>) {
         if !events.is_empty() {
             let mut r = self.ring.lock();
-            r.events += events.len();
+            r.bytes += size_of_events(&events);
             r.batches.push_back(Arc::new(RevEvents { rev, events }));
-            while r.events > self.capacity && r.batches.len() > 1 {
+            while r.bytes > self.capacity && r.batches.len() > 1 {
                 let old = r.batches.pop_front().expect("non-empty");
-                r.events -= old.events.len();
+                r.bytes -= size_of_events(&old.events);
                 r.covered_from = old.rev + 1;
             }
         }
@@ -57,7 +58,7 @@ impl WatchHub {
     pub fn reset(&self, rev: i64) {
         let mut r = self.ring.lock();
         r.batches.clear();
-        r.events = 0;
+        r.bytes = 0;
         r.covered_from = rev + 1;
         drop(r);
         self.rev.send_replace(rev);
@@ -79,6 +80,10 @@ impl WatchHub {
     }
 }
 
+fn size_of_events(events: &[Event]) -> usize {
+    events.iter().map(|e| 64 + e.kv.as_ref().map_or(0, |kv| kv.key.len() + kv.value.len())).sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,7 +94,8 @@ mod tests {
 
     #[test]
     fn ring_forgets_oldest_and_says_so() {
-        let hub = WatchHub::new(10, 3);
+        // Three empty events fit (64 bytes of overhead each), four do not.
+        let hub = WatchHub::new(10, 3 * 64);
         hub.publish(11, vec![ev(), ev()]);
         hub.publish(12, vec![ev()]);
         assert_eq!(hub.recent(11, 12).map(|v| v.len()), Some(2));

@@ -6,11 +6,28 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A loopback address of its own for one test cluster (all of 127.0.0.0/8
+/// is loopback on Linux), so parallel test processes never race for ports.
+pub fn fresh_host() -> String {
+    loop {
+        let n: u32 = rand_u32() % (250 * 256 * 256);
+        let host = format!("127.{}.{}.{}", 1 + n / 65536, (n / 256) % 256, 1 + n % 250);
+        if TcpListener::bind(format!("{host}:0")).is_ok() {
+            return host;
+        }
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.write_u32(std::process::id());
+    h.finish() as u32
 }
 
 pub struct Member {
+    pub host: String,
     pub name: String,
     pub client_port: u16,
     pub peer_port: u16,
@@ -20,7 +37,10 @@ pub struct Member {
 
 impl Member {
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        format!("{}:{}", self.host, self.client_port)
+    }
+    fn url(&self, port: u16) -> String {
+        format!("http://{}:{port}", self.host)
     }
 }
 
@@ -35,18 +55,20 @@ impl Cluster {
     /// Starts `n` members (extra flags go to every member) and waits for a leader.
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
+        let host = fresh_host();
         let members: Vec<Member> = (1..=n)
             .map(|i| Member {
+                host: host.clone(),
                 name: format!("n{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
+                client_port: 2379 + 10 * i as u16,
+                peer_port: 2380 + 10 * i as u16,
                 dir: tmp.path().join(format!("n{i}")),
                 child: None,
             })
             .collect();
         let cluster_flag = members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}={}", m.name, m.url(m.peer_port)))
             .collect::<Vec<_>>()
             .join(",");
         let mut c = Cluster { members, cluster_flag, extra: extra.iter().map(|s| s.to_string()).collect(), _tmp: tmp };
@@ -66,10 +88,10 @@ impl Cluster {
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_shard-node"))
             .args(["--name", &m.name, "--data-dir", m.dir.to_str().unwrap()])
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{}", m.client_port)])
-            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{}", m.client_port)])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", m.peer_port)])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", m.peer_port)])
+            .args(["--listen-client-urls", &m.url(m.client_port)])
+            .args(["--advertise-client-urls", &m.url(m.client_port)])
+            .args(["--listen-peer-urls", &m.url(m.peer_port)])
+            .args(["--initial-advertise-peer-urls", &m.url(m.peer_port)])
             .args(["--initial-cluster", &self.cluster_flag])
             .args(&self.extra)
             .stdout(Stdio::null())
@@ -180,19 +202,18 @@ pub struct RealEtcd {
 impl RealEtcd {
     pub async fn start() -> RealEtcd {
         let tmp = tempfile::tempdir().unwrap();
-        let (cp, pp) = (free_port(), free_port());
+        let host = fresh_host();
+        let (client, peer) = (format!("http://{host}:2379"), format!("http://{host}:2380"));
         let child = Command::new("etcd")
             .args(["--name", "ref", "--data-dir", tmp.path().join("d").to_str().unwrap()])
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{cp}")])
-            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{cp}")])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{pp}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{pp}")])
-            .args(["--initial-cluster", &format!("ref=http://127.0.0.1:{pp}")])
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("ref={peer}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("etcd is installed (scripts/prereqs.sh)");
-        let endpoint = format!("127.0.0.1:{cp}");
+        let endpoint = format!("{host}:2379");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(mut c) = etcd_client::Client::connect([endpoint.clone()], None).await {
