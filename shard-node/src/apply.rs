@@ -20,7 +20,11 @@ use parking_lot::{Mutex, RwLock};
 use prost::Message;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tessera_proto::etcdserverpb::{DeleteRangeResponse, PutResponse, TxnRequest, TxnResponse};
+use tessera_proto::etcdserverpb::alarm_request::AlarmAction;
+use tessera_proto::etcdserverpb::request_op::Request;
+use tessera_proto::etcdserverpb::{
+    AlarmMember, AlarmResponse, AlarmType, DeleteRangeResponse, PutResponse, TxnRequest, TxnResponse,
+};
 use tessera_proto::tessera::command::{command::Op, Command, MemberContext};
 
 /// What applying a command produced, for the client that proposed it.
@@ -30,6 +34,8 @@ pub enum Applied {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     LeaseGrant { id: i64, ttl: i64 },
+    /// The alarms an Alarm request changed.
+    Alarms(Vec<AlarmMember>),
     Done,
 }
 
@@ -41,6 +47,7 @@ pub struct ApplyOutput {
 }
 
 const META_APPLIED: &str = "applied";
+const META_ALARMS: &str = "alarms";
 
 pub struct StateMachine {
     pub engine: Arc<dyn Engine>,
@@ -49,6 +56,8 @@ pub struct StateMachine {
     pub lessor: Arc<Mutex<Lessor>>,
     pub hub: Arc<WatchHub>,
     pub members: Arc<RwLock<Members>>,
+    /// Raised alarms (replicated: every member sees the same).
+    alarms: RwLock<Vec<AlarmMember>>,
     applied: AtomicU64,
 }
 
@@ -59,6 +68,7 @@ impl StateMachine {
         let sm = Self {
             lessor: Arc::new(Mutex::new(Lessor::new(keys))),
             members: Arc::new(RwLock::new(Members::default())),
+            alarms: RwLock::new(vec![]),
             applied: AtomicU64::new(0),
             engine,
             keys,
@@ -74,9 +84,55 @@ impl StateMachine {
         let attached = self.store.attached_leases();
         self.lessor.lock().reload(self.engine.as_ref(), attached.into_iter())?;
         *self.members.write() = Members::load(self.engine.as_ref(), &self.keys)?;
+        let alarms = match self.engine.get(&self.keys.meta(META_ALARMS))? {
+            Some(v) => AlarmResponse::decode(v.as_slice()).map_err(|e| Error::Internal(e.to_string()))?.alarms,
+            None => vec![],
+        };
+        *self.alarms.write() = alarms;
         let applied = self.engine.get(&self.keys.meta(META_APPLIED))?.map(|v| decode_u64(&v)).unwrap_or(0);
         self.applied.store(applied, Ordering::Release);
         Ok(())
+    }
+
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        self.alarms.read().clone()
+    }
+
+    pub fn has_alarm(&self, t: AlarmType) -> bool {
+        self.alarms.read().iter().any(|a| a.alarm == t as i32)
+    }
+
+    /// etcd's capped applier: what an active alarm refuses.
+    fn refused(&self, op: &Op) -> Option<Error> {
+        let writes = matches!(
+            op,
+            Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::LeaseGrant(_) | Op::LeaseRevoke(_) | Op::Compact(_)
+        );
+        if writes && self.has_alarm(AlarmType::Corrupt) {
+            return Some(Error::Corrupt);
+        }
+        let grows = match op {
+            Op::Put(_) | Op::LeaseGrant(_) => true,
+            Op::Txn(t) => txn_has_put(t),
+            _ => false,
+        };
+        (grows && self.has_alarm(AlarmType::Nospace)).then_some(Error::NoSpace)
+    }
+
+    fn apply_alarm(&self, r: &tessera_proto::etcdserverpb::AlarmRequest, batch: &mut WriteBatch) -> Result<Applied> {
+        let mut alarms = self.alarms.write();
+        let changed = AlarmMember { member_id: r.member_id, alarm: r.alarm };
+        match AlarmAction::try_from(r.action) {
+            Ok(AlarmAction::Activate) if r.alarm != AlarmType::None as i32 => {
+                if !alarms.contains(&changed) {
+                    alarms.push(changed.clone());
+                }
+            }
+            Ok(AlarmAction::Deactivate) => alarms.retain(|a| *a != changed),
+            _ => return Ok(Applied::Alarms(vec![])),
+        }
+        batch.put(self.keys.meta(META_ALARMS), AlarmResponse { header: None, alarms: alarms.clone() }.encode_to_vec());
+        Ok(Applied::Alarms(vec![changed]))
     }
 
     pub fn applied_index(&self) -> u64 {
@@ -115,7 +171,10 @@ impl StateMachine {
             let mut lessor = self.lessor.lock();
             if let Some(Op::Compact(c)) = &cmd.op {
                 let mut batch = WriteBatch::default();
-                let result = self.compact(&mut st, c.revision, &mut batch);
+                let result = match self.refused(cmd.op.as_ref().expect("compact")) {
+                    Some(e) => Err(e),
+                    None => self.compact(&mut st, c.revision, &mut batch),
+                };
                 self.store.write_meta(&mut batch, &st);
                 self.mark_applied(index, &mut batch);
                 self.commit(index, batch);
@@ -123,7 +182,9 @@ impl StateMachine {
                 return Some((cmd.member_id, cmd.seq, ApplyOutput { result, rev }));
             }
             let mut txn = WriteTxn::begin(&self.store, &mut st, cmd.revision_hint);
+            let refused = cmd.op.as_ref().and_then(|op| self.refused(op));
             let result = match &cmd.op {
+                _ if refused.is_some() => Err(refused.expect("checked")),
                 Some(Op::Put(p)) if p.lease != 0 && !lessor.exists(p.lease) => Err(Error::LeaseNotFound),
                 Some(Op::Put(p)) => txn.put(p).map(Applied::Put),
                 Some(Op::DeleteRange(d)) => txn.delete_range(d).map(Applied::DeleteRange),
@@ -159,6 +220,18 @@ impl StateMachine {
                     }
                     Ok(Applied::Done)
                 }
+                Some(Op::UpdateMember(m)) => {
+                    let mut members = self.members.write();
+                    match members.get(m.id).cloned() {
+                        Some(mut cur) => {
+                            cur.peer_urls = m.peer_urls.clone();
+                            members.upsert(cur, &self.keys, txn.batch_mut());
+                            Ok(Applied::Done)
+                        }
+                        None => Err(Error::MemberNotFound),
+                    }
+                }
+                Some(Op::Alarm(a)) => self.apply_alarm(a, txn.batch_mut()),
                 Some(Op::Compact(_)) | None => Ok(Applied::Done),
             };
             let (result, events, mut batch) = match result {
@@ -235,4 +308,13 @@ impl SnapshotSource for StateMachine {
         let data = snapshot::encode_state(self.engine.as_ref(), &self.keys)?;
         Ok((self.applied_index(), data))
     }
+}
+
+/// Whether a txn can write a put in any branch (what a space quota refuses).
+pub fn txn_has_put(t: &TxnRequest) -> bool {
+    t.success.iter().chain(&t.failure).any(|op| match &op.request {
+        Some(Request::RequestPut(_)) => true,
+        Some(Request::RequestTxn(t)) => txn_has_put(t),
+        _ => false,
+    })
 }

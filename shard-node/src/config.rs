@@ -74,6 +74,10 @@ pub struct Config {
     /// further behind read history from disk.
     #[arg(long, default_value_t = 64 << 20)]
     pub watch_event_cache_bytes: usize,
+    /// Bootstrap a new group from a backup file written by `etcdctl snapshot
+    /// save` (only on an empty data dir, with --initial-cluster-state new).
+    #[arg(long, default_value = "")]
+    pub restore_from: String,
     /// Path to a YAML configuration file (etcd's keys); flags are then ignored.
     #[arg(long)]
     #[serde(skip)]
@@ -141,6 +145,15 @@ impl Config {
 
     pub fn advertise_client_urls(&self) -> Vec<String> {
         split_urls(&self.advertise_client_urls)
+    }
+
+    /// etcd's default quota is 2 GiB; 0 means the default.
+    pub fn quota_bytes(&self) -> u64 {
+        if self.quota_backend_bytes == 0 {
+            2 << 30
+        } else {
+            self.quota_backend_bytes
+        }
     }
 
     pub fn hlc_revisions(&self) -> bool {

@@ -40,6 +40,18 @@ pub enum Error {
     NoSpace,
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExist,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
     #[error("etcdserver: {0}")]
     InvalidArgument(String),
     /// The request was routed with an old shard map (federation hook): the

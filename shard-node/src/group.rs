@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 /// What the driver thread is asked to do.
 pub enum Msg {
     Propose { seq: u64, data: Vec<u8> },
+    ProposeConfChange { seq: u64, cc: raft::prelude::ConfChangeV2, context: Vec<u8> },
     Raft(Box<raft::prelude::Message>),
     /// Linearizable reads are waiting in `Group::reads`.
     ReadIndex,
@@ -39,11 +40,17 @@ pub struct RaftStatus {
     pub commit: u64,
     pub applied: u64,
     pub last_index: u64,
+    /// On the leader: every member's matched log index.
+    pub progress: Vec<(u64, u64)>,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
 }
 
 pub struct GroupSettings {
     pub request_timeout: Duration,
     pub max_request_bytes: usize,
+    /// Storage quota: past it, writes that grow the store raise NOSPACE.
+    pub quota_bytes: u64,
 }
 
 pub struct Group {
@@ -60,6 +67,8 @@ pub struct Group {
     /// into one ReadIndex round).
     pub(crate) reads: Mutex<Vec<oneshot::Sender<Result<()>>>>,
     pub(crate) status: RwLock<RaftStatus>,
+    /// Becomes true when this member has been removed from the group.
+    pub removed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Group {
@@ -84,6 +93,7 @@ impl Group {
             seq: AtomicU64::new(1),
             reads: Mutex::new(vec![]),
             status: RwLock::new(RaftStatus::default()),
+            removed: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -144,6 +154,36 @@ impl Group {
         }
     }
 
+    /// Proposes a membership change and waits for this member to apply it.
+    pub async fn propose_conf_change(
+        &self,
+        change: raft::prelude::ConfChangeType,
+        member: tessera_proto::tessera::command::MemberContext,
+    ) -> Result<ApplyOutput> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let mut single = raft::prelude::ConfChangeSingle::default();
+        single.set_change_type(change);
+        single.set_node_id(member.id);
+        let mut cc = raft::prelude::ConfChangeV2::default();
+        cc.set_changes(vec![single].into());
+        let context = tessera_proto::tessera::command::ConfChangeContext { member_id: self.member_id, seq, member: Some(member) }
+            .encode_to_vec();
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().insert(seq, tx);
+        if let Err(e) = self.send(Msg::ProposeConfChange { seq, cc, context }) {
+            self.waiters.lock().remove(&seq);
+            return Err(e);
+        }
+        match tokio::time::timeout(self.settings.request_timeout, rx).await {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => {
+                self.waiters.lock().remove(&seq);
+                Err(Error::Timeout)
+            }
+        }
+    }
+
     /// Called by the driver when an entry this member proposed is applied.
     pub(crate) fn resolve(&self, seq: u64, out: ApplyOutput) {
         if let Some(tx) = self.waiters.lock().remove(&seq) {
@@ -156,6 +196,29 @@ impl Group {
             let rev = self.sm.store.current_revision();
             let _ = tx.send(ApplyOutput { result: Err(e), rev });
         }
+    }
+
+    /// etcd's quota check, before proposing a write that grows the store:
+    /// refuses it while NOSPACE is raised, and raises NOSPACE (through raft,
+    /// so every member refuses) when the store would pass the quota.
+    pub fn check_quota(self: &Arc<Self>, cost: usize) -> Result<()> {
+        use tessera_proto::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
+        if self.sm.has_alarm(AlarmType::Corrupt) {
+            return Err(Error::Corrupt);
+        }
+        if self.sm.has_alarm(AlarmType::Nospace) {
+            return Err(Error::NoSpace);
+        }
+        if self.sm.store.size_in_use() + cost as u64 <= self.settings.quota_bytes {
+            return Ok(());
+        }
+        tracing::warn!(quota = self.settings.quota_bytes, "storage quota exceeded: raising NOSPACE");
+        let g = self.clone();
+        tokio::spawn(async move {
+            let req = AlarmRequest { action: AlarmAction::Activate as i32, member_id: g.member_id, alarm: AlarmType::Nospace as i32 };
+            let _ = g.propose(Op::Alarm(req)).await;
+        });
+        Err(Error::NoSpace)
     }
 
     /// Waits until this member has applied everything committed before the

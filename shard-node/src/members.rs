@@ -13,6 +13,8 @@ use tessera_proto::tessera::command::MemberContext;
 #[derive(Default, Clone, Debug)]
 pub struct Members {
     by_id: BTreeMap<u64, MemberContext>,
+    /// Changes with every upsert/remove, so the transport knows to refresh.
+    version: u64,
 }
 
 impl Members {
@@ -25,17 +27,27 @@ impl Members {
             }
             true
         })?;
-        Ok(Self { by_id })
+        Ok(Self { by_id, version: 0 })
     }
 
     pub fn upsert(&mut self, m: MemberContext, keys: &GroupKeys, batch: &mut WriteBatch) {
         batch.put(keys.member(m.id), m.encode_to_vec());
         self.by_id.insert(m.id, m);
+        self.version += 1;
     }
 
     pub fn remove(&mut self, id: u64, keys: &GroupKeys, batch: &mut WriteBatch) {
         batch.delete(keys.member(id));
         self.by_id.remove(&id);
+        self.version += 1;
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &MemberContext> {
+        self.by_id.values()
     }
 
     pub fn get(&self, id: u64) -> Option<&MemberContext> {

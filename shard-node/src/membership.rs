@@ -6,18 +6,24 @@ use crate::apply::StateMachine;
 use crate::engine::WriteBatch;
 use prost::Message;
 use raft::prelude::{ConfChangeType, ConfChangeV2};
-use tessera_proto::tessera::command::MemberContext;
+use tessera_proto::tessera::command::{ConfChangeContext, MemberContext};
 
-pub fn apply_context(sm: &StateMachine, cc: &ConfChangeV2, context: &[u8], batch: &mut WriteBatch) {
-    let ctx = MemberContext::decode(context).ok();
+/// Applies the member-table side of a conf change; returns the proposer
+/// (member id, seq) so its waiting client can be answered.
+pub fn apply_context(sm: &StateMachine, cc: &ConfChangeV2, context: &[u8], batch: &mut WriteBatch) -> Option<(u64, u64)> {
+    let decoded = ConfChangeContext::decode(context).ok();
+    let ctx: Option<MemberContext> = decoded.as_ref().and_then(|c| c.member.clone());
     for change in cc.get_changes() {
         let id = change.get_node_id();
         match change.get_change_type() {
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
                 let learner = change.get_change_type() == ConfChangeType::AddLearnerNode;
-                let mut m = match (&ctx, sm.members.read().get(id)) {
-                    (Some(c), _) if c.id == id => c.clone(),
-                    (_, Some(existing)) => existing.clone(),
+                // A promotion keeps what is known of the member; an add
+                // brings the member's URLs in the context.
+                let existing = sm.members.read().get(id).cloned();
+                let mut m = match (existing, &ctx) {
+                    (Some(existing), _) => existing,
+                    (None, Some(c)) if c.id == id => c.clone(),
                     _ => MemberContext { id, ..Default::default() },
                 };
                 m.is_learner = learner;
@@ -26,4 +32,5 @@ pub fn apply_context(sm: &StateMachine, cc: &ConfChangeV2, context: &[u8], batch
             ConfChangeType::RemoveNode => sm.remove_member(id, batch),
         }
     }
+    decoded.map(|c| (c.member_id, c.seq))
 }

@@ -41,6 +41,7 @@ pub struct Running {
 impl Running {
     /// Stops serving, then stops the driver and waits for all of it.
     pub async fn shutdown(mut self) {
+        self.hand_off_leadership().await;
         let _ = self.stop.send(true);
         // Graceful shutdown waits for connections to close, and a watch
         // stream never does on its own: give them a moment, then cut them.
@@ -62,11 +63,37 @@ impl Running {
     }
 }
 
+impl Running {
+    /// A leader going down hands leadership to the most caught-up voter
+    /// first, so clients see no election timeout (as etcd on SIGTERM).
+    async fn hand_off_leadership(&self) {
+        let st = self.group.status();
+        let me = self.group.member_id;
+        if !st.is_leader {
+            return;
+        }
+        let target = st.progress.iter().filter(|(id, _)| *id != me && st.voters.contains(id)).max_by_key(|(_, m)| *m);
+        let Some((target, _)) = target else { return };
+        if self.group.send(Msg::TransferLeader(*target)).is_err() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + self.group.settings.request_timeout / 2;
+        while tokio::time::Instant::now() < deadline && self.group.status().leader == me {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!(to = format!("{target:x}"), done = self.group.status().leader != me, "leadership handed off");
+    }
+}
+
 /// Runs a member until `shutdown` completes (the binary passes Ctrl-C;
 /// tests boot the same code in-process).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let running = start(config).await?;
-    shutdown.await;
+    let mut removed = running.group.removed.subscribe();
+    tokio::select! {
+        _ = shutdown => {}
+        _ = removed.wait_for(|r| *r) => {}
+    }
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(())
@@ -95,17 +122,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Identity is fixed at bootstrap; a restart resumes it whatever the flags say.
     let (member_id, cluster_id) = match (identity(&*engine, &keys, "member_id")?, identity(&*engine, &keys, "cluster_id")?) {
         (Some(m), Some(c)) => (m, c),
+        _ if config.initial_cluster_state == "existing" => {
+            join_existing(&config, &*engine, &keys, &sm).await?
+        }
         _ => {
-            if config.initial_cluster_state == "existing" {
-                bail!("joining an existing cluster (--initial-cluster-state existing) is not supported yet");
-            }
             let mut sorted: Vec<u64> = ids.iter().map(|(id, _)| *id).collect();
             sorted.sort();
             let cluster_id = fnv1a(format!("{sorted:?}{token}").as_bytes());
             let mut batch = WriteBatch::default();
+            if !config.restore_from.is_empty() {
+                stage_restore(&config.restore_from, &keys, &sm, &mut batch)?;
+            }
             let mut cs = raft::prelude::ConfState::default();
             cs.set_voters(sorted.clone());
-            storage.set_conf_state(&cs, &mut batch);
+            storage.bootstrap(&cs, &mut batch);
+            batch.put(keys.meta("applied"), crate::raft::storage::INIT_INDEX.to_be_bytes().to_vec());
             for (id, m) in &ids {
                 let client_urls = if *id == my_id_flags { config.advertise_client_urls() } else { vec![] };
                 sm.upsert_member(
@@ -116,6 +147,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             batch.put(keys.identity("member_id"), my_id_flags.to_be_bytes().to_vec());
             batch.put(keys.identity("cluster_id"), cluster_id.to_be_bytes().to_vec());
             engine.write(batch, true)?;
+            sm.reload_after_snapshot()?;
+            if !config.restore_from.is_empty() {
+                tracing::info!(from = config.restore_from, revision = sm.store.current_revision(), "restored from backup");
+            }
             tracing::info!(member = format!("{my_id_flags:x}"), cluster = format!("{cluster_id:x}"), "bootstrapped new cluster");
             (my_id_flags, cluster_id)
         }
@@ -165,7 +200,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         cluster_id,
         sm.clone(),
         Hlc::new(config.hlc_revisions()),
-        GroupSettings { request_timeout, max_request_bytes: config.max_request_bytes },
+        GroupSettings { request_timeout, max_request_bytes: config.max_request_bytes, quota_bytes: config.quota_bytes() },
         mb_tx,
     ));
     group.hlc.observe(sm.store.current_revision());
@@ -261,4 +296,58 @@ async fn publish_attributes(group: Arc<Group>, name: String, client_urls: Vec<St
             _ = stop.changed() => return,
         }
     }
+}
+
+/// A new member of a running group: learns its id and the group from a
+/// peer (it must have been added with `etcdctl member add` first), then
+/// starts with an empty log; the leader catches it up with a snapshot.
+async fn join_existing(config: &Config, engine: &dyn Engine, keys: &GroupKeys, sm: &StateMachine) -> anyhow::Result<(u64, u64)> {
+    let mine = config.advertise_peer_urls();
+    let mut last_err = String::from("no other member in --initial-cluster");
+    for m in config.initial_members()? {
+        if m.peer_urls.iter().any(|u| mine.contains(u)) {
+            continue;
+        }
+        for url in &m.peer_urls {
+            let resp = async {
+                let mut c = tessera_proto::tessera::transport::peer_client::PeerClient::connect(url.clone()).await?;
+                anyhow::Ok(c.members(tessera_proto::tessera::transport::MembersRequest {}).await?.into_inner())
+            }
+            .await;
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) => {
+                    last_err = format!("{url}: {e}");
+                    continue;
+                }
+            };
+            let me = resp
+                .members
+                .iter()
+                .find(|x| x.peer_urls.iter().any(|u| mine.contains(u)))
+                .ok_or_else(|| anyhow::anyhow!("this member ({}) is not in the group: add it with `etcdctl member add` first", mine.join(",")))?;
+            let mut batch = WriteBatch::default();
+            for member in &resp.members {
+                sm.upsert_member(member.clone(), &mut batch);
+            }
+            batch.put(keys.identity("member_id"), me.id.to_be_bytes().to_vec());
+            batch.put(keys.identity("cluster_id"), resp.cluster_id.to_be_bytes().to_vec());
+            engine.write(batch, true)?;
+            tracing::info!(member = format!("{:x}", me.id), "joining existing group");
+            return Ok((me.id, resp.cluster_id));
+        }
+    }
+    bail!("cannot reach the group to join: {last_err}")
+}
+
+/// Puts a backup's state into `batch` as the start of a new group: its
+/// data and leases, none of its members, alarms or log position.
+fn stage_restore(path: &str, keys: &GroupKeys, sm: &StateMachine, batch: &mut WriteBatch) -> anyhow::Result<()> {
+    let file = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+    let state = crate::raft::snapshot::decode_backup(&file)?;
+    sm.stage_snapshot(state, batch)?;
+    let (start, end) = keys.table(b'n');
+    batch.delete_range(start, end);
+    batch.delete(keys.meta("alarms"));
+    Ok(())
 }

@@ -21,6 +21,8 @@ pub struct Entry {
     /// 0 marks a tombstone.
     pub version: i64,
     pub lease: i64,
+    /// Bytes the stored value takes (for the store's size in use).
+    pub size: u32,
 }
 
 impl Entry {
@@ -62,6 +64,10 @@ impl KeyIndex {
         self.entries.push(e);
     }
 
+    pub fn last_size(&self) -> u64 {
+        self.entries.last().map_or(0, |e| e.size as u64)
+    }
+
     /// Removes the newest entry (undo of an aborted txn); returns whether
     /// the key has no entries left.
     pub fn pop_last(&mut self) -> bool {
@@ -72,11 +78,11 @@ impl KeyIndex {
     /// Drops every entry that no read at a revision >= `at` can reach: all
     /// but the latest entry <= `at`, and that one too if it is a tombstone.
     /// Returns whether the key has no entries left.
-    pub fn compact(&mut self, at: i64, dropped: &mut Vec<Rev>) -> bool {
+    pub fn compact(&mut self, at: i64, dropped: &mut Vec<Entry>) -> bool {
         let i = self.entries.partition_point(|e| e.rev.main <= at);
         if i > 0 {
             let keep_from = if self.entries[i - 1].is_tombstone() { i } else { i - 1 };
-            dropped.extend(self.entries.drain(..keep_from).map(|e| e.rev));
+            dropped.extend(self.entries.drain(..keep_from));
         }
         self.entries.is_empty()
     }
@@ -87,10 +93,10 @@ mod tests {
     use super::*;
 
     fn put(main: i64, create: i64, version: i64) -> Entry {
-        Entry { rev: Rev::new(main, 0), create, version, lease: 0 }
+        Entry { rev: Rev::new(main, 0), create, version, lease: 0, size: 0 }
     }
     fn tomb(main: i64) -> Entry {
-        Entry { rev: Rev::new(main, 0), create: 0, version: 0, lease: 0 }
+        Entry { rev: Rev::new(main, 0), create: 0, version: 0, lease: 0, size: 0 }
     }
 
     #[test]
@@ -116,11 +122,11 @@ mod tests {
         }
         let mut dropped = vec![];
         assert!(!k.compact(8, &mut dropped));
-        assert_eq!(dropped, vec![Rev::new(5, 0)]);
+        assert_eq!(dropped.iter().map(|e| e.rev).collect::<Vec<_>>(), vec![Rev::new(5, 0)]);
         assert_eq!(k.at(8).map(|e| e.version), Some(2));
         dropped.clear();
         assert!(!k.compact(10, &mut dropped));
-        assert_eq!(dropped, vec![Rev::new(7, 0), Rev::new(9, 0)]);
+        assert_eq!(dropped.iter().map(|e| e.rev).collect::<Vec<_>>(), vec![Rev::new(7, 0), Rev::new(9, 0)]);
         assert_eq!(k.at(10), None);
         assert_eq!(k.at(12).map(|e| e.version), Some(1));
         dropped.clear();

@@ -24,6 +24,9 @@ pub struct State {
     pub rev: i64,
     /// Reads below this revision answer `Compacted`.
     pub compact_rev: i64,
+    /// Bytes of all stored revisions (etcd's "db size in use"; what the
+    /// space quota counts).
+    pub bytes: u64,
 }
 
 pub struct MvccStore {
@@ -42,7 +45,7 @@ impl MvccStore {
         let store = Self {
             engine,
             keys,
-            state: RwLock::new(State { index: BTreeMap::new(), rev: 0, compact_rev: 0 }),
+            state: RwLock::new(State { index: BTreeMap::new(), rev: 0, compact_rev: 0, bytes: 0 }),
         };
         store.reload()?;
         Ok(store)
@@ -54,7 +57,9 @@ impl MvccStore {
         let mut index: BTreeMap<Vec<u8>, KeyIndex> = BTreeMap::new();
         let (start, end) = self.keys.table(b'r');
         let mut bad = None;
+        let mut bytes = 0u64;
         self.engine.scan(&start, &end, &mut |k, v| {
+            bytes += v.len() as u64;
             let suffix = self.keys.suffix(k);
             let rev = Rev::new(decode_i64(&suffix[..8]), decode_i64(&suffix[8..16]));
             match KeyValue::decode(v) {
@@ -63,6 +68,7 @@ impl MvccStore {
                     create: kv.create_revision,
                     version: kv.version,
                     lease: kv.lease,
+                    size: v.len() as u32,
                 }),
                 Err(e) => bad = Some(e.to_string()),
             }
@@ -78,6 +84,7 @@ impl MvccStore {
         st.rev = meta(META_REV)?;
         st.compact_rev = meta(META_COMPACT)?;
         st.index = index;
+        st.bytes = bytes;
         Ok(())
     }
 
@@ -190,7 +197,12 @@ impl MvccStore {
         let mut dropped = vec![];
         st.index.retain(|_, ki| !ki.compact(at, &mut dropped));
         st.compact_rev = at;
-        dropped
+        st.bytes = st.bytes.saturating_sub(dropped.iter().map(|e| e.size as u64).sum());
+        dropped.into_iter().map(|e| e.rev).collect()
+    }
+
+    pub fn size_in_use(&self) -> u64 {
+        self.state.read().bytes
     }
 
     pub(crate) fn write_meta(&self, batch: &mut WriteBatch, st: &State) {

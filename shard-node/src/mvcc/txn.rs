@@ -103,8 +103,11 @@ impl<'s> WriteTxn<'s> {
             .collect())
     }
 
-    fn record(&mut self, key: &[u8], entry: Entry, kv: KeyValue) {
-        self.batch.put(self.store.keys.revision(entry.rev.main, entry.rev.sub), kv.encode_to_vec());
+    fn record(&mut self, key: &[u8], mut entry: Entry, kv: KeyValue) {
+        let value = kv.encode_to_vec();
+        entry.size = value.len() as u32;
+        self.st.bytes += value.len() as u64;
+        self.batch.put(self.store.keys.revision(entry.rev.main, entry.rev.sub), value);
         self.st.index.entry(key.to_vec()).or_default().push(entry);
         self.touched.push(key.to_vec());
         self.pending.insert(entry.rev, kv);
@@ -133,7 +136,7 @@ impl<'s> WriteTxn<'s> {
         };
         let rev = self.write_rev();
         let (create, version) = prev.map_or((rev, 1), |p| (p.create, p.version + 1));
-        let entry = Entry { rev: Rev::new(rev, self.sub), create, version, lease };
+        let entry = Entry { rev: Rev::new(rev, self.sub), create, version, lease, size: 0 };
         self.sub += 1;
         let kv = KeyValue { key: req.key.clone(), create_revision: create, mod_revision: rev, version, value, lease };
         self.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv.clone()), prev_kv: None });
@@ -159,7 +162,7 @@ impl<'s> WriteTxn<'s> {
 
     fn delete_one(&mut self, key: &[u8], lease: i64) {
         let rev = self.write_rev();
-        let entry = Entry { rev: Rev::new(rev, self.sub), create: 0, version: 0, lease: 0 };
+        let entry = Entry { rev: Rev::new(rev, self.sub), create: 0, version: 0, lease: 0, size: 0 };
         self.sub += 1;
         let kv = KeyValue { key: key.to_vec(), mod_revision: rev, ..Default::default() };
         self.events.push(Event { r#type: EventType::Delete as i32, kv: Some(kv.clone()), prev_kv: None });
@@ -303,6 +306,7 @@ impl Drop for WriteTxn<'_> {
         }
         for key in self.touched.drain(..).rev() {
             if let Some(ki) = self.st.index.get_mut(&key) {
+                self.st.bytes = self.st.bytes.saturating_sub(ki.last_size());
                 if ki.pop_last() {
                     self.st.index.remove(&key);
                 }
@@ -313,7 +317,7 @@ impl Drop for WriteTxn<'_> {
 
 impl Entry {
     fn zero() -> Self {
-        Entry { rev: Rev::default(), create: 0, version: 0, lease: 0 }
+        Entry { rev: Rev::default(), create: 0, version: 0, lease: 0, size: 0 }
     }
 }
 

@@ -48,6 +48,9 @@ pub struct Driver {
     ticks: u64,
     role: StateRole,
     leader: u64,
+    /// Members-table version the transport's peer addresses reflect.
+    peers_version: Option<u64>,
+    removed: bool,
 }
 
 impl Driver {
@@ -73,6 +76,8 @@ impl Driver {
             ticks: 0,
             role: StateRole::Follower,
             leader: 0,
+            peers_version: None,
+            removed: false,
         }
     }
 
@@ -107,6 +112,11 @@ impl Driver {
             }
             self.start_reads();
             self.handle_ready();
+            if self.removed {
+                tracing::warn!("this member has been removed from the group; stopping");
+                let _ = self.group.removed.send(true);
+                break;
+            }
         }
         for (_, (waiters, _)) in self.reads_in_flight.drain() {
             fail_reads(waiters, Error::Stopped);
@@ -116,6 +126,13 @@ impl Driver {
     fn on_msg(&mut self, msg: Msg) {
         match msg {
             Msg::Propose { seq, data } => self.propose(seq, data, Instant::now()),
+            Msg::ProposeConfChange { seq, cc, context } => {
+                if self.node.raft.leader_id == raft::INVALID_ID {
+                    self.group.fail(seq, Error::NoLeader);
+                } else if self.node.propose_conf_change(context, cc).is_err() {
+                    self.group.fail(seq, Error::NoLeader);
+                }
+            }
             Msg::Raft(m) => {
                 if let Err(e) = self.node.step(*m) {
                     tracing::debug!(error = %e, "raft step");
@@ -265,6 +282,7 @@ impl Driver {
 
         self.resolve_reads();
         self.maybe_compact_log();
+        self.refresh_peers();
         self.update_status();
     }
 
@@ -305,12 +323,42 @@ impl Driver {
             }
         };
         let mut batch = WriteBatch::default();
-        match self.node.apply_conf_change(&cc) {
-            Ok(cs) => self.storage.set_conf_state(&cs, &mut batch),
-            Err(err) => tracing::warn!(error = %err, "conf change rejected"),
-        }
-        crate::membership::apply_context(&self.group.sm, &cc, e.get_context(), &mut batch);
+        let result = match self.node.apply_conf_change(&cc) {
+            Ok(cs) => {
+                self.storage.set_conf_state(&cs, &mut batch);
+                let me = self.group.member_id;
+                let in_group = cs.get_voters().contains(&me) || cs.get_learners().contains(&me);
+                // A member that was part of the group and is no longer: removed.
+                self.removed |= !in_group && cc.get_changes().iter().any(|c| c.get_node_id() == me);
+                Ok(crate::apply::Applied::Done)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "conf change rejected");
+                Err(Error::InvalidArgument(format!("conf change rejected: {err}")))
+            }
+        };
+        let proposer = crate::membership::apply_context(&self.group.sm, &cc, e.get_context(), &mut batch);
         self.group.sm.apply_noop(e.get_index(), Some(batch));
+        if let Some((member, seq)) = proposer {
+            if member == self.group.member_id {
+                let rev = self.group.sm.store.current_revision();
+                self.group.resolve(seq, crate::apply::ApplyOutput { result, rev });
+            }
+        }
+    }
+
+    /// Points the transport at every member's current peer URL.
+    fn refresh_peers(&mut self) {
+        let members = self.group.sm.members.read();
+        if self.peers_version == Some(members.version()) {
+            return;
+        }
+        self.peers_version = Some(members.version());
+        for m in members.all() {
+            if let Some(url) = m.peer_urls.first() {
+                self.transport.set_peer(m.id, url.clone());
+            }
+        }
     }
 
     fn maybe_compact_log(&mut self) {
@@ -343,6 +391,14 @@ impl Driver {
             st.commit = r.raft_log.committed;
             st.applied = self.group.sm.applied_index();
             st.last_index = self.storage.last_log_index();
+            let conf = r.prs().conf();
+            st.voters = conf.voters().ids().iter().collect();
+            st.learners = conf.learners().iter().copied().collect();
+            st.progress = if role == StateRole::Leader {
+                r.prs().iter().map(|(id, pr)| (*id, pr.matched)).collect()
+            } else {
+                vec![]
+            };
         }
         if role != self.role {
             let mut lessor = self.group.sm.lessor.lock();

@@ -19,6 +19,10 @@ pub trait SnapshotSource: Send + Sync {
     fn build(&self) -> crate::error::Result<(u64, Vec<u8>)>;
 }
 
+/// Where a bootstrapped group's log starts (see `RaftStorage::bootstrap`).
+pub const INIT_INDEX: u64 = 5;
+const INIT_TERM: u64 = 5;
+
 #[derive(Default, Clone, Copy, Debug)]
 struct Truncated {
     index: u64,
@@ -81,6 +85,24 @@ impl RaftStorage {
             inner: Arc::new(RwLock::new(Inner { hard_state, conf_state, truncated, last_index })),
             snapshots,
         })
+    }
+
+    /// Starts a new group's log: empty, as if truncated at `INIT_INDEX` with
+    /// the initial configuration. A member that joins later has an empty
+    /// log below that index, so the leader must send it a snapshot, which
+    /// carries the configuration (replaying from index 1 would not).
+    pub fn bootstrap(&self, cs: &ConfState, batch: &mut WriteBatch) {
+        let t = Truncated { index: INIT_INDEX, term: INIT_TERM };
+        {
+            let mut i = self.inner.write();
+            i.truncated = t;
+            i.last_index = INIT_INDEX;
+            i.hard_state.set_term(INIT_TERM);
+            i.hard_state.set_commit(INIT_INDEX);
+            batch.put(self.keys.hard_state(), i.hard_state.write_to_bytes().expect("encode hard state"));
+        }
+        self.put_truncated(t, batch);
+        self.set_conf_state(cs, batch);
     }
 
     /// True if this group has never been started on this member.

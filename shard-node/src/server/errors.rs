@@ -17,7 +17,14 @@ impl From<Error> for Status {
             | Error::RequestTooLarge
             | Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::LeaseNotFound | Error::MemberNotFound => Code::NotFound,
-            Error::LeaseExist | Error::EpochNotMatch { .. } => Code::FailedPrecondition,
+            Error::LeaseExist
+            | Error::EpochNotMatch { .. }
+            | Error::PeerUrlExist
+            | Error::MemberNotLearner
+            | Error::LearnerNotReady
+            | Error::NotLeader => Code::FailedPrecondition,
+            Error::MemberBadUrls => Code::InvalidArgument,
+            Error::Corrupt => Code::DataLoss,
             Error::NoLeader | Error::Timeout | Error::Stopped => Code::Unavailable,
             Error::TooManyRequests | Error::NoSpace => Code::ResourceExhausted,
             Error::Internal(_) => Code::Internal,

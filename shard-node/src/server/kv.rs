@@ -40,6 +40,7 @@ impl Kv for KvService {
         let r = req.into_inner();
         validate::put(&r)?;
         metrics::PUT_TOTAL.inc();
+        self.group.check_quota(r.key.len() + r.value.len())?;
         let out = self.group.propose(Op::Put(r)).await?;
         match out.result? {
             Applied::Put(mut resp) => {
@@ -73,6 +74,9 @@ impl Kv for KvService {
             let (mut resp, rev) = self.group.sm.read_txn(&r)?;
             resp.header = Some(self.group.header(rev));
             return Ok(Response::new(resp));
+        }
+        if crate::apply::txn_has_put(&r) {
+            self.group.check_quota(prost::Message::encoded_len(&r))?;
         }
         let out = self.group.propose(Op::Txn(r)).await?;
         match out.result? {

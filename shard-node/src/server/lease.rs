@@ -84,6 +84,7 @@ impl Lease for LeaseService {
             return Err(Error::LeaseTtlTooLarge.into());
         }
         r.ttl = r.ttl.max(self.min_ttl);
+        self.group.check_quota(64)?;
         if r.id == 0 {
             // The id is fixed before proposing, so every member applies the same.
             let lessor = self.group.sm.lessor.lock();

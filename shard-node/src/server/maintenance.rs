@@ -1,13 +1,18 @@
 //! etcd's Maintenance and Cluster services.
 
+use crate::apply::Applied;
 use crate::group::{Group, Msg};
+use crate::raft::snapshot;
+use tessera_proto::etcdserverpb::alarm_request::AlarmAction;
+use tessera_proto::tessera::command::command::Op;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tessera_proto::etcdserverpb::cluster_server::Cluster;
 use tessera_proto::etcdserverpb::maintenance_server::Maintenance;
 use tessera_proto::etcdserverpb::*;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+
+const SNAPSHOT_CHUNK: usize = 32 * 1024;
 
 /// The etcd API level we implement; Kubernetes checks it through Status.
 pub const ETCD_API_VERSION: &str = "3.5.17";
@@ -28,8 +33,16 @@ fn not_yet(what: &str) -> Status {
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, _req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        Ok(Response::new(AlarmResponse { header: self.header(), alarms: vec![] }))
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let r = req.into_inner();
+        if AlarmAction::try_from(r.action) == Ok(AlarmAction::Get) {
+            return Ok(Response::new(AlarmResponse { header: self.header(), alarms: self.group.sm.alarms() }));
+        }
+        let out = self.group.propose(Op::Alarm(r)).await?;
+        match out.result? {
+            Applied::Alarms(alarms) => Ok(Response::new(AlarmResponse { header: Some(self.group.header(out.rev)), alarms })),
+            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+        }
     }
 
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -44,8 +57,17 @@ impl Maintenance for MaintenanceService {
             raft_index: st.commit,
             raft_term: st.term,
             raft_applied_index: st.applied,
-            errors: vec![],
-            db_size_in_use: size,
+            errors: self
+                .group
+                .sm
+                .alarms()
+                .iter()
+                .map(|a| {
+                    let name = AlarmType::try_from(a.alarm).map(|t| t.as_str_name()).unwrap_or("UNKNOWN");
+                    format!("memberID:{} alarm:{name} ", a.member_id)
+                })
+                .collect(),
+            db_size_in_use: self.group.sm.store.size_in_use() as i64,
             is_learner: st.is_learner,
             storage_version: String::new(),
             cluster_version: String::new(),
@@ -64,7 +86,9 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(not_yet("Hash"))
+        // The whole store: every revision and lease.
+        let (hash, _) = self.group.sm.store.hash_kv(0)?;
+        Ok(Response::new(HashResponse { header: self.header(), hash }))
     }
 
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
@@ -82,7 +106,31 @@ impl Maintenance for MaintenanceService {
     type SnapshotStream = ReceiverStream<Result<SnapshotResponse, Status>>;
 
     async fn snapshot(&self, _req: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(not_yet("Snapshot"))
+        let sm = self.group.sm.clone();
+        let header = self.header();
+        let file = tokio::task::spawn_blocking(move || {
+            snapshot::encode_state(sm.engine.as_ref(), &sm.keys).map(|s| snapshot::encode_backup(&s))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let total = file.len();
+            let mut sent = 0;
+            for chunk in file.chunks(SNAPSHOT_CHUNK) {
+                sent += chunk.len();
+                let resp = SnapshotResponse {
+                    header: header.clone(),
+                    remaining_bytes: (total - sent) as u64,
+                    blob: chunk.to_vec(),
+                    version: ETCD_API_VERSION.into(),
+                };
+                if tx.send(Ok(resp)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
@@ -106,37 +154,5 @@ impl Maintenance for MaintenanceService {
 
     async fn downgrade(&self, _req: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
         Err(not_yet("Downgrade"))
-    }
-}
-
-pub struct ClusterService {
-    pub group: Arc<Group>,
-}
-
-#[tonic::async_trait]
-impl Cluster for ClusterService {
-    async fn member_add(&self, _req: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
-        Err(not_yet("MemberAdd"))
-    }
-
-    async fn member_remove(&self, _req: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(not_yet("MemberRemove"))
-    }
-
-    async fn member_update(&self, _req: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(not_yet("MemberUpdate"))
-    }
-
-    async fn member_list(&self, req: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
-        if req.into_inner().linearizable {
-            self.group.read_index().await?;
-        }
-        let members = self.group.sm.members.read().to_proto();
-        let rev = self.group.sm.store.current_revision();
-        Ok(Response::new(MemberListResponse { header: Some(self.group.header(rev)), members }))
-    }
-
-    async fn member_promote(&self, _req: Request<MemberPromoteRequest>) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(not_yet("MemberPromote"))
     }
 }

@@ -2,6 +2,7 @@
 //! map error → fill header), served on the client port together with the
 //! HTTP endpoints etcd has there (/metrics, /health, /version).
 
+pub mod cluster;
 pub mod errors;
 pub mod kv;
 pub mod lease;
@@ -48,7 +49,7 @@ impl ClientApi {
             LeaseServer::new(lease::LeaseService { group: g.clone(), leader, min_ttl: self.min_lease_ttl })
                 .max_decoding_message_size(max),
         )
-        .add_service(ClusterServer::new(maintenance::ClusterService { group: g.clone() }))
+        .add_service(ClusterServer::new(cluster::ClusterService { group: g.clone() }))
         .add_service(MaintenanceServer::new(maintenance::MaintenanceService { group: g.clone() }));
         let health_group = g.clone();
         grpc.into_axum_router()

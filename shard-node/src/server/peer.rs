@@ -8,7 +8,7 @@ use protobuf::Message as _;
 use std::sync::Arc;
 use tessera_proto::etcdserverpb::{LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse};
 use tessera_proto::tessera::transport::peer_server::Peer;
-use tessera_proto::tessera::transport::{RaftAck, RaftBatch};
+use tessera_proto::tessera::transport::{MembersRequest, MembersResponse, RaftAck, RaftBatch};
 use tonic::{Request, Response, Status, Streaming};
 
 pub struct PeerService {
@@ -36,6 +36,11 @@ impl Peer for PeerService {
             }
         }
         Ok(Response::new(RaftAck {}))
+    }
+
+    async fn members(&self, _req: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
+        let members = self.group.sm.members.read().all().cloned().collect();
+        Ok(Response::new(MembersResponse { cluster_id: self.group.cluster_id, members }))
     }
 
     async fn lease_renew(&self, req: Request<LeaseKeepAliveRequest>) -> Result<Response<LeaseKeepAliveResponse>, Status> {

@@ -79,6 +79,33 @@ impl Cluster {
         c
     }
 
+    /// Registers a new member slot (not started): for `etcdctl member add`.
+    pub fn add_member_slot(&mut self) -> usize {
+        let i = self.members.len() + 1;
+        let host = self.members[0].host.clone();
+        self.members.push(Member {
+            host,
+            name: format!("n{i}"),
+            client_port: 2379 + 10 * i as u16,
+            peer_port: 2380 + 10 * i as u16,
+            dir: self._tmp.path().join(format!("n{i}")),
+            child: None,
+        });
+        i - 1
+    }
+
+    pub fn peer_url(&self, i: usize) -> String {
+        self.members[i].url(self.members[i].peer_port)
+    }
+
+    /// Starts a member added with `member add`, joining the running group.
+    pub fn spawn_joining(&mut self, i: usize, initial_cluster: &str) {
+        self.cluster_flag = initial_cluster.to_string();
+        self.extra.extend(["--initial-cluster-state".to_string(), "existing".to_string()]);
+        self.spawn(i);
+        self.extra.truncate(self.extra.len() - 2);
+    }
+
     pub fn spawn(&mut self, i: usize) {
         let m = &self.members[i];
         let log = std::fs::OpenOptions::new()

@@ -1,0 +1,118 @@
+//! etcd's Cluster service: membership changes go through raft as conf
+//! changes (their context carries the member), so every member's table and
+//! raft configuration change at the same log index.
+
+use crate::apply::Applied;
+use crate::config::socket_addr;
+use crate::error::Error;
+use crate::group::Group;
+use crate::members::member_id;
+use raft::prelude::ConfChangeType;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tessera_proto::etcdserverpb::cluster_client::ClusterClient;
+use tessera_proto::etcdserverpb::cluster_server::Cluster;
+use tessera_proto::etcdserverpb::*;
+use tessera_proto::tessera::command::{command::Op, MemberContext};
+use tonic::{Request, Response, Status};
+
+pub struct ClusterService {
+    pub group: Arc<Group>,
+}
+
+/// A learner may be promoted once it holds 90% of the leader's log (etcd's rule).
+const LEARNER_READY_PERCENT: f64 = 0.9;
+
+impl ClusterService {
+    fn header(&self) -> Option<ResponseHeader> {
+        Some(self.group.header(self.group.sm.store.current_revision()))
+    }
+
+    fn members(&self) -> Vec<Member> {
+        self.group.sm.members.read().to_proto()
+    }
+
+    fn check_peer_urls(&self, urls: &[String], except: Option<u64>) -> Result<(), Error> {
+        if urls.is_empty() || urls.iter().any(|u| socket_addr(u).is_err()) {
+            return Err(Error::MemberBadUrls);
+        }
+        let members = self.group.sm.members.read();
+        let taken = members.all().any(|m| Some(m.id) != except && m.peer_urls.iter().any(|u| urls.contains(u)));
+        if taken {
+            return Err(Error::PeerUrlExist);
+        }
+        Ok(())
+    }
+
+    /// Client URL of the leader, for what only the leader can decide.
+    fn leader_client_url(&self) -> Result<String, Error> {
+        let leader = self.group.status().leader;
+        if leader == 0 {
+            return Err(Error::NoLeader);
+        }
+        self.group.sm.members.read().get(leader).and_then(|m| m.client_urls.first().cloned()).ok_or(Error::NotLeader)
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_add(&self, req: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        let r = req.into_inner();
+        self.check_peer_urls(&r.peer_ur_ls, None)?;
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let id = member_id(&r.peer_ur_ls, &format!("{}{nanos}", self.group.cluster_id));
+        let member = MemberContext { id, name: String::new(), peer_urls: r.peer_ur_ls.clone(), client_urls: vec![], is_learner: r.is_learner };
+        let change = if r.is_learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
+        self.group.propose_conf_change(change, member).await?.result?;
+        let members = self.members();
+        let added = members.iter().find(|m| m.id == id).cloned();
+        Ok(Response::new(MemberAddResponse { header: self.header(), member: added, members }))
+    }
+
+    async fn member_remove(&self, req: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
+        let id = req.into_inner().id;
+        let member = self.group.sm.members.read().get(id).cloned().ok_or(Error::MemberNotFound)?;
+        self.group.propose_conf_change(ConfChangeType::RemoveNode, member).await?.result?;
+        Ok(Response::new(MemberRemoveResponse { header: self.header(), members: self.members() }))
+    }
+
+    async fn member_update(&self, req: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
+        let r = req.into_inner();
+        let mut member = self.group.sm.members.read().get(r.id).cloned().ok_or(Error::MemberNotFound)?;
+        self.check_peer_urls(&r.peer_ur_ls, Some(r.id))?;
+        member.peer_urls = r.peer_ur_ls;
+        match self.group.propose(Op::UpdateMember(member)).await?.result? {
+            Applied::Done => Ok(Response::new(MemberUpdateResponse { header: self.header(), members: self.members() })),
+            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+        }
+    }
+
+    async fn member_list(&self, req: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
+        if req.into_inner().linearizable {
+            self.group.read_index().await?;
+        }
+        Ok(Response::new(MemberListResponse { header: self.header(), members: self.members() }))
+    }
+
+    async fn member_promote(&self, req: Request<MemberPromoteRequest>) -> Result<Response<MemberPromoteResponse>, Status> {
+        let id = req.into_inner().id;
+        let st = self.group.status();
+        if !st.is_leader {
+            // Only the leader knows how far the learner is: ask it (as etcd forwards).
+            let mut leader = ClusterClient::connect(self.leader_client_url()?)
+                .await
+                .map_err(|_| Status::from(Error::NoLeader))?;
+            return leader.member_promote(MemberPromoteRequest { id }).await;
+        }
+        let member = self.group.sm.members.read().get(id).cloned().ok_or(Error::MemberNotFound)?;
+        if !st.learners.contains(&id) {
+            return Err(Error::MemberNotLearner.into());
+        }
+        let matched = |who: u64| st.progress.iter().find(|(m, _)| *m == who).map_or(0, |(_, i)| *i);
+        if (matched(id) as f64) < matched(self.group.member_id) as f64 * LEARNER_READY_PERCENT {
+            return Err(Error::LearnerNotReady.into());
+        }
+        self.group.propose_conf_change(ConfChangeType::AddNode, member).await?.result?;
+        Ok(Response::new(MemberPromoteResponse { header: self.header(), members: self.members() }))
+    }
+}
