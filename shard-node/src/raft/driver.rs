@@ -43,8 +43,12 @@ pub struct Driver {
     reads_in_flight: HashMap<Vec<u8>, (ReadWaiters, u64)>,
     /// Reads whose ReadIndex came back, waiting for apply to reach it.
     reads_waiting: Vec<(u64, ReadWaiters)>,
-    /// Proposals that arrived while no leader was known.
+    /// Own proposals raft could not take yet (no leader, or a leadership
+    /// transfer in progress); never appended, so safe to propose again.
     unled: Vec<(u64, Vec<u8>, Instant)>,
+    /// Proposals forwarded by other members that raft dropped for the same
+    /// reasons; stepped again once a leader can take them.
+    parked: Vec<(Message, Instant)>,
     ticks: u64,
     role: StateRole,
     leader: u64,
@@ -73,6 +77,7 @@ impl Driver {
             reads_in_flight: HashMap::new(),
             reads_waiting: vec![],
             unled: vec![],
+            parked: vec![],
             ticks: 0,
             role: StateRole::Follower,
             leader: 0,
@@ -134,8 +139,13 @@ impl Driver {
                 }
             }
             Msg::Raft(m) => {
-                if let Err(e) = self.node.step(*m) {
-                    tracing::debug!(error = %e, "raft step");
+                let proposal = (m.get_msg_type() == raft::prelude::MessageType::MsgPropose).then(|| (*m).clone());
+                match self.node.step(*m) {
+                    Err(raft::Error::ProposalDropped) if proposal.is_some() => {
+                        self.parked.push((proposal.expect("checked"), Instant::now()));
+                    }
+                    Err(e) => tracing::debug!(error = %e, "raft step"),
+                    Ok(()) => {}
                 }
             }
             Msg::ReadIndex => {}
@@ -149,15 +159,34 @@ impl Driver {
         }
     }
 
+    fn can_propose(&self) -> bool {
+        self.node.raft.leader_id != raft::INVALID_ID && self.node.raft.lead_transferee.is_none()
+    }
+
     fn propose(&mut self, seq: u64, data: Vec<u8>, since: Instant) {
-        if self.node.raft.leader_id == raft::INVALID_ID {
-            // As etcd: a proposal waits for a leader (up to the request
-            // timeout) instead of failing during an election.
+        // As etcd: a proposal waits for a leader (up to the request timeout)
+        // instead of failing during an election or a leadership transfer.
+        if !self.can_propose() {
             self.unled.push((seq, data, since));
             return;
         }
-        if self.node.propose(vec![], data).is_err() {
-            self.group.fail(seq, Error::NoLeader);
+        if let Err(raft::Error::ProposalDropped) = self.node.propose(vec![], data.clone()) {
+            self.unled.push((seq, data, since));
+        }
+    }
+
+    /// Proposes again what raft could not take before.
+    fn retry_dropped(&mut self) {
+        if !self.can_propose() || (self.unled.is_empty() && self.parked.is_empty()) {
+            return;
+        }
+        for (seq, data, since) in std::mem::take(&mut self.unled) {
+            self.propose(seq, data, since);
+        }
+        for (m, since) in std::mem::take(&mut self.parked) {
+            if let Err(raft::Error::ProposalDropped) = self.node.step(m.clone()) {
+                self.parked.push((m, since));
+            }
         }
     }
 
@@ -177,6 +206,8 @@ impl Driver {
         }
         let timeout = self.settings.request_timeout;
         self.unled.retain(|(_, _, since)| since.elapsed() < timeout);
+        self.parked.retain(|(_, since)| since.elapsed() < timeout);
+        self.retry_dropped();
     }
 
     fn start_reads(&mut self) {
@@ -414,11 +445,7 @@ impl Driver {
             self.leader = leader;
             metrics::LEADER_CHANGES.inc();
             metrics::HAS_LEADER.set(i64::from(leader != raft::INVALID_ID));
-            if leader != raft::INVALID_ID {
-                for (seq, data, since) in std::mem::take(&mut self.unled) {
-                    self.propose(seq, data, since);
-                }
-            }
+            self.retry_dropped();
         }
     }
 }
