@@ -121,3 +121,50 @@ async fn full_restart_keeps_everything() {
     let next = cl.put("after", "1", None).await.unwrap().header().unwrap().revision();
     assert!(next > *revs.last().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_on_the_leader_hands_off_leadership_without_failed_writes() {
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let term_before = c.client(leader).await.status().await.unwrap().raft_term();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let acked = Arc::new(Mutex::new(vec![]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let eps: Vec<String> = survivors.iter().map(|i| c.members[*i].endpoint()).collect();
+    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = {
+        let (acked, stop, failures) = (acked.clone(), stop.clone(), failures.clone());
+        tokio::spawn(async move {
+            let mut clients = vec![];
+            for ep in &eps {
+                clients.push(Client::connect([ep.clone()], None).await.unwrap());
+            }
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("load/{i:08}");
+                match clients[i % 2].put(key.clone(), "v", None).await {
+                    Ok(_) => acked.lock().await.push(key),
+                    Err(e) => {
+                        eprintln!("write failed: {e}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                i += 1;
+            }
+        })
+    };
+    wait_acked(&acked, 100, Duration::from_secs(30)).await;
+    let took = c.terminate(leader);
+    let before = acked.lock().await.len();
+    wait_acked(&acked, before + 100, Duration::from_secs(30)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    eprintln!("leader stopped by SIGTERM in {took:?}");
+
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "writes failed across the hand-off");
+    let mut s = c.client(survivors[0]).await;
+    // A hand-off is one term bump (TimeoutNow), not an election timeout plus votes.
+    let st = s.status().await.unwrap();
+    assert_eq!(st.raft_term(), term_before + 1, "leadership was handed off, not re-elected");
+    assert_has_all(&mut s, &acked.lock().await).await;
+}

@@ -136,6 +136,17 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM, then waits for the member to exit on its own.
+    pub fn terminate(&mut self, i: usize) -> Duration {
+        let start = Instant::now();
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let status = c.wait().unwrap();
+            assert!(status.success(), "member exited with {status} after SIGTERM");
+        }
+        start.elapsed()
+    }
+
     pub fn is_running(&self, i: usize) -> bool {
         self.members[i].child.is_some()
     }
