@@ -215,7 +215,10 @@ impl Driver {
         if waiters.is_empty() {
             return;
         }
-        let ctx = self.next_read.to_be_bytes().to_vec();
+        // Unique across members: the leader keys pending reads by context
+        // and ignores a second request with the same one.
+        let mut ctx = self.group.member_id.to_be_bytes().to_vec();
+        ctx.extend_from_slice(&self.next_read.to_be_bytes());
         self.next_read += 1;
         self.reads_in_flight.insert(ctx.clone(), (waiters, self.ticks));
         self.node.read_index(ctx);
