@@ -78,6 +78,13 @@ pub struct Config {
     /// save` (only on an empty data dir, with --initial-cluster-state new).
     #[arg(long, default_value = "")]
     pub restore_from: String,
+    /// Compare this member's data with its peers' before serving, and refuse
+    /// to start if it diverges.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub experimental_initial_corrupt_check: bool,
+    /// How often the leader compares every member's data (0s = never).
+    #[arg(long, default_value = "1m")]
+    pub experimental_corrupt_check_time: String,
     /// Path to a YAML configuration file (etcd's keys); flags are then ignored.
     #[arg(long)]
     #[serde(skip)]
@@ -206,6 +213,7 @@ impl Config {
             )));
         }
         self.progress_notify_interval()?;
+        parse_duration(&self.experimental_corrupt_check_time)?;
         Ok(())
     }
 }

@@ -221,6 +221,16 @@ impl Group {
         Err(Error::NoSpace)
     }
 
+    /// A member marked CORRUPT serves no reads (its data diverged).
+    pub fn check_readable(&self) -> Result<()> {
+        use tessera_proto::etcdserverpb::AlarmType;
+        let me = self.member_id;
+        if self.sm.alarms().iter().any(|a| a.alarm == AlarmType::Corrupt as i32 && a.member_id == me) {
+            return Err(Error::Corrupt);
+        }
+        Ok(())
+    }
+
     /// Waits until this member has applied everything committed before the
     /// call (raft ReadIndex, no log write), so a local read is linearizable.
     pub async fn read_index(&self) -> Result<()> {

@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod config;
+pub mod corruption;
 pub mod engine;
 pub mod error;
 pub mod group;

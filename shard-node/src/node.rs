@@ -253,6 +253,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     }));
 
+    if config.experimental_initial_corrupt_check {
+        if let Err(e) = crate::corruption::initial_check(&group).await {
+            let _ = stop_tx.send(true);
+            group.stop();
+            bail!("{e}");
+        }
+    }
+
     // etcd's minimum lease TTL: 1.5 election timeouts, rounded up to seconds.
     let min_lease_ttl = (config.election_timeout * 3 / 2).div_ceil(1000) as i64;
     for l in client_listeners {
@@ -276,6 +284,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
 
     tasks.push(tokio::spawn(crate::server::lease::run_lease_loops(group.clone(), Duration::from_secs(300), stop_rx.clone())));
+    let corrupt_every = crate::config::parse_duration(&config.experimental_corrupt_check_time)?;
+    if !corrupt_every.is_zero() {
+        tasks.push(tokio::spawn(crate::corruption::run_periodic(group.clone(), corrupt_every, stop_rx.clone())));
+    }
     tasks.push(tokio::spawn(publish_attributes(group.clone(), config.name.clone(), config.advertise_client_urls(), stop_rx)));
 
     tracing::info!(name = config.name, member = format!("{member_id:x}"), client = ?client_addrs, peer = %peer_addr, "shard-node serving");

@@ -27,6 +27,7 @@ impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let r = req.into_inner();
         validate::range(&r)?;
+        self.group.check_readable()?;
         metrics::RANGE_TOTAL.inc();
         if !r.serializable {
             self.group.read_index().await?;
@@ -70,6 +71,7 @@ impl Kv for KvService {
         validate::txn(&r, self.max_txn_ops)?;
         metrics::TXN_TOTAL.inc();
         if validate::txn_is_read_only(&r) {
+            self.group.check_readable()?;
             self.group.read_index().await?;
             let (mut resp, rev) = self.group.sm.read_txn(&r)?;
             resp.header = Some(self.group.header(rev));

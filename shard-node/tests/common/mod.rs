@@ -136,6 +136,27 @@ impl Cluster {
         }
     }
 
+    /// Starts member `i` with extra flags for this start only.
+    pub fn spawn_with(&mut self, i: usize, extra: &[&str]) {
+        let n = self.extra.len();
+        self.extra.extend(extra.iter().map(|s| s.to_string()));
+        self.spawn(i);
+        self.extra.truncate(n);
+    }
+
+    /// Waits for member `i` to exit by itself (None if still running at the deadline).
+    pub fn wait_exit(&mut self, i: usize, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.members[i].child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.members[i].child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// SIGTERM, then waits for the member to exit on its own.
     pub fn terminate(&mut self, i: usize) -> Duration {
         let start = Instant::now();
