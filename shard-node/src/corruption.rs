@@ -36,7 +36,9 @@ pub async fn mismatched_peers(group: &Group, rev: i64) -> Result<Vec<u64>> {
     let mut bad = vec![];
     for (id, url) in peers {
         let resp = async {
-            let ep = tonic::transport::Endpoint::from_shared(url)?.connect_timeout(Duration::from_secs(1));
+            // Peers starting at the same time accept connections before
+            // they serve: never wait on one for long.
+            let ep = tonic::transport::Endpoint::from_shared(url)?.connect_timeout(PEER_TIMEOUT).timeout(PEER_TIMEOUT);
             let mut c = MaintenanceClient::new(ep.connect().await?);
             anyhow::Ok(c.hash_kv(HashKvRequest { revision: rev }).await?.into_inner())
         }
@@ -65,6 +67,7 @@ pub async fn initial_check(group: &Group) -> Result<()> {
 }
 
 const FOLLOWER_GRACE: Duration = Duration::from_millis(500);
+const PEER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// On the leader, every `every`: raises CORRUPT for members that diverge.
 pub async fn run_periodic(group: Arc<Group>, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {

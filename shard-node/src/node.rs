@@ -272,10 +272,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         .router();
         let rx = stop_rx.clone();
-        // Without TCP_NODELAY, small gRPC responses wait out delayed ACKs (~40 ms).
-        let l = axum::serve::ListenerExt::tap_io(l, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+        let l = crate::server::authority::ClientListener(l);
         tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stopped(rx)).await {
                 tracing::error!(error = %e, "client server failed");

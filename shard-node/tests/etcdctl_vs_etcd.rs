@@ -123,3 +123,32 @@ async fn lease_session_matches_real_etcd() {
     let got = session(&cluster.members[2].endpoint());
     assert_eq!(want, got);
 }
+
+/// etcdctl 3.4 sends `http://host:port` as the HTTP/2 authority on
+/// maintenance calls to an endpoint given with its scheme (and for
+/// `--cluster`): etcd accepts it, so must we.
+#[tokio::test(flavor = "multi_thread")]
+async fn maintenance_calls_with_scheme_endpoints_and_cluster_flag() {
+    let etcd = RealEtcd::start().await;
+    let cluster = Cluster::start(3, &[]).await;
+    for ep in [etcd.endpoint.clone(), cluster.members[0].endpoint()] {
+        let url = format!("http://{ep}");
+        for args in [
+            vec!["endpoint", "status"],
+            vec!["endpoint", "hashkv"],
+            vec!["defrag"],
+            vec!["endpoint", "status", "--cluster"],
+            vec!["endpoint", "health", "--cluster"],
+        ] {
+            let out = etcdctl(&url, &args);
+            assert!(
+                out.status.success(),
+                "{ep}: etcdctl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let cluster_status = String::from_utf8_lossy(&etcdctl(&url, &["endpoint", "status", "--cluster"]).stdout).to_string();
+        let members = if ep == etcd.endpoint { 1 } else { 3 };
+        assert_eq!(cluster_status.lines().count(), members, "{cluster_status}");
+    }
+}

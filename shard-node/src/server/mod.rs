@@ -2,6 +2,7 @@
 //! map error → fill header), served on the client port together with the
 //! HTTP endpoints etcd has there (/metrics, /health, /version).
 
+pub mod authority;
 pub mod cluster;
 pub mod errors;
 pub mod kv;
