@@ -3,48 +3,9 @@
 //! when the log was compacted meanwhile.
 
 mod common;
-use common::Cluster;
-use etcd_client::{Client, GetOptions};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::Mutex;
-
-/// Writes distinct keys through every endpoint until stopped; records the
-/// acknowledged ones.
-fn spawn_writer(endpoints: Vec<String>, acked: Arc<Mutex<Vec<String>>>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut clients = vec![];
-        for ep in &endpoints {
-            clients.push(Client::connect([ep.clone()], None).await.unwrap());
-        }
-        let mut i = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            let key = format!("load/{i:08}");
-            let c = &mut clients[(i as usize) % endpoints.len()];
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(3), c.put(key.clone(), "v", None)).await {
-                acked.lock().await.push(key);
-            }
-            i += 1;
-        }
-    })
-}
-
-async fn wait_acked(acked: &Arc<Mutex<Vec<String>>>, n: usize, within: Duration) -> Duration {
-    let start = Instant::now();
-    while acked.lock().await.len() < n {
-        assert!(start.elapsed() < within, "writes stalled at {} acknowledged", acked.lock().await.len());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
-}
-
-async fn assert_has_all(c: &mut Client, acked: &[String]) {
-    let got = c.get("load/", Some(GetOptions::new().with_prefix().with_keys_only())).await.unwrap();
-    let have: std::collections::HashSet<&[u8]> = got.kvs().iter().map(|k| k.key()).collect();
-    let lost: Vec<&String> = acked.iter().filter(|k| !have.contains(k.as_bytes())).collect();
-    assert!(lost.is_empty(), "{} acknowledged writes lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
-}
+use common::{assert_has_all, Cluster, LoadWriter};
+use etcd_client::GetOptions;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn leader_kill_under_writes_loses_nothing_and_member_catches_up_by_snapshot() {
@@ -52,20 +13,15 @@ async fn leader_kill_under_writes_loses_nothing_and_member_catches_up_by_snapsho
     let leader = c.leader().await;
     let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
 
-    let acked = Arc::new(Mutex::new(vec![]));
-    let stop = Arc::new(AtomicBool::new(false));
     // Write only through the survivors so the client side does not stall on the dead endpoint.
-    let eps: Vec<String> = survivors.iter().map(|i| c.members[*i].endpoint()).collect();
-    let writer = spawn_writer(eps, acked.clone(), stop.clone());
-    wait_acked(&acked, 100, Duration::from_secs(30)).await;
+    let load = LoadWriter::start(survivors.iter().map(|i| c.members[*i].endpoint()).collect());
+    load.wait_acked(100, Duration::from_secs(30)).await;
 
     c.kill(leader);
-    let before = acked.lock().await.len();
+    let before = load.acked();
     // Enough writes after the kill to compact the log past the dead member.
-    let took = wait_acked(&acked, before + 400, Duration::from_secs(60)).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
-    let acked = acked.lock().await.clone();
+    let took = load.wait_acked(before + 400, Duration::from_secs(60)).await;
+    let (acked, _failed_during_election) = load.stop().await;
     eprintln!("after kill -9 of the leader: {} more writes acknowledged in {took:?}", acked.len() - before);
 
     let mut s = c.client(survivors[0]).await;
@@ -128,43 +84,18 @@ async fn sigterm_on_the_leader_hands_off_leadership_without_failed_writes() {
     let leader = c.leader().await;
     let term_before = c.client(leader).await.status().await.unwrap().raft_term();
     let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
-    let acked = Arc::new(Mutex::new(vec![]));
-    let stop = Arc::new(AtomicBool::new(false));
-    let eps: Vec<String> = survivors.iter().map(|i| c.members[*i].endpoint()).collect();
-    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let writer = {
-        let (acked, stop, failures) = (acked.clone(), stop.clone(), failures.clone());
-        tokio::spawn(async move {
-            let mut clients = vec![];
-            for ep in &eps {
-                clients.push(Client::connect([ep.clone()], None).await.unwrap());
-            }
-            let mut i = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let key = format!("load/{i:08}");
-                match clients[i % 2].put(key.clone(), "v", None).await {
-                    Ok(_) => acked.lock().await.push(key),
-                    Err(e) => {
-                        eprintln!("write failed: {e}");
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                i += 1;
-            }
-        })
-    };
-    wait_acked(&acked, 100, Duration::from_secs(30)).await;
+    let load = LoadWriter::start(survivors.iter().map(|i| c.members[*i].endpoint()).collect());
+    load.wait_acked(100, Duration::from_secs(30)).await;
     let took = c.terminate(leader);
-    let before = acked.lock().await.len();
-    wait_acked(&acked, before + 100, Duration::from_secs(30)).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
+    let before = load.acked();
+    load.wait_acked(before + 100, Duration::from_secs(30)).await;
+    let (acked, failures) = load.stop().await;
     eprintln!("leader stopped by SIGTERM in {took:?}");
 
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "writes failed across the hand-off");
+    assert_eq!(failures, 0, "writes failed across the hand-off");
     let mut s = c.client(survivors[0]).await;
     // A hand-off is one term bump (TimeoutNow), not an election timeout plus votes.
     let st = s.status().await.unwrap();
     assert_eq!(st.raft_term(), term_before + 1, "leadership was handed off, not re-elected");
-    assert_has_all(&mut s, &acked.lock().await).await;
+    assert_has_all(&mut s, &acked).await;
 }

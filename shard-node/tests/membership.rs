@@ -3,10 +3,8 @@
 //! hashes and the space quota.
 
 mod common;
-use common::{etcdctl, Cluster};
+use common::{assert_has_all, etcdctl, Cluster, LoadWriter};
 use etcd_client::{Client, GetOptions};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn ok(out: std::process::Output) -> String {
@@ -28,31 +26,8 @@ async fn status(ep: &str) -> etcd_client::StatusResponse {
 async fn learner_joins_under_load_then_is_promoted_and_replaces_a_voter() {
     let mut c = Cluster::start(3, &[]).await;
     // Continuous writes through n2 and n3 (n1 is removed later).
-    let (acked, failed, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
-    let eps = vec![c.members[1].endpoint(), c.members[2].endpoint()];
-    let writer = {
-        let (acked, failed, stop) = (acked.clone(), failed.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut clients = vec![];
-            for ep in &eps {
-                clients.push(Client::connect([ep.clone()], None).await.unwrap());
-            }
-            let mut i = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                match clients[i % 2].put(format!("load/{i:06}"), "v", None).await {
-                    Ok(_) => acked.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        eprintln!("write failed: {e}");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-                i += 1;
-            }
-        })
-    };
-    while acked.load(Ordering::Relaxed) < 200 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let load = LoadWriter::start(vec![c.members[1].endpoint(), c.members[2].endpoint()]);
+    load.wait_acked(200, Duration::from_secs(30)).await;
 
     // Add a learner with etcdctl and start it as `member add` says.
     let n4 = c.add_member_slot();
@@ -110,13 +85,10 @@ async fn learner_joins_under_load_then_is_promoted_and_replaces_a_voter() {
     assert!(!list.contains(" n1,"), "{list}");
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "client requests failed during the changes");
-    let n = acked.load(Ordering::Relaxed);
+    let (acked, failed) = load.stop().await;
+    assert_eq!(failed, 0, "client requests failed during the changes");
     let mut check = Client::connect([ep4.clone()], None).await.unwrap();
-    let all = check.get("load/", Some(GetOptions::new().with_prefix().with_count_only())).await.unwrap();
-    assert_eq!(all.count() as usize, n, "every acknowledged write is on the new member");
+    assert_has_all(&mut check, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
