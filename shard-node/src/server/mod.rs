@@ -4,12 +4,15 @@
 
 pub mod authority;
 pub mod cluster;
+pub mod election;
 pub mod errors;
 pub mod kv;
 pub mod lease;
 pub mod leader;
+pub mod lock;
 pub mod maintenance;
 pub mod peer;
+pub mod recipes;
 pub mod validate;
 pub mod watch;
 
@@ -22,6 +25,8 @@ use tessera_proto::etcdserverpb::kv_server::KvServer;
 use tessera_proto::etcdserverpb::lease_server::LeaseServer;
 use tessera_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use tessera_proto::etcdserverpb::watch_server::WatchServer;
+use tessera_proto::v3electionpb::election_server::ElectionServer;
+use tessera_proto::v3lockpb::lock_server::LockServer;
 
 /// etcd's allowance for gRPC framing on top of --max-request-bytes.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -51,7 +56,9 @@ impl ClientApi {
                 .max_decoding_message_size(max),
         )
         .add_service(ClusterServer::new(cluster::ClusterService { group: g.clone() }))
-        .add_service(MaintenanceServer::new(maintenance::MaintenanceService { group: g.clone() }));
+        .add_service(MaintenanceServer::new(maintenance::MaintenanceService { group: g.clone() }))
+        .add_service(LockServer::new(lock::LockService { group: g.clone() }))
+        .add_service(ElectionServer::new(election::ElectionService { group: g.clone() }));
         let health_group = g.clone();
         grpc.into_axum_router()
             .route("/metrics", get(|| async { crate::metrics::render() }))
