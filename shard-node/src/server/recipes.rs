@@ -118,34 +118,22 @@ pub async fn wait_turn(group: &Arc<Group>, prefix: &[u8], key: &[u8], my_rev: i6
     }
 }
 
-/// Deletes `key` if it still has create revision `rev`; returns the revision after.
-pub async fn delete_if_created_at(group: &Group, key: &[u8], rev: i64) -> Result<(bool, i64)> {
-    let del = DeleteRangeRequest { key: key.to_vec(), ..Default::default() };
-    let (resp, after) = txn(
-        group,
-        TxnRequest {
-            compare: vec![create_rev_is(key, rev)],
-            success: vec![RequestOp { request: Some(Request::RequestDeleteRange(del)) }],
-            failure: vec![],
-        },
-    )
-    .await?;
+/// Runs `op` if `key` still has create revision `rev` (the contender
+/// still holds its place); returns whether it ran and the revision after.
+async fn if_created_at(group: &Group, key: &[u8], rev: i64, op: Request) -> Result<(bool, i64)> {
+    let t = TxnRequest { compare: vec![create_rev_is(key, rev)], success: vec![RequestOp { request: Some(op) }], failure: vec![] };
+    let (resp, after) = txn(group, t).await?;
     Ok((resp.succeeded, after))
 }
 
-/// Puts `value` on `key` if it still has create revision `rev`.
+pub async fn delete_if_created_at(group: &Group, key: &[u8], rev: i64) -> Result<(bool, i64)> {
+    let del = DeleteRangeRequest { key: key.to_vec(), ..Default::default() };
+    if_created_at(group, key, rev, Request::RequestDeleteRange(del)).await
+}
+
 pub async fn put_if_created_at(group: &Group, key: &[u8], rev: i64, value: &[u8], lease: i64) -> Result<(bool, i64)> {
     let put = PutRequest { key: key.to_vec(), value: value.to_vec(), lease, ..Default::default() };
-    let (resp, after) = txn(
-        group,
-        TxnRequest {
-            compare: vec![create_rev_is(key, rev)],
-            success: vec![RequestOp { request: Some(Request::RequestPut(put)) }],
-            failure: vec![],
-        },
-    )
-    .await?;
-    Ok((resp.succeeded, after))
+    if_created_at(group, key, rev, Request::RequestPut(put)).await
 }
 
 #[cfg(test)]
