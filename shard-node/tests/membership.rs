@@ -153,3 +153,25 @@ async fn quota_raises_nospace_and_the_documented_recovery_clears_it() {
     assert_eq!(ok(c.etcdctl(0, &["alarm", "list"])).trim(), "");
     ok(c.etcdctl(2, &["put", "more", "x"]));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn member_update_moves_a_peer_url() {
+    let mut c = Cluster::start(3, &[]).await;
+    let id3 = member_id(&c, 0, "n3");
+    let new_port = c.members[2].peer_port + 5;
+    let new_url = format!("http://{}:{new_port}", c.members[2].host);
+    ok(c.etcdctl(0, &["member", "update", &id3, &format!("--peer-urls={new_url}")]));
+    assert!(ok(c.etcdctl(1, &["member", "list"])).contains(&new_url));
+
+    // The member moves to its new address; the others reach it there.
+    c.kill(2);
+    c.set_peer_port(2, new_port);
+    c.spawn(2);
+    c.wait_ready().await;
+    let mut n1 = c.client(0).await;
+    let rev = n1.put("moved", "yes", None).await.unwrap().header().unwrap().revision();
+    let mut n3 = c.client(2).await;
+    let got = n3.get("moved", None).await.unwrap(); // linearizable: a ReadIndex round over raft
+    assert_eq!(got.kvs()[0].mod_revision(), rev);
+    n3.put("from-n3", "ok", None).await.unwrap();
+}

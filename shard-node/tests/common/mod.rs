@@ -94,6 +94,18 @@ impl Cluster {
         i - 1
     }
 
+    /// Moves member `i` to another peer port (for `member update`); takes
+    /// effect at its next start.
+    pub fn set_peer_port(&mut self, i: usize, port: u16) {
+        self.members[i].peer_port = port;
+        self.cluster_flag = self
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.url(m.peer_port)))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+
     pub fn peer_url(&self, i: usize) -> String {
         self.members[i].url(self.members[i].peer_port)
     }
