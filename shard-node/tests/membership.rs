@@ -72,6 +72,9 @@ async fn learner_joins_under_load_then_is_promoted_and_replaces_a_voter() {
     // leader to it, and remove an old voter.
     let id4 = member_id(&c, 1, "n4");
     ok(c.etcdctl(2, &["member", "promote", &id4]));
+    // Promote answers once the leader applied it; a linearizable read makes
+    // n4 apply up to there too before its own status is asked.
+    learner.get("fresh", None).await.unwrap();
     assert!(!status(&ep4).await.is_learner());
     let again = c.etcdctl(1, &["member", "promote", &id4]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("etcdserver: can only promote a learner member"));

@@ -260,6 +260,11 @@ impl Drop for Cluster {
         for i in 0..self.members.len() {
             self.kill(i);
         }
+        // TESSERA_KEEP_FAILED=1 keeps a failed test's data dirs and logs.
+        if std::thread::panicking() && std::env::var_os("TESSERA_KEEP_FAILED").is_some() {
+            let dir = std::mem::replace(&mut self._tmp, tempfile::tempdir().unwrap()).keep();
+            eprintln!("kept the cluster's data and logs in {}", dir.display());
+        }
     }
 }
 
