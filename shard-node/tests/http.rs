@@ -24,6 +24,16 @@ async fn metrics_health_and_version() {
     for name in ["etcd_server_has_leader 1", "etcd_disk_wal_fsync_duration_seconds_count", "etcd_server_proposals_applied_total"] {
         assert!(metrics.contains(name), "missing {name} in:\n{metrics}");
     }
+    assert!(metrics.contains("etcd_debugging_mvcc_keys_total 1\n"), "one key was put:\n{metrics}");
+    let size = metrics.lines().find_map(|l| l.strip_prefix("etcd_mvcc_db_total_size_in_bytes ")).unwrap();
+    assert!(size.trim().parse::<u64>().unwrap() > 0, "db size is read at scrape time");
+    // Exactly one member reports itself leader.
+    let leaders = c
+        .members
+        .iter()
+        .filter(|m| get(&m.endpoint(), "/metrics").contains("etcd_server_is_leader 1\n"))
+        .count();
+    assert_eq!(leaders, 1);
     let health = get(&ep, "/health");
     assert!(health.starts_with("HTTP/1.1 200") && health.contains(r#"{"health":"true"}"#), "{health}");
     let version = get(&ep, "/version");

@@ -21,7 +21,6 @@ pub type Result<T> = std::result::Result<T, EngineError>;
 #[derive(Default, Debug)]
 pub struct WriteBatch {
     pub(crate) ops: Vec<BatchOp>,
-    pub(crate) bytes: usize,
 }
 
 #[derive(Debug)]
@@ -33,11 +32,9 @@ pub(crate) enum BatchOp {
 
 impl WriteBatch {
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.bytes += key.len() + value.len();
         self.ops.push(BatchOp::Put(key, value));
     }
     pub fn delete(&mut self, key: Vec<u8>) {
-        self.bytes += key.len();
         self.ops.push(BatchOp::Delete(key));
     }
     /// Deletes every key in `[start, end)`.
@@ -46,11 +43,7 @@ impl WriteBatch {
     }
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
-    }
-    pub fn size_bytes(&self) -> usize {
-        self.bytes
-    }
-}
+    }}
 
 pub trait Engine: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;

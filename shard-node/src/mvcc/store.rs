@@ -6,7 +6,7 @@
 //! compaction deletes them; lookups outside the lock (prev_kv, history) treat
 //! a value compaction removed meanwhile as `Compacted`.
 
-use super::range::{self, entries_at};
+use super::range;
 use super::{KeyIndex, Rev};
 use crate::engine::keys::{decode_i64, GroupKeys};
 use crate::engine::{Engine, WriteBatch};
@@ -96,7 +96,7 @@ impl MvccStore {
         self.state.read().compact_rev
     }
 
-    /// Number of live keys and of stored revisions.
+    /// Number of live keys (etcd_debugging_mvcc_keys_total).
     pub fn key_count(&self) -> usize {
         let st = self.state.read();
         st.index.values().filter(|k| k.latest().is_some()).count()
@@ -121,18 +121,6 @@ impl MvccStore {
         let rev = range::read_revision(&st, req.revision)?;
         let resp = range::range(&st, req, rev, &|revs| self.fetch(revs))?;
         Ok((resp, st.rev))
-    }
-
-    /// The latest live version of `key` at `rev` (None if absent).
-    pub fn get_at(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>> {
-        let e = {
-            let st = self.state.read();
-            st.index.get(key).and_then(|k| k.at(rev)).map(|e| e.rev)
-        };
-        match e {
-            Some(r) => Ok(self.fetch(&[r])?.pop()),
-            None => Ok(None),
-        }
     }
 
     /// The key as it was just before the change at `rev` (a watcher's prev_kv).
@@ -237,11 +225,6 @@ impl MvccStore {
             .collect()
     }
 
-    /// Every live key of `[key, range_end)` at the current revision.
-    pub fn live_keys(&self, key: &[u8], range_end: &[u8]) -> Vec<Vec<u8>> {
-        let st = self.state.read();
-        entries_at(&st, key, range_end, st.rev).into_iter().map(|(k, _)| k.to_vec()).collect()
-    }
 }
 
 /// The watch event a stored revision stands for: a version of 0 is a tombstone.

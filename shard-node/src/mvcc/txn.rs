@@ -74,10 +74,6 @@ impl<'s> WriteTxn<'s> {
         }
     }
 
-    pub fn state(&self) -> &State {
-        self.st
-    }
-
     pub fn batch_mut(&mut self) -> &mut WriteBatch {
         &mut self.batch
     }

@@ -435,6 +435,7 @@ impl Driver {
             };
         }
         if role != self.role {
+            metrics::IS_LEADER.set(i64::from(role == StateRole::Leader));
             let mut lessor = self.group.sm.lessor.lock();
             if role == StateRole::Leader {
                 // Leases get the election on top, as etcd's Promote.

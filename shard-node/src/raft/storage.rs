@@ -105,12 +105,6 @@ impl RaftStorage {
         self.set_conf_state(cs, batch);
     }
 
-    /// True if this group has never been started on this member.
-    pub fn is_empty(&self) -> bool {
-        let i = self.inner.read();
-        i.last_index == 0 && i.conf_state.get_voters().is_empty() && i.conf_state.get_learners().is_empty()
-    }
-
     pub fn hard_state(&self) -> HardState {
         self.inner.read().hard_state.clone()
     }

@@ -48,7 +48,6 @@ impl Maintenance for MaintenanceService {
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let st = self.group.status();
         let size = self.group.sm.engine.size_on_disk() as i64;
-        crate::metrics::DB_TOTAL_SIZE.set(size);
         Ok(Response::new(StatusResponse {
             header: self.header(),
             version: ETCD_API_VERSION.into(),

@@ -60,8 +60,17 @@ impl ClientApi {
         .add_service(LockServer::new(lock::LockService { group: g.clone() }))
         .add_service(ElectionServer::new(election::ElectionService { group: g.clone() }));
         let health_group = g.clone();
+        let metrics_group = g.clone();
         grpc.into_axum_router()
-            .route("/metrics", get(|| async { crate::metrics::render() }))
+            .route(
+                "/metrics",
+                get(move || {
+                    // Gauges derived from the store are read when scraped.
+                    crate::metrics::DB_TOTAL_SIZE.set(metrics_group.sm.engine.size_on_disk() as i64);
+                    crate::metrics::KEYS_TOTAL.set(metrics_group.sm.store.key_count() as i64);
+                    async { crate::metrics::render() }
+                }),
+            )
             .route(
                 "/health",
                 get(move || {
