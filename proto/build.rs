@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "protos/etcd/v3lockpb/v3lock.proto",
         "protos/tessera/command.proto",
         "protos/tessera/transport.proto",
+        "protos/tessera/shard.proto",
     ];
     tonic_prost_build::configure().compile_protos(&protos, &["protos"])?;
     for p in protos {

@@ -23,4 +23,7 @@ pub mod tessera {
     pub mod transport {
         tonic::include_proto!("tessera.transport");
     }
+    pub mod shard {
+        tonic::include_proto!("tessera.shard");
+    }
 }

@@ -38,15 +38,23 @@ pub async fn mismatched_peers(group: &Group, rev: i64) -> Result<Vec<u64>> {
         let resp = async {
             // Peers starting at the same time accept connections before
             // they serve: never wait on one for long.
-            let ep = tonic::transport::Endpoint::from_shared(url)?.connect_timeout(PEER_TIMEOUT).timeout(PEER_TIMEOUT);
+            let ep = tonic::transport::Endpoint::from_shared(url)?
+                .connect_timeout(PEER_TIMEOUT)
+                .timeout(PEER_TIMEOUT);
             let mut c = MaintenanceClient::new(ep.connect().await?);
-            anyhow::Ok(c.hash_kv(HashKvRequest { revision: rev }).await?.into_inner())
+            anyhow::Ok(
+                c.hash_kv(group.request(HashKvRequest { revision: rev }))
+                    .await?
+                    .into_inner(),
+            )
         }
         .await;
         match resp {
             Ok(r) if r.compact_revision == compact && r.hash != mine => bad.push(id),
             Ok(_) => {}
-            Err(e) => tracing::debug!(peer = format!("{id:x}"), error = %e, "corruption check skipped a peer"),
+            Err(e) => {
+                tracing::debug!(peer = format!("{id:x}"), error = %e, "corruption check skipped a peer")
+            }
         }
     }
     Ok(bad)
@@ -70,7 +78,11 @@ const FOLLOWER_GRACE: Duration = Duration::from_millis(500);
 const PEER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// On the leader, every `every`: raises CORRUPT for members that diverge.
-pub async fn run_periodic(group: Arc<Group>, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run_periodic(
+    group: Arc<Group>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
@@ -93,8 +105,15 @@ pub async fn run_periodic(group: Arc<Group>, every: Duration, mut stop: tokio::s
             }
         };
         for id in bad {
-            tracing::error!(member = format!("{id:x}"), "data inconsistency found: raising CORRUPT");
-            let req = AlarmRequest { action: AlarmAction::Activate as i32, member_id: id, alarm: AlarmType::Corrupt as i32 };
+            tracing::error!(
+                member = format!("{id:x}"),
+                "data inconsistency found: raising CORRUPT"
+            );
+            let req = AlarmRequest {
+                action: AlarmAction::Activate as i32,
+                member_id: id,
+                alarm: AlarmType::Corrupt as i32,
+            };
             let _ = group.propose(Op::Alarm(req)).await;
         }
     }

@@ -19,13 +19,23 @@ use tokio::sync::oneshot;
 
 /// What the driver thread is asked to do.
 pub enum Msg {
-    Propose { seq: u64, data: Vec<u8> },
-    ProposeConfChange { seq: u64, cc: raft::prelude::ConfChangeV2, context: Vec<u8> },
+    Propose {
+        seq: u64,
+        data: Vec<u8>,
+    },
+    ProposeConfChange {
+        seq: u64,
+        cc: raft::prelude::ConfChangeV2,
+        context: Vec<u8>,
+    },
     Raft(Box<raft::prelude::Message>),
     /// Linearizable reads are waiting in `Group::reads`.
     ReadIndex,
     Unreachable(u64),
-    SnapshotStatus { to: u64, ok: bool },
+    SnapshotStatus {
+        to: u64,
+        ok: bool,
+    },
     TransferLeader(u64),
     /// Stop the driver (clients may still hold the group).
     Stop,
@@ -97,6 +107,15 @@ impl Group {
         }
     }
 
+    /// A request to this group on another member: it names the group, as
+    /// every call to a node hosting several groups must.
+    pub fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut()
+            .insert(shardmap::GROUP_HEADER, self.id.into());
+        r
+    }
+
     pub fn status(&self) -> RaftStatus {
         self.status.read().clone()
     }
@@ -125,7 +144,13 @@ impl Group {
     /// Proposes `op` through raft and waits for this member to apply it.
     pub async fn propose(&self, op: Op) -> Result<ApplyOutput> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let cmd = Command { member_id: self.member_id, seq, revision_hint: self.hlc.now(), epoch: 0, op: Some(op) };
+        let cmd = Command {
+            member_id: self.member_id,
+            seq,
+            revision_hint: self.hlc.now(),
+            epoch: 0,
+            op: Some(op),
+        };
         let data = cmd.encode_to_vec();
         // As etcd: the limit applies to the request as it goes into the log.
         if data.len() > self.settings.max_request_bytes {
@@ -166,8 +191,12 @@ impl Group {
         single.set_node_id(member.id);
         let mut cc = raft::prelude::ConfChangeV2::default();
         cc.set_changes(vec![single].into());
-        let context = tessera_proto::tessera::command::ConfChangeContext { member_id: self.member_id, seq, member: Some(member) }
-            .encode_to_vec();
+        let context = tessera_proto::tessera::command::ConfChangeContext {
+            member_id: self.member_id,
+            seq,
+            member: Some(member),
+        }
+        .encode_to_vec();
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().insert(seq, tx);
         if let Err(e) = self.send(Msg::ProposeConfChange { seq, cc, context }) {
@@ -194,7 +223,10 @@ impl Group {
     pub(crate) fn fail(&self, seq: u64, e: Error) {
         if let Some(tx) = self.waiters.lock().remove(&seq) {
             let rev = self.sm.store.current_revision();
-            let _ = tx.send(ApplyOutput { result: Err(e), rev });
+            let _ = tx.send(ApplyOutput {
+                result: Err(e),
+                rev,
+            });
         }
     }
 
@@ -212,10 +244,17 @@ impl Group {
         if self.sm.store.size_in_use() + cost as u64 <= self.settings.quota_bytes {
             return Ok(());
         }
-        tracing::warn!(quota = self.settings.quota_bytes, "storage quota exceeded: raising NOSPACE");
+        tracing::warn!(
+            quota = self.settings.quota_bytes,
+            "storage quota exceeded: raising NOSPACE"
+        );
         let g = self.clone();
         tokio::spawn(async move {
-            let req = AlarmRequest { action: AlarmAction::Activate as i32, member_id: g.member_id, alarm: AlarmType::Nospace as i32 };
+            let req = AlarmRequest {
+                action: AlarmAction::Activate as i32,
+                member_id: g.member_id,
+                alarm: AlarmType::Nospace as i32,
+            };
             let _ = g.propose(Op::Alarm(req)).await;
         });
         Err(Error::NoSpace)
@@ -225,7 +264,12 @@ impl Group {
     pub fn check_readable(&self) -> Result<()> {
         use tessera_proto::etcdserverpb::AlarmType;
         let me = self.member_id;
-        if self.sm.alarms().iter().any(|a| a.alarm == AlarmType::Corrupt as i32 && a.member_id == me) {
+        if self
+            .sm
+            .alarms()
+            .iter()
+            .any(|a| a.alarm == AlarmType::Corrupt as i32 && a.member_id == me)
+        {
             return Err(Error::Corrupt);
         }
         Ok(())

@@ -11,6 +11,7 @@ pub mod config;
 pub mod corruption;
 pub mod engine;
 pub mod error;
+pub mod federation;
 pub mod group;
 pub mod hlc;
 pub mod lease;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod raft;
+pub mod replica;
 pub mod server;
 pub mod watch;
 

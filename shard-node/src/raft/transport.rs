@@ -29,7 +29,9 @@ struct Outgoing {
 pub struct Transport {
     runtime: tokio::runtime::Handle,
     urls: RwLock<HashMap<u64, String>>,
-    peers: Mutex<HashMap<u64, mpsc::Sender<Outgoing>>>,
+    /// One stream per node (peer URL), shared by every group: replicas of
+    /// many groups on the same two nodes batch onto one connection.
+    peers: Mutex<HashMap<String, mpsc::Sender<Outgoing>>>,
     mailboxes: Mailboxes,
 }
 
@@ -37,14 +39,16 @@ const PEER_QUEUE: usize = 1024;
 
 impl Transport {
     pub fn new(runtime: tokio::runtime::Handle, mailboxes: Mailboxes) -> Self {
-        Self { runtime, urls: RwLock::new(HashMap::new()), peers: Mutex::new(HashMap::new()), mailboxes }
+        Self {
+            runtime,
+            urls: RwLock::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            mailboxes,
+        }
     }
 
     pub fn set_peer(&self, id: u64, url: String) {
-        let changed = self.urls.write().insert(id, url.clone()).is_some_and(|old| old != url);
-        if changed {
-            self.peers.lock().remove(&id); // reconnect to the new address
-        }
+        self.urls.write().insert(id, url);
     }
 
     /// Queues messages; returns (peer, carried a snapshot) for each peer that
@@ -54,7 +58,12 @@ impl Transport {
         for m in msgs {
             let to = m.get_to();
             let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
-            let out = by_peer.entry(to).or_insert_with(|| Outgoing { group, to, msgs: vec![], snapshot: false });
+            let out = by_peer.entry(to).or_insert_with(|| Outgoing {
+                group,
+                to,
+                msgs: vec![],
+                snapshot: false,
+            });
             out.snapshot |= snapshot;
             match m.write_to_bytes() {
                 Ok(b) => out.msgs.push(b),
@@ -73,14 +82,15 @@ impl Transport {
     }
 
     fn peer(&self, id: u64) -> Option<mpsc::Sender<Outgoing>> {
+        let url = self.urls.read().get(&id)?.clone();
         let mut peers = self.peers.lock();
-        if let Some(tx) = peers.get(&id).filter(|tx| !tx.is_closed()) {
+        if let Some(tx) = peers.get(&url).filter(|tx| !tx.is_closed()) {
             return Some(tx.clone());
         }
-        let url = self.urls.read().get(&id)?.clone();
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        self.runtime.spawn(peer_loop(url, rx, self.mailboxes.clone()));
-        peers.insert(id, tx.clone());
+        self.runtime
+            .spawn(peer_loop(url.clone(), rx, self.mailboxes.clone()));
+        peers.insert(url, tx.clone());
         Some(tx)
     }
 }
@@ -96,7 +106,12 @@ async fn peer_loop(url: String, mut rx: mpsc::Receiver<Outgoing>, mailboxes: Mai
     let mut backoff = Duration::from_millis(50);
     'connect: loop {
         let channel = match tonic::transport::Endpoint::from_shared(url.clone()) {
-            Ok(ep) => ep.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).connect().await,
+            Ok(ep) => {
+                ep.connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+            }
             Err(e) => {
                 tracing::error!(url, error = %e, "bad peer url");
                 return;
@@ -122,14 +137,24 @@ async fn peer_loop(url: String, mut rx: mpsc::Receiver<Outgoing>, mailboxes: Mai
         let (stx, srx) = mpsc::channel::<RaftBatch>(64);
         let call = tokio::spawn(async move { client.raft(ReceiverStream::new(srx)).await });
         while let Some(out) = rx.recv().await {
-            let batch = RaftBatch { group_id: out.group, messages: out.msgs.clone() };
+            let batch = RaftBatch {
+                group_id: out.group,
+                messages: out.msgs.clone(),
+            };
             if stx.send(batch).await.is_err() {
                 fail(&mailboxes, &out);
                 let _ = call.await;
                 continue 'connect;
             }
             if out.snapshot {
-                report(&mailboxes, out.group, Msg::SnapshotStatus { to: out.to, ok: true });
+                report(
+                    &mailboxes,
+                    out.group,
+                    Msg::SnapshotStatus {
+                        to: out.to,
+                        ok: true,
+                    },
+                );
             }
         }
         return;
@@ -139,6 +164,13 @@ async fn peer_loop(url: String, mut rx: mpsc::Receiver<Outgoing>, mailboxes: Mai
 fn fail(mailboxes: &Mailboxes, out: &Outgoing) {
     report(mailboxes, out.group, Msg::Unreachable(out.to));
     if out.snapshot {
-        report(mailboxes, out.group, Msg::SnapshotStatus { to: out.to, ok: false });
+        report(
+            mailboxes,
+            out.group,
+            Msg::SnapshotStatus {
+                to: out.to,
+                ok: false,
+            },
+        );
     }
 }

@@ -7,16 +7,18 @@ pub mod cluster;
 pub mod election;
 pub mod errors;
 pub mod kv;
-pub mod lease;
 pub mod leader;
+pub mod lease;
 pub mod lock;
 pub mod maintenance;
 pub mod peer;
 pub mod recipes;
+pub mod shard;
 pub mod validate;
 pub mod watch;
 
 use crate::group::Group;
+use crate::node::{Node, STANDALONE_GROUP};
 use axum::routing::get;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,7 @@ use tessera_proto::etcdserverpb::kv_server::KvServer;
 use tessera_proto::etcdserverpb::lease_server::LeaseServer;
 use tessera_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use tessera_proto::etcdserverpb::watch_server::WatchServer;
+use tessera_proto::tessera::shard::shard_server::ShardServer;
 use tessera_proto::v3electionpb::election_server::ElectionServer;
 use tessera_proto::v3lockpb::lock_server::LockServer;
 
@@ -39,54 +42,126 @@ pub struct ClientApi {
 }
 
 impl ClientApi {
-    /// The client port's routes: etcd's gRPC services plus HTTP endpoints.
-    pub fn router(self) -> axum::Router {
+    /// This group's gRPC services (the node routes to them by group).
+    pub fn grpc_router(self) -> axum::Router {
         let g = self.group.clone();
         let max = g.settings.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let leader = Arc::new(leader::LeaderClient::new(g.clone()));
         let grpc = tonic::service::Routes::new(
-            KvServer::new(kv::KvService { group: g.clone(), max_txn_ops: self.max_txn_ops }).max_decoding_message_size(max),
+            KvServer::new(kv::KvService {
+                group: g.clone(),
+                max_txn_ops: self.max_txn_ops,
+            })
+            .max_decoding_message_size(max),
         )
         .add_service(
-            WatchServer::new(watch::WatchService { group: g.clone(), progress_interval: self.progress_interval })
-                .max_decoding_message_size(max),
+            WatchServer::new(watch::WatchService {
+                group: g.clone(),
+                progress_interval: self.progress_interval,
+            })
+            .max_decoding_message_size(max),
         )
         .add_service(
-            LeaseServer::new(lease::LeaseService { group: g.clone(), leader, min_ttl: self.min_lease_ttl })
-                .max_decoding_message_size(max),
+            LeaseServer::new(lease::LeaseService {
+                group: g.clone(),
+                leader,
+                min_ttl: self.min_lease_ttl,
+            })
+            .max_decoding_message_size(max),
         )
-        .add_service(ClusterServer::new(cluster::ClusterService { group: g.clone() }))
-        .add_service(MaintenanceServer::new(maintenance::MaintenanceService { group: g.clone() }))
+        .add_service(ClusterServer::new(cluster::ClusterService {
+            group: g.clone(),
+        }))
+        .add_service(MaintenanceServer::new(maintenance::MaintenanceService {
+            group: g.clone(),
+        }))
         .add_service(LockServer::new(lock::LockService { group: g.clone() }))
-        .add_service(ElectionServer::new(election::ElectionService { group: g.clone() }));
-        let health_group = g.clone();
-        let metrics_group = g.clone();
+        .add_service(ElectionServer::new(election::ElectionService {
+            group: g.clone(),
+        }))
+        .add_service(ShardServer::new(shard::ShardService { group: g }));
         grpc.into_axum_router()
-            .route(
-                "/metrics",
-                get(move || {
-                    // Gauges derived from the store are read when scraped.
-                    crate::metrics::DB_TOTAL_SIZE.set(metrics_group.sm.engine.size_on_disk() as i64);
-                    crate::metrics::KEYS_TOTAL.set(metrics_group.sm.store.key_count() as i64);
-                    async { crate::metrics::render() }
-                }),
-            )
-            .route(
-                "/health",
-                get(move || {
-                    let ok = health_group.status().leader != 0;
-                    async move {
-                        let body = format!("{{\"health\":\"{ok}\"}}");
-                        let code = if ok { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
-                        (code, body)
-                    }
-                }),
-            )
-            .route(
-                "/version",
-                get(|| async {
-                    format!("{{\"etcdserver\":\"{}\",\"etcdcluster\":\"3.5.0\"}}", maintenance::ETCD_API_VERSION)
-                }),
-            )
+    }
+}
+
+/// The client port of a node: etcd's HTTP endpoints, and gRPC calls handed
+/// to the replica their `tessera-group` metadata names (group 0 without).
+pub fn node_router(node: Arc<Node>) -> axum::Router {
+    let metrics_node = node.clone();
+    let health_node = node.clone();
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                // Gauges derived from the store are read when scraped.
+                let replicas = metrics_node.replicas();
+                crate::metrics::DB_TOTAL_SIZE.set(metrics_node.parts.engine.size_on_disk() as i64);
+                crate::metrics::KEYS_TOTAL.set(
+                    replicas
+                        .iter()
+                        .map(|r| r.group.sm.store.key_count() as i64)
+                        .sum(),
+                );
+                async { crate::metrics::render() }
+            }),
+        )
+        .route(
+            "/health",
+            get(move || {
+                let replicas = health_node.replicas();
+                let ok =
+                    !replicas.is_empty() && replicas.iter().all(|r| r.group.status().leader != 0);
+                async move {
+                    let body = format!("{{\"health\":\"{ok}\"}}");
+                    let code = if ok {
+                        axum::http::StatusCode::OK
+                    } else {
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (code, body)
+                }
+            }),
+        )
+        .route(
+            "/version",
+            get(|| async {
+                format!(
+                    "{{\"etcdserver\":\"{}\",\"etcdcluster\":\"3.5.0\"}}",
+                    maintenance::ETCD_API_VERSION
+                )
+            }),
+        )
+        .fallback(move |req: axum::extract::Request| dispatch(node.clone(), req))
+}
+
+async fn dispatch(node: Arc<Node>, req: axum::extract::Request) -> axum::response::Response {
+    let headers = req.headers();
+    let group = match headers
+        .get(shardmap::GROUP_HEADER)
+        .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()))
+    {
+        None => STANDALONE_GROUP,
+        Some(Some(g)) => g,
+        Some(None) => {
+            return tonic::Status::invalid_argument("tessera: bad tessera-group metadata")
+                .into_http()
+        }
+    };
+    let Some(replica) = node.replica(group) else {
+        return tonic::Status::unavailable(format!("tessera: group {group} is not hosted here"))
+            .into_http();
+    };
+    // The revision rule: the router's highest seen revision raises this
+    // group's clock, so revisions respect causality through the router.
+    if let Some(rev) = headers
+        .get(shardmap::REVISION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<i64>().ok())
+    {
+        replica.group.hlc.observe(rev);
+    }
+    match tower::ServiceExt::oneshot(replica.api.clone(), req).await {
+        Ok(r) => r,
+        Err(e) => match e {},
     }
 }

@@ -3,17 +3,34 @@
 
 use super::lease::{renew_local, time_to_live_local};
 use crate::group::{Group, Msg};
-use crate::raft::transport::Mailboxes;
+use crate::node::{Node, STANDALONE_GROUP};
 use protobuf::Message as _;
 use std::sync::Arc;
-use tessera_proto::etcdserverpb::{LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse};
+use tessera_proto::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
 use tessera_proto::tessera::transport::peer_server::Peer;
 use tessera_proto::tessera::transport::{MembersRequest, MembersResponse, RaftAck, RaftBatch};
 use tonic::{Request, Response, Status, Streaming};
 
 pub struct PeerService {
-    pub mailboxes: Mailboxes,
-    pub group: Arc<Group>,
+    pub node: Arc<Node>,
+}
+
+impl PeerService {
+    fn group<T>(&self, req: &Request<T>) -> Result<Arc<Group>, Status> {
+        let id = match req.metadata().get(shardmap::GROUP_HEADER) {
+            None => STANDALONE_GROUP,
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| Status::invalid_argument("bad tessera-group"))?,
+        };
+        self.node
+            .group(id)
+            .ok_or_else(|| Status::unavailable(format!("tessera: group {id} is not hosted here")))
+    }
 }
 
 #[tonic::async_trait]
@@ -21,8 +38,11 @@ impl Peer for PeerService {
     async fn raft(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
         let mut input = req.into_inner();
         while let Some(batch) = input.message().await? {
-            let Some(mb) = self.mailboxes.read().get(&batch.group_id).cloned() else {
-                tracing::debug!(group = batch.group_id, "raft message for a group not hosted here");
+            let Some(mb) = self.node.mailboxes().read().get(&batch.group_id).cloned() else {
+                tracing::debug!(
+                    group = batch.group_id,
+                    "raft message for a group not hosted here"
+                );
                 continue;
             };
             for bytes in batch.messages {
@@ -38,22 +58,44 @@ impl Peer for PeerService {
         Ok(Response::new(RaftAck {}))
     }
 
-    async fn members(&self, _req: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
-        let members = self.group.sm.members.read().all().cloned().collect();
-        Ok(Response::new(MembersResponse { cluster_id: self.group.cluster_id, members }))
+    async fn members(
+        &self,
+        req: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        let id = req.get_ref().group_id;
+        let group = self.node.group(id).ok_or_else(|| {
+            Status::unavailable(format!("tessera: group {id} is not hosted here"))
+        })?;
+        let members = group.sm.members.read().all().cloned().collect();
+        Ok(Response::new(MembersResponse {
+            cluster_id: group.cluster_id,
+            members,
+        }))
     }
 
-    async fn lease_renew(&self, req: Request<LeaseKeepAliveRequest>) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+    async fn lease_renew(
+        &self,
+        req: Request<LeaseKeepAliveRequest>,
+    ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        let group = self.group(&req)?;
         let id = req.into_inner().id;
-        let ttl = renew_local(&self.group, id).await?;
-        let rev = self.group.sm.store.current_revision();
-        Ok(Response::new(LeaseKeepAliveResponse { header: Some(self.group.header(rev)), id, ttl }))
+        let ttl = renew_local(&group, id).await?;
+        let rev = group.sm.store.current_revision();
+        Ok(Response::new(LeaseKeepAliveResponse {
+            header: Some(group.header(rev)),
+            id,
+            ttl,
+        }))
     }
 
     async fn lease_time_to_live(
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        Ok(Response::new(time_to_live_local(&self.group, &req.into_inner())?))
+        let group = self.group(&req)?;
+        Ok(Response::new(time_to_live_local(
+            &group,
+            &req.into_inner(),
+        )?))
     }
 }

@@ -1,0 +1,397 @@
+//! Placement's admin API (JSON over HTTP on its client port), used by the
+//! `tessera` CLI. Every change is one compare-and-swap of the map in
+//! placement's own store (`shardmap::store::update`), so concurrent admins
+//! and node registrations never lose each other's changes.
+
+use crate::assign;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use shardmap::store::{update, UpdateError};
+use shardmap::{GroupInfo, Replica, ShardMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_proto::etcdserverpb::cluster_client::ClusterClient;
+use tessera_proto::etcdserverpb::kv_client::KvClient;
+use tessera_proto::etcdserverpb::{MemberAddRequest, MemberRemoveRequest, RangeRequest};
+
+#[derive(Clone)]
+pub struct Admin {
+    /// This placement member's own client URL (its store's etcd API).
+    pub store_url: String,
+}
+
+type Reply = Result<Json<serde_json::Value>, (StatusCode, Json<serde_json::Value>)>;
+
+fn fail(code: StatusCode, msg: impl ToString) -> (StatusCode, Json<serde_json::Value>) {
+    (code, Json(serde_json::json!({ "error": msg.to_string() })))
+}
+
+fn from_update(e: UpdateError) -> (StatusCode, Json<serde_json::Value>) {
+    match e {
+        UpdateError::Refused(m) => fail(StatusCode::BAD_REQUEST, m),
+        UpdateError::Fetch(f) => fail(StatusCode::SERVICE_UNAVAILABLE, f),
+    }
+}
+
+fn map_reply(map: &ShardMap) -> Reply {
+    Ok(Json(
+        serde_json::to_value(map).map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e))?,
+    ))
+}
+
+pub fn routes(admin: Admin) -> Router {
+    Router::new()
+        .route("/tessera/v1/map", get(get_map))
+        .route("/tessera/v1/init", post(init))
+        .route("/tessera/v1/groups", post(add_group))
+        .route("/tessera/v1/groups/{id}/learners", post(add_learner))
+        .route(
+            "/tessera/v1/groups/{id}/replicas/{node}",
+            delete(remove_replica),
+        )
+        .route("/tessera/v1/pins", put(pin))
+        .route("/tessera/v1/spreads", put(spread))
+        .with_state(Arc::new(admin))
+}
+
+async fn get_map(State(a): State<Arc<Admin>>) -> Reply {
+    map_reply(
+        &update(&a.store_url, |_| Ok(false))
+            .await
+            .map_err(from_update)?,
+    )
+}
+
+#[derive(Deserialize)]
+pub struct InitRequest {
+    pub groups: usize,
+    pub replicas: usize,
+    #[serde(default)]
+    pub learners: usize,
+}
+
+/// The first groups of a federation, all on the ring. Only while the map
+/// has no group (so no data can exist); a no-op once it has.
+async fn init(State(a): State<Arc<Admin>>, Json(req): Json<InitRequest>) -> Reply {
+    if req.groups == 0 {
+        return Err(fail(StatusCode::BAD_REQUEST, "groups must be at least 1"));
+    }
+    let map = update(&a.store_url, |map| {
+        if !map.groups.is_empty() {
+            return Ok(false);
+        }
+        for _ in 0..req.groups {
+            let id = map.next_group;
+            let replicas = assign::new_group(map, id, req.replicas, req.learners)?;
+            map.groups.insert(id, GroupInfo { id, replicas });
+            map.ring.push(id);
+            map.next_group += 1;
+        }
+        Ok(true)
+    })
+    .await
+    .map_err(from_update)?;
+    map_reply(&map)
+}
+
+#[derive(Deserialize)]
+pub struct GroupRequest {
+    pub replicas: usize,
+    #[serde(default)]
+    pub learners: usize,
+}
+
+/// A new group, off the ring: give it prefixes with pin or spread.
+async fn add_group(State(a): State<Arc<Admin>>, Json(req): Json<GroupRequest>) -> Reply {
+    let mut created = 0;
+    let map = update(&a.store_url, |map| {
+        let id = map.next_group;
+        let replicas = assign::new_group(map, id, req.replicas, req.learners)?;
+        map.groups.insert(id, GroupInfo { id, replicas });
+        map.next_group += 1;
+        created = id;
+        Ok(true)
+    })
+    .await
+    .map_err(from_update)?;
+    Ok(Json(
+        serde_json::json!({ "group": created, "epoch": map.epoch, "replicas": map.groups[&created].replicas }),
+    ))
+}
+
+fn group_request<T>(group: u64, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert(shardmap::GROUP_HEADER, group.into());
+    r.set_timeout(Duration::from_secs(10));
+    r
+}
+
+/// Client URLs of a group's replicas, voters first.
+fn group_urls(map: &ShardMap, group: u64) -> Vec<String> {
+    let Some(g) = map.groups.get(&group) else {
+        return vec![];
+    };
+    let mut rs: Vec<&Replica> = g.replicas.iter().collect();
+    rs.sort_by_key(|r| r.learner);
+    rs.iter()
+        .filter_map(|r| map.nodes.get(&r.node))
+        .map(|n| n.client_url.clone())
+        .collect()
+}
+
+#[derive(Deserialize, Default)]
+pub struct LearnerRequest {
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+/// Adds a learner: a raft conf change in the group first (etcd's member
+/// add), then the map names the node, which joins and catches up.
+async fn add_learner(
+    State(a): State<Arc<Admin>>,
+    Path(group): Path<u64>,
+    body: Option<Json<LearnerRequest>>,
+) -> Reply {
+    let map = update(&a.store_url, |_| Ok(false))
+        .await
+        .map_err(from_update)?;
+    let node = match body.and_then(|b| b.0.node) {
+        Some(n) => n,
+        None => assign::extra_replica(&map, group).map_err(|e| fail(StatusCode::BAD_REQUEST, e))?,
+    };
+    let info = map
+        .nodes
+        .get(&node)
+        .ok_or_else(|| fail(StatusCode::BAD_REQUEST, format!("no node {node}")))?
+        .clone();
+    if map
+        .groups
+        .get(&group)
+        .is_none_or(|g| g.replica_on(&node).is_some())
+    {
+        return Err(fail(
+            StatusCode::BAD_REQUEST,
+            format!("group {group} does not exist or already has a replica on {node}"),
+        ));
+    }
+    let mut last = String::from("group has no reachable member");
+    let mut member_id = None;
+    for url in group_urls(&map, group) {
+        let r = async {
+            let mut c = ClusterClient::new(
+                shardmap::watcher::channel(&url)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+            let req = MemberAddRequest {
+                peer_ur_ls: vec![info.peer_url.clone()],
+                is_learner: true,
+            };
+            c.member_add(group_request(group, req))
+                .await
+                .map_err(|e| e.message().to_string())
+        }
+        .await;
+        match r {
+            Ok(resp) => {
+                member_id = resp.into_inner().member.map(|m| m.id);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let member_id = member_id.ok_or_else(|| fail(StatusCode::SERVICE_UNAVAILABLE, last))?;
+    let map = update(&a.store_url, |map| {
+        let g = map.groups.get_mut(&group).ok_or("group vanished")?;
+        g.replicas.push(Replica {
+            node: node.clone(),
+            member_id,
+            learner: true,
+            initial: false,
+        });
+        Ok(true)
+    })
+    .await
+    .map_err(from_update)?;
+    Ok(Json(
+        serde_json::json!({ "group": group, "node": node, "member_id": format!("{member_id:x}"), "epoch": map.epoch }),
+    ))
+}
+
+async fn remove_replica(
+    State(a): State<Arc<Admin>>,
+    Path((group, node)): Path<(u64, String)>,
+) -> Reply {
+    let map = update(&a.store_url, |_| Ok(false))
+        .await
+        .map_err(from_update)?;
+    let replica = map
+        .groups
+        .get(&group)
+        .and_then(|g| g.replica_on(&node))
+        .cloned()
+        .ok_or_else(|| {
+            fail(
+                StatusCode::BAD_REQUEST,
+                format!("group {group} has no replica on {node}"),
+            )
+        })?;
+    let mut last = String::from("group has no reachable member");
+    let mut done = false;
+    for url in group_urls(&map, group)
+        .into_iter()
+        .filter(|u| map.nodes.get(&node).is_none_or(|n| &n.client_url != u))
+    {
+        let r = async {
+            let mut c = ClusterClient::new(
+                shardmap::watcher::channel(&url)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+            c.member_remove(group_request(
+                group,
+                MemberRemoveRequest {
+                    id: replica.member_id,
+                },
+            ))
+            .await
+            .map_err(|e| e.message().to_string())
+        }
+        .await;
+        match r {
+            Ok(_) => {
+                done = true;
+                break;
+            }
+            Err(e) if e.contains("member not found") => {
+                done = true;
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    if !done {
+        return Err(fail(StatusCode::SERVICE_UNAVAILABLE, last));
+    }
+    let map = update(&a.store_url, |map| {
+        let g = map.groups.get_mut(&group).ok_or("group vanished")?;
+        g.replicas.retain(|r| r.node != node);
+        Ok(true)
+    })
+    .await
+    .map_err(from_update)?;
+    Ok(Json(
+        serde_json::json!({ "group": group, "removed": node, "epoch": map.epoch }),
+    ))
+}
+
+/// Keys under `prefix` in every group (moves of data are a later feature,
+/// so a pin or spread is only set where no data exists yet).
+async fn keys_under(map: &ShardMap, prefix: &str) -> Result<i64, String> {
+    let mut total = 0;
+    for group in map.groups.keys() {
+        let mut counted = None;
+        let mut last = String::from("no reachable member");
+        for url in group_urls(map, *group) {
+            let r = async {
+                let mut kv = KvClient::new(
+                    shardmap::watcher::channel(&url)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+                let req = RangeRequest {
+                    key: prefix.as_bytes().to_vec(),
+                    range_end: shardmap::prefix_end(prefix.as_bytes()),
+                    count_only: true,
+                    ..Default::default()
+                };
+                kv.range(group_request(*group, req))
+                    .await
+                    .map_err(|e| e.message().to_string())
+            }
+            .await;
+            match r {
+                Ok(resp) => {
+                    counted = Some(resp.into_inner().count);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        total += counted.ok_or_else(|| format!("group {group}: {last}"))?;
+    }
+    Ok(total)
+}
+
+#[derive(Deserialize)]
+pub struct PinRequest {
+    pub prefix: String,
+    pub group: u64,
+}
+
+async fn pin(State(a): State<Arc<Admin>>, Json(req): Json<PinRequest>) -> Reply {
+    let map = update(&a.store_url, |_| Ok(false))
+        .await
+        .map_err(from_update)?;
+    check_movable(&map, &req.prefix, &[req.group]).await?;
+    let map = update(&a.store_url, |map| {
+        if map.pins.get(&req.prefix) == Some(&req.group) {
+            return Ok(false);
+        }
+        map.spreads.remove(&req.prefix);
+        map.pins.insert(req.prefix.clone(), req.group);
+        Ok(true)
+    })
+    .await
+    .map_err(from_update)?;
+    map_reply(&map)
+}
+
+#[derive(Deserialize)]
+pub struct SpreadRequest {
+    pub prefix: String,
+    pub groups: Vec<u64>,
+}
+
+async fn spread(State(a): State<Arc<Admin>>, Json(req): Json<SpreadRequest>) -> Reply {
+    let map = update(&a.store_url, |_| Ok(false))
+        .await
+        .map_err(from_update)?;
+    if req.groups.is_empty() {
+        return Err(fail(
+            StatusCode::BAD_REQUEST,
+            "spread needs at least one group",
+        ));
+    }
+    check_movable(&map, &req.prefix, &req.groups).await?;
+    let map = update(&a.store_url, |map| {
+        map.pins.remove(&req.prefix);
+        map.spreads.insert(req.prefix.clone(), req.groups.clone());
+        Ok(true)
+    })
+    .await
+    .map_err(from_update)?;
+    map_reply(&map)
+}
+
+async fn check_movable(
+    map: &ShardMap,
+    prefix: &str,
+    groups: &[u64],
+) -> Result<(), (StatusCode, Json<serde_json::Value>)> {
+    if let Some(g) = groups.iter().find(|g| !map.groups.contains_key(g)) {
+        return Err(fail(StatusCode::BAD_REQUEST, format!("no group {g}")));
+    }
+    match keys_under(map, prefix).await {
+        Ok(0) => Ok(()),
+        Ok(n) => Err(fail(
+            StatusCode::CONFLICT,
+            format!("prefix {prefix:?} already holds {n} keys; moving data between groups is not supported yet"),
+        )),
+        Err(e) => Err(fail(StatusCode::SERVICE_UNAVAILABLE, e)),
+    }
+}

@@ -1,0 +1,281 @@
+//! The router's view of the groups: the shard map (followed from
+//! placement), one lazy gRPC channel per node, leader hints and each
+//! group's latest revision (polled), and the call-with-retry every service
+//! uses. Requests name their group, the map epoch they were routed by and
+//! the highest revision this router has seen (the revision rule).
+
+use parking_lot::{Mutex, RwLock};
+use shardmap::map::Routing;
+use shardmap::watcher::MapRx;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tessera_proto::etcdserverpb::ResponseHeader;
+use tessera_proto::tessera::shard::shard_client::ShardClient;
+use tessera_proto::tessera::shard::{BumpRequest, StatsRequest};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+/// Which replica of a group a call wants first.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Prefer {
+    /// Writes and linearizable reads: the leader (any member would forward).
+    Leader,
+    /// Serializable reads: learners first, then followers, then the leader.
+    Learner,
+}
+
+pub struct Backends {
+    maps: MapRx,
+    channels: Mutex<HashMap<String, Channel>>,
+    /// group → leader's node name, from polling.
+    leaders: RwLock<HashMap<u64, String>>,
+    /// node name → when it last failed a call.
+    down: RwLock<HashMap<String, Instant>>,
+    max_revision: AtomicI64,
+    /// Every group answered (through some replica, with a leader) in the last poll.
+    healthy: std::sync::atomic::AtomicBool,
+    pub call_timeout: Duration,
+}
+
+/// Whether a failed call never reached a group's state machine (safe to
+/// send again elsewhere, even for a write).
+fn not_delivered(s: &Status) -> bool {
+    let m = s.message();
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled
+    ) && (m.contains("tcp connect")
+        || m.contains("onnection refused")
+        || m.contains("is not hosted here")
+        || m.contains("error trying to connect"))
+}
+
+/// Whether trying the same group again may succeed (reads only).
+fn transient(s: &Status) -> bool {
+    not_delivered(s)
+        || matches!(
+            s.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled
+        )
+        || s.message() == "etcdserver: leader changed"
+}
+
+impl Backends {
+    pub fn new(maps: MapRx) -> Arc<Self> {
+        Arc::new(Self {
+            maps,
+            channels: Mutex::new(HashMap::new()),
+            leaders: RwLock::new(HashMap::new()),
+            down: RwLock::new(HashMap::new()),
+            max_revision: AtomicI64::new(0),
+            healthy: std::sync::atomic::AtomicBool::new(false),
+            call_timeout: Duration::from_secs(15),
+        })
+    }
+
+    pub fn routing(&self) -> Result<Arc<Routing>, Status> {
+        self.maps
+            .borrow()
+            .clone()
+            .ok_or_else(|| Status::unavailable("tessera: no shard map from placement yet"))
+    }
+
+    pub async fn wait_for_map(&self) -> Arc<Routing> {
+        let mut rx = self.maps.clone();
+        let r = rx
+            .wait_for(|m| m.as_ref().is_some_and(|m| !m.map.groups.is_empty()))
+            .await;
+        r.ok()
+            .and_then(|m| m.clone())
+            .expect("map follower stopped")
+    }
+
+    pub fn max_revision(&self) -> i64 {
+        self.max_revision.load(Ordering::Relaxed)
+    }
+
+    pub fn observe(&self, header: Option<&ResponseHeader>) {
+        if let Some(h) = header {
+            self.max_revision.fetch_max(h.revision, Ordering::Relaxed);
+        }
+    }
+
+    fn channel(&self, url: &str) -> Result<Channel, Status> {
+        let mut chans = self.channels.lock();
+        if let Some(c) = chans.get(url) {
+            return Ok(c.clone());
+        }
+        let ep = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| Status::internal(format!("bad node url {url}: {e}")))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(3));
+        let c = ep.connect_lazy();
+        chans.insert(url.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// The replicas of `group` to try, best first: (node name, channel).
+    pub fn targets(
+        &self,
+        r: &Routing,
+        group: u64,
+        prefer: Prefer,
+    ) -> Result<Vec<(String, Channel)>, Status> {
+        let info =
+            r.map.groups.get(&group).ok_or_else(|| {
+                Status::unavailable(format!("tessera: no group {group} in the map"))
+            })?;
+        let leader = self.leaders.read().get(&group).cloned();
+        let down = self.down.read();
+        let recently_down = |n: &str| {
+            down.get(n)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(3))
+        };
+        let mut rs: Vec<_> = info.replicas.iter().collect();
+        rs.sort_by_key(|rep| {
+            let is_leader = leader.as_deref() == Some(rep.node.as_str());
+            let rank = match prefer {
+                Prefer::Leader => u8::from(!is_leader) + 2 * u8::from(rep.learner),
+                Prefer::Learner => u8::from(!rep.learner) + 2 * u8::from(is_leader),
+            };
+            (recently_down(&rep.node), rank)
+        });
+        let mut out = vec![];
+        for rep in rs {
+            if let Some(n) = r.map.nodes.get(&rep.node) {
+                out.push((rep.node.clone(), self.channel(&n.client_url)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A request to `group` with the router's metadata.
+    pub fn request<T>(&self, r: &Routing, group: u64, msg: T) -> Request<T> {
+        let mut req = Request::new(msg);
+        let md = req.metadata_mut();
+        md.insert(shardmap::GROUP_HEADER, group.into());
+        md.insert(shardmap::EPOCH_HEADER, r.epoch().into());
+        md.insert(shardmap::REVISION_HEADER, self.max_revision().into());
+        req.set_timeout(self.call_timeout);
+        req
+    }
+
+    /// Calls `group`, trying its replicas in preference order and again
+    /// until the deadline while the failure is one that can pass. `write`
+    /// calls are retried only when they surely never arrived.
+    pub async fn call<T, R, F, Fut>(
+        &self,
+        group: u64,
+        prefer: Prefer,
+        write: bool,
+        msg: T,
+        f: F,
+    ) -> Result<R, Status>
+    where
+        T: Clone,
+        F: Fn(Channel, Request<T>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        let deadline = Instant::now() + self.call_timeout;
+        let mut last =
+            Status::unavailable(format!("tessera: group {group} has no reachable replica"));
+        let mut attempt = 0u32;
+        while Instant::now() < deadline {
+            let r = self.routing()?;
+            for (node, ch) in self.targets(&r, group, prefer)? {
+                match f(ch, self.request(&r, group, msg.clone())).await {
+                    Ok(resp) => return Ok(resp.into_inner()),
+                    Err(s) => {
+                        let retry = if write {
+                            not_delivered(&s)
+                        } else {
+                            transient(&s)
+                        };
+                        if !retry {
+                            return Err(s);
+                        }
+                        if not_delivered(&s) {
+                            self.down.write().insert(node.clone(), Instant::now());
+                        }
+                        tracing::debug!(group, node, error = %s, "retrying on another replica");
+                        last = s;
+                    }
+                }
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis((50 * attempt as u64).min(500))).await;
+        }
+        Err(last)
+    }
+
+    /// Raises `group`'s revision (watermark) to at least `rev`; answers its
+    /// revision after.
+    pub async fn bump(&self, group: u64, rev: i64) -> Result<i64, Status> {
+        let resp = self
+            .call(
+                group,
+                Prefer::Leader,
+                false,
+                BumpRequest { revision: rev },
+                |ch, req| async move { ShardClient::new(ch).bump(req).await },
+            )
+            .await?;
+        self.observe(resp.header.as_ref());
+        Ok(resp.header.map_or(0, |h| h.revision))
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn mark_leader(&self, group: u64, node: String) {
+        self.leaders.write().insert(group, node);
+    }
+
+    /// Keeps leader hints and revisions fresh (once a second).
+    pub async fn poll(self: Arc<Self>) {
+        loop {
+            if let Ok(r) = self.routing() {
+                let mut all_led = !r.map.groups.is_empty();
+                for (gid, info) in &r.map.groups {
+                    let mut led = false;
+                    for rep in &info.replicas {
+                        let Some(n) = r.map.nodes.get(&rep.node) else {
+                            continue;
+                        };
+                        let Ok(ch) = self.channel(&n.client_url) else {
+                            continue;
+                        };
+                        let mut req = self.request(&r, *gid, StatsRequest {});
+                        req.set_timeout(Duration::from_millis(500));
+                        match ShardClient::new(ch).stats(req).await {
+                            Ok(s) => {
+                                let s = s.into_inner();
+                                self.observe(s.header.as_ref());
+                                if let Some(leader) =
+                                    info.replicas.iter().find(|x| x.member_id == s.leader)
+                                {
+                                    self.mark_leader(*gid, leader.node.clone());
+                                }
+                                led = s.leader != 0;
+                                self.down.write().remove(&rep.node);
+                                break; // one answer per group is enough
+                            }
+                            Err(_) => {
+                                self.down.write().insert(rep.node.clone(), Instant::now());
+                            }
+                        }
+                    }
+                    all_led &= led;
+                }
+                self.healthy.store(all_led, Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}

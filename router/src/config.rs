@@ -1,0 +1,47 @@
+//! The router's configuration (etcd's flag names where they mean the same).
+
+use clap::Parser;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "router",
+    version,
+    about = "Tessera router: one etcd v3 endpoint over a federation of raft groups"
+)]
+pub struct Config {
+    /// Name, shown as the member name in MemberList.
+    #[arg(long, default_value = "router")]
+    pub name: String,
+    /// URL to listen on for etcd clients (gRPC, /health, /version, /metrics).
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub listen_client_urls: String,
+    /// Client URL advertised in MemberList (default: the listen URL).
+    #[arg(long, default_value = "")]
+    pub advertise_client_urls: String,
+    /// Placement's client URLs (comma-separated).
+    #[arg(long, default_value = "http://127.0.0.1:12379")]
+    pub placement_endpoints: String,
+    /// Duration of periodic watch progress notifications (e.g. 10m, 5s).
+    #[arg(long, default_value = "10m")]
+    pub experimental_watch_progress_notify_interval: String,
+    /// Log level (error, warn, info, debug).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse_from(["router"])
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.placement_endpoints.is_empty() {
+            anyhow::bail!("--placement-endpoints must name at least one placement member");
+        }
+        shard_node::config::socket_addr(&self.listen_client_urls)?;
+        shard_node::config::parse_duration(&self.experimental_watch_progress_notify_interval)?;
+        Ok(())
+    }
+}

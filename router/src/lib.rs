@@ -1,0 +1,149 @@
+//! The Tessera router: etcd's v3 API on one address over a federation of
+//! raft groups. Stateless: it follows placement's shard map and routes,
+//! fans out and merges (`kv`, `watch`, `leases`, `recipes`, `maintenance`
+//! over `backends`). Any number may run; each serves every client.
+
+pub mod backends;
+pub mod config;
+pub mod kv;
+pub mod leases;
+pub mod maintenance;
+pub mod merge;
+pub mod metrics;
+pub mod recipes;
+pub mod watch;
+
+pub use config::Config;
+
+use axum::routing::get;
+use backends::Backends;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tessera_proto::etcdserverpb::cluster_server::ClusterServer;
+use tessera_proto::etcdserverpb::kv_server::KvServer;
+use tessera_proto::etcdserverpb::lease_server::LeaseServer;
+use tessera_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use tessera_proto::etcdserverpb::watch_server::WatchServer;
+use tessera_proto::etcdserverpb::Member;
+use tessera_proto::v3electionpb::election_server::ElectionServer;
+use tessera_proto::v3lockpb::lock_server::LockServer;
+
+/// etcd's request limit plus gRPC framing, as on a shard-node.
+const MAX_MESSAGE: usize = 1572864 + 512 * 1024;
+const ETCD_API_VERSION: &str = "3.5.0";
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub backends: Arc<Backends>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    poller: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.poller.abort();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.task).await;
+    }
+}
+
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    config.validate()?;
+    let maps =
+        shardmap::watcher::follow(shard_node::config::split_urls(&config.placement_endpoints));
+    let backends = Backends::new(maps);
+    let poller = tokio::spawn(backends.clone().poll());
+    let listener =
+        tokio::net::TcpListener::bind(shard_node::config::socket_addr(&config.listen_client_urls)?)
+            .await?;
+    let addr = listener.local_addr()?;
+    let advertise = if config.advertise_client_urls.is_empty() {
+        format!("http://{addr}")
+    } else {
+        config.advertise_client_urls.clone()
+    };
+    let member = Member {
+        id: shardmap::ring::hash(advertise.as_bytes()),
+        name: config.name.clone(),
+        peer_ur_ls: vec![],
+        client_ur_ls: vec![advertise],
+        is_learner: false,
+    };
+    let progress_interval =
+        shard_node::config::parse_duration(&config.experimental_watch_progress_notify_interval)?;
+    let maintenance = || maintenance::MaintenanceService {
+        backends: backends.clone(),
+        member: member.clone(),
+        cluster_id: shardmap::ring::hash(config.placement_endpoints.as_bytes()),
+    };
+    let grpc = tonic::service::Routes::new(
+        KvServer::new(kv::KvService {
+            backends: backends.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE),
+    )
+    .add_service(
+        WatchServer::new(watch::WatchService {
+            backends: backends.clone(),
+            progress_interval,
+        })
+        .max_decoding_message_size(MAX_MESSAGE),
+    )
+    .add_service(LeaseServer::new(leases::LeaseService {
+        backends: backends.clone(),
+    }))
+    .add_service(ClusterServer::new(maintenance()))
+    .add_service(MaintenanceServer::new(maintenance()))
+    .add_service(LockServer::new(recipes::Recipes {
+        backends: backends.clone(),
+    }))
+    .add_service(ElectionServer::new(recipes::Recipes {
+        backends: backends.clone(),
+    }));
+    let health = backends.clone();
+    let app = grpc
+        .into_axum_router()
+        .route("/metrics", get(|| async { metrics::render() }))
+        .route(
+            "/health",
+            get(move || {
+                let ok = health.healthy();
+                async move {
+                    let code = if ok {
+                        axum::http::StatusCode::OK
+                    } else {
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (code, format!("{{\"health\":\"{ok}\"}}"))
+                }
+            }),
+        )
+        .route(
+            "/version",
+            get(|| async {
+                format!("{{\"etcdserver\":\"{ETCD_API_VERSION}\",\"etcdcluster\":\"3.5.0\"}}")
+            }),
+        );
+    let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+    let listener = shard_node::server::authority::ClientListener(listener);
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "router server failed");
+        }
+    });
+    tracing::info!(%addr, placement = config.placement_endpoints, "router serving");
+    Ok(Running {
+        addr,
+        backends,
+        stop,
+        task,
+        poller,
+    })
+}

@@ -1,0 +1,204 @@
+//! Maintenance and Cluster over the federation. To etcd clients the router
+//! is the cluster: MemberList lists this router (so clients that sync
+//! endpoints stay on routers), Status sums the groups (db size) and
+//! reports the federation's revision and etcd's API version (Kubernetes'
+//! version check). Per-group operations are the admin CLI's (`tessera`).
+
+use crate::backends::{Backends, Prefer};
+use futures::future::join_all;
+use std::pin::Pin;
+use std::sync::Arc;
+use tessera_proto::etcdserverpb::cluster_server::Cluster;
+use tessera_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use tessera_proto::etcdserverpb::maintenance_server::Maintenance;
+use tessera_proto::etcdserverpb::*;
+use tonic::{Request, Response, Status};
+
+pub struct MaintenanceService {
+    pub backends: Arc<Backends>,
+    pub member: Member,
+    pub cluster_id: u64,
+}
+
+impl MaintenanceService {
+    fn header(&self) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member.id,
+            revision: self.backends.max_revision(),
+            raft_term: 0,
+        })
+    }
+
+    fn groups(&self) -> Result<Vec<u64>, Status> {
+        Ok(self
+            .backends
+            .routing()?
+            .map
+            .groups
+            .keys()
+            .copied()
+            .collect())
+    }
+}
+
+fn per_group(what: &str) -> Status {
+    Status::unimplemented(format!(
+        "tessera: {what} is per raft group; use the tessera admin CLI or the group's members"
+    ))
+}
+
+type SnapshotStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let req = req.into_inner();
+        let groups = self.groups()?;
+        let answers = join_all(groups.iter().map(|g| {
+            self.backends
+                .call(*g, Prefer::Leader, true, req.clone(), |ch, r| async move {
+                    MaintenanceClient::new(ch).alarm(r).await
+                })
+        }))
+        .await;
+        let mut alarms = vec![];
+        for a in answers {
+            alarms.extend(a?.alarms);
+        }
+        Ok(Response::new(AlarmResponse {
+            header: self.header(),
+            alarms,
+        }))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let groups = self.groups()?;
+        let answers = join_all(groups.iter().map(|g| {
+            self.backends.call(
+                *g,
+                Prefer::Leader,
+                false,
+                StatusRequest {},
+                |ch, r| async move { MaintenanceClient::new(ch).status(r).await },
+            )
+        }))
+        .await;
+        let mut resp = StatusResponse {
+            header: self.header(),
+            leader: self.member.id,
+            ..Default::default()
+        };
+        for a in answers {
+            let a = a?;
+            self.backends.observe(a.header.as_ref());
+            resp.version = a.version;
+            resp.db_size += a.db_size;
+            resp.db_size_in_use += a.db_size_in_use;
+            resp.raft_index += a.raft_index;
+            resp.raft_applied_index += a.raft_applied_index;
+            resp.raft_term = resp.raft_term.max(a.raft_term);
+            resp.errors.extend(a.errors);
+        }
+        resp.header = self.header();
+        Ok(Response::new(resp))
+    }
+
+    async fn defragment(
+        &self,
+        _req: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        let groups = self.groups()?;
+        for g in groups {
+            self.backends
+                .call(
+                    g,
+                    Prefer::Leader,
+                    false,
+                    DefragmentRequest {},
+                    |ch, r| async move { MaintenanceClient::new(ch).defragment(r).await },
+                )
+                .await?;
+        }
+        Ok(Response::new(DefragmentResponse {
+            header: self.header(),
+        }))
+    }
+
+    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        Err(per_group("Hash"))
+    }
+
+    async fn hash_kv(
+        &self,
+        _req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        Err(per_group("HashKV"))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        Err(per_group("Snapshot"))
+    }
+
+    async fn move_leader(
+        &self,
+        _req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        Err(per_group("MoveLeader"))
+    }
+
+    async fn downgrade(
+        &self,
+        _req: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        Err(Status::unimplemented(
+            "etcdserver: downgrade is not supported",
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for MaintenanceService {
+    async fn member_add(
+        &self,
+        _req: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        Err(per_group("membership"))
+    }
+    async fn member_remove(
+        &self,
+        _req: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        Err(per_group("membership"))
+    }
+    async fn member_update(
+        &self,
+        _req: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        Err(per_group("membership"))
+    }
+    async fn member_promote(
+        &self,
+        _req: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        Err(per_group("membership"))
+    }
+    async fn member_list(
+        &self,
+        _req: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
+        Ok(Response::new(MemberListResponse {
+            header: self.header(),
+            members: vec![self.member.clone()],
+        }))
+    }
+}

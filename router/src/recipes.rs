@@ -1,0 +1,191 @@
+//! etcd's Lock and Election services: each lock or election lives in the
+//! group of its key prefix (`<name>/`, where its contenders' keys go), so
+//! the server-side recipe runs there whole.
+
+use crate::backends::{Backends, Prefer};
+use crate::leases;
+use std::pin::Pin;
+use std::sync::Arc;
+use tessera_proto::v3electionpb::election_client::ElectionClient;
+use tessera_proto::v3electionpb::election_server::Election;
+use tessera_proto::v3electionpb::*;
+use tessera_proto::v3lockpb::lock_client::LockClient;
+use tessera_proto::v3lockpb::lock_server::Lock;
+use tessera_proto::v3lockpb::*;
+use tonic::{Request, Response, Status};
+
+pub struct Recipes {
+    pub backends: Arc<Backends>,
+}
+
+impl Recipes {
+    fn group_of_name(&self, name: &[u8]) -> Result<u64, Status> {
+        let mut prefix = name.to_vec();
+        prefix.push(b'/');
+        self.group_of_key(&prefix)
+    }
+
+    fn group_of_key(&self, key: &[u8]) -> Result<u64, Status> {
+        self.backends
+            .routing()?
+            .group_of(key)
+            .ok_or_else(|| Status::unavailable("tessera: the shard map has no groups yet"))
+    }
+
+    /// A call that holds a lease: copy the lease to the group if needed.
+    async fn with_lease<T: Clone, R, F, Fut>(
+        &self,
+        group: u64,
+        lease: i64,
+        msg: T,
+        f: F,
+    ) -> Result<R, Status>
+    where
+        F: Fn(tonic::transport::Channel, Request<T>) -> Fut + Copy,
+        Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+    {
+        match self
+            .backends
+            .call(group, Prefer::Leader, true, msg.clone(), f)
+            .await
+        {
+            Err(s) if leases::is_not_found(&s) && lease != 0 => {
+                leases::replicate(&self.backends, lease, group).await?;
+                self.backends
+                    .call(group, Prefer::Leader, true, msg, f)
+                    .await
+            }
+            other => other,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Lock for Recipes {
+    async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let r = req.into_inner();
+        let g = self.group_of_name(&r.name)?;
+        let lease = r.lease;
+        Ok(Response::new(
+            self.with_lease(g, lease, r, |ch, r| async move {
+                LockClient::new(ch).lock(r).await
+            })
+            .await?,
+        ))
+    }
+
+    async fn unlock(
+        &self,
+        req: Request<UnlockRequest>,
+    ) -> Result<Response<UnlockResponse>, Status> {
+        let r = req.into_inner();
+        let g = self.group_of_key(&r.key)?;
+        Ok(Response::new(
+            self.backends
+                .call(g, Prefer::Leader, true, r, |ch, r| async move {
+                    LockClient::new(ch).unlock(r).await
+                })
+                .await?,
+        ))
+    }
+}
+
+type ObserveStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<LeaderResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Election for Recipes {
+    async fn campaign(
+        &self,
+        req: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignResponse>, Status> {
+        let r = req.into_inner();
+        let g = self.group_of_name(&r.name)?;
+        let lease = r.lease;
+        Ok(Response::new(
+            self.with_lease(g, lease, r, |ch, r| async move {
+                ElectionClient::new(ch).campaign(r).await
+            })
+            .await?,
+        ))
+    }
+
+    async fn proclaim(
+        &self,
+        req: Request<ProclaimRequest>,
+    ) -> Result<Response<ProclaimResponse>, Status> {
+        let r = req.into_inner();
+        let name = r
+            .leader
+            .as_ref()
+            .map(|l| l.name.clone())
+            .unwrap_or_default();
+        let g = self.group_of_name(&name)?;
+        Ok(Response::new(
+            self.backends
+                .call(g, Prefer::Leader, true, r, |ch, r| async move {
+                    ElectionClient::new(ch).proclaim(r).await
+                })
+                .await?,
+        ))
+    }
+
+    async fn leader(
+        &self,
+        req: Request<LeaderRequest>,
+    ) -> Result<Response<LeaderResponse>, Status> {
+        let r = req.into_inner();
+        let g = self.group_of_name(&r.name)?;
+        Ok(Response::new(
+            self.backends
+                .call(g, Prefer::Leader, false, r, |ch, r| async move {
+                    ElectionClient::new(ch).leader(r).await
+                })
+                .await?,
+        ))
+    }
+
+    type ObserveStream = ObserveStream;
+
+    async fn observe(
+        &self,
+        req: Request<LeaderRequest>,
+    ) -> Result<Response<ObserveStream>, Status> {
+        let r = req.into_inner();
+        let g = self.group_of_name(&r.name)?;
+        let routing = self.backends.routing()?;
+        let (_, ch) = self
+            .backends
+            .targets(&routing, g, Prefer::Leader)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Status::unavailable("tessera: no replica"))?;
+        let mut upstream_req = self.backends.request(&routing, g, r);
+        upstream_req.set_timeout(std::time::Duration::from_secs(365 * 24 * 3600));
+        let s = ElectionClient::new(ch)
+            .observe(upstream_req)
+            .await?
+            .into_inner();
+        Ok(Response::new(Box::pin(s)))
+    }
+
+    async fn resign(
+        &self,
+        req: Request<ResignRequest>,
+    ) -> Result<Response<ResignResponse>, Status> {
+        let r = req.into_inner();
+        let name = r
+            .leader
+            .as_ref()
+            .map(|l| l.name.clone())
+            .unwrap_or_default();
+        let g = self.group_of_name(&name)?;
+        Ok(Response::new(
+            self.backends
+                .call(g, Prefer::Leader, true, r, |ch, r| async move {
+                    ElectionClient::new(ch).resign(r).await
+                })
+                .await?,
+        ))
+    }
+}

@@ -1,0 +1,507 @@
+//! etcd's Watch service over the groups. Each watcher opens one upstream
+//! watch per overlapping group, from the same start revision, and merges:
+//! events are buffered per group and released, in revision order, up to
+//! the minimum over groups of what each has confirmed (its watermark: the
+//! last event or progress revision it sent). A group that holds the others
+//! back is bumped (a no-data raft entry raising its revision) and asked for
+//! progress, so an idle group never stalls the stream. Progress answers
+//! carry that minimum. Upstreams reconnect to another replica from their
+//! watermark + 1, so a node failure is invisible to the client.
+
+use crate::backends::{Backends, Prefer};
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_proto::etcdserverpb::kv_client::KvClient;
+use tessera_proto::etcdserverpb::watch_client::WatchClient;
+use tessera_proto::etcdserverpb::watch_request::RequestUnion;
+use tessera_proto::etcdserverpb::watch_server::Watch;
+use tessera_proto::etcdserverpb::{
+    RangeRequest, ResponseHeader, WatchCreateRequest, WatchProgressRequest, WatchRequest,
+    WatchResponse,
+};
+use tessera_proto::mvccpb::Event;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+pub struct WatchService {
+    pub backends: Arc<Backends>,
+    pub progress_interval: Duration,
+}
+
+type Out = mpsc::Sender<Result<WatchResponse, Status>>;
+type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+/// Events per response when a backlog is released (whole revisions only).
+const MAX_EVENTS_PER_RESPONSE: usize = 1000;
+/// How long a held-back event waits before the lagging group is bumped.
+const BUMP_AFTER: Duration = Duration::from_millis(20);
+
+fn header(rev: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision: rev,
+        ..Default::default()
+    })
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(client_stream(
+            self.backends.clone(),
+            req.into_inner(),
+            tx,
+            self.progress_interval,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+enum Ctl {
+    /// Report the revision up to which everything has been sent.
+    Progress(oneshot::Sender<i64>),
+}
+
+struct Handle {
+    ctl: mpsc::Sender<Ctl>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn client_stream(
+    b: Arc<Backends>,
+    mut input: Streaming<WatchRequest>,
+    out: Out,
+    interval: Duration,
+) {
+    let mut watchers: HashMap<i64, Handle> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<i64>();
+    let mut next_id = 0i64;
+    loop {
+        tokio::select! {
+            msg = input.message() => {
+                let Ok(Some(msg)) = msg else { break };
+                match msg.request_union {
+                    Some(RequestUnion::CreateRequest(c)) => {
+                        let id = if c.watch_id > 0 {
+                            if watchers.contains_key(&c.watch_id) {
+                                let _ = out.send(Err(Status::invalid_argument("etcdserver: duplicate watch ID"))).await;
+                                continue;
+                            }
+                            c.watch_id
+                        } else {
+                            while watchers.contains_key(&next_id) {
+                                next_id += 1;
+                            }
+                            next_id
+                        };
+                        let (ctl_tx, ctl_rx) = mpsc::channel(4);
+                        let (b, out, done) = (b.clone(), out.clone(), done_tx.clone());
+                        let task = tokio::spawn(async move {
+                            watcher(b, id, c, out, ctl_rx, interval).await;
+                            let _ = done.send(id);
+                        });
+                        watchers.insert(id, Handle { ctl: ctl_tx, task });
+                    }
+                    Some(RequestUnion::CancelRequest(c)) => {
+                        if let Some(w) = watchers.remove(&c.watch_id) {
+                            w.task.abort();
+                            let resp = WatchResponse { header: header(b.max_revision()), watch_id: c.watch_id, canceled: true, ..Default::default() };
+                            if out.send(Ok(resp)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Some(RequestUnion::ProgressRequest(_)) => {
+                        // Every watcher reports what it has sent; the
+                        // minimum holds for the whole stream.
+                        let mut waits = vec![];
+                        for w in watchers.values() {
+                            let (tx, rx) = oneshot::channel();
+                            if w.ctl.send(Ctl::Progress(tx)).await.is_ok() {
+                                waits.push(rx);
+                            }
+                        }
+                        let revs = futures::future::join_all(waits).await;
+                        let rev = revs.into_iter().filter_map(Result::ok).min().unwrap_or_else(|| b.max_revision());
+                        let resp = WatchResponse { header: header(rev), watch_id: -1, ..Default::default() };
+                        if out.send(Ok(resp)).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => {}
+                }
+            }
+            Some(id) = done_rx.recv() => {
+                watchers.remove(&id);
+            }
+        }
+    }
+    for w in watchers.into_values() {
+        w.task.abort();
+    }
+}
+
+/// What an upstream reports to its watcher.
+enum Up {
+    Created { group: u64, rev: i64 },
+    Events { group: u64, events: Vec<Event> },
+    Progress { group: u64, rev: i64 },
+    Compacted { compact_revision: i64 },
+    Failed(String),
+}
+
+/// The highest revision any of `groups` has reached (linearizable).
+async fn current_revision(b: &Backends, groups: &[u64]) -> Result<i64, Status> {
+    let probe = RangeRequest {
+        key: vec![0],
+        count_only: true,
+        ..Default::default()
+    };
+    let answers = futures::future::try_join_all(groups.iter().map(|g| {
+        b.call(
+            *g,
+            Prefer::Leader,
+            false,
+            probe.clone(),
+            |ch, r| async move { KvClient::new(ch).range(r).await },
+        )
+    }))
+    .await?;
+    Ok(answers
+        .iter()
+        .filter_map(|a| a.header.as_ref())
+        .map(|h| h.revision)
+        .max()
+        .unwrap_or(0))
+}
+
+async fn watcher(
+    b: Arc<Backends>,
+    id: i64,
+    create: WatchCreateRequest,
+    out: Out,
+    mut ctl: mpsc::Receiver<Ctl>,
+    interval: Duration,
+) {
+    let fail = |reason: String| WatchResponse {
+        header: header(b.max_revision()),
+        watch_id: id,
+        created: true,
+        canceled: true,
+        cancel_reason: reason,
+        ..Default::default()
+    };
+    let groups = match b.routing() {
+        Ok(r) => r.groups_for_range(&create.key, &create.range_end),
+        Err(e) => {
+            let _ = out.send(Ok(fail(e.message().to_string()))).await;
+            return;
+        }
+    };
+    crate::metrics::WATCH_GROUPS.observe(groups.len() as f64);
+    // One start revision for all groups; each is first raised to it, so no
+    // later write of a lagging group can land below it (and go unseen).
+    let start = if create.start_revision > 0 {
+        create.start_revision
+    } else if groups.len() > 1 {
+        match current_revision(&b, &groups).await {
+            Ok(r) => r + 1,
+            Err(e) => {
+                let _ = out.send(Ok(fail(e.message().to_string()))).await;
+                return;
+            }
+        }
+    } else {
+        0
+    };
+    if start > 0 {
+        let bumps = futures::future::join_all(groups.iter().map(|g| b.bump(*g, start - 1))).await;
+        if let Some(Err(e)) = bumps.into_iter().find(Result::is_err) {
+            let _ = out.send(Ok(fail(e.message().to_string()))).await;
+            return;
+        }
+    }
+
+    let (up_tx, mut up_rx) = mpsc::channel::<Up>(256);
+    let mut up_ctl: BTreeMap<u64, mpsc::Sender<()>> = BTreeMap::new();
+    let mut tasks = vec![];
+    for g in &groups {
+        let (tx, rx) = mpsc::channel(4);
+        up_ctl.insert(*g, tx);
+        let mut c = create.clone();
+        c.start_revision = start;
+        tasks.push(tokio::spawn(upstream(b.clone(), *g, c, up_tx.clone(), rx)));
+    }
+    drop(up_tx);
+    struct Abort(Vec<tokio::task::JoinHandle<()>>);
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            for t in &self.0 {
+                t.abort();
+            }
+        }
+    }
+    let _abort = Abort(tasks);
+
+    let mut watermark: BTreeMap<u64, Option<i64>> = groups
+        .iter()
+        .map(|g| (*g, (start > 0).then_some(start - 1)))
+        .collect();
+    let mut pending: Vec<(i64, u64, Event)> = vec![];
+    let mut sent_created = false;
+    if start > 0 {
+        let resp = WatchResponse {
+            header: header(start - 1),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        };
+        if out.send(Ok(resp)).await.is_err() {
+            return;
+        }
+        sent_created = true;
+    }
+    let mut progress_waiters: Vec<(oneshot::Sender<i64>, Vec<u64>)> = vec![];
+    let mut bumping: BTreeMap<u64, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    let mut notify = tokio::time::interval(interval);
+    notify.tick().await;
+    let mut bump_check = tokio::time::interval(BUMP_AFTER);
+    let mut released = start - 1;
+
+    loop {
+        tokio::select! {
+            up = up_rx.recv() => {
+                let Some(up) = up else { return };
+                match up {
+                    Up::Created { group, rev } => {
+                        let w = watermark.entry(group).or_default();
+                        if w.is_none() {
+                            *w = Some(rev);
+                        }
+                    }
+                    Up::Events { group, events } => {
+                        let last = events.last().and_then(|e| e.kv.as_ref()).map_or(0, |kv| kv.mod_revision);
+                        for e in events {
+                            let rev = e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                            pending.push((rev, group, e));
+                        }
+                        let w = watermark.entry(group).or_default();
+                        *w = Some(w.unwrap_or(0).max(last));
+                    }
+                    Up::Progress { group, rev } => {
+                        let w = watermark.entry(group).or_default();
+                        *w = Some(w.unwrap_or(0).max(rev));
+                        for (_, waiting) in progress_waiters.iter_mut() {
+                            waiting.retain(|g| *g != group);
+                        }
+                    }
+                    Up::Compacted { compact_revision } => {
+                        let resp = WatchResponse { header: header(b.max_revision()), watch_id: id, canceled: true, compact_revision, ..Default::default() };
+                        let _ = out.send(Ok(resp)).await;
+                        return;
+                    }
+                    Up::Failed(reason) => {
+                        let _ = out.send(Ok(fail(reason))).await;
+                        return;
+                    }
+                }
+            }
+            Some(c) = ctl.recv() => match c {
+                Ctl::Progress(reply) => {
+                    // Raise every group to the newest revision seen, then
+                    // ask each for progress: the answer is then current.
+                    let target = b.max_revision();
+                    for g in &groups {
+                        let (b2, tx) = (b.clone(), up_ctl[g].clone());
+                        let g = *g;
+                        let multi = groups.len() > 1;
+                        tokio::spawn(async move {
+                            if multi {
+                                let _ = b2.bump(g, target).await;
+                            }
+                            let _ = tx.send(()).await;
+                        });
+                    }
+                    progress_waiters.push((reply, groups.clone()));
+                }
+            },
+            _ = notify.tick(), if create.progress_notify => {
+                for tx in up_ctl.values() {
+                    let _ = tx.try_send(());
+                }
+                let (tx, rx) = oneshot::channel();
+                progress_waiters.push((tx, groups.clone()));
+                let out = out.clone();
+                tokio::spawn(async move {
+                    if let Ok(rev) = rx.await {
+                        let _ = out.send(Ok(WatchResponse { header: header(rev), watch_id: id, ..Default::default() })).await;
+                    }
+                });
+            }
+            _ = bump_check.tick(), if !pending.is_empty() => {
+                // Held-back events: raise the groups that hold them back.
+                let top = pending.iter().map(|p| p.0).max().unwrap_or(0);
+                for (g, w) in &watermark {
+                    if w.is_some_and(|w| w >= top) || bumping.get(g).is_some_and(|t| !t.is_finished()) {
+                        continue;
+                    }
+                    let (b2, tx, g2) = (b.clone(), up_ctl[g].clone(), *g);
+                    bumping.insert(*g, tokio::spawn(async move {
+                        if b2.bump(g2, top).await.is_ok() {
+                            let _ = tx.send(()).await;
+                        }
+                    }));
+                }
+            }
+        }
+
+        // Release everything every group has confirmed.
+        let Some(point) = watermark
+            .values()
+            .copied()
+            .collect::<Option<Vec<i64>>>()
+            .and_then(|v| v.into_iter().min())
+        else {
+            continue;
+        };
+        if !sent_created {
+            let resp = WatchResponse {
+                header: header(point),
+                watch_id: id,
+                created: true,
+                ..Default::default()
+            };
+            if out.send(Ok(resp)).await.is_err() {
+                return;
+            }
+            sent_created = true;
+        }
+        if pending.iter().any(|p| p.0 <= point) {
+            pending.sort_by_key(|p| (p.0, p.1));
+            let n = pending.partition_point(|p| p.0 <= point);
+            let ready: Vec<(i64, u64, Event)> = pending.drain(..n).collect();
+            let mut batch: Vec<Event> = vec![];
+            let mut i = 0;
+            while i < ready.len() {
+                let rev = ready[i].0;
+                while i < ready.len() && ready[i].0 == rev {
+                    batch.push(ready[i].2.clone());
+                    i += 1;
+                }
+                if batch.len() >= MAX_EVENTS_PER_RESPONSE || i == ready.len() {
+                    let resp = WatchResponse {
+                        header: header(point),
+                        watch_id: id,
+                        events: std::mem::take(&mut batch),
+                        ..Default::default()
+                    };
+                    if out.send(Ok(resp)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            crate::metrics::WATCH_EVENTS.inc_by(ready.len() as u64);
+        }
+        released = released.max(point);
+        let mut still = vec![];
+        for (reply, waiting) in progress_waiters.drain(..) {
+            if waiting.is_empty() {
+                let _ = reply.send(released);
+            } else {
+                still.push((reply, waiting));
+            }
+        }
+        progress_waiters = still;
+    }
+}
+
+/// One group's side of a watcher: a watch on one replica, moved to another
+/// (from its watermark + 1) when that one fails.
+async fn upstream(
+    b: Arc<Backends>,
+    group: u64,
+    base: WatchCreateRequest,
+    tx: mpsc::Sender<Up>,
+    mut progress: mpsc::Receiver<()>,
+) {
+    let mut next = base.start_revision;
+    loop {
+        let targets = match b
+            .routing()
+            .and_then(|r| Ok((b.targets(&r, group, Prefer::Leader)?, r)))
+        {
+            Ok(t) => t,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let (targets, routing) = targets;
+        for (_node, ch) in targets {
+            let (req_tx, req_rx) = mpsc::channel(8);
+            let mut c = base.clone();
+            c.start_revision = next;
+            c.watch_id = 0;
+            c.fragment = false; // merged responses hold whole revisions
+            c.progress_notify = false; // the router asks for progress itself
+            let _ = req_tx
+                .send(WatchRequest {
+                    request_union: Some(RequestUnion::CreateRequest(c)),
+                })
+                .await;
+            let mut req = b.request(&routing, group, ReceiverStream::new(req_rx));
+            req.set_timeout(Duration::from_secs(365 * 24 * 3600));
+            let mut stream = match WatchClient::new(ch).watch(req).await {
+                Ok(s) => s.into_inner(),
+                Err(_) => continue,
+            };
+            loop {
+                tokio::select! {
+                    m = stream.message() => {
+                        let Ok(Some(resp)) = m else { break };
+                        b.observe(resp.header.as_ref());
+                        let rev = resp.header.as_ref().map_or(0, |h| h.revision);
+                        if resp.created {
+                            if next == 0 {
+                                next = rev + 1;
+                                if tx.send(Up::Created { group, rev }).await.is_err() { return; }
+                            }
+                            continue;
+                        }
+                        if resp.canceled {
+                            let up = if resp.compact_revision > 0 {
+                                Up::Compacted { compact_revision: resp.compact_revision }
+                            } else {
+                                Up::Failed(resp.cancel_reason)
+                            };
+                            let _ = tx.send(up).await;
+                            return;
+                        }
+                        if resp.events.is_empty() {
+                            next = next.max(rev + 1);
+                            if tx.send(Up::Progress { group, rev }).await.is_err() { return; }
+                        } else {
+                            let last = resp.events.last().and_then(|e| e.kv.as_ref()).map_or(0, |kv| kv.mod_revision);
+                            next = next.max(last + 1);
+                            if tx.send(Up::Events { group, events: resp.events }).await.is_err() { return; }
+                        }
+                    }
+                    p = progress.recv() => {
+                        if p.is_none() { return; }
+                        let _ = req_tx.send(WatchRequest { request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})) }).await;
+                    }
+                }
+            }
+            tracing::debug!(group, "upstream watch broke; resuming from {next}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

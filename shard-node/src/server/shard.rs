@@ -1,0 +1,46 @@
+//! Tessera's own calls on the client port: revision bumps (how a router
+//! moves an idle group's watermark past a revision) and replica stats.
+
+use crate::group::Group;
+use std::sync::Arc;
+use tessera_proto::tessera::command::{command::Op, RevisionBump};
+use tessera_proto::tessera::shard::shard_server::Shard;
+use tessera_proto::tessera::shard::{BumpRequest, BumpResponse, StatsRequest, StatsResponse};
+use tonic::{Request, Response, Status};
+
+pub struct ShardService {
+    pub group: Arc<Group>,
+}
+
+#[tonic::async_trait]
+impl Shard for ShardService {
+    async fn bump(&self, req: Request<BumpRequest>) -> Result<Response<BumpResponse>, Status> {
+        let want = req.into_inner().revision;
+        let g = &self.group;
+        if g.sm.store.current_revision() < want {
+            // The proposal's hint is this clock's next reading, so > want.
+            g.hlc.observe(want);
+            g.propose(Op::Bump(RevisionBump {})).await?.result?;
+        }
+        let rev = g.sm.store.current_revision();
+        Ok(Response::new(BumpResponse {
+            header: Some(g.header(rev)),
+        }))
+    }
+
+    async fn stats(&self, _req: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
+        let g = &self.group;
+        let st = g.status();
+        let rev = g.sm.store.current_revision();
+        Ok(Response::new(StatsResponse {
+            header: Some(g.header(rev)),
+            leader: st.leader,
+            is_learner: st.is_learner,
+            keys: g.sm.store.key_count() as u64,
+            bytes_in_use: g.sm.store.size_in_use(),
+            db_size: g.sm.engine.size_on_disk(),
+            applied_index: g.sm.applied_index(),
+            compact_revision: g.sm.store.compact_revision(),
+        }))
+    }
+}

@@ -1,0 +1,36 @@
+//! The federation's shard map: which raft group owns which key, shared by
+//! placement (which writes it), routers (which route by it) and shard-nodes
+//! (which host the groups it lists). Pure data and functions, plus the
+//! client that follows placement's copy (`watcher`).
+
+pub mod map;
+pub mod ring;
+pub mod store;
+pub mod unit;
+pub mod watcher;
+
+pub use map::{GroupInfo, NodeInfo, Replica, ShardMap};
+pub use unit::placement_unit;
+
+/// gRPC metadata a request to a shard-node carries to name its group.
+pub const GROUP_HEADER: &str = "tessera-group";
+/// gRPC metadata: the shard-map epoch the router routed by.
+pub const EPOCH_HEADER: &str = "tessera-epoch";
+/// gRPC metadata: the highest revision the router has seen; the group's
+/// revision clock is raised to it before proposing (the revision rule).
+pub const REVISION_HEADER: &str = "tessera-revision";
+/// The key in placement's own store that holds the map (JSON).
+pub const MAP_KEY: &[u8] = b"/tessera/placement/map";
+
+/// etcd's "end of a prefix" for a range: the prefix with its last byte
+/// below 0xff incremented; `\0` (every key from the start) for none.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}

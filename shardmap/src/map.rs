@@ -1,0 +1,237 @@
+//! The shard map as placement stores it (JSON under `MAP_KEY`) and the
+//! routing it implies. Every key maps to exactly one group for an epoch:
+//! the longest pin/spread entry that prefixes the key decides, otherwise
+//! the consistent-hash ring of placement units.
+
+use crate::ring::{hash, Ring};
+use crate::unit::{common_prefix, placement_unit, prefix_fixes_unit};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub const DEFAULT_DEPTH: usize = 3;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub peer_url: String,
+    pub client_url: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Replica {
+    pub node: String,
+    pub member_id: u64,
+    pub learner: bool,
+    /// In the group's initial configuration (bootstraps with it) rather
+    /// than added to a running group (joins it).
+    pub initial: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub id: u64,
+    pub replicas: Vec<Replica>,
+}
+
+impl GroupInfo {
+    pub fn replica_on(&self, node: &str) -> Option<&Replica> {
+        self.replicas.iter().find(|r| r.node == node)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ShardMap {
+    /// Increases on every change.
+    pub epoch: u64,
+    /// Placement units hold at most this many slashes.
+    pub depth: usize,
+    pub next_group: u64,
+    pub nodes: BTreeMap<String, NodeInfo>,
+    pub groups: BTreeMap<u64, GroupInfo>,
+    /// Groups on the consistent-hash ring. A group joins it only while no
+    /// data exists (moving units with their data is a later feature), so
+    /// `group add` leaves new groups off the ring: give them prefixes with
+    /// pin or spread.
+    pub ring: Vec<u64>,
+    /// prefix → group, for the prefix and its subtree.
+    pub pins: BTreeMap<String, u64>,
+    /// prefix → groups; keys under it are hashed by their next segment.
+    pub spreads: BTreeMap<String, Vec<u64>>,
+}
+
+impl Default for ShardMap {
+    fn default() -> Self {
+        Self {
+            epoch: 0,
+            depth: DEFAULT_DEPTH,
+            next_group: 1,
+            nodes: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            ring: vec![],
+            pins: BTreeMap::new(),
+            spreads: BTreeMap::new(),
+        }
+    }
+}
+
+enum Entry<'a> {
+    Pin(u64),
+    Spread(&'a [u64]),
+}
+
+/// A map ready to route by (the ring is built once per map version).
+#[derive(Clone, Debug)]
+pub struct Routing {
+    pub map: ShardMap,
+    ring: Ring,
+}
+
+impl ShardMap {
+    pub fn routing(self) -> Routing {
+        let ring = Ring::new(&self.ring);
+        Routing { map: self, ring }
+    }
+}
+
+/// The segment of `key` after `prefix`, up to and including the next `/`.
+fn next_segment<'a>(key: &'a [u8], prefix: &[u8]) -> &'a [u8] {
+    let rest = &key[prefix.len()..];
+    match rest.iter().position(|b| *b == b'/') {
+        Some(i) => &rest[..=i],
+        None => rest,
+    }
+}
+
+impl Routing {
+    pub fn epoch(&self) -> u64 {
+        self.map.epoch
+    }
+
+    /// The longest pin or spread entry that prefixes `key`.
+    fn entry(&self, key: &[u8]) -> Option<(&[u8], Entry<'_>)> {
+        let pin = self
+            .map
+            .pins
+            .iter()
+            .filter(|(p, _)| key.starts_with(p.as_bytes()))
+            .max_by_key(|(p, _)| p.len());
+        let spread = self
+            .map
+            .spreads
+            .iter()
+            .filter(|(p, g)| !g.is_empty() && key.starts_with(p.as_bytes()))
+            .max_by_key(|(p, _)| p.len());
+        match (pin, spread) {
+            (Some((p, g)), Some((s, _))) if p.len() >= s.len() => {
+                Some((p.as_bytes(), Entry::Pin(*g)))
+            }
+            (_, Some((s, gs))) => Some((s.as_bytes(), Entry::Spread(gs))),
+            (Some((p, g)), None) => Some((p.as_bytes(), Entry::Pin(*g))),
+            (None, None) => None,
+        }
+    }
+
+    /// The group that owns `key` (None: the map has no groups yet).
+    pub fn group_of(&self, key: &[u8]) -> Option<u64> {
+        match self.entry(key) {
+            Some((_, Entry::Pin(g))) => Some(g),
+            Some((p, Entry::Spread(gs))) => {
+                Some(gs[(hash(next_segment(key, p)) % gs.len() as u64) as usize])
+            }
+            None => self.ring.owner(placement_unit(key, self.map.depth)),
+        }
+    }
+
+    /// Every group that may hold keys in `[key, range_end)` (etcd's range
+    /// encoding: empty end = the single key), in id order.
+    pub fn groups_for_range(&self, key: &[u8], range_end: &[u8]) -> Vec<u64> {
+        if range_end.is_empty() {
+            return self.group_of(key).into_iter().collect();
+        }
+        let common = common_prefix(key, range_end);
+        let mut out = BTreeSet::new();
+        // Entries deeper than the common prefix may own part of the range.
+        for (p, g) in &self.map.pins {
+            if p.as_bytes().starts_with(common) && overlaps(p.as_bytes(), key, range_end) {
+                out.insert(*g);
+            }
+        }
+        for (p, gs) in &self.map.spreads {
+            if p.as_bytes().starts_with(common) && overlaps(p.as_bytes(), key, range_end) {
+                out.extend(gs.iter().copied());
+            }
+        }
+        match self.entry(common) {
+            Some((_, Entry::Pin(g))) => {
+                out.insert(g);
+            }
+            Some((_, Entry::Spread(gs))) => out.extend(gs.iter().copied()),
+            None if prefix_fixes_unit(common, self.map.depth) => {
+                out.extend(self.ring.owner(placement_unit(common, self.map.depth)))
+            }
+            None => out.extend(self.map.ring.iter().copied()),
+        }
+        out.into_iter().collect()
+    }
+}
+
+/// Whether any key under `prefix` falls in `[key, range_end)`.
+fn overlaps(prefix: &[u8], key: &[u8], range_end: &[u8]) -> bool {
+    let prefix_hi = crate::prefix_end(prefix);
+    let starts_before_end = range_end == [0] || prefix < range_end;
+    let ends_after_key = prefix_hi == [0] || prefix_hi.as_slice() > key;
+    starts_before_end && ends_after_key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> Routing {
+        let mut m = ShardMap {
+            ring: vec![1, 2, 3],
+            ..Default::default()
+        };
+        m.pins.insert("/registry/pinned/".into(), 7);
+        m.spreads
+            .insert("/registry/leases/kube-node-lease/".into(), vec![4, 5]);
+        m.routing()
+    }
+
+    #[test]
+    fn siblings_share_a_group_and_pins_win() {
+        let r = map();
+        let a = r.group_of(b"/registry/pods/ns1/a").unwrap();
+        assert_eq!(r.group_of(b"/registry/pods/ns2/b"), Some(a));
+        assert_eq!(r.group_of(b"/registry/pinned/x/y"), Some(7));
+        let s = r
+            .group_of(b"/registry/leases/kube-node-lease/node-1")
+            .unwrap();
+        assert!(s == 4 || s == 5);
+        let spread: BTreeSet<u64> = (0..50)
+            .filter_map(|i| {
+                r.group_of(format!("/registry/leases/kube-node-lease/node-{i}").as_bytes())
+            })
+            .collect();
+        assert_eq!(spread.len(), 2);
+    }
+
+    #[test]
+    fn ranges_touch_only_overlapping_groups() {
+        let r = map();
+        let pods = r.group_of(b"/registry/pods/x").unwrap();
+        assert_eq!(
+            r.groups_for_range(b"/registry/pods/", b"/registry/pods0"),
+            vec![pods]
+        );
+        assert_eq!(
+            r.groups_for_range(b"/registry/pinned/", b"/registry/pinned0"),
+            vec![7]
+        );
+        assert_eq!(r.groups_for_range(b"", b"\0"), vec![1, 2, 3, 4, 5, 7]);
+        let reg = r.groups_for_range(b"/registry/", b"/registry0");
+        assert!(reg.contains(&7) && reg.contains(&4) && reg.contains(&1));
+        // a range past every pinned prefix does not name the pinned group
+        assert!(!r.groups_for_range(b"a", b"b").contains(&7));
+    }
+}

@@ -1,0 +1,133 @@
+//! Following placement's map: read it, then watch its key (placement's own
+//! store speaks etcd's API), reconnecting across placement members. The
+//! latest map stays available while placement is unreachable, so the data
+//! path keeps serving on the cached map.
+
+use crate::map::{Routing, ShardMap};
+use crate::MAP_KEY;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_proto::etcdserverpb::kv_client::KvClient;
+use tessera_proto::etcdserverpb::watch_client::WatchClient;
+use tessera_proto::etcdserverpb::watch_request::RequestUnion;
+use tessera_proto::etcdserverpb::{RangeRequest, WatchCreateRequest, WatchRequest};
+use tokio::sync::watch;
+
+pub type MapRx = watch::Receiver<Option<Arc<Routing>>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("placement unreachable: {0}")]
+    Unreachable(String),
+    #[error("placement holds no map yet")]
+    Empty,
+    #[error("bad map in placement: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+pub async fn channel(url: &str) -> Result<tonic::transport::Channel, FetchError> {
+    tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| FetchError::Unreachable(e.to_string()))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| FetchError::Unreachable(format!("{url}: {e}")))
+}
+
+/// The map as one placement member has it (linearizable read) and the
+/// revision it was read at.
+pub async fn fetch(url: &str) -> Result<(ShardMap, i64), FetchError> {
+    let mut kv = KvClient::new(channel(url).await?);
+    let resp = kv
+        .range(RangeRequest {
+            key: MAP_KEY.to_vec(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| FetchError::Unreachable(format!("{url}: {}", e.message())))?
+        .into_inner();
+    let rev = resp.header.map(|h| h.revision).unwrap_or(0);
+    let kv = resp.kvs.into_iter().next().ok_or(FetchError::Empty)?;
+    Ok((serde_json::from_slice(&kv.value)?, rev))
+}
+
+/// Starts following the map; the receiver holds None until the first map.
+pub fn follow(endpoints: Vec<String>) -> MapRx {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(follow_loop(endpoints, tx));
+    rx
+}
+
+async fn follow_loop(endpoints: Vec<String>, tx: watch::Sender<Option<Arc<Routing>>>) {
+    let mut i = 0usize;
+    loop {
+        if tx.is_closed() {
+            return;
+        }
+        let url = &endpoints[i % endpoints.len()];
+        i += 1;
+        if let Err(e) = follow_one(url, &tx).await {
+            tracing::debug!(url, error = %e, "placement map stream ended");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn publish(tx: &watch::Sender<Option<Arc<Routing>>>, map: ShardMap) {
+    tx.send_if_modified(|cur| {
+        if cur.as_ref().is_some_and(|c| c.epoch() >= map.epoch) {
+            return false;
+        }
+        tracing::info!(epoch = map.epoch, "shard map updated");
+        *cur = Some(Arc::new(map.routing()));
+        true
+    });
+}
+
+async fn follow_one(url: &str, tx: &watch::Sender<Option<Arc<Routing>>>) -> Result<(), FetchError> {
+    let rev = match fetch(url).await {
+        Ok((map, rev)) => {
+            publish(tx, map);
+            rev
+        }
+        Err(FetchError::Empty) => 0,
+        Err(e) => return Err(e),
+    };
+    let mut watch = WatchClient::new(channel(url).await?);
+    let (req_tx, req_rx) = tokio::sync::mpsc::channel(1);
+    let create = WatchCreateRequest {
+        key: MAP_KEY.to_vec(),
+        start_revision: rev + 1,
+        progress_notify: true,
+        ..Default::default()
+    };
+    let _ = req_tx
+        .send(WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(create)),
+        })
+        .await;
+    let mut stream = watch
+        .watch(tokio_stream::wrappers::ReceiverStream::new(req_rx))
+        .await
+        .map_err(|e| FetchError::Unreachable(e.message().to_string()))?
+        .into_inner();
+    loop {
+        let resp = match stream.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(FetchError::Unreachable(e.message().to_string())),
+        };
+        if resp.canceled {
+            return Ok(());
+        }
+        for ev in resp.events {
+            if let Some(kv) = ev.kv.filter(|kv| !kv.value.is_empty()) {
+                publish(tx, serde_json::from_slice(&kv.value)?);
+            }
+        }
+        if tx.is_closed() {
+            return Ok(());
+        }
+    }
+}
