@@ -29,6 +29,9 @@ pub struct DevArgs {
     /// The router's port on 127.0.0.1 (etcd clients connect here).
     #[arg(long, default_value_t = 2379)]
     pub client_port: u16,
+    /// Loopback address every process listens on (tests use 127.x.y.z).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
 }
 
 struct Proc {
@@ -103,7 +106,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let dir = std::path::absolute(&a.data_dir)?;
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;
-    let h = "127.0.0.1";
+    let h = a.host.as_str();
     let p = a.client_port as u32;
     let port = |off: u32| -> anyhow::Result<u16> {
         u16::try_from(p + off)
@@ -192,11 +195,20 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         return Err(e);
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let exited = async {
+    // A process that dies is reported, not replaced: the rest keep
+    // serving (that is the point of replication); restart it by hand or
+    // rerun the command.
+    let watch_exits = async {
+        let mut reported = std::collections::BTreeSet::new();
         loop {
             for p in procs.iter_mut() {
                 if let Ok(Some(s)) = p.child.try_wait() {
-                    return format!("{} exited ({s})", p.name);
+                    if reported.insert(p.name.clone()) {
+                        println!(
+                            "tessera dev: {} exited ({s}); the others keep running",
+                            p.name
+                        );
+                    }
                 }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -205,7 +217,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let why = tokio::select! {
         _ = tokio::signal::ctrl_c() => "interrupted".to_string(),
         _ = term.recv() => "terminated".to_string(),
-        w = exited => w,
+        _ = watch_exits => unreachable!(),
     };
     println!("tessera dev: {why}; stopping");
     stop(&mut procs).await;

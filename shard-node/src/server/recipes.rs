@@ -22,17 +22,7 @@ pub fn prefix_of(name: &[u8]) -> Vec<u8> {
     p
 }
 
-/// The key just after every key starting with `prefix`.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
+pub use shardmap::prefix_end;
 
 pub fn contender_key(name: &[u8], lease: i64) -> Vec<u8> {
     let mut k = prefix_of(name);
