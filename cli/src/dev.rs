@@ -43,10 +43,7 @@ fn bin(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let p = exe.parent().context("no binary dir")?.join(name);
     if !p.exists() {
-        bail!(
-            "{} not found next to tessera (build the workspace: cargo build)",
-            p.display()
-        );
+        bail!("{} not found next to tessera (build the workspace: cargo build)", p.display());
     }
     Ok(p)
 }
@@ -60,18 +57,10 @@ fn spawn(name: &str, binary: &str, args: Vec<String>, logs: &Path) -> anyhow::Re
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {name}"))?;
-    Ok(Proc {
-        name: name.into(),
-        child,
-    })
+    Ok(Proc { name: name.into(), child })
 }
 
-async fn wait_until<F, Fut>(
-    what: &str,
-    timeout: Duration,
-    procs: &mut [Proc],
-    mut check: F,
-) -> anyhow::Result<()>
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, procs: &mut [Proc], mut check: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -83,10 +72,7 @@ where
         }
         for p in procs.iter_mut() {
             if let Ok(Some(status)) = p.child.try_wait() {
-                bail!(
-                    "{} exited ({status}) while waiting for {what}; see its log",
-                    p.name
-                );
+                bail!("{} exited ({status}) while waiting for {what}; see its log", p.name);
             }
         }
         if Instant::now() > deadline {
@@ -97,9 +83,7 @@ where
 }
 
 async fn http_ok(url: &str) -> bool {
-    crate::http::call(url, "GET", "/health", None)
-        .await
-        .is_ok_and(|v| v.get("health").and_then(|h| h.as_str()) == Some("true"))
+    crate::http::call(url, "GET", "/health", None).await.is_ok_and(|v| v.get("health").and_then(|h| h.as_str()) == Some("true"))
 }
 
 pub async fn run(a: DevArgs) -> anyhow::Result<()> {
@@ -109,8 +93,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let h = a.host.as_str();
     let p = a.client_port as u32;
     let port = |off: u32| -> anyhow::Result<u16> {
-        u16::try_from(p + off)
-            .context("--client-port too high for the port plan (needs P+10000+10·nodes)")
+        u16::try_from(p + off).context("--client-port too high for the port plan (needs P+10000+10·nodes)")
     };
     let placement_url = format!("http://{h}:{}", port(10000)?);
     let placement_peer = format!("http://{h}:{}", port(10001)?);
@@ -185,7 +168,10 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         }
         println!("  groups: {:?} ({} voters + {} learners each)", map.groups.keys().collect::<Vec<_>>(), a.replicas, a.learners);
         println!("  data and logs: {}", dir.display());
-        println!("try: ETCDCTL_API=3 etcdctl --endpoints {h}:{} put foo bar;  tessera status --placement {placement_url}", a.client_port);
+        println!(
+            "try: ETCDCTL_API=3 etcdctl --endpoints {h}:{} put foo bar;  tessera status --placement {placement_url}",
+            a.client_port
+        );
         println!("Ctrl-C stops everything; the same command resumes it.");
         anyhow::Ok(())
     }
@@ -204,10 +190,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             for p in procs.iter_mut() {
                 if let Ok(Some(s)) = p.child.try_wait() {
                     if reported.insert(p.name.clone()) {
-                        println!(
-                            "tessera dev: {} exited ({s}); the others keep running",
-                            p.name
-                        );
+                        println!("tessera dev: {} exited ({s}); the others keep running", p.name);
                     }
                 }
             }
@@ -230,18 +213,11 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
 async fn stop(procs: &mut [Proc]) {
     for p in procs.iter_mut().rev() {
         if let Some(pid) = p.child.id() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status()
-                .await;
+            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
         }
     }
     for p in procs.iter_mut().rev() {
-        if tokio::time::timeout(Duration::from_secs(10), p.child.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await.is_err() {
             let _ = p.child.kill().await;
         }
     }

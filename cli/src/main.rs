@@ -8,19 +8,10 @@ mod status;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "tessera",
-    version,
-    about = "Tessera: one etcd endpoint over a federation of raft groups"
-)]
+#[command(name = "tessera", version, about = "Tessera: one etcd endpoint over a federation of raft groups")]
 struct Cli {
     /// Placement's client URL (admin commands).
-    #[arg(
-        long,
-        global = true,
-        default_value = "http://127.0.0.1:12379",
-        env = "TESSERA_PLACEMENT"
-    )]
+    #[arg(long, global = true, default_value = "http://127.0.0.1:12379", env = "TESSERA_PLACEMENT")]
     placement: String,
     #[command(subcommand)]
     cmd: Cmd,
@@ -99,35 +90,20 @@ async fn main() {
             }
             Cmd::Pin { prefix, group } => {
                 show(
-                    &http::call(
-                        p,
-                        "PUT",
-                        "/tessera/v1/pins",
-                        Some(serde_json::json!({"prefix": prefix, "group": group})),
-                    )
-                    .await?,
+                    &http::call(p, "PUT", "/tessera/v1/pins", Some(serde_json::json!({"prefix": prefix, "group": group})))
+                        .await?,
                 );
                 Ok(())
             }
             Cmd::Spread { prefix, groups } => {
-                let groups: Vec<u64> = groups
-                    .split(',')
-                    .map(|g| g.trim().parse())
-                    .collect::<Result<_, _>>()?;
+                let groups: Vec<u64> = groups.split(',').map(|g| g.trim().parse()).collect::<Result<_, _>>()?;
                 show(
-                    &http::call(
-                        p,
-                        "PUT",
-                        "/tessera/v1/spreads",
-                        Some(serde_json::json!({"prefix": prefix, "groups": groups})),
-                    )
-                    .await?,
+                    &http::call(p, "PUT", "/tessera/v1/spreads", Some(serde_json::json!({"prefix": prefix, "groups": groups})))
+                        .await?,
                 );
                 Ok(())
             }
-            Cmd::Group {
-                cmd: GroupCmd::Add { replicas, learners },
-            } => {
+            Cmd::Group { cmd: GroupCmd::Add { replicas, learners } } => {
                 show(
                     &http::call(
                         p,
@@ -139,14 +115,9 @@ async fn main() {
                 );
                 Ok(())
             }
-            Cmd::Learner {
-                cmd: LearnerCmd::Add { group, node },
-            } => {
+            Cmd::Learner { cmd: LearnerCmd::Add { group, node } } => {
                 let path = format!("/tessera/v1/groups/{group}/learners");
-                show(
-                    &http::call(p, "POST", &path, Some(serde_json::json!({ "node": node })))
-                        .await?,
-                );
+                show(&http::call(p, "POST", &path, Some(serde_json::json!({ "node": node }))).await?);
                 Ok(())
             }
         }

@@ -44,8 +44,7 @@ pub struct Status {
 async fn stats(url: &str, group: u64) -> Option<tessera_proto::tessera::shard::StatsResponse> {
     let ch = shardmap::watcher::channel(url).await.ok()?;
     let mut req = tonic::Request::new(StatsRequest {});
-    req.metadata_mut()
-        .insert(shardmap::GROUP_HEADER, group.into());
+    req.metadata_mut().insert(shardmap::GROUP_HEADER, group.into());
     req.set_timeout(Duration::from_secs(1));
     Some(ShardClient::new(ch).stats(req).await.ok()?.into_inner())
 }
@@ -55,11 +54,7 @@ pub async fn collect(map: &ShardMap) -> Status {
     for (id, g) in &map.groups {
         let mut replicas = vec![];
         for r in &g.replicas {
-            let url = map
-                .nodes
-                .get(&r.node)
-                .map(|n| n.client_url.clone())
-                .unwrap_or_default();
+            let url = map.nodes.get(&r.node).map(|n| n.client_url.clone()).unwrap_or_default();
             let s = stats(&url, *id).await;
             let role = match &s {
                 None => "unreachable",
@@ -75,26 +70,18 @@ pub async fn collect(map: &ShardMap) -> Status {
                 reachable: s.is_some(),
                 keys: s.as_ref().map_or(0, |s| s.keys),
                 bytes_in_use: s.as_ref().map_or(0, |s| s.bytes_in_use),
-                revision: s
-                    .as_ref()
-                    .and_then(|s| s.header.as_ref())
-                    .map_or(0, |h| h.revision),
+                revision: s.as_ref().and_then(|s| s.header.as_ref()).map_or(0, |h| h.revision),
                 applied_index: s.as_ref().map_or(0, |s| s.applied_index),
             });
         }
-        let best = replicas.iter().find(|r| r.role == "leader").or_else(|| {
-            replicas
-                .iter()
-                .filter(|r| r.reachable)
-                .max_by_key(|r| r.applied_index)
-        });
+        let best = replicas
+            .iter()
+            .find(|r| r.role == "leader")
+            .or_else(|| replicas.iter().filter(|r| r.reachable).max_by_key(|r| r.applied_index));
         groups.push(GroupStatus {
             id: *id,
             on_ring: map.ring.contains(id),
-            leader: replicas
-                .iter()
-                .find(|r| r.role == "leader")
-                .map(|r| r.node.clone()),
+            leader: replicas.iter().find(|r| r.role == "leader").map(|r| r.node.clone()),
             keys: best.map_or(0, |r| r.keys),
             bytes_in_use: best.map_or(0, |r| r.bytes_in_use),
             revision: best.map_or(0, |r| r.revision),
@@ -113,10 +100,7 @@ pub async fn collect(map: &ShardMap) -> Status {
 }
 
 pub fn print(s: &Status) {
-    println!(
-        "shard map epoch {}  (units: up to {} slashes; ring groups {:?})",
-        s.epoch, s.depth, s.ring
-    );
+    println!("shard map epoch {}  (units: up to {} slashes; ring groups {:?})", s.epoch, s.depth, s.ring);
     for (p, g) in &s.pins {
         println!("  pin    {p:?} -> group {g}");
     }
@@ -134,10 +118,7 @@ pub fn print(s: &Status) {
             g.revision
         );
         for r in &g.replicas {
-            println!(
-                "  {:<6} {:<16} {:<11} keys {:<8} applied {}",
-                r.node, r.member_id, r.role, r.keys, r.applied_index
-            );
+            println!("  {:<6} {:<16} {:<11} keys {:<8} applied {}", r.node, r.member_id, r.role, r.keys, r.applied_index);
         }
     }
 }

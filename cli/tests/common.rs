@@ -17,20 +17,12 @@ pub struct Federation {
 }
 
 pub fn bin(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tessera"))
-        .parent()
-        .unwrap()
-        .join(name)
+    PathBuf::from(env!("CARGO_BIN_EXE_tessera")).parent().unwrap().join(name)
 }
 
 fn fresh_host() -> String {
     let n = rand::random::<u32>();
-    format!(
-        "127.{}.{}.{}",
-        1 + n % 250,
-        (n >> 8) % 250,
-        1 + (n >> 16) % 250
-    )
+    format!("127.{}.{}.{}", 1 + n % 250, (n >> 8) % 250, 1 + (n >> 16) % 250)
 }
 
 impl Federation {
@@ -38,15 +30,7 @@ impl Federation {
         let host = fresh_host();
         let dir = tempfile::tempdir().unwrap();
         let mut dev = Command::new(bin("tessera"))
-            .args([
-                "dev",
-                "--groups",
-                &groups.to_string(),
-                "--host",
-                &host,
-                "--client-port",
-                "2379",
-            ])
+            .args(["dev", "--groups", &groups.to_string(), "--host", &host, "--client-port", "2379"])
             .arg("--data-dir")
             .arg(dir.path())
             .stdout(Stdio::piped())
@@ -58,10 +42,7 @@ impl Federation {
             match lines.next() {
                 Some(Ok(l)) if l.contains("federation ready") => break,
                 Some(Ok(_)) => {}
-                _ => panic!(
-                    "tessera dev did not come up; logs in {}",
-                    dir.path().join("logs").display()
-                ),
+                _ => panic!("tessera dev did not come up; logs in {}", dir.path().join("logs").display()),
             }
         }
         // keep draining stdout so the process never blocks on it
@@ -82,11 +63,7 @@ impl Federation {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
+        Channel::from_shared(self.url()).unwrap().connect().await.unwrap()
     }
 
     pub async fn kv(&self) -> KvClient<Channel> {
@@ -96,49 +73,24 @@ impl Federation {
     /// The pid of one of dev's processes (by its data dir or name).
     pub fn pid(&self, name: &str) -> u32 {
         let pat = format!("{}/{name}", self.dir.path().display());
-        let out = Command::new("pgrep")
-            .args(["-f", "--", &format!("--data-dir={pat}")])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .unwrap_or_else(|| panic!("no process {name}"))
-            .trim()
-            .parse()
-            .unwrap()
+        let out = Command::new("pgrep").args(["-f", "--", &format!("--data-dir={pat}")]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_else(|| panic!("no process {name}")).trim().parse().unwrap()
     }
 
     pub fn pid_of_router(&self) -> u32 {
         let out = Command::new("pgrep")
-            .args([
-                "-f",
-                "--",
-                &format!("--listen-client-urls=http://{}:2379", self.host),
-            ])
+            .args(["-f", "--", &format!("--listen-client-urls=http://{}:2379", self.host)])
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .expect("no router")
-            .trim()
-            .parse()
-            .unwrap()
+        String::from_utf8_lossy(&out.stdout).lines().next().expect("no router").trim().parse().unwrap()
     }
 
     /// kill -9 a process; returns its command line to restart it.
     pub fn kill9(&self, pid: u32) -> Vec<String> {
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-        let args: Vec<String> = cmd
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into())
-            .collect();
-        Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap();
+        let args: Vec<String> =
+            cmd.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into()).collect();
+        Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -148,12 +100,7 @@ impl Federation {
 
     pub fn restart(&self, args: &[String]) -> Child {
         let log = std::fs::File::create(self.dir.path().join("logs/restarted.log")).unwrap();
-        Command::new(&args[0])
-            .args(&args[1..])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap()
+        Command::new(&args[0]).args(&args[1..]).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap()
     }
 
     pub fn etcdctl(&self, args: &[&str]) -> (bool, String) {
@@ -169,24 +116,15 @@ impl Federation {
     }
 
     pub fn status_json(&self) -> serde_json::Value {
-        let out = Command::new(bin("tessera"))
-            .args(["status", "--json", "--placement", &self.placement()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new(bin("tessera")).args(["status", "--json", "--placement", &self.placement()]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }
 
 impl Drop for Federation {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.dev.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.dev.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.dev.try_wait() {
@@ -196,15 +134,10 @@ impl Drop for Federation {
         }
         let _ = self.dev.kill();
         // restarted processes are not dev's children
-        let _ = Command::new("pkill")
-            .args(["-9", "-f", &self.dir.path().display().to_string()])
-            .status();
+        let _ = Command::new("pkill").args(["-9", "-f", &self.dir.path().display().to_string()]).status();
         if std::env::var_os("TESSERA_KEEP_FAILED").is_some() && std::thread::panicking() {
             let kept = self.dir.path().to_path_buf();
-            std::mem::forget(std::mem::replace(
-                &mut self.dir,
-                tempfile::tempdir().unwrap(),
-            ));
+            std::mem::forget(std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()));
             eprintln!("kept federation data and logs in {}", kept.display());
         }
     }

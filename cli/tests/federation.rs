@@ -47,10 +47,7 @@ async fn etcdctl_through_the_router_across_groups() {
     let f = Federation::start(3);
     let mut kv = f.kv().await;
     let start = kv
-        .range(RangeRequest {
-            key: b"foo".to_vec(),
-            ..Default::default()
-        })
+        .range(RangeRequest { key: b"foo".to_vec(), ..Default::default() })
         .await
         .unwrap()
         .into_inner()
@@ -65,46 +62,20 @@ async fn etcdctl_through_the_router_across_groups() {
     // Sharding is real: keys of different units live on different groups,
     // and every key on exactly one.
     let status = f.status_json();
-    let per_group: Vec<u64> = status["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| g["keys"].as_u64().unwrap())
-        .collect();
-    assert!(
-        per_group.iter().filter(|n| **n > 0).count() >= 2,
-        "all keys on one group: {per_group:?}"
-    );
-    assert_eq!(
-        per_group.iter().sum::<u64>(),
-        KEYS.len() as u64,
-        "{per_group:?}"
-    );
+    let per_group: Vec<u64> = status["groups"].as_array().unwrap().iter().map(|g| g["keys"].as_u64().unwrap()).collect();
+    assert!(per_group.iter().filter(|n| **n > 0).count() >= 2, "all keys on one group: {per_group:?}");
+    assert_eq!(per_group.iter().sum::<u64>(), KEYS.len() as u64, "{per_group:?}");
     // ... and each group's own members hold only the keys the map gives it.
     let (map, _) = shardmap::watcher::fetch(&f.placement()).await.unwrap();
     let routing = map.clone().routing();
     for (gid, g) in &map.groups {
         let node = &map.nodes[&g.replicas[0].node];
-        let mut direct =
-            tessera_proto::etcdserverpb::kv_client::KvClient::connect(node.client_url.clone())
-                .await
-                .unwrap();
-        let mut req = Request::new(RangeRequest {
-            key: vec![0],
-            range_end: vec![0],
-            keys_only: true,
-            ..Default::default()
-        });
-        req.metadata_mut()
-            .insert(shardmap::GROUP_HEADER, (*gid).into());
+        let mut direct = tessera_proto::etcdserverpb::kv_client::KvClient::connect(node.client_url.clone()).await.unwrap();
+        let mut req = Request::new(RangeRequest { key: vec![0], range_end: vec![0], keys_only: true, ..Default::default() });
+        req.metadata_mut().insert(shardmap::GROUP_HEADER, (*gid).into());
         let resp = direct.range(req).await.unwrap().into_inner();
         for k in resp.kvs {
-            assert_eq!(
-                routing.group_of(&k.key),
-                Some(*gid),
-                "group {gid} holds {:?}",
-                String::from_utf8_lossy(&k.key)
-            );
+            assert_eq!(routing.group_of(&k.key), Some(*gid), "group {gid} holds {:?}", String::from_utf8_lossy(&k.key));
         }
     }
 
@@ -115,40 +86,15 @@ async fn etcdctl_through_the_router_across_groups() {
     assert!(ok, "{out}");
     let got: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
     assert_eq!(got, sorted);
-    let (_, out) = f.etcdctl(&[
-        "get",
-        "/registry",
-        "--prefix",
-        "--keys-only",
-        "--limit",
-        "3",
-    ]);
+    let (_, out) = f.etcdctl(&["get", "/registry", "--prefix", "--keys-only", "--limit", "3"]);
     let got: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
-    assert_eq!(
-        got,
-        sorted
-            .iter()
-            .filter(|k| k.starts_with("/registry"))
-            .take(3)
-            .copied()
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(got, sorted.iter().filter(|k| k.starts_with("/registry")).take(3).copied().collect::<Vec<_>>());
     let (_, out) = f.etcdctl(&["get", "", "--from-key", "--limit", "2", "-w", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["count"], KEYS.len());
     assert_eq!(v["more"], true);
-    let (_, out) = f.etcdctl(&[
-        "get",
-        "/registry",
-        "--prefix",
-        "--order",
-        "DESCEND",
-        "--sort-by",
-        "KEY",
-        "--keys-only",
-        "--limit",
-        "1",
-    ]);
+    let (_, out) =
+        f.etcdctl(&["get", "/registry", "--prefix", "--order", "DESCEND", "--sort-by", "KEY", "--keys-only", "--limit", "1"]);
     assert_eq!(out.trim(), "/registry/services/specs/ns1/s");
 
     // A txn in one group runs; one spanning groups is refused, naming them.
@@ -162,47 +108,26 @@ async fn etcdctl_through_the_router_across_groups() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    txn_in
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"\nput /registry/pods/ns1/z 1\nput foo 2\n\n\n")
-        .unwrap();
+    txn_in.stdin.take().unwrap().write_all(b"\nput /registry/pods/ns1/z 1\nput foo 2\n\n\n").unwrap();
     let out = txn_in.wait_with_output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("FailedPrecondition") && err.contains("spans groups"),
-        "{err}"
-    );
+    assert!(err.contains("FailedPrecondition") && err.contains("spans groups"), "{err}");
 
     // Every event exactly once, in revision order, across groups.
     let mut w = WatchClient::new(f.channel().await);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(watch_create(&[0], &[0], start + 1, false, false))
-        .await
-        .unwrap();
-    let mut s = w
-        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    tx.send(watch_create(&[0], &[0], start + 1, false, false)).await.unwrap();
+    let mut s = w.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
     let mut seen = vec![];
     while seen.len() < KEYS.len() {
-        let r = tokio::time::timeout(Duration::from_secs(10), s.message())
-            .await
-            .expect("watch stalled")
-            .unwrap()
-            .unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), s.message()).await.expect("watch stalled").unwrap().unwrap();
         for e in r.events {
             let kv = e.kv.unwrap();
             seen.push((kv.mod_revision, String::from_utf8(kv.key).unwrap()));
         }
     }
-    assert!(
-        seen.windows(2).all(|p| p[0].0 < p[1].0),
-        "not in revision order: {seen:?}"
-    );
+    assert!(seen.windows(2).all(|p| p[0].0 < p[1].0), "not in revision order: {seen:?}");
     let keys: Vec<&str> = seen.iter().map(|(_, k)| k.as_str()).collect();
     assert_eq!(keys, KEYS, "events in write order, each once");
 
@@ -210,33 +135,17 @@ async fn etcdctl_through_the_router_across_groups() {
     let (ok, out) = f.etcdctl(&["del", "", "--from-key"]);
     assert!(ok, "{out}");
     assert_eq!(out.trim(), KEYS.len().to_string());
-    let r = tokio::time::timeout(Duration::from_secs(10), s.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), s.message()).await.unwrap().unwrap().unwrap();
     assert!(!r.events.is_empty());
     assert!(f.etcdctl(&["get", "", "--from-key"]).1.trim().is_empty());
 }
 
 fn put(k: &str, v: &str, lease: i64) -> RequestOp {
-    RequestOp {
-        request: Some(Op::RequestPut(PutRequest {
-            key: k.into(),
-            value: v.into(),
-            lease,
-            ..Default::default()
-        })),
-    }
+    RequestOp { request: Some(Op::RequestPut(PutRequest { key: k.into(), value: v.into(), lease, ..Default::default() })) }
 }
 
 fn get(k: &str) -> RequestOp {
-    RequestOp {
-        request: Some(Op::RequestRange(RangeRequest {
-            key: k.into(),
-            ..Default::default()
-        })),
-    }
+    RequestOp { request: Some(Op::RequestRange(RangeRequest { key: k.into(), ..Default::default() })) }
 }
 
 fn mod_is(k: &str, rev: i64) -> Compare {
@@ -256,8 +165,7 @@ async fn kubernetes_storage_patterns() {
     let ch = f.channel().await;
     let mut kv = tessera_proto::etcdserverpb::kv_client::KvClient::new(ch.clone());
     let mut lease = tessera_proto::etcdserverpb::lease_client::LeaseClient::new(ch.clone());
-    let mut maint =
-        tessera_proto::etcdserverpb::maintenance_client::MaintenanceClient::new(ch.clone());
+    let mut maint = tessera_proto::etcdserverpb::maintenance_client::MaintenanceClient::new(ch.clone());
 
     // Version check.
     let st = maint.status(StatusRequest {}).await.unwrap().into_inner();
@@ -274,11 +182,7 @@ async fn kubernetes_storage_patterns() {
     .iter()
     .enumerate()
     {
-        let t = TxnRequest {
-            compare: vec![mod_is(k, 0)],
-            success: vec![put(k, &format!("obj{i}"), 0)],
-            failure: vec![],
-        };
+        let t = TxnRequest { compare: vec![mod_is(k, 0)], success: vec![put(k, &format!("obj{i}"), 0)], failure: vec![] };
         let r = kv.txn(t.clone()).await.unwrap().into_inner();
         assert!(r.succeeded);
         created.push((k.to_string(), r.header.unwrap().revision));
@@ -287,37 +191,23 @@ async fn kubernetes_storage_patterns() {
     }
     // Update = txn on mod_revision, else get (conflict answers the current object).
     let (k, rev) = created[0].clone();
-    let t = TxnRequest {
-        compare: vec![mod_is(&k, rev)],
-        success: vec![put(&k, "v2", 0)],
-        failure: vec![get(&k)],
-    };
+    let t = TxnRequest { compare: vec![mod_is(&k, rev)], success: vec![put(&k, "v2", 0)], failure: vec![get(&k)] };
     let r = kv.txn(t.clone()).await.unwrap().into_inner();
     assert!(r.succeeded);
     let r = kv.txn(t).await.unwrap().into_inner();
     assert!(!r.succeeded);
-    let Some(OpResp::ResponseRange(cur)) = &r.responses[0].response else {
-        panic!("no else-get")
-    };
+    let Some(OpResp::ResponseRange(cur)) = &r.responses[0].response else { panic!("no else-get") };
     assert_eq!(cur.kvs[0].value, b"v2");
     // Delete = txn on mod_revision with a delete.
     let (k3, rev3) = created[3].clone();
-    let del = RequestOp {
-        request: Some(Op::RequestDeleteRange(DeleteRangeRequest {
-            key: k3.clone().into(),
-            ..Default::default()
-        })),
-    };
+    let del =
+        RequestOp { request: Some(Op::RequestDeleteRange(DeleteRangeRequest { key: k3.clone().into(), ..Default::default() })) };
     assert!(
-        kv.txn(TxnRequest {
-            compare: vec![mod_is(&k3, rev3)],
-            success: vec![del],
-            failure: vec![get(&k3)]
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .succeeded
+        kv.txn(TxnRequest { compare: vec![mod_is(&k3, rev3)], success: vec![del], failure: vec![get(&k3)] })
+            .await
+            .unwrap()
+            .into_inner()
+            .succeeded
     );
 
     // Paginated list across groups, pinned at the first page's revision.
@@ -329,55 +219,28 @@ async fn kubernetes_storage_patterns() {
         })
         .await
         .unwrap();
-        kv.put(PutRequest {
-            key: format!("/registry/events/ns/e{i:02}").into(),
-            value: b"x".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        kv.put(PutRequest { key: format!("/registry/events/ns/e{i:02}").into(), value: b"x".to_vec(), ..Default::default() })
+            .await
+            .unwrap();
     }
     let (key, end) = (b"/registry/".to_vec(), b"/registry0".to_vec());
     let first = kv
-        .range(RangeRequest {
-            key: key.clone(),
-            range_end: end.clone(),
-            limit: 10,
-            ..Default::default()
-        })
+        .range(RangeRequest { key: key.clone(), range_end: end.clone(), limit: 10, ..Default::default() })
         .await
         .unwrap()
         .into_inner();
     let rv = first.header.unwrap().revision;
     let total = first.count;
     // writes after the first page must not show in later pages
-    kv.put(PutRequest {
-        key: b"/registry/aaa/new".to_vec(),
-        value: b"x".to_vec(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    kv.put(PutRequest {
-        key: b"/registry/zzz/new".to_vec(),
-        value: b"x".to_vec(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    kv.put(PutRequest { key: b"/registry/aaa/new".to_vec(), value: b"x".to_vec(), ..Default::default() }).await.unwrap();
+    kv.put(PutRequest { key: b"/registry/zzz/new".to_vec(), value: b"x".to_vec(), ..Default::default() }).await.unwrap();
     let mut listed: Vec<Vec<u8>> = first.kvs.iter().map(|k| k.key.clone()).collect();
     let mut more = first.more;
     while more {
         let mut next = listed.last().unwrap().clone();
         next.push(0);
         let page = kv
-            .range(RangeRequest {
-                key: next,
-                range_end: end.clone(),
-                limit: 10,
-                revision: rv,
-                ..Default::default()
-            })
+            .range(RangeRequest { key: next, range_end: end.clone(), limit: 10, revision: rv, ..Default::default() })
             .await
             .unwrap()
             .into_inner();
@@ -389,12 +252,7 @@ async fn kubernetes_storage_patterns() {
     assert!(!listed.iter().any(|k| k.ends_with(b"/new")));
     // count_only
     let c = kv
-        .range(RangeRequest {
-            key: key.clone(),
-            range_end: end.clone(),
-            count_only: true,
-            ..Default::default()
-        })
+        .range(RangeRequest { key: key.clone(), range_end: end.clone(), count_only: true, ..Default::default() })
         .await
         .unwrap()
         .into_inner();
@@ -404,20 +262,10 @@ async fn kubernetes_storage_patterns() {
     // Watch from rv+1 with prev_kv and progress notify, over all resources.
     let mut w = WatchClient::new(ch.clone());
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(watch_create(&key, &end, rv + 1, true, true))
-        .await
-        .unwrap();
-    let mut s = w
-        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    tx.send(watch_create(&key, &end, rv + 1, true, true)).await.unwrap();
+    let mut s = w.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
     // Events with a reused lease (kube-apiserver attaches events to one lease).
-    let l = lease
-        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
-        .await
-        .unwrap()
-        .into_inner();
+    let l = lease.lease_grant(LeaseGrantRequest { ttl: 60, id: 0 }).await.unwrap().into_inner();
     kv.put(PutRequest {
         key: b"/registry/events/ns/e00".to_vec(),
         value: b"again".to_vec(),
@@ -427,87 +275,36 @@ async fn kubernetes_storage_patterns() {
     })
     .await
     .unwrap();
-    kv.put(PutRequest {
-        key: b"/registry/pods/ns0/p00".to_vec(),
-        value: b"leased".to_vec(),
-        lease: l.id,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    kv.put(PutRequest { key: b"/registry/pods/ns0/p00".to_vec(), value: b"leased".to_vec(), lease: l.id, ..Default::default() })
+        .await
+        .unwrap();
     let mut events = vec![];
     while events.len() < 4 {
-        let r = tokio::time::timeout(Duration::from_secs(10), s.message())
-            .await
-            .expect("watch stalled")
-            .unwrap()
-            .unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), s.message()).await.expect("watch stalled").unwrap().unwrap();
         events.extend(r.events);
     }
-    let keys: Vec<String> = events
-        .iter()
-        .map(|e| String::from_utf8_lossy(&e.kv.as_ref().unwrap().key).into())
-        .collect();
-    assert_eq!(
-        keys,
-        [
-            "/registry/aaa/new",
-            "/registry/zzz/new",
-            "/registry/events/ns/e00",
-            "/registry/pods/ns0/p00"
-        ]
-    );
+    let keys: Vec<String> = events.iter().map(|e| String::from_utf8_lossy(&e.kv.as_ref().unwrap().key).into()).collect();
+    assert_eq!(keys, ["/registry/aaa/new", "/registry/zzz/new", "/registry/events/ns/e00", "/registry/pods/ns0/p00"]);
     assert_eq!(events[2].prev_kv.as_ref().unwrap().value, b"x");
-    assert!(events
-        .windows(2)
-        .all(|p| p[0].kv.as_ref().unwrap().mod_revision < p[1].kv.as_ref().unwrap().mod_revision));
+    assert!(events.windows(2).all(|p| p[0].kv.as_ref().unwrap().mod_revision < p[1].kv.as_ref().unwrap().mod_revision));
     // WatchProgressRequest: answered with a revision covering everything sent.
     let last = events.last().unwrap().kv.as_ref().unwrap().mod_revision;
-    tx.send(WatchRequest {
-        request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})),
-    })
-    .await
-    .unwrap();
-    let p = tokio::time::timeout(Duration::from_secs(10), s.message())
-        .await
-        .expect("no progress")
-        .unwrap()
-        .unwrap();
+    tx.send(WatchRequest { request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})) }).await.unwrap();
+    let p = tokio::time::timeout(Duration::from_secs(10), s.message()).await.expect("no progress").unwrap().unwrap();
     assert!(p.events.is_empty());
     assert!(p.header.unwrap().revision >= last);
     // the lease's keys on both groups go when it is revoked
-    let ttl = lease
-        .lease_time_to_live(LeaseTimeToLiveRequest {
-            id: l.id,
-            keys: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let ttl = lease.lease_time_to_live(LeaseTimeToLiveRequest { id: l.id, keys: true }).await.unwrap().into_inner();
     assert_eq!(ttl.keys.len(), 2, "{ttl:?}");
-    lease
-        .lease_revoke(LeaseRevokeRequest { id: l.id })
-        .await
-        .unwrap();
+    lease.lease_revoke(LeaseRevokeRequest { id: l.id }).await.unwrap();
     let mut deletes = 0;
     while deletes < 2 {
-        let r = tokio::time::timeout(Duration::from_secs(10), s.message())
-            .await
-            .expect("no delete events")
-            .unwrap()
-            .unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), s.message()).await.expect("no delete events").unwrap().unwrap();
         deletes += r.events.iter().filter(|e| e.r#type == 1).count();
     }
 
     // Compaction: the compact key txn, then Compact.
-    let cur = kv
-        .range(RangeRequest {
-            key: b"compact_rev_key".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let cur = kv.range(RangeRequest { key: b"compact_rev_key".to_vec(), ..Default::default() }).await.unwrap().into_inner();
     let now = cur.header.unwrap().revision;
     let t = TxnRequest {
         compare: vec![Compare {
@@ -521,36 +318,14 @@ async fn kubernetes_storage_patterns() {
         failure: vec![get("compact_rev_key")],
     };
     assert!(kv.txn(t).await.unwrap().into_inner().succeeded);
-    kv.compact(CompactionRequest {
-        revision: rv,
-        physical: true,
-    })
-    .await
-    .unwrap();
+    kv.compact(CompactionRequest { revision: rv, physical: true }).await.unwrap();
     let err = kv
-        .range(RangeRequest {
-            key: key.clone(),
-            range_end: end.clone(),
-            revision: rv - 1,
-            ..Default::default()
-        })
+        .range(RangeRequest { key: key.clone(), range_end: end.clone(), revision: rv - 1, ..Default::default() })
         .await
         .unwrap_err();
-    assert_eq!(
-        err.message(),
-        "etcdserver: mvcc: required revision has been compacted"
-    );
-    let page = kv
-        .range(RangeRequest {
-            key,
-            range_end: end,
-            revision: rv,
-            limit: 5,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    assert_eq!(err.message(), "etcdserver: mvcc: required revision has been compacted");
+    let page =
+        kv.range(RangeRequest { key, range_end: end, revision: rv, limit: 5, ..Default::default() }).await.unwrap().into_inner();
     assert_eq!(page.kvs.len(), 5);
 }
 
@@ -559,28 +334,13 @@ async fn faults_lose_no_acknowledged_write() {
     let f = Federation::start(3);
     let ch = f.channel().await;
     let mut kv = tessera_proto::etcdserverpb::kv_client::KvClient::new(ch.clone());
-    let start = kv
-        .range(RangeRequest {
-            key: b"k".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .header
-        .unwrap()
-        .revision;
+    let start =
+        kv.range(RangeRequest { key: b"k".to_vec(), ..Default::default() }).await.unwrap().into_inner().header.unwrap().revision;
     // a merged watch over every group, open across all the faults
     let mut w = WatchClient::new(ch.clone());
     let (wtx, wrx) = tokio::sync::mpsc::channel(4);
-    wtx.send(watch_create(&[0], &[0], start + 1, false, false))
-        .await
-        .unwrap();
-    let mut ws = w
-        .watch(tokio_stream::wrappers::ReceiverStream::new(wrx))
-        .await
-        .unwrap()
-        .into_inner();
+    wtx.send(watch_create(&[0], &[0], start + 1, false, false)).await.unwrap();
+    let mut ws = w.watch(tokio_stream::wrappers::ReceiverStream::new(wrx)).await.unwrap().into_inner();
 
     let acked = std::sync::Arc::new(shared::Acked::default());
     let writer = {
@@ -589,15 +349,7 @@ async fn faults_lose_no_acknowledged_write() {
         tokio::spawn(async move {
             for i in 0..100000u32 {
                 let k = format!("/registry/r{}/ns/k{i:05}", i % 7);
-                if kv
-                    .put(PutRequest {
-                        key: k.clone().into(),
-                        value: b"v".to_vec(),
-                        ..Default::default()
-                    })
-                    .await
-                    .is_ok()
-                {
+                if kv.put(PutRequest { key: k.clone().into(), value: b"v".to_vec(), ..Default::default() }).await.is_ok() {
                     acked.0.lock().unwrap().insert(k);
                 }
                 if acked.1.load(std::sync::atomic::Ordering::Relaxed) {
@@ -643,18 +395,11 @@ async fn faults_lose_no_acknowledged_write() {
     let _ = writer.await;
     let router2 = format!("http://{}:3379", f.host);
     let mut r2 = std::process::Command::new(common::bin("router"))
-        .args([
-            format!("--listen-client-urls={router2}"),
-            format!("--placement-endpoints={}", f.placement()),
-        ])
+        .args([format!("--listen-client-urls={router2}"), format!("--placement-endpoints={}", f.placement())])
         .spawn()
         .unwrap();
     let ch2 = loop {
-        if let Ok(c) = tonic::transport::Channel::from_shared(router2.clone())
-            .unwrap()
-            .connect()
-            .await
-        {
+        if let Ok(c) = tonic::transport::Channel::from_shared(router2.clone()).unwrap().connect().await {
             break c;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -675,18 +420,9 @@ async fn faults_lose_no_acknowledged_write() {
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
-    let stored: BTreeSet<String> = stored
-        .kvs
-        .into_iter()
-        .map(|k| String::from_utf8(k.key).unwrap())
-        .collect();
+    let stored: BTreeSet<String> = stored.kvs.into_iter().map(|k| String::from_utf8(k.key).unwrap()).collect();
     let lost: Vec<_> = acked.difference(&stored).collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged writes lost, e.g. {:?}",
-        lost.len(),
-        lost.first()
-    );
+    assert!(lost.is_empty(), "{} acknowledged writes lost, e.g. {:?}", lost.len(), lost.first());
     assert!(acked.len() > 250);
 
     // The merged watch saw every stored key once, in revision order, with
@@ -699,28 +435,17 @@ async fn faults_lose_no_acknowledged_write() {
             seen.push((kv.mod_revision, String::from_utf8(kv.key).unwrap()));
         }
     }
-    assert!(
-        seen.windows(2).all(|p| p[0].0 < p[1].0),
-        "watch out of order"
-    );
+    assert!(seen.windows(2).all(|p| p[0].0 < p[1].0), "watch out of order");
     let seen_keys: BTreeSet<String> = seen.iter().map(|(_, k)| k.clone()).collect();
     assert_eq!(seen_keys.len(), seen.len(), "duplicate events");
     let upto = seen.last().map_or(0, |s| s.0);
     let expected: BTreeSet<String> = {
         let all = kv2
-            .range(RangeRequest {
-                key: b"/registry/".to_vec(),
-                range_end: b"/registry0".to_vec(),
-                ..Default::default()
-            })
+            .range(RangeRequest { key: b"/registry/".to_vec(), range_end: b"/registry0".to_vec(), ..Default::default() })
             .await
             .unwrap()
             .into_inner();
-        all.kvs
-            .into_iter()
-            .filter(|k| k.mod_revision <= upto)
-            .map(|k| String::from_utf8(k.key).unwrap())
-            .collect()
+        all.kvs.into_iter().filter(|k| k.mod_revision <= upto).map(|k| String::from_utf8(k.key).unwrap()).collect()
     };
     assert_eq!(seen_keys, expected, "the watch has a gap");
     assert!(seen.len() > 200, "watch delivered only {}", seen.len());
@@ -732,8 +457,5 @@ async fn faults_lose_no_acknowledged_write() {
 mod shared {
     /// Acknowledged keys, and a stop flag for the writer.
     #[derive(Default)]
-    pub struct Acked(
-        pub std::sync::Mutex<std::collections::BTreeSet<String>>,
-        pub std::sync::atomic::AtomicBool,
-    );
+    pub struct Acked(pub std::sync::Mutex<std::collections::BTreeSet<String>>, pub std::sync::atomic::AtomicBool);
 }

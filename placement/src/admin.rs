@@ -37,9 +37,7 @@ fn from_update(e: UpdateError) -> (StatusCode, Json<serde_json::Value>) {
 }
 
 fn map_reply(map: &ShardMap) -> Reply {
-    Ok(Json(
-        serde_json::to_value(map).map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e))?,
-    ))
+    Ok(Json(serde_json::to_value(map).map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e))?))
 }
 
 pub fn routes(admin: Admin) -> Router {
@@ -48,21 +46,14 @@ pub fn routes(admin: Admin) -> Router {
         .route("/tessera/v1/init", post(init))
         .route("/tessera/v1/groups", post(add_group))
         .route("/tessera/v1/groups/{id}/learners", post(add_learner))
-        .route(
-            "/tessera/v1/groups/{id}/replicas/{node}",
-            delete(remove_replica),
-        )
+        .route("/tessera/v1/groups/{id}/replicas/{node}", delete(remove_replica))
         .route("/tessera/v1/pins", put(pin))
         .route("/tessera/v1/spreads", put(spread))
         .with_state(Arc::new(admin))
 }
 
 async fn get_map(State(a): State<Arc<Admin>>) -> Reply {
-    map_reply(
-        &update(&a.store_url, |_| Ok(false))
-            .await
-            .map_err(from_update)?,
-    )
+    map_reply(&update(&a.store_url, |_| Ok(false)).await.map_err(from_update)?)
 }
 
 #[derive(Deserialize)]
@@ -117,15 +108,12 @@ async fn add_group(State(a): State<Arc<Admin>>, Json(req): Json<GroupRequest>) -
     })
     .await
     .map_err(from_update)?;
-    Ok(Json(
-        serde_json::json!({ "group": created, "epoch": map.epoch, "replicas": map.groups[&created].replicas }),
-    ))
+    Ok(Json(serde_json::json!({ "group": created, "epoch": map.epoch, "replicas": map.groups[&created].replicas })))
 }
 
 fn group_request<T>(group: u64, msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert(shardmap::GROUP_HEADER, group.into());
+    r.metadata_mut().insert(shardmap::GROUP_HEADER, group.into());
     r.set_timeout(Duration::from_secs(10));
     r
 }
@@ -137,10 +125,7 @@ fn group_urls(map: &ShardMap, group: u64) -> Vec<String> {
     };
     let mut rs: Vec<&Replica> = g.replicas.iter().collect();
     rs.sort_by_key(|r| r.learner);
-    rs.iter()
-        .filter_map(|r| map.nodes.get(&r.node))
-        .map(|n| n.client_url.clone())
-        .collect()
+    rs.iter().filter_map(|r| map.nodes.get(&r.node)).map(|n| n.client_url.clone()).collect()
 }
 
 #[derive(Deserialize, Default)]
@@ -151,49 +136,23 @@ pub struct LearnerRequest {
 
 /// Adds a learner: a raft conf change in the group first (etcd's member
 /// add), then the map names the node, which joins and catches up.
-async fn add_learner(
-    State(a): State<Arc<Admin>>,
-    Path(group): Path<u64>,
-    body: Option<Json<LearnerRequest>>,
-) -> Reply {
-    let map = update(&a.store_url, |_| Ok(false))
-        .await
-        .map_err(from_update)?;
+async fn add_learner(State(a): State<Arc<Admin>>, Path(group): Path<u64>, body: Option<Json<LearnerRequest>>) -> Reply {
+    let map = update(&a.store_url, |_| Ok(false)).await.map_err(from_update)?;
     let node = match body.and_then(|b| b.0.node) {
         Some(n) => n,
         None => assign::extra_replica(&map, group).map_err(|e| fail(StatusCode::BAD_REQUEST, e))?,
     };
-    let info = map
-        .nodes
-        .get(&node)
-        .ok_or_else(|| fail(StatusCode::BAD_REQUEST, format!("no node {node}")))?
-        .clone();
-    if map
-        .groups
-        .get(&group)
-        .is_none_or(|g| g.replica_on(&node).is_some())
-    {
-        return Err(fail(
-            StatusCode::BAD_REQUEST,
-            format!("group {group} does not exist or already has a replica on {node}"),
-        ));
+    let info = map.nodes.get(&node).ok_or_else(|| fail(StatusCode::BAD_REQUEST, format!("no node {node}")))?.clone();
+    if map.groups.get(&group).is_none_or(|g| g.replica_on(&node).is_some()) {
+        return Err(fail(StatusCode::BAD_REQUEST, format!("group {group} does not exist or already has a replica on {node}")));
     }
     let mut last = String::from("group has no reachable member");
     let mut member_id = None;
     for url in group_urls(&map, group) {
         let r = async {
-            let mut c = ClusterClient::new(
-                shardmap::watcher::channel(&url)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
-            let req = MemberAddRequest {
-                peer_ur_ls: vec![info.peer_url.clone()],
-                is_learner: true,
-            };
-            c.member_add(group_request(group, req))
-                .await
-                .map_err(|e| e.message().to_string())
+            let mut c = ClusterClient::new(shardmap::watcher::channel(&url).await.map_err(|e| e.to_string())?);
+            let req = MemberAddRequest { peer_ur_ls: vec![info.peer_url.clone()], is_learner: true };
+            c.member_add(group_request(group, req)).await.map_err(|e| e.message().to_string())
         }
         .await;
         match r {
@@ -207,59 +166,30 @@ async fn add_learner(
     let member_id = member_id.ok_or_else(|| fail(StatusCode::SERVICE_UNAVAILABLE, last))?;
     let map = update(&a.store_url, |map| {
         let g = map.groups.get_mut(&group).ok_or("group vanished")?;
-        g.replicas.push(Replica {
-            node: node.clone(),
-            member_id,
-            learner: true,
-            initial: false,
-        });
+        g.replicas.push(Replica { node: node.clone(), member_id, learner: true, initial: false });
         Ok(true)
     })
     .await
     .map_err(from_update)?;
-    Ok(Json(
-        serde_json::json!({ "group": group, "node": node, "member_id": format!("{member_id:x}"), "epoch": map.epoch }),
-    ))
+    Ok(Json(serde_json::json!({ "group": group, "node": node, "member_id": format!("{member_id:x}"), "epoch": map.epoch })))
 }
 
-async fn remove_replica(
-    State(a): State<Arc<Admin>>,
-    Path((group, node)): Path<(u64, String)>,
-) -> Reply {
-    let map = update(&a.store_url, |_| Ok(false))
-        .await
-        .map_err(from_update)?;
+async fn remove_replica(State(a): State<Arc<Admin>>, Path((group, node)): Path<(u64, String)>) -> Reply {
+    let map = update(&a.store_url, |_| Ok(false)).await.map_err(from_update)?;
     let replica = map
         .groups
         .get(&group)
         .and_then(|g| g.replica_on(&node))
         .cloned()
-        .ok_or_else(|| {
-            fail(
-                StatusCode::BAD_REQUEST,
-                format!("group {group} has no replica on {node}"),
-            )
-        })?;
+        .ok_or_else(|| fail(StatusCode::BAD_REQUEST, format!("group {group} has no replica on {node}")))?;
     let mut last = String::from("group has no reachable member");
     let mut done = false;
-    for url in group_urls(&map, group)
-        .into_iter()
-        .filter(|u| map.nodes.get(&node).is_none_or(|n| &n.client_url != u))
-    {
+    for url in group_urls(&map, group).into_iter().filter(|u| map.nodes.get(&node).is_none_or(|n| &n.client_url != u)) {
         let r = async {
-            let mut c = ClusterClient::new(
-                shardmap::watcher::channel(&url)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
-            c.member_remove(group_request(
-                group,
-                MemberRemoveRequest {
-                    id: replica.member_id,
-                },
-            ))
-            .await
-            .map_err(|e| e.message().to_string())
+            let mut c = ClusterClient::new(shardmap::watcher::channel(&url).await.map_err(|e| e.to_string())?);
+            c.member_remove(group_request(group, MemberRemoveRequest { id: replica.member_id }))
+                .await
+                .map_err(|e| e.message().to_string())
         }
         .await;
         match r {
@@ -284,9 +214,7 @@ async fn remove_replica(
     })
     .await
     .map_err(from_update)?;
-    Ok(Json(
-        serde_json::json!({ "group": group, "removed": node, "epoch": map.epoch }),
-    ))
+    Ok(Json(serde_json::json!({ "group": group, "removed": node, "epoch": map.epoch })))
 }
 
 /// Keys under `prefix` in every group (moves of data are a later feature,
@@ -298,20 +226,14 @@ async fn keys_under(map: &ShardMap, prefix: &str) -> Result<i64, String> {
         let mut last = String::from("no reachable member");
         for url in group_urls(map, *group) {
             let r = async {
-                let mut kv = KvClient::new(
-                    shardmap::watcher::channel(&url)
-                        .await
-                        .map_err(|e| e.to_string())?,
-                );
+                let mut kv = KvClient::new(shardmap::watcher::channel(&url).await.map_err(|e| e.to_string())?);
                 let req = RangeRequest {
                     key: prefix.as_bytes().to_vec(),
                     range_end: shardmap::prefix_end(prefix.as_bytes()),
                     count_only: true,
                     ..Default::default()
                 };
-                kv.range(group_request(*group, req))
-                    .await
-                    .map_err(|e| e.message().to_string())
+                kv.range(group_request(*group, req)).await.map_err(|e| e.message().to_string())
             }
             .await;
             match r {
@@ -334,9 +256,7 @@ pub struct PinRequest {
 }
 
 async fn pin(State(a): State<Arc<Admin>>, Json(req): Json<PinRequest>) -> Reply {
-    let map = update(&a.store_url, |_| Ok(false))
-        .await
-        .map_err(from_update)?;
+    let map = update(&a.store_url, |_| Ok(false)).await.map_err(from_update)?;
     check_movable(&map, &req.prefix, &[req.group]).await?;
     let map = update(&a.store_url, |map| {
         if map.pins.get(&req.prefix) == Some(&req.group) {
@@ -358,14 +278,9 @@ pub struct SpreadRequest {
 }
 
 async fn spread(State(a): State<Arc<Admin>>, Json(req): Json<SpreadRequest>) -> Reply {
-    let map = update(&a.store_url, |_| Ok(false))
-        .await
-        .map_err(from_update)?;
+    let map = update(&a.store_url, |_| Ok(false)).await.map_err(from_update)?;
     if req.groups.is_empty() {
-        return Err(fail(
-            StatusCode::BAD_REQUEST,
-            "spread needs at least one group",
-        ));
+        return Err(fail(StatusCode::BAD_REQUEST, "spread needs at least one group"));
     }
     check_movable(&map, &req.prefix, &req.groups).await?;
     let map = update(&a.store_url, |map| {
@@ -378,11 +293,7 @@ async fn spread(State(a): State<Arc<Admin>>, Json(req): Json<SpreadRequest>) -> 
     map_reply(&map)
 }
 
-async fn check_movable(
-    map: &ShardMap,
-    prefix: &str,
-    groups: &[u64],
-) -> Result<(), (StatusCode, Json<serde_json::Value>)> {
+async fn check_movable(map: &ShardMap, prefix: &str, groups: &[u64]) -> Result<(), (StatusCode, Json<serde_json::Value>)> {
     if let Some(g) = groups.iter().find(|g| !map.groups.contains_key(g)) {
         return Err(fail(StatusCode::BAD_REQUEST, format!("no group {g}")));
     }

@@ -22,12 +22,7 @@ pub fn member_id(node: &str, group: u64) -> u64 {
 }
 
 /// Nodes for a new group's voters and learners (distinct nodes).
-pub fn new_group(
-    map: &ShardMap,
-    group: u64,
-    voters: usize,
-    learners: usize,
-) -> Result<Vec<Replica>, String> {
+pub fn new_group(map: &ShardMap, group: u64, voters: usize, learners: usize) -> Result<Vec<Replica>, String> {
     let need = voters + learners;
     if voters == 0 {
         return Err("a group needs at least one voter".into());
@@ -44,21 +39,13 @@ pub fn new_group(
         .into_iter()
         .take(need)
         .enumerate()
-        .map(|(i, n)| Replica {
-            node: n.clone(),
-            member_id: member_id(n, group),
-            learner: i >= voters,
-            initial: true,
-        })
+        .map(|(i, n)| Replica { node: n.clone(), member_id: member_id(n, group), learner: i >= voters, initial: true })
         .collect())
 }
 
 /// The node for one more replica of `group` (none of its replicas there).
 pub fn extra_replica(map: &ShardMap, group: u64) -> Result<String, String> {
-    let g = map
-        .groups
-        .get(&group)
-        .ok_or_else(|| format!("no group {group}"))?;
+    let g = map.groups.get(&group).ok_or_else(|| format!("no group {group}"))?;
     map.nodes
         .keys()
         .filter(|n| g.replica_on(n).is_none())
@@ -76,29 +63,17 @@ mod tests {
     fn groups_spread_over_nodes() {
         let mut map = ShardMap::default();
         for n in ["n1", "n2", "n3", "n4"] {
-            map.nodes.insert(
-                n.into(),
-                NodeInfo {
-                    name: n.into(),
-                    peer_url: String::new(),
-                    client_url: String::new(),
-                },
-            );
+            map.nodes.insert(n.into(), NodeInfo { name: n.into(), peer_url: String::new(), client_url: String::new() });
         }
         for g in 1..=4 {
             let replicas = new_group(&map, g, 3, 1).unwrap();
-            let distinct: std::collections::BTreeSet<_> =
-                replicas.iter().map(|r| r.node.clone()).collect();
+            let distinct: std::collections::BTreeSet<_> = replicas.iter().map(|r| r.node.clone()).collect();
             assert_eq!(distinct.len(), 4);
             map.groups.insert(g, GroupInfo { id: g, replicas });
         }
         // every node is a learner for exactly one of the four groups
         for n in map.nodes.keys() {
-            let learner_of = map
-                .groups
-                .values()
-                .filter(|g| g.replica_on(n).is_some_and(|r| r.learner))
-                .count();
+            let learner_of = map.groups.values().filter(|g| g.replica_on(n).is_some_and(|r| r.learner)).count();
             assert_eq!(learner_of, 1, "{n}");
         }
         assert!(new_group(&map, 9, 4, 1).is_err());

@@ -8,9 +8,8 @@ fn main() -> anyhow::Result<()> {
     let config = Config::load()?;
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(format!("{},raft=warn", config.log_level))
-            }),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},raft=warn", config.log_level))),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -44,22 +44,17 @@ pub struct Backends {
 /// send again elsewhere, even for a write).
 fn not_delivered(s: &Status) -> bool {
     let m = s.message();
-    matches!(
-        s.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled
-    ) && (m.contains("tcp connect")
-        || m.contains("onnection refused")
-        || m.contains("is not hosted here")
-        || m.contains("error trying to connect"))
+    matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled)
+        && (m.contains("tcp connect")
+            || m.contains("onnection refused")
+            || m.contains("is not hosted here")
+            || m.contains("error trying to connect"))
 }
 
 /// Whether trying the same group again may succeed (reads only).
 fn transient(s: &Status) -> bool {
     not_delivered(s)
-        || matches!(
-            s.code(),
-            Code::Unavailable | Code::Unknown | Code::Cancelled
-        )
+        || matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled)
         || s.message() == "etcdserver: leader changed"
 }
 
@@ -77,20 +72,13 @@ impl Backends {
     }
 
     pub fn routing(&self) -> Result<Arc<Routing>, Status> {
-        self.maps
-            .borrow()
-            .clone()
-            .ok_or_else(|| Status::unavailable("tessera: no shard map from placement yet"))
+        self.maps.borrow().clone().ok_or_else(|| Status::unavailable("tessera: no shard map from placement yet"))
     }
 
     pub async fn wait_for_map(&self) -> Arc<Routing> {
         let mut rx = self.maps.clone();
-        let r = rx
-            .wait_for(|m| m.as_ref().is_some_and(|m| !m.map.groups.is_empty()))
-            .await;
-        r.ok()
-            .and_then(|m| m.clone())
-            .expect("map follower stopped")
+        let r = rx.wait_for(|m| m.as_ref().is_some_and(|m| !m.map.groups.is_empty())).await;
+        r.ok().and_then(|m| m.clone()).expect("map follower stopped")
     }
 
     pub fn max_revision(&self) -> i64 {
@@ -120,22 +108,12 @@ impl Backends {
     }
 
     /// The replicas of `group` to try, best first: (node name, channel).
-    pub fn targets(
-        &self,
-        r: &Routing,
-        group: u64,
-        prefer: Prefer,
-    ) -> Result<Vec<(String, Channel)>, Status> {
+    pub fn targets(&self, r: &Routing, group: u64, prefer: Prefer) -> Result<Vec<(String, Channel)>, Status> {
         let info =
-            r.map.groups.get(&group).ok_or_else(|| {
-                Status::unavailable(format!("tessera: no group {group} in the map"))
-            })?;
+            r.map.groups.get(&group).ok_or_else(|| Status::unavailable(format!("tessera: no group {group} in the map")))?;
         let leader = self.leaders.read().get(&group).cloned();
         let down = self.down.read();
-        let recently_down = |n: &str| {
-            down.get(n)
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(3))
-        };
+        let recently_down = |n: &str| down.get(n).is_some_and(|t| t.elapsed() < Duration::from_secs(3));
         let mut rs: Vec<_> = info.replicas.iter().collect();
         rs.sort_by_key(|rep| {
             let is_leader = leader.as_deref() == Some(rep.node.as_str());
@@ -168,22 +146,14 @@ impl Backends {
     /// Calls `group`, trying its replicas in preference order and again
     /// until the deadline while the failure is one that can pass. `write`
     /// calls are retried only when they surely never arrived.
-    pub async fn call<T, R, F, Fut>(
-        &self,
-        group: u64,
-        prefer: Prefer,
-        write: bool,
-        msg: T,
-        f: F,
-    ) -> Result<R, Status>
+    pub async fn call<T, R, F, Fut>(&self, group: u64, prefer: Prefer, write: bool, msg: T, f: F) -> Result<R, Status>
     where
         T: Clone,
         F: Fn(Channel, Request<T>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
         let deadline = Instant::now() + self.call_timeout;
-        let mut last =
-            Status::unavailable(format!("tessera: group {group} has no reachable replica"));
+        let mut last = Status::unavailable(format!("tessera: group {group} has no reachable replica"));
         let mut attempt = 0u32;
         while Instant::now() < deadline {
             let r = self.routing()?;
@@ -191,11 +161,7 @@ impl Backends {
                 match f(ch, self.request(&r, group, msg.clone())).await {
                     Ok(resp) => return Ok(resp.into_inner()),
                     Err(s) => {
-                        let retry = if write {
-                            not_delivered(&s)
-                        } else {
-                            transient(&s)
-                        };
+                        let retry = if write { not_delivered(&s) } else { transient(&s) };
                         if !retry {
                             return Err(s);
                         }
@@ -217,13 +183,9 @@ impl Backends {
     /// revision after.
     pub async fn bump(&self, group: u64, rev: i64) -> Result<i64, Status> {
         let resp = self
-            .call(
-                group,
-                Prefer::Leader,
-                false,
-                BumpRequest { revision: rev },
-                |ch, req| async move { ShardClient::new(ch).bump(req).await },
-            )
+            .call(group, Prefer::Leader, false, BumpRequest { revision: rev }, |ch, req| async move {
+                ShardClient::new(ch).bump(req).await
+            })
             .await?;
         self.observe(resp.header.as_ref());
         Ok(resp.header.map_or(0, |h| h.revision))
@@ -257,9 +219,7 @@ impl Backends {
                             Ok(s) => {
                                 let s = s.into_inner();
                                 self.observe(s.header.as_ref());
-                                if let Some(leader) =
-                                    info.replicas.iter().find(|x| x.member_id == s.leader)
-                                {
+                                if let Some(leader) = info.replicas.iter().find(|x| x.member_id == s.leader) {
                                     self.mark_leader(*gid, leader.node.clone());
                                 }
                                 led = s.leader != 0;

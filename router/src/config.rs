@@ -3,11 +3,7 @@
 use clap::Parser;
 
 #[derive(Parser, Debug, Clone)]
-#[command(
-    name = "router",
-    version,
-    about = "Tessera router: one etcd v3 endpoint over a federation of raft groups"
-)]
+#[command(name = "router", version, about = "Tessera router: one etcd v3 endpoint over a federation of raft groups")]
 pub struct Config {
     /// Name, shown as the member name in MemberList.
     #[arg(long, default_value = "router")]

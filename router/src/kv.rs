@@ -13,8 +13,8 @@ use tessera_proto::etcdserverpb::kv_client::KvClient;
 use tessera_proto::etcdserverpb::kv_server::Kv;
 use tessera_proto::etcdserverpb::request_op::Request as OpRequest;
 use tessera_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -30,29 +30,15 @@ fn empty_key() -> Status {
 
 impl KvService {
     async fn range_in(&self, group: u64, req: RangeRequest) -> Result<RangeResponse, Status> {
-        let prefer = if req.serializable {
-            Prefer::Learner
-        } else {
-            Prefer::Leader
-        };
-        let resp = self
-            .backends
-            .call(group, prefer, false, req, |ch, r| async move {
-                KvClient::new(ch).range(r).await
-            })
-            .await?;
+        let prefer = if req.serializable { Prefer::Learner } else { Prefer::Leader };
+        let resp = self.backends.call(group, prefer, false, req, |ch, r| async move { KvClient::new(ch).range(r).await }).await?;
         self.backends.observe(resp.header.as_ref());
         Ok(resp)
     }
 
     /// A range in `group` at revision `rev`, raising the group's watermark
     /// to `rev` first if it is behind.
-    async fn range_at(
-        &self,
-        group: u64,
-        mut req: RangeRequest,
-        rev: i64,
-    ) -> Result<RangeResponse, Status> {
+    async fn range_at(&self, group: u64, mut req: RangeRequest, rev: i64) -> Result<RangeResponse, Status> {
         req.revision = rev;
         req.serializable = true; // the revision pins the data; the bump ensures it is final
         match self.range_in(group, req.clone()).await {
@@ -71,31 +57,16 @@ impl KvService {
     /// cached one is not enough.
     async fn known_revision(&self) -> i64 {
         if let Ok(r) = self.backends.routing() {
-            let probe = RangeRequest {
-                key: vec![0],
-                count_only: true,
-                ..Default::default()
-            };
+            let probe = RangeRequest { key: vec![0], count_only: true, ..Default::default() };
             let groups: Vec<u64> = r.map.groups.keys().copied().collect();
-            let _ =
-                futures::future::join_all(groups.iter().map(|g| self.range_in(*g, probe.clone())))
-                    .await;
+            let _ = futures::future::join_all(groups.iter().map(|g| self.range_in(*g, probe.clone()))).await;
         }
         self.backends.max_revision()
     }
 
-    async fn cross_range(
-        &self,
-        groups: Vec<u64>,
-        req: RangeRequest,
-    ) -> Result<RangeResponse, Status> {
+    async fn cross_range(&self, groups: Vec<u64>, req: RangeRequest) -> Result<RangeResponse, Status> {
         let (rev, parts) = if req.revision > 0 {
-            let parts = try_join_all(
-                groups
-                    .iter()
-                    .map(|g| self.range_at(*g, req.clone(), req.revision)),
-            )
-            .await?;
+            let parts = try_join_all(groups.iter().map(|g| self.range_at(*g, req.clone(), req.revision))).await?;
             (req.revision, parts)
         } else {
             // Read each group now; the highest revision R is the answer's.
@@ -103,14 +74,8 @@ impl KvService {
             // so every part shows the state at R.
             let mut live = req.clone();
             live.serializable = false;
-            let first =
-                try_join_all(groups.iter().map(|g| self.range_in(*g, live.clone()))).await?;
-            let rev = first
-                .iter()
-                .filter_map(|p| p.header.as_ref())
-                .map(|h| h.revision)
-                .max()
-                .unwrap_or(0);
+            let first = try_join_all(groups.iter().map(|g| self.range_in(*g, live.clone()))).await?;
+            let rev = first.iter().filter_map(|p| p.header.as_ref()).map(|h| h.revision).max().unwrap_or(0);
             let req = &req;
             let parts = try_join_all(groups.iter().zip(first).map(|(g, p)| async move {
                 if p.header.as_ref().map(|h| h.revision) == Some(rev) {
@@ -122,25 +87,16 @@ impl KvService {
             .await?;
             (rev, parts)
         };
-        let header = parts
-            .iter()
-            .find_map(|p| p.header.clone())
-            .map(|h| ResponseHeader { revision: rev, ..h });
+        let header = parts.iter().find_map(|p| p.header.clone()).map(|h| ResponseHeader { revision: rev, ..h });
         let mut merged = crate::merge::ranges(&req, parts);
         merged.header = header;
         Ok(merged)
     }
 
-    async fn delete_in(
-        &self,
-        group: u64,
-        req: DeleteRangeRequest,
-    ) -> Result<DeleteRangeResponse, Status> {
+    async fn delete_in(&self, group: u64, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
         let resp = self
             .backends
-            .call(group, Prefer::Leader, true, req, |ch, r| async move {
-                KvClient::new(ch).delete_range(r).await
-            })
+            .call(group, Prefer::Leader, true, req, |ch, r| async move { KvClient::new(ch).delete_range(r).await })
             .await?;
         self.backends.observe(resp.header.as_ref());
         Ok(resp)
@@ -154,13 +110,9 @@ fn txn_groups(r: &Routing, t: &TxnRequest, out: &mut BTreeSet<u64>) {
     }
     for op in t.success.iter().chain(&t.failure) {
         match &op.request {
-            Some(OpRequest::RequestRange(x)) => {
-                out.extend(r.groups_for_range(&x.key, &x.range_end))
-            }
+            Some(OpRequest::RequestRange(x)) => out.extend(r.groups_for_range(&x.key, &x.range_end)),
             Some(OpRequest::RequestPut(x)) => out.extend(r.group_of(&x.key)),
-            Some(OpRequest::RequestDeleteRange(x)) => {
-                out.extend(r.groups_for_range(&x.key, &x.range_end))
-            }
+            Some(OpRequest::RequestDeleteRange(x)) => out.extend(r.groups_for_range(&x.key, &x.range_end)),
             Some(OpRequest::RequestTxn(x)) => txn_groups(r, x, out),
             None => {}
         }
@@ -199,9 +151,7 @@ impl Kv for KvService {
         let groups = r.groups_for_range(&req.key, &req.range_end);
         crate::metrics::RANGE_GROUPS.observe(groups.len() as f64);
         match groups.as_slice() {
-            [] => Err(Status::unavailable(
-                "tessera: the shard map has no groups yet",
-            )),
+            [] => Err(Status::unavailable("tessera: the shard map has no groups yet")),
             [g] => {
                 let rev = req.revision;
                 match self.range_in(*g, req.clone()).await {
@@ -222,18 +172,10 @@ impl Kv for KvService {
             return Err(empty_key());
         }
         let r = self.backends.routing()?;
-        let group = r
-            .group_of(&req.key)
-            .ok_or_else(|| Status::unavailable("tessera: the shard map has no groups yet"))?;
+        let group = r.group_of(&req.key).ok_or_else(|| Status::unavailable("tessera: the shard map has no groups yet"))?;
         let lease = req.lease;
         let call = || {
-            self.backends.call(
-                group,
-                Prefer::Leader,
-                true,
-                req.clone(),
-                |ch, r| async move { KvClient::new(ch).put(r).await },
-            )
+            self.backends.call(group, Prefer::Leader, true, req.clone(), |ch, r| async move { KvClient::new(ch).put(r).await })
         };
         let resp = match call().await {
             Err(s) if leases::is_not_found(&s) && lease != 0 => {
@@ -246,10 +188,7 @@ impl Kv for KvService {
         Ok(Response::new(resp))
     }
 
-    async fn delete_range(
-        &self,
-        req: Request<DeleteRangeRequest>,
-    ) -> Result<Response<DeleteRangeResponse>, Status> {
+    async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
         let req = req.into_inner();
         if req.key.is_empty() {
             return Err(empty_key());
@@ -257,26 +196,16 @@ impl Kv for KvService {
         let r = self.backends.routing()?;
         let groups = r.groups_for_range(&req.key, &req.range_end);
         match groups.as_slice() {
-            [] => Err(Status::unavailable(
-                "tessera: the shard map has no groups yet",
-            )),
+            [] => Err(Status::unavailable("tessera: the shard map has no groups yet")),
             [g] => Ok(Response::new(self.delete_in(*g, req).await?)),
             _ => {
                 // Atomic within each group, not across them (documented).
-                let parts =
-                    try_join_all(groups.iter().map(|g| self.delete_in(*g, req.clone()))).await?;
-                let header = parts
-                    .iter()
-                    .filter_map(|p| p.header.clone())
-                    .max_by_key(|h| h.revision);
+                let parts = try_join_all(groups.iter().map(|g| self.delete_in(*g, req.clone()))).await?;
+                let header = parts.iter().filter_map(|p| p.header.clone()).max_by_key(|h| h.revision);
                 let deleted = parts.iter().map(|p| p.deleted).sum();
                 let mut prev_kvs: Vec<_> = parts.into_iter().flat_map(|p| p.prev_kvs).collect();
                 prev_kvs.sort_by(|a, b| a.key.cmp(&b.key));
-                Ok(Response::new(DeleteRangeResponse {
-                    header,
-                    deleted,
-                    prev_kvs,
-                }))
+                Ok(Response::new(DeleteRangeResponse { header, deleted, prev_kvs }))
             }
         }
     }
@@ -290,21 +219,12 @@ impl Kv for KvService {
             return Err(spans_groups(&groups));
         }
         // A txn without keys touches nothing: any group answers it.
-        let group =
-            match groups.first() {
-                Some(g) => *g,
-                None => *r.map.groups.keys().next().ok_or_else(|| {
-                    Status::unavailable("tessera: the shard map has no groups yet")
-                })?,
-            };
+        let group = match groups.first() {
+            Some(g) => *g,
+            None => *r.map.groups.keys().next().ok_or_else(|| Status::unavailable("tessera: the shard map has no groups yet"))?,
+        };
         let call = || {
-            self.backends.call(
-                group,
-                Prefer::Leader,
-                true,
-                req.clone(),
-                |ch, r| async move { KvClient::new(ch).txn(r).await },
-            )
+            self.backends.call(group, Prefer::Leader, true, req.clone(), |ch, r| async move { KvClient::new(ch).txn(r).await })
         };
         let resp = match call().await {
             Err(s) if leases::is_not_found(&s) => {
@@ -321,10 +241,7 @@ impl Kv for KvService {
         Ok(Response::new(resp))
     }
 
-    async fn compact(
-        &self,
-        req: Request<CompactionRequest>,
-    ) -> Result<Response<CompactionResponse>, Status> {
+    async fn compact(&self, req: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
         let req = req.into_inner();
         let r = self.backends.routing()?;
         let groups: Vec<u64> = r.map.groups.keys().copied().collect();
@@ -335,9 +252,7 @@ impl Kv for KvService {
             async move {
                 let call = || {
                     self.backends
-                        .call(*g, Prefer::Leader, true, req.clone(), |ch, r| async move {
-                            KvClient::new(ch).compact(r).await
-                        })
+                        .call(*g, Prefer::Leader, true, req.clone(), |ch, r| async move { KvClient::new(ch).compact(r).await })
                 };
                 match call().await {
                     Err(s) if s.message() == FUTURE_REV => {
@@ -363,9 +278,7 @@ impl Kv for KvService {
         }
         match first_err {
             // Already compacted somewhere (a retried fan-out): fine if the rest did.
-            Some(e) if ok > 0 && e.message().contains("compacted") => {
-                Ok(Response::new(CompactionResponse { header }))
-            }
+            Some(e) if ok > 0 && e.message().contains("compacted") => Ok(Response::new(CompactionResponse { header })),
             Some(e) => Err(e),
             None => Ok(Response::new(CompactionResponse { header })),
         }

@@ -13,9 +13,8 @@ use std::sync::Arc;
 use tessera_proto::etcdserverpb::lease_client::LeaseClient;
 use tessera_proto::etcdserverpb::lease_server::Lease;
 use tessera_proto::etcdserverpb::{
-    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
-    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
-    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
+    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -33,35 +32,19 @@ fn all_groups(b: &Backends) -> Result<Vec<u64>, Status> {
 /// The home group of a lease: stable for the ring's groups.
 pub fn home(b: &Backends, id: i64) -> Result<u64, Status> {
     let r = b.routing()?;
-    let pool: Vec<u64> = if r.map.ring.is_empty() {
-        r.map.groups.keys().copied().collect()
-    } else {
-        r.map.ring.clone()
-    };
+    let pool: Vec<u64> = if r.map.ring.is_empty() { r.map.groups.keys().copied().collect() } else { r.map.ring.clone() };
     if pool.is_empty() {
-        return Err(Status::unavailable(
-            "tessera: the shard map has no groups yet",
-        ));
+        return Err(Status::unavailable("tessera: the shard map has no groups yet"));
     }
     Ok(pool[(shardmap::ring::hash(&id.to_be_bytes()) % pool.len() as u64) as usize])
 }
 
-async fn ttl_in(
-    b: &Backends,
-    group: u64,
-    req: LeaseTimeToLiveRequest,
-) -> Result<LeaseTimeToLiveResponse, Status> {
-    b.call(group, Prefer::Leader, false, req, |ch, r| async move {
-        LeaseClient::new(ch).lease_time_to_live(r).await
-    })
-    .await
+async fn ttl_in(b: &Backends, group: u64, req: LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse, Status> {
+    b.call(group, Prefer::Leader, false, req, |ch, r| async move { LeaseClient::new(ch).lease_time_to_live(r).await }).await
 }
 
 /// Every group's answer for a lease, those that hold it.
-async fn ttl_everywhere(
-    b: &Backends,
-    req: LeaseTimeToLiveRequest,
-) -> Result<Vec<(u64, LeaseTimeToLiveResponse)>, Status> {
+async fn ttl_everywhere(b: &Backends, req: LeaseTimeToLiveRequest) -> Result<Vec<(u64, LeaseTimeToLiveResponse)>, Status> {
     let groups = all_groups(b)?;
     let answers = join_all(groups.iter().map(|g| ttl_in(b, *g, req.clone()))).await;
     let mut found = vec![];
@@ -81,12 +64,7 @@ pub async fn replicate(b: &Backends, id: i64, group: u64) -> Result<(), Status> 
         return Err(Status::not_found(NOT_FOUND));
     };
     let grant = LeaseGrantRequest { id, ttl: src.ttl };
-    match b
-        .call(group, Prefer::Leader, true, grant, |ch, r| async move {
-            LeaseClient::new(ch).lease_grant(r).await
-        })
-        .await
-    {
+    match b.call(group, Prefer::Leader, true, grant, |ch, r| async move { LeaseClient::new(ch).lease_grant(r).await }).await {
         Ok(_) => Ok(()),
         Err(s) if s.message().contains("lease already exists") => Ok(()),
         Err(s) => Err(s),
@@ -97,30 +75,20 @@ pub struct LeaseService {
     pub backends: Arc<Backends>,
 }
 
-type KeepAliveStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
+type KeepAliveStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
 
 async fn renew_everywhere(b: &Backends, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
     let groups = all_groups(b)?;
     let answers = join_all(groups.iter().map(|g| {
-        b.call(
-            *g,
-            Prefer::Leader,
-            false,
-            LeaseKeepAliveRequest { id },
-            |ch, r| async move {
-                let (md, ext, msg) = r.into_parts();
-                let req = Request::from_parts(md, ext, tokio_stream::once(msg));
-                let mut s = LeaseClient::new(ch)
-                    .lease_keep_alive(req)
-                    .await?
-                    .into_inner();
-                match s.message().await? {
-                    Some(m) => Ok(Response::new(m)),
-                    None => Err(Status::unavailable("keepalive stream closed")),
-                }
-            },
-        )
+        b.call(*g, Prefer::Leader, false, LeaseKeepAliveRequest { id }, |ch, r| async move {
+            let (md, ext, msg) = r.into_parts();
+            let req = Request::from_parts(md, ext, tokio_stream::once(msg));
+            let mut s = LeaseClient::new(ch).lease_keep_alive(req).await?.into_inner();
+            match s.message().await? {
+                Some(m) => Ok(Response::new(m)),
+                None => Err(Status::unavailable("keepalive stream closed")),
+            }
+        })
     }))
     .await;
     let mut best: Option<LeaseKeepAliveResponse> = None;
@@ -138,19 +106,13 @@ async fn renew_everywhere(b: &Backends, id: i64) -> Result<LeaseKeepAliveRespons
     match (best, err) {
         (Some(b), _) => Ok(b),
         (None, Some(e)) => Err(e),
-        (None, None) => Ok(LeaseKeepAliveResponse {
-            id,
-            ..Default::default()
-        }),
+        (None, None) => Ok(LeaseKeepAliveResponse { id, ..Default::default() }),
     }
 }
 
 #[tonic::async_trait]
 impl Lease for LeaseService {
-    async fn lease_grant(
-        &self,
-        req: Request<LeaseGrantRequest>,
-    ) -> Result<Response<LeaseGrantResponse>, Status> {
+    async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
         let mut req = req.into_inner();
         if req.id == 0 {
             // etcd's ids are positive; the router picks one so it knows the home.
@@ -159,25 +121,18 @@ impl Lease for LeaseService {
         let home = home(&self.backends, req.id)?;
         let resp = self
             .backends
-            .call(home, Prefer::Leader, true, req, |ch, r| async move {
-                LeaseClient::new(ch).lease_grant(r).await
-            })
+            .call(home, Prefer::Leader, true, req, |ch, r| async move { LeaseClient::new(ch).lease_grant(r).await })
             .await?;
         self.backends.observe(resp.header.as_ref());
         Ok(Response::new(resp))
     }
 
-    async fn lease_revoke(
-        &self,
-        req: Request<LeaseRevokeRequest>,
-    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+    async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
         let req = req.into_inner();
         let groups = all_groups(&self.backends)?;
         let answers = join_all(groups.iter().map(|g| {
             self.backends
-                .call(*g, Prefer::Leader, true, req.clone(), |ch, r| async move {
-                    LeaseClient::new(ch).lease_revoke(r).await
-                })
+                .call(*g, Prefer::Leader, true, req.clone(), |ch, r| async move { LeaseClient::new(ch).lease_revoke(r).await })
         }))
         .await;
         let mut header = None;
@@ -185,11 +140,9 @@ impl Lease for LeaseService {
         for a in answers {
             match a {
                 Ok(r) => {
-                    if header.as_ref().is_none_or(
-                        |h: &tessera_proto::etcdserverpb::ResponseHeader| {
-                            r.header.as_ref().is_some_and(|x| x.revision > h.revision)
-                        },
-                    ) {
+                    if header.as_ref().is_none_or(|h: &tessera_proto::etcdserverpb::ResponseHeader| {
+                        r.header.as_ref().is_some_and(|x| x.revision > h.revision)
+                    }) {
                         header = r.header;
                     }
                 }
@@ -237,39 +190,24 @@ impl Lease for LeaseService {
         let req = req.into_inner();
         let found = ttl_everywhere(&self.backends, req.clone()).await?;
         if found.is_empty() {
-            let header = ttl_in(&self.backends, home(&self.backends, req.id)?, req.clone())
-                .await?
-                .header;
-            return Ok(Response::new(LeaseTimeToLiveResponse {
-                header,
-                id: req.id,
-                ttl: -1,
-                ..Default::default()
-            }));
+            let header = ttl_in(&self.backends, home(&self.backends, req.id)?, req.clone()).await?.header;
+            return Ok(Response::new(LeaseTimeToLiveResponse { header, id: req.id, ttl: -1, ..Default::default() }));
         }
         let mut keys = BTreeSet::new();
         for (_, a) in &found {
             keys.extend(a.keys.iter().cloned());
         }
-        let (_, mut best) = found
-            .into_iter()
-            .max_by_key(|(_, a)| a.ttl)
-            .expect("non-empty");
+        let (_, mut best) = found.into_iter().max_by_key(|(_, a)| a.ttl).expect("non-empty");
         best.keys = keys.into_iter().collect();
         Ok(Response::new(best))
     }
 
-    async fn lease_leases(
-        &self,
-        req: Request<LeaseLeasesRequest>,
-    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+    async fn lease_leases(&self, req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
         let req = req.into_inner();
         let groups = all_groups(&self.backends)?;
         let answers = join_all(groups.iter().map(|g| {
             self.backends
-                .call(*g, Prefer::Leader, false, req.clone(), |ch, r| async move {
-                    LeaseClient::new(ch).lease_leases(r).await
-                })
+                .call(*g, Prefer::Leader, false, req.clone(), |ch, r| async move { LeaseClient::new(ch).lease_leases(r).await })
         }))
         .await;
         let mut ids = BTreeSet::new();
@@ -279,9 +217,6 @@ impl Lease for LeaseService {
             header = header.or(a.header);
             ids.extend(a.leases.iter().map(|l| l.id));
         }
-        Ok(Response::new(LeaseLeasesResponse {
-            header,
-            leases: ids.into_iter().map(|id| LeaseStatus { id }).collect(),
-        }))
+        Ok(Response::new(LeaseLeasesResponse { header, leases: ids.into_iter().map(|id| LeaseStatus { id }).collect() }))
     }
 }

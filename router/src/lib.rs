@@ -50,19 +50,13 @@ impl Running {
 
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     config.validate()?;
-    let maps =
-        shardmap::watcher::follow(shard_node::config::split_urls(&config.placement_endpoints));
+    let maps = shardmap::watcher::follow(shard_node::config::split_urls(&config.placement_endpoints));
     let backends = Backends::new(maps);
     let poller = tokio::spawn(backends.clone().poll());
-    let listener =
-        tokio::net::TcpListener::bind(shard_node::config::socket_addr(&config.listen_client_urls)?)
-            .await?;
+    let listener = tokio::net::TcpListener::bind(shard_node::config::socket_addr(&config.listen_client_urls)?).await?;
     let addr = listener.local_addr()?;
-    let advertise = if config.advertise_client_urls.is_empty() {
-        format!("http://{addr}")
-    } else {
-        config.advertise_client_urls.clone()
-    };
+    let advertise =
+        if config.advertise_client_urls.is_empty() { format!("http://{addr}") } else { config.advertise_client_urls.clone() };
     let member = Member {
         id: shardmap::ring::hash(advertise.as_bytes()),
         name: config.name.clone(),
@@ -70,37 +64,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         client_ur_ls: vec![advertise],
         is_learner: false,
     };
-    let progress_interval =
-        shard_node::config::parse_duration(&config.experimental_watch_progress_notify_interval)?;
+    let progress_interval = shard_node::config::parse_duration(&config.experimental_watch_progress_notify_interval)?;
     let maintenance = || maintenance::MaintenanceService {
         backends: backends.clone(),
         member: member.clone(),
         cluster_id: shardmap::ring::hash(config.placement_endpoints.as_bytes()),
     };
     let grpc = tonic::service::Routes::new(
-        KvServer::new(kv::KvService {
-            backends: backends.clone(),
-        })
-        .max_decoding_message_size(MAX_MESSAGE),
+        KvServer::new(kv::KvService { backends: backends.clone() }).max_decoding_message_size(MAX_MESSAGE),
     )
     .add_service(
-        WatchServer::new(watch::WatchService {
-            backends: backends.clone(),
-            progress_interval,
-        })
-        .max_decoding_message_size(MAX_MESSAGE),
+        WatchServer::new(watch::WatchService { backends: backends.clone(), progress_interval })
+            .max_decoding_message_size(MAX_MESSAGE),
     )
-    .add_service(LeaseServer::new(leases::LeaseService {
-        backends: backends.clone(),
-    }))
+    .add_service(LeaseServer::new(leases::LeaseService { backends: backends.clone() }))
     .add_service(ClusterServer::new(maintenance()))
     .add_service(MaintenanceServer::new(maintenance()))
-    .add_service(LockServer::new(recipes::Recipes {
-        backends: backends.clone(),
-    }))
-    .add_service(ElectionServer::new(recipes::Recipes {
-        backends: backends.clone(),
-    }));
+    .add_service(LockServer::new(recipes::Recipes { backends: backends.clone() }))
+    .add_service(ElectionServer::new(recipes::Recipes { backends: backends.clone() }));
     let health = backends.clone();
     let app = grpc
         .into_axum_router()
@@ -110,40 +91,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             get(move || {
                 let ok = health.healthy();
                 async move {
-                    let code = if ok {
-                        axum::http::StatusCode::OK
-                    } else {
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE
-                    };
+                    let code = if ok { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
                     (code, format!("{{\"health\":\"{ok}\"}}"))
                 }
             }),
         )
-        .route(
-            "/version",
-            get(|| async {
-                format!("{{\"etcdserver\":\"{ETCD_API_VERSION}\",\"etcdcluster\":\"3.5.0\"}}")
-            }),
-        );
+        .route("/version", get(|| async { format!("{{\"etcdserver\":\"{ETCD_API_VERSION}\",\"etcdcluster\":\"3.5.0\"}}") }));
     let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
     let listener = shard_node::server::authority::ClientListener(listener);
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
             tracing::error!(error = %e, "router server failed");
         }
     });
     tracing::info!(%addr, placement = config.placement_endpoints, "router serving");
-    Ok(Running {
-        addr,
-        backends,
-        stop,
-        task,
-        poller,
-    })
+    Ok(Running { addr, backends, stop, task, poller })
 }

@@ -31,68 +31,43 @@ impl MaintenanceService {
     }
 
     fn groups(&self) -> Result<Vec<u64>, Status> {
-        Ok(self
-            .backends
-            .routing()?
-            .map
-            .groups
-            .keys()
-            .copied()
-            .collect())
+        Ok(self.backends.routing()?.map.groups.keys().copied().collect())
     }
 }
 
 fn per_group(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "tessera: {what} is per raft group; use the tessera admin CLI or the group's members"
-    ))
+    Status::unimplemented(format!("tessera: {what} is per raft group; use the tessera admin CLI or the group's members"))
 }
 
-type SnapshotStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+type SnapshotStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         let req = req.into_inner();
         let groups = self.groups()?;
-        let answers = join_all(groups.iter().map(|g| {
-            self.backends
-                .call(*g, Prefer::Leader, true, req.clone(), |ch, r| async move {
-                    MaintenanceClient::new(ch).alarm(r).await
-                })
-        }))
-        .await;
+        let answers =
+            join_all(groups.iter().map(|g| {
+                self.backends
+                    .call(*g, Prefer::Leader, true, req.clone(), |ch, r| async move { MaintenanceClient::new(ch).alarm(r).await })
+            }))
+            .await;
         let mut alarms = vec![];
         for a in answers {
             alarms.extend(a?.alarms);
         }
-        Ok(Response::new(AlarmResponse {
-            header: self.header(),
-            alarms,
-        }))
+        Ok(Response::new(AlarmResponse { header: self.header(), alarms }))
     }
 
-    async fn status(
-        &self,
-        _req: Request<StatusRequest>,
-    ) -> Result<Response<StatusResponse>, Status> {
+    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let groups = self.groups()?;
         let answers = join_all(groups.iter().map(|g| {
-            self.backends.call(
-                *g,
-                Prefer::Leader,
-                false,
-                StatusRequest {},
-                |ch, r| async move { MaintenanceClient::new(ch).status(r).await },
-            )
+            self.backends.call(*g, Prefer::Leader, false, StatusRequest {}, |ch, r| async move {
+                MaintenanceClient::new(ch).status(r).await
+            })
         }))
         .await;
-        let mut resp = StatusResponse {
-            header: self.header(),
-            leader: self.member.id,
-            ..Default::default()
-        };
+        let mut resp = StatusResponse { header: self.header(), leader: self.member.id, ..Default::default() };
         for a in answers {
             let a = a?;
             self.backends.observe(a.header.as_ref());
@@ -108,97 +83,56 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(resp))
     }
 
-    async fn defragment(
-        &self,
-        _req: Request<DefragmentRequest>,
-    ) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(&self, _req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
         let groups = self.groups()?;
         for g in groups {
             self.backends
-                .call(
-                    g,
-                    Prefer::Leader,
-                    false,
-                    DefragmentRequest {},
-                    |ch, r| async move { MaintenanceClient::new(ch).defragment(r).await },
-                )
+                .call(g, Prefer::Leader, false, DefragmentRequest {}, |ch, r| async move {
+                    MaintenanceClient::new(ch).defragment(r).await
+                })
                 .await?;
         }
-        Ok(Response::new(DefragmentResponse {
-            header: self.header(),
-        }))
+        Ok(Response::new(DefragmentResponse { header: self.header() }))
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         Err(per_group("Hash"))
     }
 
-    async fn hash_kv(
-        &self,
-        _req: Request<HashKvRequest>,
-    ) -> Result<Response<HashKvResponse>, Status> {
+    async fn hash_kv(&self, _req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         Err(per_group("HashKV"))
     }
 
     type SnapshotStream = SnapshotStream;
 
-    async fn snapshot(
-        &self,
-        _req: Request<SnapshotRequest>,
-    ) -> Result<Response<SnapshotStream>, Status> {
+    async fn snapshot(&self, _req: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
         Err(per_group("Snapshot"))
     }
 
-    async fn move_leader(
-        &self,
-        _req: Request<MoveLeaderRequest>,
-    ) -> Result<Response<MoveLeaderResponse>, Status> {
+    async fn move_leader(&self, _req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
         Err(per_group("MoveLeader"))
     }
 
-    async fn downgrade(
-        &self,
-        _req: Request<DowngradeRequest>,
-    ) -> Result<Response<DowngradeResponse>, Status> {
-        Err(Status::unimplemented(
-            "etcdserver: downgrade is not supported",
-        ))
+    async fn downgrade(&self, _req: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+        Err(Status::unimplemented("etcdserver: downgrade is not supported"))
     }
 }
 
 #[tonic::async_trait]
 impl Cluster for MaintenanceService {
-    async fn member_add(
-        &self,
-        _req: Request<MemberAddRequest>,
-    ) -> Result<Response<MemberAddResponse>, Status> {
+    async fn member_add(&self, _req: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
         Err(per_group("membership"))
     }
-    async fn member_remove(
-        &self,
-        _req: Request<MemberRemoveRequest>,
-    ) -> Result<Response<MemberRemoveResponse>, Status> {
+    async fn member_remove(&self, _req: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
         Err(per_group("membership"))
     }
-    async fn member_update(
-        &self,
-        _req: Request<MemberUpdateRequest>,
-    ) -> Result<Response<MemberUpdateResponse>, Status> {
+    async fn member_update(&self, _req: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
         Err(per_group("membership"))
     }
-    async fn member_promote(
-        &self,
-        _req: Request<MemberPromoteRequest>,
-    ) -> Result<Response<MemberPromoteResponse>, Status> {
+    async fn member_promote(&self, _req: Request<MemberPromoteRequest>) -> Result<Response<MemberPromoteResponse>, Status> {
         Err(per_group("membership"))
     }
-    async fn member_list(
-        &self,
-        _req: Request<MemberListRequest>,
-    ) -> Result<Response<MemberListResponse>, Status> {
-        Ok(Response::new(MemberListResponse {
-            header: self.header(),
-            members: vec![self.member.clone()],
-        }))
+    async fn member_list(&self, _req: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
+        Ok(Response::new(MemberListResponse { header: self.header(), members: vec![self.member.clone()] }))
     }
 }

@@ -23,8 +23,7 @@ pub fn ranges(req: &RangeRequest, parts: Vec<RangeResponse>) -> RangeResponse {
     let any_more = parts.iter().any(|p| p.more);
     let mut kvs: Vec<KeyValue> = parts.into_iter().flat_map(|p| p.kvs).collect();
     let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
-    let descend =
-        SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None) == SortOrder::Descend;
+    let descend = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None) == SortOrder::Descend;
     kvs.sort_by(|a, b| {
         let o = by_target(target, a, b);
         if descend {
@@ -38,12 +37,7 @@ pub fn ranges(req: &RangeRequest, parts: Vec<RangeResponse>) -> RangeResponse {
         kvs.truncate(req.limit as usize);
         more = true;
     }
-    RangeResponse {
-        header: None,
-        kvs,
-        more,
-        count,
-    }
+    RangeResponse { header: None, kvs, more, count }
 }
 
 #[cfg(test)]
@@ -51,46 +45,21 @@ mod tests {
     use super::*;
 
     fn kv(k: &str, m: i64) -> KeyValue {
-        KeyValue {
-            key: k.into(),
-            mod_revision: m,
-            ..Default::default()
-        }
+        KeyValue { key: k.into(), mod_revision: m, ..Default::default() }
     }
 
     #[test]
     fn merges_sorted_limited_and_counted() {
-        let a = RangeResponse {
-            kvs: vec![kv("a", 5), kv("c", 1)],
-            count: 2,
-            ..Default::default()
-        };
-        let b = RangeResponse {
-            kvs: vec![kv("b", 3), kv("d", 2)],
-            count: 3,
-            more: true,
-            ..Default::default()
-        };
-        let req = RangeRequest {
-            limit: 3,
-            ..Default::default()
-        };
+        let a = RangeResponse { kvs: vec![kv("a", 5), kv("c", 1)], count: 2, ..Default::default() };
+        let b = RangeResponse { kvs: vec![kv("b", 3), kv("d", 2)], count: 3, more: true, ..Default::default() };
+        let req = RangeRequest { limit: 3, ..Default::default() };
         let r = ranges(&req, vec![a.clone(), b.clone()]);
-        assert_eq!(
-            r.kvs.iter().map(|k| k.key.clone()).collect::<Vec<_>>(),
-            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
-        );
+        assert_eq!(r.kvs.iter().map(|k| k.key.clone()).collect::<Vec<_>>(), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
         assert!(r.more);
         assert_eq!(r.count, 5);
-        let req = RangeRequest {
-            sort_target: SortTarget::Mod as i32,
-            sort_order: SortOrder::Descend as i32,
-            ..Default::default()
-        };
+        let req =
+            RangeRequest { sort_target: SortTarget::Mod as i32, sort_order: SortOrder::Descend as i32, ..Default::default() };
         let r = ranges(&req, vec![a, b]);
-        assert_eq!(
-            r.kvs.iter().map(|k| k.mod_revision).collect::<Vec<_>>(),
-            vec![5, 3, 2, 1]
-        );
+        assert_eq!(r.kvs.iter().map(|k| k.mod_revision).collect::<Vec<_>>(), vec![5, 3, 2, 1]);
     }
 }

@@ -4,28 +4,14 @@ use prometheus::{register_histogram, register_int_counter, Histogram, IntCounter
 use std::sync::LazyLock;
 
 pub static RANGE_GROUPS: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!(
-        "tessera_router_range_groups",
-        "Groups a range request touched.",
-        vec![1.0, 2.0, 3.0, 5.0, 8.0, 16.0]
-    )
-    .unwrap()
+    register_histogram!("tessera_router_range_groups", "Groups a range request touched.", vec![1.0, 2.0, 3.0, 5.0, 8.0, 16.0])
+        .unwrap()
 });
 pub static WATCH_GROUPS: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!(
-        "tessera_router_watch_groups",
-        "Groups a watcher merges.",
-        vec![1.0, 2.0, 3.0, 5.0, 8.0, 16.0]
-    )
-    .unwrap()
+    register_histogram!("tessera_router_watch_groups", "Groups a watcher merges.", vec![1.0, 2.0, 3.0, 5.0, 8.0, 16.0]).unwrap()
 });
-pub static WATCH_EVENTS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
-        "tessera_router_watch_events_total",
-        "Events delivered to watchers."
-    )
-    .unwrap()
-});
+pub static WATCH_EVENTS: LazyLock<IntCounter> =
+    LazyLock::new(|| register_int_counter!("tessera_router_watch_events_total", "Events delivered to watchers.").unwrap());
 
 pub fn render() -> String {
     use prometheus::Encoder;

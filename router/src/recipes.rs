@@ -26,34 +26,19 @@ impl Recipes {
     }
 
     fn group_of_key(&self, key: &[u8]) -> Result<u64, Status> {
-        self.backends
-            .routing()?
-            .group_of(key)
-            .ok_or_else(|| Status::unavailable("tessera: the shard map has no groups yet"))
+        self.backends.routing()?.group_of(key).ok_or_else(|| Status::unavailable("tessera: the shard map has no groups yet"))
     }
 
     /// A call that holds a lease: copy the lease to the group if needed.
-    async fn with_lease<T: Clone, R, F, Fut>(
-        &self,
-        group: u64,
-        lease: i64,
-        msg: T,
-        f: F,
-    ) -> Result<R, Status>
+    async fn with_lease<T: Clone, R, F, Fut>(&self, group: u64, lease: i64, msg: T, f: F) -> Result<R, Status>
     where
         F: Fn(tonic::transport::Channel, Request<T>) -> Fut + Copy,
         Fut: std::future::Future<Output = Result<Response<R>, Status>>,
     {
-        match self
-            .backends
-            .call(group, Prefer::Leader, true, msg.clone(), f)
-            .await
-        {
+        match self.backends.call(group, Prefer::Leader, true, msg.clone(), f).await {
             Err(s) if leases::is_not_found(&s) && lease != 0 => {
                 leases::replicate(&self.backends, lease, group).await?;
-                self.backends
-                    .call(group, Prefer::Leader, true, msg, f)
-                    .await
+                self.backends.call(group, Prefer::Leader, true, msg, f).await
             }
             other => other,
         }
@@ -66,91 +51,53 @@ impl Lock for Recipes {
         let r = req.into_inner();
         let g = self.group_of_name(&r.name)?;
         let lease = r.lease;
-        Ok(Response::new(
-            self.with_lease(g, lease, r, |ch, r| async move {
-                LockClient::new(ch).lock(r).await
-            })
-            .await?,
-        ))
+        Ok(Response::new(self.with_lease(g, lease, r, |ch, r| async move { LockClient::new(ch).lock(r).await }).await?))
     }
 
-    async fn unlock(
-        &self,
-        req: Request<UnlockRequest>,
-    ) -> Result<Response<UnlockResponse>, Status> {
+    async fn unlock(&self, req: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
         let r = req.into_inner();
         let g = self.group_of_key(&r.key)?;
         Ok(Response::new(
-            self.backends
-                .call(g, Prefer::Leader, true, r, |ch, r| async move {
-                    LockClient::new(ch).unlock(r).await
-                })
-                .await?,
+            self.backends.call(g, Prefer::Leader, true, r, |ch, r| async move { LockClient::new(ch).unlock(r).await }).await?,
         ))
     }
 }
 
-type ObserveStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<LeaderResponse, Status>> + Send>>;
+type ObserveStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<LeaderResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Election for Recipes {
-    async fn campaign(
-        &self,
-        req: Request<CampaignRequest>,
-    ) -> Result<Response<CampaignResponse>, Status> {
+    async fn campaign(&self, req: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
         let r = req.into_inner();
         let g = self.group_of_name(&r.name)?;
         let lease = r.lease;
-        Ok(Response::new(
-            self.with_lease(g, lease, r, |ch, r| async move {
-                ElectionClient::new(ch).campaign(r).await
-            })
-            .await?,
-        ))
+        Ok(Response::new(self.with_lease(g, lease, r, |ch, r| async move { ElectionClient::new(ch).campaign(r).await }).await?))
     }
 
-    async fn proclaim(
-        &self,
-        req: Request<ProclaimRequest>,
-    ) -> Result<Response<ProclaimResponse>, Status> {
+    async fn proclaim(&self, req: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
         let r = req.into_inner();
-        let name = r
-            .leader
-            .as_ref()
-            .map(|l| l.name.clone())
-            .unwrap_or_default();
+        let name = r.leader.as_ref().map(|l| l.name.clone()).unwrap_or_default();
         let g = self.group_of_name(&name)?;
         Ok(Response::new(
             self.backends
-                .call(g, Prefer::Leader, true, r, |ch, r| async move {
-                    ElectionClient::new(ch).proclaim(r).await
-                })
+                .call(g, Prefer::Leader, true, r, |ch, r| async move { ElectionClient::new(ch).proclaim(r).await })
                 .await?,
         ))
     }
 
-    async fn leader(
-        &self,
-        req: Request<LeaderRequest>,
-    ) -> Result<Response<LeaderResponse>, Status> {
+    async fn leader(&self, req: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
         let r = req.into_inner();
         let g = self.group_of_name(&r.name)?;
         Ok(Response::new(
             self.backends
-                .call(g, Prefer::Leader, false, r, |ch, r| async move {
-                    ElectionClient::new(ch).leader(r).await
-                })
+                .call(g, Prefer::Leader, false, r, |ch, r| async move { ElectionClient::new(ch).leader(r).await })
                 .await?,
         ))
     }
 
     type ObserveStream = ObserveStream;
 
-    async fn observe(
-        &self,
-        req: Request<LeaderRequest>,
-    ) -> Result<Response<ObserveStream>, Status> {
+    async fn observe(&self, req: Request<LeaderRequest>) -> Result<Response<ObserveStream>, Status> {
         let r = req.into_inner();
         let g = self.group_of_name(&r.name)?;
         let routing = self.backends.routing()?;
@@ -162,29 +109,17 @@ impl Election for Recipes {
             .ok_or_else(|| Status::unavailable("tessera: no replica"))?;
         let mut upstream_req = self.backends.request(&routing, g, r);
         upstream_req.set_timeout(std::time::Duration::from_secs(365 * 24 * 3600));
-        let s = ElectionClient::new(ch)
-            .observe(upstream_req)
-            .await?
-            .into_inner();
+        let s = ElectionClient::new(ch).observe(upstream_req).await?.into_inner();
         Ok(Response::new(Box::pin(s)))
     }
 
-    async fn resign(
-        &self,
-        req: Request<ResignRequest>,
-    ) -> Result<Response<ResignResponse>, Status> {
+    async fn resign(&self, req: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
         let r = req.into_inner();
-        let name = r
-            .leader
-            .as_ref()
-            .map(|l| l.name.clone())
-            .unwrap_or_default();
+        let name = r.leader.as_ref().map(|l| l.name.clone()).unwrap_or_default();
         let g = self.group_of_name(&name)?;
         Ok(Response::new(
             self.backends
-                .call(g, Prefer::Leader, true, r, |ch, r| async move {
-                    ElectionClient::new(ch).resign(r).await
-                })
+                .call(g, Prefer::Leader, true, r, |ch, r| async move { ElectionClient::new(ch).resign(r).await })
                 .await?,
         ))
     }

@@ -18,8 +18,7 @@ use tessera_proto::etcdserverpb::watch_client::WatchClient;
 use tessera_proto::etcdserverpb::watch_request::RequestUnion;
 use tessera_proto::etcdserverpb::watch_server::Watch;
 use tessera_proto::etcdserverpb::{
-    RangeRequest, ResponseHeader, WatchCreateRequest, WatchProgressRequest, WatchRequest,
-    WatchResponse,
+    RangeRequest, ResponseHeader, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
 };
 use tessera_proto::mvccpb::Event;
 use tokio::sync::{mpsc, oneshot};
@@ -40,27 +39,16 @@ const MAX_EVENTS_PER_RESPONSE: usize = 1000;
 const BUMP_AFTER: Duration = Duration::from_millis(20);
 
 fn header(rev: i64) -> Option<ResponseHeader> {
-    Some(ResponseHeader {
-        revision: rev,
-        ..Default::default()
-    })
+    Some(ResponseHeader { revision: rev, ..Default::default() })
 }
 
 #[tonic::async_trait]
 impl Watch for WatchService {
     type WatchStream = WatchStream;
 
-    async fn watch(
-        &self,
-        req: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<WatchStream>, Status> {
+    async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<WatchStream>, Status> {
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(client_stream(
-            self.backends.clone(),
-            req.into_inner(),
-            tx,
-            self.progress_interval,
-        ));
+        tokio::spawn(client_stream(self.backends.clone(), req.into_inner(), tx, self.progress_interval));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -75,12 +63,7 @@ struct Handle {
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn client_stream(
-    b: Arc<Backends>,
-    mut input: Streaming<WatchRequest>,
-    out: Out,
-    interval: Duration,
-) {
+async fn client_stream(b: Arc<Backends>, mut input: Streaming<WatchRequest>, out: Out, interval: Duration) {
     let mut watchers: HashMap<i64, Handle> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<i64>();
     let mut next_id = 0i64;
@@ -160,27 +143,14 @@ enum Up {
 
 /// The highest revision any of `groups` has reached (linearizable).
 async fn current_revision(b: &Backends, groups: &[u64]) -> Result<i64, Status> {
-    let probe = RangeRequest {
-        key: vec![0],
-        count_only: true,
-        ..Default::default()
-    };
-    let answers = futures::future::try_join_all(groups.iter().map(|g| {
-        b.call(
-            *g,
-            Prefer::Leader,
-            false,
-            probe.clone(),
-            |ch, r| async move { KvClient::new(ch).range(r).await },
-        )
-    }))
+    let probe = RangeRequest { key: vec![0], count_only: true, ..Default::default() };
+    let answers = futures::future::try_join_all(
+        groups
+            .iter()
+            .map(|g| b.call(*g, Prefer::Leader, false, probe.clone(), |ch, r| async move { KvClient::new(ch).range(r).await })),
+    )
     .await?;
-    Ok(answers
-        .iter()
-        .filter_map(|a| a.header.as_ref())
-        .map(|h| h.revision)
-        .max()
-        .unwrap_or(0))
+    Ok(answers.iter().filter_map(|a| a.header.as_ref()).map(|h| h.revision).max().unwrap_or(0))
 }
 
 async fn watcher(
@@ -251,19 +221,11 @@ async fn watcher(
     }
     let _abort = Abort(tasks);
 
-    let mut watermark: BTreeMap<u64, Option<i64>> = groups
-        .iter()
-        .map(|g| (*g, (start > 0).then_some(start - 1)))
-        .collect();
+    let mut watermark: BTreeMap<u64, Option<i64>> = groups.iter().map(|g| (*g, (start > 0).then_some(start - 1))).collect();
     let mut pending: Vec<(i64, u64, Event)> = vec![];
     let mut sent_created = false;
     if start > 0 {
-        let resp = WatchResponse {
-            header: header(start - 1),
-            watch_id: id,
-            created: true,
-            ..Default::default()
-        };
+        let resp = WatchResponse { header: header(start - 1), watch_id: id, created: true, ..Default::default() };
         if out.send(Ok(resp)).await.is_err() {
             return;
         }
@@ -364,21 +326,11 @@ async fn watcher(
         }
 
         // Release everything every group has confirmed.
-        let Some(point) = watermark
-            .values()
-            .copied()
-            .collect::<Option<Vec<i64>>>()
-            .and_then(|v| v.into_iter().min())
-        else {
+        let Some(point) = watermark.values().copied().collect::<Option<Vec<i64>>>().and_then(|v| v.into_iter().min()) else {
             continue;
         };
         if !sent_created {
-            let resp = WatchResponse {
-                header: header(point),
-                watch_id: id,
-                created: true,
-                ..Default::default()
-            };
+            let resp = WatchResponse { header: header(point), watch_id: id, created: true, ..Default::default() };
             if out.send(Ok(resp)).await.is_err() {
                 return;
             }
@@ -434,10 +386,7 @@ async fn upstream(
 ) {
     let mut next = base.start_revision;
     loop {
-        let targets = match b
-            .routing()
-            .and_then(|r| Ok((b.targets(&r, group, Prefer::Leader)?, r)))
-        {
+        let targets = match b.routing().and_then(|r| Ok((b.targets(&r, group, Prefer::Leader)?, r))) {
             Ok(t) => t,
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -452,11 +401,7 @@ async fn upstream(
             c.watch_id = 0;
             c.fragment = false; // merged responses hold whole revisions
             c.progress_notify = false; // the router asks for progress itself
-            let _ = req_tx
-                .send(WatchRequest {
-                    request_union: Some(RequestUnion::CreateRequest(c)),
-                })
-                .await;
+            let _ = req_tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(c)) }).await;
             let mut req = b.request(&routing, group, ReceiverStream::new(req_rx));
             req.set_timeout(Duration::from_secs(365 * 24 * 3600));
             let mut stream = match WatchClient::new(ch).watch(req).await {

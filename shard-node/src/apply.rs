@@ -23,8 +23,7 @@ use std::sync::Arc;
 use tessera_proto::etcdserverpb::alarm_request::AlarmAction;
 use tessera_proto::etcdserverpb::request_op::Request;
 use tessera_proto::etcdserverpb::{
-    AlarmMember, AlarmResponse, AlarmType, DeleteRangeResponse, PutResponse, TxnRequest,
-    TxnResponse,
+    AlarmMember, AlarmResponse, AlarmType, DeleteRangeResponse, PutResponse, TxnRequest, TxnResponse,
 };
 use tessera_proto::tessera::command::{command::Op, Command, MemberContext};
 
@@ -34,10 +33,7 @@ pub enum Applied {
     Put(PutResponse),
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
-    LeaseGrant {
-        id: i64,
-        ttl: i64,
-    },
+    LeaseGrant { id: i64, ttl: i64 },
     /// The alarms an Alarm request changed.
     Alarms(Vec<AlarmMember>),
     Done,
@@ -86,24 +82,14 @@ impl StateMachine {
     /// Reloads leases, members and the applied index from the engine.
     fn reload_tables(&self) -> Result<()> {
         let attached = self.store.attached_leases();
-        self.lessor
-            .lock()
-            .reload(self.engine.as_ref(), attached.into_iter())?;
+        self.lessor.lock().reload(self.engine.as_ref(), attached.into_iter())?;
         *self.members.write() = Members::load(self.engine.as_ref(), &self.keys)?;
         let alarms = match self.engine.get(&self.keys.meta(META_ALARMS))? {
-            Some(v) => {
-                AlarmResponse::decode(v.as_slice())
-                    .map_err(|e| Error::Internal(e.to_string()))?
-                    .alarms
-            }
+            Some(v) => AlarmResponse::decode(v.as_slice()).map_err(|e| Error::Internal(e.to_string()))?.alarms,
             None => vec![],
         };
         *self.alarms.write() = alarms;
-        let applied = self
-            .engine
-            .get(&self.keys.meta(META_APPLIED))?
-            .map(|v| decode_u64(&v))
-            .unwrap_or(0);
+        let applied = self.engine.get(&self.keys.meta(META_APPLIED))?.map(|v| decode_u64(&v)).unwrap_or(0);
         self.applied.store(applied, Ordering::Release);
         Ok(())
     }
@@ -120,12 +106,7 @@ impl StateMachine {
     fn refused(&self, op: &Op) -> Option<Error> {
         let writes = matches!(
             op,
-            Op::Put(_)
-                | Op::DeleteRange(_)
-                | Op::Txn(_)
-                | Op::LeaseGrant(_)
-                | Op::LeaseRevoke(_)
-                | Op::Compact(_)
+            Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::LeaseGrant(_) | Op::LeaseRevoke(_) | Op::Compact(_)
         );
         if writes && self.has_alarm(AlarmType::Corrupt) {
             return Some(Error::Corrupt);
@@ -138,16 +119,9 @@ impl StateMachine {
         (grows && self.has_alarm(AlarmType::Nospace)).then_some(Error::NoSpace)
     }
 
-    fn apply_alarm(
-        &self,
-        r: &tessera_proto::etcdserverpb::AlarmRequest,
-        batch: &mut WriteBatch,
-    ) -> Result<Applied> {
+    fn apply_alarm(&self, r: &tessera_proto::etcdserverpb::AlarmRequest, batch: &mut WriteBatch) -> Result<Applied> {
         let mut alarms = self.alarms.write();
-        let changed = AlarmMember {
-            member_id: r.member_id,
-            alarm: r.alarm,
-        };
+        let changed = AlarmMember { member_id: r.member_id, alarm: r.alarm };
         match AlarmAction::try_from(r.action) {
             Ok(AlarmAction::Activate) if r.alarm != AlarmType::None as i32 => {
                 if !alarms.contains(&changed) {
@@ -157,14 +131,7 @@ impl StateMachine {
             Ok(AlarmAction::Deactivate) => alarms.retain(|a| *a != changed),
             _ => return Ok(Applied::Alarms(vec![])),
         }
-        batch.put(
-            self.keys.meta(META_ALARMS),
-            AlarmResponse {
-                header: None,
-                alarms: alarms.clone(),
-            }
-            .encode_to_vec(),
-        );
+        batch.put(self.keys.meta(META_ALARMS), AlarmResponse { header: None, alarms: alarms.clone() }.encode_to_vec());
         Ok(Applied::Alarms(vec![changed]))
     }
 
@@ -178,9 +145,7 @@ impl StateMachine {
 
     fn commit(&self, index: u64, batch: WriteBatch) {
         // A failed engine write leaves memory ahead of disk: stop, as etcd does.
-        self.engine
-            .write(batch, false)
-            .expect("state machine write failed");
+        self.engine.write(batch, false).expect("state machine write failed");
         self.applied.store(index, Ordering::Release);
     }
 
@@ -220,19 +185,14 @@ impl StateMachine {
             let refused = cmd.op.as_ref().and_then(|op| self.refused(op));
             let result = match &cmd.op {
                 _ if refused.is_some() => Err(refused.expect("checked")),
-                Some(Op::Put(p)) if p.lease != 0 && !lessor.exists(p.lease) => {
-                    Err(Error::LeaseNotFound)
-                }
+                Some(Op::Put(p)) if p.lease != 0 && !lessor.exists(p.lease) => Err(Error::LeaseNotFound),
                 Some(Op::Put(p)) => txn.put(p).map(Applied::Put),
                 Some(Op::DeleteRange(d)) => txn.delete_range(d).map(Applied::DeleteRange),
                 Some(Op::Txn(t)) => txn.txn(t, &|id| lessor.exists(id)).map(Applied::Txn),
                 Some(Op::LeaseGrant(g)) if lessor.exists(g.id) => Err(Error::LeaseExist),
                 Some(Op::LeaseGrant(g)) => {
                     lessor.grant(g.id, g.ttl, txn.batch_mut());
-                    Ok(Applied::LeaseGrant {
-                        id: g.id,
-                        ttl: g.ttl,
-                    })
+                    Ok(Applied::LeaseGrant { id: g.id, ttl: g.ttl })
                 }
                 Some(Op::LeaseRevoke(r)) => match lessor.revoke(r.id, txn.batch_mut()) {
                     Some(keys) => {
@@ -307,12 +267,7 @@ impl StateMachine {
         Ok((resp, st.rev))
     }
 
-    fn compact(
-        &self,
-        st: &mut crate::mvcc::State,
-        at: i64,
-        batch: &mut WriteBatch,
-    ) -> Result<Applied> {
+    fn compact(&self, st: &mut crate::mvcc::State, at: i64, batch: &mut WriteBatch) -> Result<Applied> {
         if at <= st.compact_rev {
             return Err(Error::Compacted);
         }
@@ -357,12 +312,9 @@ impl SnapshotSource for StateMachine {
 
 /// Whether a txn can write a put in any branch (what a space quota refuses).
 pub fn txn_has_put(t: &TxnRequest) -> bool {
-    t.success
-        .iter()
-        .chain(&t.failure)
-        .any(|op| match &op.request {
-            Some(Request::RequestPut(_)) => true,
-            Some(Request::RequestTxn(t)) => txn_has_put(t),
-            _ => false,
-        })
+    t.success.iter().chain(&t.failure).any(|op| match &op.request {
+        Some(Request::RequestPut(_)) => true,
+        Some(Request::RequestTxn(t)) => txn_has_put(t),
+        _ => false,
+    })
 }

@@ -9,11 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser, Deserialize, Debug, Clone)]
-#[command(
-    name = "shard-node",
-    version,
-    about = "A Tessera shard node: one member of an etcd-compatible raft group"
-)]
+#[command(name = "shard-node", version, about = "A Tessera shard node: one member of an etcd-compatible raft group")]
 #[serde(default, rename_all = "kebab-case")]
 pub struct Config {
     /// Human-readable name for this member.
@@ -126,10 +122,8 @@ impl Config {
         let flags = Config::parse();
         match &flags.config_file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-                serde_yaml::from_str(&text)
-                    .map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+                serde_yaml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
             }
             None => Ok(flags),
         }
@@ -145,22 +139,13 @@ impl Config {
 
     pub fn initial_members(&self) -> Result<Vec<InitialMember>, ConfigError> {
         let mut members: Vec<InitialMember> = vec![];
-        for part in self
-            .initial_cluster
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-        {
-            let (name, url) = part.split_once('=').ok_or_else(|| {
-                ConfigError(format!("--initial-cluster entry {part:?} is not name=url"))
-            })?;
+        for part in self.initial_cluster.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, url) =
+                part.split_once('=').ok_or_else(|| ConfigError(format!("--initial-cluster entry {part:?} is not name=url")))?;
             socket_addr(url)?;
             match members.iter_mut().find(|m| m.name == name) {
                 Some(m) => m.peer_urls.push(url.to_string()),
-                None => members.push(InitialMember {
-                    name: name.to_string(),
-                    peer_urls: vec![url.to_string()],
-                }),
+                None => members.push(InitialMember { name: name.to_string(), peer_urls: vec![url.to_string()] }),
             }
         }
         Ok(members)
@@ -213,19 +198,12 @@ impl Config {
             )));
         }
         if !matches!(self.revision_clock.as_str(), "hlc" | "counter") {
-            return Err(ConfigError(
-                "--revision-clock must be 'hlc' or 'counter'".into(),
-            ));
+            return Err(ConfigError("--revision-clock must be 'hlc' or 'counter'".into()));
         }
         if self.max_request_bytes == 0 || self.max_txn_ops == 0 {
-            return Err(ConfigError(
-                "--max-request-bytes and --max-txn-ops must be positive".into(),
-            ));
+            return Err(ConfigError("--max-request-bytes and --max-txn-ops must be positive".into()));
         }
-        for u in split_urls(&self.listen_client_urls)
-            .iter()
-            .chain(&split_urls(&self.listen_peer_urls))
-        {
+        for u in split_urls(&self.listen_client_urls).iter().chain(&split_urls(&self.listen_peer_urls)) {
             socket_addr(u)?;
         }
         self.progress_notify_interval()?;
@@ -237,12 +215,7 @@ impl Config {
         let me = members
             .iter()
             .find(|m| m.name == self.name)
-            .ok_or_else(|| {
-                ConfigError(format!(
-                    "--initial-cluster has no entry for this member's --name {:?}",
-                    self.name
-                ))
-            })?;
+            .ok_or_else(|| ConfigError(format!("--initial-cluster has no entry for this member's --name {:?}", self.name)))?;
         let mut mine = me.peer_urls.clone();
         let mut adv = self.advertise_peer_urls();
         mine.sort();
@@ -262,39 +235,26 @@ impl Config {
 }
 
 pub fn split_urls(s: &str) -> Vec<String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(String::from)
-        .collect()
+    s.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
 }
 
 /// `http://host:port` → a socket address to bind or dial.
 pub fn socket_addr(url: &str) -> Result<SocketAddr, ConfigError> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        ConfigError(format!(
-            "URL {url:?} must start with http:// (TLS is not supported yet)"
-        ))
-    })?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| ConfigError(format!("URL {url:?} must start with http:// (TLS is not supported yet)")))?;
     let hostport = rest.trim_end_matches('/');
     hostport
         .to_socket_addrs()
         .ok()
-        .and_then(|mut a| {
-            a.find(|a| a.is_ipv4())
-                .or_else(|| hostport.to_socket_addrs().ok()?.next())
-        })
+        .and_then(|mut a| a.find(|a| a.is_ipv4()).or_else(|| hostport.to_socket_addrs().ok()?.next()))
         .ok_or_else(|| ConfigError(format!("cannot resolve {url:?}")))
 }
 
 /// "10m", "5s", "250ms", "1h".
 pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
     let bad = || ConfigError(format!("invalid duration {s:?}"));
-    let (num, unit) = s.trim().split_at(
-        s.trim()
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(bad)?,
-    );
+    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
     let n: u64 = num.parse().map_err(|_| bad())?;
     Ok(match unit {
         "ms" => Duration::from_millis(n),

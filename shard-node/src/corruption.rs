@@ -38,15 +38,9 @@ pub async fn mismatched_peers(group: &Group, rev: i64) -> Result<Vec<u64>> {
         let resp = async {
             // Peers starting at the same time accept connections before
             // they serve: never wait on one for long.
-            let ep = tonic::transport::Endpoint::from_shared(url)?
-                .connect_timeout(PEER_TIMEOUT)
-                .timeout(PEER_TIMEOUT);
+            let ep = tonic::transport::Endpoint::from_shared(url)?.connect_timeout(PEER_TIMEOUT).timeout(PEER_TIMEOUT);
             let mut c = MaintenanceClient::new(ep.connect().await?);
-            anyhow::Ok(
-                c.hash_kv(group.request(HashKvRequest { revision: rev }))
-                    .await?
-                    .into_inner(),
-            )
+            anyhow::Ok(c.hash_kv(group.request(HashKvRequest { revision: rev })).await?.into_inner())
         }
         .await;
         match resp {
@@ -78,11 +72,7 @@ const FOLLOWER_GRACE: Duration = Duration::from_millis(500);
 const PEER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// On the leader, every `every`: raises CORRUPT for members that diverge.
-pub async fn run_periodic(
-    group: Arc<Group>,
-    every: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+pub async fn run_periodic(group: Arc<Group>, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
@@ -105,15 +95,8 @@ pub async fn run_periodic(
             }
         };
         for id in bad {
-            tracing::error!(
-                member = format!("{id:x}"),
-                "data inconsistency found: raising CORRUPT"
-            );
-            let req = AlarmRequest {
-                action: AlarmAction::Activate as i32,
-                member_id: id,
-                alarm: AlarmType::Corrupt as i32,
-            };
+            tracing::error!(member = format!("{id:x}"), "data inconsistency found: raising CORRUPT");
+            let req = AlarmRequest { action: AlarmAction::Activate as i32, member_id: id, alarm: AlarmType::Corrupt as i32 };
             let _ = group.propose(Op::Alarm(req)).await;
         }
     }

@@ -127,12 +127,7 @@ async fn reconcile(node: &Arc<Node>, routing: &Routing) {
                     })
                 })
                 .collect();
-            Bootstrap::New {
-                member_id: mine.member_id,
-                cluster_id: cluster_id(*id),
-                members,
-                restore_from: String::new(),
-            }
+            Bootstrap::New { member_id: mine.member_id, cluster_id: cluster_id(*id), members, restore_from: String::new() }
         } else {
             let peer_urls = info
                 .replicas

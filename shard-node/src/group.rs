@@ -111,8 +111,7 @@ impl Group {
     /// every call to a node hosting several groups must.
     pub fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
-        r.metadata_mut()
-            .insert(shardmap::GROUP_HEADER, self.id.into());
+        r.metadata_mut().insert(shardmap::GROUP_HEADER, self.id.into());
         r
     }
 
@@ -121,12 +120,7 @@ impl Group {
     }
 
     pub fn header(&self, revision: i64) -> ResponseHeader {
-        ResponseHeader {
-            cluster_id: self.cluster_id,
-            member_id: self.member_id,
-            revision,
-            raft_term: self.status.read().term,
-        }
+        ResponseHeader { cluster_id: self.cluster_id, member_id: self.member_id, revision, raft_term: self.status.read().term }
     }
 
     /// Stops the driver, waiting for room in the mailbox if need be.
@@ -144,13 +138,7 @@ impl Group {
     /// Proposes `op` through raft and waits for this member to apply it.
     pub async fn propose(&self, op: Op) -> Result<ApplyOutput> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let cmd = Command {
-            member_id: self.member_id,
-            seq,
-            revision_hint: self.hlc.now(),
-            epoch: 0,
-            op: Some(op),
-        };
+        let cmd = Command { member_id: self.member_id, seq, revision_hint: self.hlc.now(), epoch: 0, op: Some(op) };
         let data = cmd.encode_to_vec();
         // As etcd: the limit applies to the request as it goes into the log.
         if data.len() > self.settings.max_request_bytes {
@@ -191,12 +179,8 @@ impl Group {
         single.set_node_id(member.id);
         let mut cc = raft::prelude::ConfChangeV2::default();
         cc.set_changes(vec![single].into());
-        let context = tessera_proto::tessera::command::ConfChangeContext {
-            member_id: self.member_id,
-            seq,
-            member: Some(member),
-        }
-        .encode_to_vec();
+        let context = tessera_proto::tessera::command::ConfChangeContext { member_id: self.member_id, seq, member: Some(member) }
+            .encode_to_vec();
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().insert(seq, tx);
         if let Err(e) = self.send(Msg::ProposeConfChange { seq, cc, context }) {
@@ -223,10 +207,7 @@ impl Group {
     pub(crate) fn fail(&self, seq: u64, e: Error) {
         if let Some(tx) = self.waiters.lock().remove(&seq) {
             let rev = self.sm.store.current_revision();
-            let _ = tx.send(ApplyOutput {
-                result: Err(e),
-                rev,
-            });
+            let _ = tx.send(ApplyOutput { result: Err(e), rev });
         }
     }
 
@@ -244,17 +225,11 @@ impl Group {
         if self.sm.store.size_in_use() + cost as u64 <= self.settings.quota_bytes {
             return Ok(());
         }
-        tracing::warn!(
-            quota = self.settings.quota_bytes,
-            "storage quota exceeded: raising NOSPACE"
-        );
+        tracing::warn!(quota = self.settings.quota_bytes, "storage quota exceeded: raising NOSPACE");
         let g = self.clone();
         tokio::spawn(async move {
-            let req = AlarmRequest {
-                action: AlarmAction::Activate as i32,
-                member_id: g.member_id,
-                alarm: AlarmType::Nospace as i32,
-            };
+            let req =
+                AlarmRequest { action: AlarmAction::Activate as i32, member_id: g.member_id, alarm: AlarmType::Nospace as i32 };
             let _ = g.propose(Op::Alarm(req)).await;
         });
         Err(Error::NoSpace)
@@ -264,12 +239,7 @@ impl Group {
     pub fn check_readable(&self) -> Result<()> {
         use tessera_proto::etcdserverpb::AlarmType;
         let me = self.member_id;
-        if self
-            .sm
-            .alarms()
-            .iter()
-            .any(|a| a.alarm == AlarmType::Corrupt as i32 && a.member_id == me)
-        {
+        if self.sm.alarms().iter().any(|a| a.alarm == AlarmType::Corrupt as i32 && a.member_id == me) {
             return Err(Error::Corrupt);
         }
         Ok(())

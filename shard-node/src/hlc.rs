@@ -16,28 +16,18 @@ pub struct Hlc {
 impl Hlc {
     /// A disabled clock hints 0: revisions are then plain etcd counters.
     pub fn new(enabled: bool) -> Self {
-        Self {
-            last: AtomicI64::new(0),
-            enabled,
-        }
+        Self { last: AtomicI64::new(0), enabled }
     }
 
     pub fn now(&self) -> i64 {
         if !self.enabled {
             return 0;
         }
-        let phys = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
-            << LOGICAL_BITS;
+        let phys = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0) << LOGICAL_BITS;
         let mut cur = self.last.load(Ordering::Relaxed);
         loop {
             let next = phys.max(cur + 1);
-            match self
-                .last
-                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
-            {
+            match self.last.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return next,
                 Err(seen) => cur = seen,
             }

@@ -10,12 +10,7 @@ use tessera_proto::tessera::command::{ConfChangeContext, MemberContext};
 
 /// Applies the member-table side of a conf change; returns the proposer
 /// (member id, seq) so its waiting client can be answered.
-pub fn apply_context(
-    sm: &StateMachine,
-    cc: &ConfChangeV2,
-    context: &[u8],
-    batch: &mut WriteBatch,
-) -> Option<(u64, u64)> {
+pub fn apply_context(sm: &StateMachine, cc: &ConfChangeV2, context: &[u8], batch: &mut WriteBatch) -> Option<(u64, u64)> {
     let decoded = ConfChangeContext::decode(context).ok();
     let ctx: Option<MemberContext> = decoded.as_ref().and_then(|c| c.member.clone());
     for change in cc.get_changes() {
@@ -29,10 +24,7 @@ pub fn apply_context(
                 let mut m = match (existing, &ctx) {
                     (Some(existing), _) => existing,
                     (None, Some(c)) if c.id == id => c.clone(),
-                    _ => MemberContext {
-                        id,
-                        ..Default::default()
-                    },
+                    _ => MemberContext { id, ..Default::default() },
                 };
                 m.is_learner = learner;
                 sm.upsert_member(m, batch);

@@ -139,41 +139,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 pub async fn start_with(config: Config, extra: axum::Router) -> anyhow::Result<Running> {
     config.validate()?;
     let dir = config.data_dir();
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("creating data dir {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating data dir {}", dir.display()))?;
     let engine: Arc<dyn Engine> = Arc::new(RocksEngine::open(&dir.join("db"))?);
     let mailboxes: Mailboxes = Arc::new(RwLock::new(HashMap::new()));
-    let transport = Arc::new(Transport::new(
-        tokio::runtime::Handle::current(),
-        mailboxes.clone(),
-    ));
+    let transport = Arc::new(Transport::new(tokio::runtime::Handle::current(), mailboxes.clone()));
     let node = Arc::new(Node {
-        parts: NodeParts {
-            config: config.clone(),
-            engine,
-            mailboxes,
-            transport,
-        },
+        parts: NodeParts { config: config.clone(), engine, mailboxes, transport },
         replicas: RwLock::new(HashMap::new()),
         lifecycle: tokio::sync::Mutex::new(()),
     });
 
     // Bind before any driver runs so peers reach us as soon as we campaign.
-    let peer_listener =
-        TcpListener::bind(socket_addr(&split_urls(&config.listen_peer_urls)[0])?).await?;
+    let peer_listener = TcpListener::bind(socket_addr(&split_urls(&config.listen_peer_urls)[0])?).await?;
     let peer_addr = peer_listener.local_addr()?;
     let mut client_listeners = vec![];
     for u in split_urls(&config.listen_client_urls) {
-        client_listeners.push(
-            TcpListener::bind(socket_addr(&u)?)
-                .await
-                .with_context(|| format!("listening on {u}"))?,
-        );
+        client_listeners.push(TcpListener::bind(socket_addr(&u)?).await.with_context(|| format!("listening on {u}"))?);
     }
-    let client_addrs: Vec<SocketAddr> = client_listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .collect();
+    let client_addrs: Vec<SocketAddr> = client_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = vec![];
@@ -185,14 +168,11 @@ pub async fn start_with(config: Config, extra: axum::Router) -> anyhow::Result<R
     let peer_server = tonic::transport::Server::builder()
         .add_service(PeerServer::new(peer_svc).max_decoding_message_size(usize::MAX))
         .serve_with_incoming_shutdown(
-            tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(peer_listener),
-                |s| {
-                    s.inspect(|tcp| {
-                        let _ = tcp.set_nodelay(true);
-                    })
-                },
-            ),
+            tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(peer_listener), |s| {
+                s.inspect(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                })
+            }),
             stopped(stop_rx.clone()),
         );
     tasks.push(tokio::spawn(async move {
@@ -204,11 +184,7 @@ pub async fn start_with(config: Config, extra: axum::Router) -> anyhow::Result<R
     if config.federated() {
         crate::federation::resume_hosted(&node).await?;
     } else {
-        let group = node
-            .start_replica(STANDALONE_GROUP, standalone_bootstrap(&config)?)
-            .await?
-            .group
-            .clone();
+        let group = node.start_replica(STANDALONE_GROUP, standalone_bootstrap(&config)?).await?.group.clone();
         if config.experimental_initial_corrupt_check {
             if let Err(e) = crate::corruption::initial_check(&group).await {
                 let _ = stop_tx.send(true);
@@ -223,38 +199,24 @@ pub async fn start_with(config: Config, extra: axum::Router) -> anyhow::Result<R
         let rx = stop_rx.clone();
         let l = crate::server::authority::ClientListener(l);
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(l, app)
-                .with_graceful_shutdown(stopped(rx))
-                .await
-            {
+            if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stopped(rx)).await {
                 tracing::error!(error = %e, "client server failed");
             }
         }));
     }
     if config.federated() {
-        tasks.push(tokio::spawn(crate::federation::run(
-            node.clone(),
-            stop_rx.clone(),
-        )));
+        tasks.push(tokio::spawn(crate::federation::run(node.clone(), stop_rx.clone())));
     }
 
     tracing::info!(name = config.name, client = ?client_addrs, peer = %peer_addr, federated = config.federated(), "shard-node serving");
-    Ok(Running {
-        client_addrs,
-        peer_addr,
-        node,
-        stop: stop_tx,
-        tasks,
-    })
+    Ok(Running { client_addrs, peer_addr, node, stop: stop_tx, tasks })
 }
 
 /// Standalone mode: the group from etcd's --initial-cluster flags.
 fn standalone_bootstrap(config: &Config) -> anyhow::Result<Bootstrap> {
     let initial = config.initial_members()?;
     if config.initial_cluster_state == "existing" {
-        return Ok(Bootstrap::Join {
-            peer_urls: initial.iter().flat_map(|m| m.peer_urls.clone()).collect(),
-        });
+        return Ok(Bootstrap::Join { peer_urls: initial.iter().flat_map(|m| m.peer_urls.clone()).collect() });
     }
     let token = &config.initial_cluster_token;
     let my_id = member_id(&config.advertise_peer_urls(), token);
@@ -262,27 +224,12 @@ fn standalone_bootstrap(config: &Config) -> anyhow::Result<Bootstrap> {
         .iter()
         .map(|m| {
             let id = member_id(&m.peer_urls, token);
-            let client_urls = if id == my_id {
-                config.advertise_client_urls()
-            } else {
-                vec![]
-            };
-            MemberContext {
-                id,
-                name: m.name.clone(),
-                peer_urls: m.peer_urls.clone(),
-                client_urls,
-                is_learner: false,
-            }
+            let client_urls = if id == my_id { config.advertise_client_urls() } else { vec![] };
+            MemberContext { id, name: m.name.clone(), peer_urls: m.peer_urls.clone(), client_urls, is_learner: false }
         })
         .collect();
     let mut sorted: Vec<u64> = members.iter().map(|m| m.id).collect();
     sorted.sort();
     let cluster_id = fnv1a(format!("{sorted:?}{token}").as_bytes());
-    Ok(Bootstrap::New {
-        member_id: my_id,
-        cluster_id,
-        members,
-        restore_from: config.restore_from.clone(),
-    })
+    Ok(Bootstrap::New { member_id: my_id, cluster_id, members, restore_from: config.restore_from.clone() })
 }

@@ -21,12 +21,7 @@ use tessera_proto::tessera::command::{command::Op, MemberAttributes, MemberConte
 /// How a replica gets its identity the first time it starts here.
 pub enum Bootstrap {
     /// A new group with these initial members (voters and learners).
-    New {
-        member_id: u64,
-        cluster_id: u64,
-        members: Vec<MemberContext>,
-        restore_from: String,
-    },
+    New { member_id: u64, cluster_id: u64, members: Vec<MemberContext>, restore_from: String },
     /// A member already added to a running group: learn the id from a peer
     /// (by our peer URLs) and wait for the leader's snapshot.
     Join { peer_urls: Vec<String> },
@@ -57,94 +52,48 @@ fn identity(engine: &dyn Engine, keys: &GroupKeys, name: &str) -> anyhow::Result
 
 /// Whether this node has data for `group` (it hosted it before).
 pub fn has_identity(engine: &dyn Engine, group: u64) -> bool {
-    identity(engine, &GroupKeys::new(group), "member_id")
-        .ok()
-        .flatten()
-        .is_some()
+    identity(engine, &GroupKeys::new(group), "member_id").ok().flatten().is_some()
 }
 
 /// Opens (bootstrapping or joining first if need be) and starts a replica.
-pub async fn start(
-    parts: &NodeParts,
-    group_id: u64,
-    boot: Bootstrap,
-) -> anyhow::Result<Arc<Replica>> {
+pub async fn start(parts: &NodeParts, group_id: u64, boot: Bootstrap) -> anyhow::Result<Arc<Replica>> {
     let config = &parts.config;
     let engine = parts.engine.clone();
     let keys = GroupKeys::new(group_id);
-    let sm = Arc::new(StateMachine::open(
-        engine.clone(),
-        keys,
-        config.watch_event_cache_bytes,
-    )?);
-    let storage =
-        RaftStorage::open(engine.clone(), keys, sm.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sm = Arc::new(StateMachine::open(engine.clone(), keys, config.watch_event_cache_bytes)?);
+    let storage = RaftStorage::open(engine.clone(), keys, sm.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
 
     // Identity is fixed at bootstrap; a restart resumes it whatever the flags say.
-    let (member_id, cluster_id) = match (
-        identity(&*engine, &keys, "member_id")?,
-        identity(&*engine, &keys, "cluster_id")?,
-    ) {
+    let (member_id, cluster_id) = match (identity(&*engine, &keys, "member_id")?, identity(&*engine, &keys, "cluster_id")?) {
         (Some(m), Some(c)) => (m, c),
         _ => match boot {
             Bootstrap::Resume => bail!("no data for group {group_id} here"),
             Bootstrap::Join { peer_urls } => {
-                join_existing(
-                    group_id,
-                    &peer_urls,
-                    &config.advertise_peer_urls(),
-                    &*engine,
-                    &keys,
-                    &sm,
-                )
-                .await?
+                join_existing(group_id, &peer_urls, &config.advertise_peer_urls(), &*engine, &keys, &sm).await?
             }
-            Bootstrap::New {
-                member_id,
-                cluster_id,
-                members,
-                restore_from,
-            } => {
+            Bootstrap::New { member_id, cluster_id, members, restore_from } => {
                 let mut batch = WriteBatch::default();
                 if !restore_from.is_empty() {
                     stage_restore(&restore_from, &keys, &sm, &mut batch)?;
                 }
                 let mut cs = raft::prelude::ConfState::default();
-                let mut voters: Vec<u64> = members
-                    .iter()
-                    .filter(|m| !m.is_learner)
-                    .map(|m| m.id)
-                    .collect();
-                let mut learners: Vec<u64> = members
-                    .iter()
-                    .filter(|m| m.is_learner)
-                    .map(|m| m.id)
-                    .collect();
+                let mut voters: Vec<u64> = members.iter().filter(|m| !m.is_learner).map(|m| m.id).collect();
+                let mut learners: Vec<u64> = members.iter().filter(|m| m.is_learner).map(|m| m.id).collect();
                 voters.sort();
                 learners.sort();
                 cs.set_voters(voters);
                 cs.set_learners(learners);
                 storage.bootstrap(&cs, &mut batch);
-                batch.put(
-                    keys.meta("applied"),
-                    crate::raft::storage::INIT_INDEX.to_be_bytes().to_vec(),
-                );
+                batch.put(keys.meta("applied"), crate::raft::storage::INIT_INDEX.to_be_bytes().to_vec());
                 for m in members {
                     sm.upsert_member(m, &mut batch);
                 }
                 batch.put(keys.identity("member_id"), member_id.to_be_bytes().to_vec());
-                batch.put(
-                    keys.identity("cluster_id"),
-                    cluster_id.to_be_bytes().to_vec(),
-                );
+                batch.put(keys.identity("cluster_id"), cluster_id.to_be_bytes().to_vec());
                 engine.write(batch, true)?;
                 sm.reload_after_snapshot()?;
                 if !restore_from.is_empty() {
-                    tracing::info!(
-                        from = restore_from,
-                        revision = sm.store.current_revision(),
-                        "restored from backup"
-                    );
+                    tracing::info!(from = restore_from, revision = sm.store.current_revision(), "restored from backup");
                 }
                 tracing::info!(
                     group = group_id,
@@ -181,23 +130,14 @@ pub async fn start(
         read_only_option: raft::ReadOnlyOption::Safe,
         ..Default::default()
     };
-    raft_cfg
-        .validate()
-        .map_err(|e| anyhow::anyhow!("raft config: {e}"))?;
+    raft_cfg.validate().map_err(|e| anyhow::anyhow!("raft config: {e}"))?;
     let logger = crate::raft::logger::logger(group_id, member_id);
-    let node = raft::RawNode::new(&raft_cfg, storage.clone(), &logger)
-        .map_err(|e| anyhow::anyhow!("raft: {e}"))?;
+    let node = raft::RawNode::new(&raft_cfg, storage.clone(), &logger).map_err(|e| anyhow::anyhow!("raft: {e}"))?;
 
-    let request_timeout =
-        Duration::from_secs(5) + 2 * Duration::from_millis(config.election_timeout);
+    let request_timeout = Duration::from_secs(5) + 2 * Duration::from_millis(config.election_timeout);
     let (mb_tx, mb_rx) = std::sync::mpsc::sync_channel::<Msg>(8192);
     for id in sm.members.read().ids() {
-        if let Some(url) = sm
-            .members
-            .read()
-            .get(id)
-            .and_then(|m| m.peer_urls.first().cloned())
-        {
+        if let Some(url) = sm.members.read().get(id).and_then(|m| m.peer_urls.first().cloned()) {
             parts.transport.set_peer(id, url);
         }
     }
@@ -207,11 +147,7 @@ pub async fn start(
         cluster_id,
         sm.clone(),
         Hlc::new(config.hlc_revisions()),
-        GroupSettings {
-            request_timeout,
-            max_request_bytes: config.max_request_bytes,
-            quota_bytes: config.quota_bytes(),
-        },
+        GroupSettings { request_timeout, max_request_bytes: config.max_request_bytes, quota_bytes: config.quota_bytes() },
         mb_tx.clone(),
     ));
     group.hlc.observe(sm.store.current_revision());
@@ -231,9 +167,7 @@ pub async fn start(
             request_timeout,
         },
     );
-    let driver = std::thread::Builder::new()
-        .name(format!("raft-{group_id}"))
-        .spawn(move || driver.run())?;
+    let driver = std::thread::Builder::new().name(format!("raft-{group_id}")).spawn(move || driver.run())?;
 
     // etcd's minimum lease TTL: 1.5 election timeouts, rounded up to seconds.
     let min_lease_ttl = (config.election_timeout * 3 / 2).div_ceil(1000) as i64;
@@ -247,32 +181,13 @@ pub async fn start(
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = vec![];
-    tasks.push(tokio::spawn(crate::server::lease::run_lease_loops(
-        group.clone(),
-        Duration::from_secs(300),
-        stop_rx.clone(),
-    )));
+    tasks.push(tokio::spawn(crate::server::lease::run_lease_loops(group.clone(), Duration::from_secs(300), stop_rx.clone())));
     let corrupt_every = crate::config::parse_duration(&config.experimental_corrupt_check_time)?;
     if !corrupt_every.is_zero() {
-        tasks.push(tokio::spawn(crate::corruption::run_periodic(
-            group.clone(),
-            corrupt_every,
-            stop_rx.clone(),
-        )));
+        tasks.push(tokio::spawn(crate::corruption::run_periodic(group.clone(), corrupt_every, stop_rx.clone())));
     }
-    tasks.push(tokio::spawn(publish_attributes(
-        group.clone(),
-        config.name.clone(),
-        config.advertise_client_urls(),
-        stop_rx,
-    )));
-    Ok(Arc::new(Replica {
-        group,
-        api,
-        stop,
-        tasks: Mutex::new(tasks),
-        driver: Mutex::new(Some(driver)),
-    }))
+    tasks.push(tokio::spawn(publish_attributes(group.clone(), config.name.clone(), config.advertise_client_urls(), stop_rx)));
+    Ok(Arc::new(Replica { group, api, stop, tasks: Mutex::new(tasks), driver: Mutex::new(Some(driver)) }))
 }
 
 impl Replica {
@@ -284,11 +199,7 @@ impl Replica {
         if !st.is_leader {
             return;
         }
-        let target = st
-            .progress
-            .iter()
-            .filter(|(id, _)| *id != me && st.voters.contains(id))
-            .max_by_key(|(_, m)| *m);
+        let target = st.progress.iter().filter(|(id, _)| *id != me && st.voters.contains(id)).max_by_key(|(_, m)| *m);
         let Some((target, _)) = target else { return };
         if self.group.send(Msg::TransferLeader(*target)).is_err() {
             return;
@@ -333,11 +244,7 @@ async fn publish_attributes(
     client_urls: Vec<String>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let attrs = MemberAttributes {
-        id: group.member_id,
-        name,
-        client_urls,
-    };
+    let attrs = MemberAttributes { id: group.member_id, name, client_urls };
     loop {
         tokio::select! {
             r = group.propose(Op::Publish(attrs.clone())) => if r.is_ok() { return },
@@ -364,9 +271,7 @@ async fn join_existing(
     let mut last_err = String::from("no other member to ask");
     for url in peer_urls.iter().filter(|u| !mine.contains(u)) {
         let resp = async {
-            let mut c =
-                tessera_proto::tessera::transport::peer_client::PeerClient::connect(url.clone())
-                    .await?;
+            let mut c = tessera_proto::tessera::transport::peer_client::PeerClient::connect(url.clone()).await?;
             let req = tessera_proto::tessera::transport::MembersRequest { group_id };
             anyhow::Ok(c.members(req).await?.into_inner())
         }
@@ -378,31 +283,17 @@ async fn join_existing(
                 continue;
             }
         };
-        let me = resp
-            .members
-            .iter()
-            .find(|x| x.peer_urls.iter().any(|u| mine.contains(u)))
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "this member ({}) is not in the group: add it with `etcdctl member add` first",
-                    mine.join(",")
-                )
-            })?;
+        let me = resp.members.iter().find(|x| x.peer_urls.iter().any(|u| mine.contains(u))).ok_or_else(|| {
+            anyhow::anyhow!("this member ({}) is not in the group: add it with `etcdctl member add` first", mine.join(","))
+        })?;
         let mut batch = WriteBatch::default();
         for member in &resp.members {
             sm.upsert_member(member.clone(), &mut batch);
         }
         batch.put(keys.identity("member_id"), me.id.to_be_bytes().to_vec());
-        batch.put(
-            keys.identity("cluster_id"),
-            resp.cluster_id.to_be_bytes().to_vec(),
-        );
+        batch.put(keys.identity("cluster_id"), resp.cluster_id.to_be_bytes().to_vec());
         engine.write(batch, true)?;
-        tracing::info!(
-            group = group_id,
-            member = format!("{:x}", me.id),
-            "joining existing group"
-        );
+        tracing::info!(group = group_id, member = format!("{:x}", me.id), "joining existing group");
         return Ok((me.id, resp.cluster_id));
     }
     bail!("cannot reach the group to join: {last_err}")
@@ -410,12 +301,7 @@ async fn join_existing(
 
 /// Puts a backup's state into `batch` as the start of a new group: its
 /// data and leases, none of its members, alarms or log position.
-fn stage_restore(
-    path: &str,
-    keys: &GroupKeys,
-    sm: &StateMachine,
-    batch: &mut WriteBatch,
-) -> anyhow::Result<()> {
+fn stage_restore(path: &str, keys: &GroupKeys, sm: &StateMachine, batch: &mut WriteBatch) -> anyhow::Result<()> {
     let file = std::fs::read(path).with_context(|| format!("reading {path}"))?;
     let state = crate::raft::snapshot::decode_backup(&file)?;
     sm.stage_snapshot(state, batch)?;

@@ -45,30 +45,20 @@ async fn diverged_member_is_refused_at_start_then_marked_corrupt() {
 
     // The initial check refuses to serve divergent data.
     c.spawn(victim);
-    let exit = c
-        .wait_exit(victim, Duration::from_secs(20))
-        .expect("the diverged member should refuse to start");
+    let exit = c.wait_exit(victim, Duration::from_secs(20)).expect("the diverged member should refuse to start");
     assert!(!exit.success());
-    assert!(
-        c.log(victim).contains("data inconsistency"),
-        "{}",
-        c.log(victim)
-    );
+    assert!(c.log(victim).contains("data inconsistency"), "{}", c.log(victim));
 
     // Without the initial check it starts, and the leader's periodic check
     // raises CORRUPT for it.
     c.spawn_with(victim, &["--experimental-initial-corrupt-check=false"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let alarms =
-            String::from_utf8_lossy(&c.etcdctl(leader, &["alarm", "list"]).stdout).to_string();
+        let alarms = String::from_utf8_lossy(&c.etcdctl(leader, &["alarm", "list"]).stdout).to_string();
         if alarms.contains("alarm:CORRUPT") {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no CORRUPT alarm raised; alarms: {alarms:?}"
-        );
+        assert!(Instant::now() < deadline, "no CORRUPT alarm raised; alarms: {alarms:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut bad = c.client(victim).await;

@@ -8,10 +8,7 @@ use std::time::Duration;
 
 fn runner() -> String {
     std::env::var("ETCD_RUNNER").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/etcd-peers/bin/etcd-runner",
-            std::env::var("HOME").unwrap_or_default()
-        )
+        format!("{}/.cache/etcd-peers/bin/etcd-runner", std::env::var("HOME").unwrap_or_default())
     })
 }
 
@@ -23,11 +20,7 @@ fn run(cluster: &Cluster, args: &[&str]) {
         .arg(format!("--endpoints={}", cluster.endpoints().join(",")))
         .output()
         .expect("etcd-runner is built by scripts/test.sh (../shared/tools/etcd-peers.sh)");
-    assert!(
-        out.status.success(),
-        "etcd-runner {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "etcd-runner {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -35,24 +28,8 @@ async fn election_lock_racer_and_watcher() {
     let c = Cluster::start(3, &[]).await;
     // Fresh names: the runner leaves its last holder's key behind until its
     // lease expires (as with etcd), which would stall a second run.
-    run(
-        &c,
-        &[
-            "election",
-            "tessera-election",
-            "--rounds=10",
-            "--req-rate=200",
-        ],
-    );
-    run(
-        &c,
-        &[
-            "lock-racer",
-            "tessera-lock",
-            "--rounds=10",
-            "--req-rate=200",
-        ],
-    );
+    run(&c, &["election", "tessera-election", "--rounds=10", "--req-rate=200"]);
+    run(&c, &["lock-racer", "tessera-lock", "--rounds=10", "--req-rate=200"]);
     run(&c, &["watcher", "--rounds=1", "--req-rate=200"]);
 }
 
@@ -68,20 +45,11 @@ async fn lease_renewer_never_loses_its_lease() {
         .spawn()
         .expect("etcd-runner");
     tokio::time::sleep(Duration::from_secs(12)).await;
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "lease-renewer exited early"
-    );
+    assert!(child.try_wait().unwrap().is_none(), "lease-renewer exited early");
     child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     let renewed = log.matches("renewed lease").count();
-    assert!(
-        renewed >= 4,
-        "expected steady renewals, got {renewed}:\n{log}"
-    );
-    assert!(
-        !log.contains("lost lease") && !log.contains("bad renew"),
-        "{log}"
-    );
+    assert!(renewed >= 4, "expected steady renewals, got {renewed}:\n{log}");
+    assert!(!log.contains("lost lease") && !log.contains("bad renew"), "{log}");
 }

@@ -24,28 +24,8 @@ const SESSION: &[(&[&str], &str)] = &[
     (&["get", "a", "--from-key", "--limit=2"], ""),
     (&["get", "a", "z", "--sort-by=KEY", "--order=DESCEND"], ""),
     (&["get", "a", "z", "--sort-by=VALUE", "--order=ASCEND"], ""),
-    (
-        &[
-            "get",
-            "a",
-            "z",
-            "--sort-by=VERSION",
-            "--order=DESCEND",
-            "--limit=1",
-        ],
-        "",
-    ),
-    (
-        &[
-            "get",
-            "a",
-            "z",
-            "--sort-by=CREATE",
-            "--order=DESCEND",
-            "--keys-only",
-        ],
-        "",
-    ),
+    (&["get", "a", "z", "--sort-by=VERSION", "--order=DESCEND", "--limit=1"], ""),
+    (&["get", "a", "z", "--sort-by=CREATE", "--order=DESCEND", "--keys-only"], ""),
     (&["get", "a", "z", "--sort-by=MODIFY"], ""),
     (&["get", "a", "z", "--count-only"], ""),
     (&["get", "a", "z", "--consistency=s"], ""),
@@ -53,18 +33,9 @@ const SESSION: &[(&[&str], &str)] = &[
     (&["del", "zzz"], ""),
     (&["del", "b", "d", "--prev-kv"], ""),
     (&["get", "", "--from-key"], ""),
-    (
-        &["txn"],
-        "value(\"foo\") = \"bar2\"\n\nput foo bar3\nget foo\n\nget missing\n\n",
-    ),
-    (
-        &["txn"],
-        "value(\"foo\") = \"nope\"\n\nput foo bar4\n\nget foo\n\n",
-    ),
-    (
-        &["txn"],
-        "version(\"foo\") > \"1\"\nmod(\"nokey\") = \"0\"\n\ndel foo --prev-kv\n\n\n",
-    ),
+    (&["txn"], "value(\"foo\") = \"bar2\"\n\nput foo bar3\nget foo\n\nget missing\n\n"),
+    (&["txn"], "value(\"foo\") = \"nope\"\n\nput foo bar4\n\nget foo\n\n"),
+    (&["txn"], "version(\"foo\") > \"1\"\nmod(\"nokey\") = \"0\"\n\ndel foo --prev-kv\n\n\n"),
     (&["txn"], "create(\"d\") > \"0\"\n\n\nput x 1\nput x 2\n\n"),
     (&["get", "foo", "--rev=999999999999999999"], ""),
     (&["put", "keep", "v", "--ignore-value"], ""),
@@ -81,11 +52,7 @@ fn run_session(endpoint: &str) -> Vec<String> {
     SESSION
         .iter()
         .map(|(args, stdin)| {
-            let out = if args[0] == "txn" {
-                etcdctl_stdin(endpoint, args, stdin)
-            } else {
-                etcdctl(endpoint, args)
-            };
+            let out = if args[0] == "txn" { etcdctl_stdin(endpoint, args, stdin) } else { etcdctl(endpoint, args) };
             // etcdctl's client-side retry warnings carry timestamps and ids.
             let stderr: String = String::from_utf8_lossy(&out.stderr)
                 .lines()
@@ -116,13 +83,7 @@ async fn etcdctl_session_matches_real_etcd() {
             diffs.push(format!("--- etcd\n{w}\n--- tessera\n{g}"));
         }
     }
-    assert!(
-        diffs.is_empty(),
-        "{} of {} steps differ:\n{}",
-        diffs.len(),
-        SESSION.len(),
-        diffs.join("\n\n")
-    );
+    assert!(diffs.is_empty(), "{} of {} steps differ:\n{}", diffs.len(), SESSION.len(), diffs.join("\n\n"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -146,29 +107,13 @@ async fn lease_session_matches_real_etcd() {
             vec!["lease", "timetolive", &id],
         ] {
             let o = etcdctl(ep, &args);
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
+            let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
             // TTLs tick down while the session runs; keep only their presence.
             let text = text.replace(&id, "ID");
             let text: String = text
                 .split_inclusive('\n')
-                .map(|l| {
-                    if l.contains("remaining(") {
-                        l.split("remaining(").next().unwrap().to_string() + "remaining(..)\n"
-                    } else {
-                        l.to_string()
-                    }
-                })
-                .map(|l| {
-                    if l.contains(" keepalived with TTL(") {
-                        l.split(" keepalived").next().unwrap().to_string() + " keepalived\n"
-                    } else {
-                        l
-                    }
-                })
+                .map(|l| if l.contains("remaining(") { l.split("remaining(").next().unwrap().to_string() + "remaining(..)\n" } else { l.to_string() })
+                .map(|l| if l.contains(" keepalived with TTL(") { l.split(" keepalived").next().unwrap().to_string() + " keepalived\n" } else { l })
                 .collect();
             out.push(format!("$ {}\n{text}", args.join(" ").replace(&id, "ID")));
         }
@@ -202,9 +147,7 @@ async fn maintenance_calls_with_scheme_endpoints_and_cluster_flag() {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let cluster_status =
-            String::from_utf8_lossy(&etcdctl(&url, &["endpoint", "status", "--cluster"]).stdout)
-                .to_string();
+        let cluster_status = String::from_utf8_lossy(&etcdctl(&url, &["endpoint", "status", "--cluster"]).stdout).to_string();
         let members = if ep == etcd.endpoint { 1 } else { 3 };
         assert_eq!(cluster_status.lines().count(), members, "{cluster_status}");
     }

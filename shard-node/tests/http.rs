@@ -6,11 +6,7 @@ use std::io::{Read, Write};
 
 fn get(endpoint: &str, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(endpoint).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -25,25 +21,12 @@ async fn metrics_health_and_version() {
 
     let metrics = get(&ep, "/metrics");
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
-    for name in [
-        "etcd_server_has_leader 1",
-        "etcd_disk_wal_fsync_duration_seconds_count",
-        "etcd_server_proposals_applied_total",
-    ] {
+    for name in ["etcd_server_has_leader 1", "etcd_disk_wal_fsync_duration_seconds_count", "etcd_server_proposals_applied_total"] {
         assert!(metrics.contains(name), "missing {name} in:\n{metrics}");
     }
-    assert!(
-        metrics.contains("etcd_debugging_mvcc_keys_total 1\n"),
-        "one key was put:\n{metrics}"
-    );
-    let size = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("etcd_mvcc_db_total_size_in_bytes "))
-        .unwrap();
-    assert!(
-        size.trim().parse::<u64>().unwrap() > 0,
-        "db size is read at scrape time"
-    );
+    assert!(metrics.contains("etcd_debugging_mvcc_keys_total 1\n"), "one key was put:\n{metrics}");
+    let size = metrics.lines().find_map(|l| l.strip_prefix("etcd_mvcc_db_total_size_in_bytes ")).unwrap();
+    assert!(size.trim().parse::<u64>().unwrap() > 0, "db size is read at scrape time");
     // Exactly one member reports itself leader.
     let leaders = c
         .members
@@ -52,10 +35,7 @@ async fn metrics_health_and_version() {
         .count();
     assert_eq!(leaders, 1);
     let health = get(&ep, "/health");
-    assert!(
-        health.starts_with("HTTP/1.1 200") && health.contains(r#"{"health":"true"}"#),
-        "{health}"
-    );
+    assert!(health.starts_with("HTTP/1.1 200") && health.contains(r#"{"health":"true"}"#), "{health}");
     let version = get(&ep, "/version");
     assert!(version.contains(r#""etcdserver":"3.5"#), "{version}");
 }

@@ -9,31 +9,17 @@ use std::time::{Duration, Instant};
 
 fn ok(out: std::process::Output) -> String {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "etcdctl failed: {}{}",
-        text,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "etcdctl failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
     text
 }
 
 fn member_id(c: &Cluster, at: usize, name: &str) -> String {
     let list = ok(c.etcdctl(at, &["member", "list"]));
-    list.lines()
-        .find(|l| l.split(", ").nth(2) == Some(name))
-        .and_then(|l| l.split(',').next())
-        .unwrap()
-        .to_string()
+    list.lines().find(|l| l.split(", ").nth(2) == Some(name)).and_then(|l| l.split(',').next()).unwrap().to_string()
 }
 
 async fn status(ep: &str) -> etcd_client::StatusResponse {
-    Client::connect([ep], None)
-        .await
-        .unwrap()
-        .status()
-        .await
-        .unwrap()
+    Client::connect([ep], None).await.unwrap().status().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -45,22 +31,8 @@ async fn learner_joins_under_load_then_is_promoted_and_replaces_a_voter() {
 
     // Add a learner with etcdctl and start it as `member add` says.
     let n4 = c.add_member_slot();
-    let out = ok(c.etcdctl(
-        0,
-        &[
-            "member",
-            "add",
-            "n4",
-            "--learner",
-            &format!("--peer-urls={}", c.peer_url(n4)),
-        ],
-    ));
-    let initial_cluster = out
-        .lines()
-        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
-        .unwrap()
-        .trim_matches('"')
-        .to_string();
+    let out = ok(c.etcdctl(0, &["member", "add", "n4", "--learner", &format!("--peer-urls={}", c.peer_url(n4))]));
+    let initial_cluster = out.lines().find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=")).unwrap().trim_matches('"').to_string();
     c.spawn_joining(n4, &initial_cluster);
 
     // It catches up while the group keeps serving.
@@ -70,61 +42,28 @@ async fn learner_joins_under_load_then_is_promoted_and_replaces_a_voter() {
         if let Ok(mut cl) = Client::connect([ep4.clone()], None).await {
             if let Ok(s) = cl.status().await {
                 let leader = status(&c.members[1].endpoint()).await;
-                if s.is_learner() && s.raft_index() + 5 >= leader.raft_index() && s.raft_index() > 0
-                {
+                if s.is_learner() && s.raft_index() + 5 >= leader.raft_index() && s.raft_index() > 0 {
                     break;
                 }
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "learner did not catch up:\n{}",
-            c.log(n4)
-        );
+        assert!(Instant::now() < deadline, "learner did not catch up:\n{}", c.log(n4));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        ok(etcdctl(&ep4, &["endpoint", "status"])).contains("true"),
-        "status marks the learner"
-    );
+    assert!(ok(etcdctl(&ep4, &["endpoint", "status"])).contains("true"), "status marks the learner");
 
     // Reads on the learner: serializable, linearizable (ReadIndex via the leader), watch.
     let mut learner = Client::connect([ep4.clone()], None).await.unwrap();
     let mut direct = c.client(1).await;
-    let rev = direct
-        .put("fresh", "1", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let rev = direct.put("fresh", "1", None).await.unwrap().header().unwrap().revision();
     let lin = learner.get("fresh", None).await.unwrap();
-    assert_eq!(
-        lin.kvs()[0].mod_revision(),
-        rev,
-        "linearizable read on a learner sees the latest write"
-    );
-    let ser = learner
-        .get(
-            "load/",
-            Some(
-                GetOptions::new()
-                    .with_prefix()
-                    .with_serializable()
-                    .with_count_only(),
-            ),
-        )
-        .await
-        .unwrap();
+    assert_eq!(lin.kvs()[0].mod_revision(), rev, "linearizable read on a learner sees the latest write");
+    let ser = learner.get("load/", Some(GetOptions::new().with_prefix().with_serializable().with_count_only())).await.unwrap();
     assert!(ser.count() >= 200);
     let mut w = learner.watch("fresh", None).await.unwrap();
     assert!(w.message().await.unwrap().unwrap().created());
     direct.put("fresh", "2", None).await.unwrap();
-    let ev = tokio::time::timeout(Duration::from_secs(5), w.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), w.message()).await.unwrap().unwrap().unwrap();
     assert_eq!(ev.events()[0].kv().unwrap().value(), b"2");
     // A write sent to the learner is forwarded to the leader.
     learner.put("via-learner", "ok", None).await.unwrap();
@@ -138,8 +77,7 @@ async fn learner_joins_under_load_then_is_promoted_and_replaces_a_voter() {
     learner.get("fresh", None).await.unwrap();
     assert!(!status(&ep4).await.is_learner());
     let again = c.etcdctl(1, &["member", "promote", &id4]);
-    assert!(String::from_utf8_lossy(&again.stderr)
-        .contains("etcdserver: can only promote a learner member"));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("etcdserver: can only promote a learner member"));
     let leader_at = c.leader().await;
     ok(c.etcdctl(leader_at, &["move-leader", &id4]));
     assert_eq!(c.leader().await, n4);
@@ -161,9 +99,7 @@ async fn hashkv_agrees_and_backup_restores_into_a_new_group() {
     let c = Cluster::start(3, &[]).await;
     let mut cl = c.client(0).await;
     for i in 0..50 {
-        cl.put(format!("b/{i}"), format!("{i}"), None)
-            .await
-            .unwrap();
+        cl.put(format!("b/{i}"), format!("{i}"), None).await.unwrap();
     }
     cl.delete("b/7", None).await.unwrap();
     // Every member has applied everything (linearizable read on each), then hashes agree.
@@ -171,29 +107,19 @@ async fn hashkv_agrees_and_backup_restores_into_a_new_group() {
         c.client(i).await.get("b/1", None).await.unwrap();
     }
     let hashes = ok(etcdctl(&c.endpoints().join(","), &["endpoint", "hashkv"]));
-    let values: Vec<&str> = hashes
-        .lines()
-        .map(|l| l.split(", ").nth(1).unwrap())
-        .collect();
+    let values: Vec<&str> = hashes.lines().map(|l| l.split(", ").nth(1).unwrap()).collect();
     assert_eq!(values.len(), 3);
     assert!(values.iter().all(|h| *h == values[0]), "{hashes}");
 
     ok(c.etcdctl(0, &["defrag"]));
     let file = c.members[0].dir.with_file_name("backup.db");
     let saved = c.etcdctl(1, &["snapshot", "save", file.to_str().unwrap()]);
-    assert!(
-        saved.status.success(),
-        "{}",
-        String::from_utf8_lossy(&saved.stderr)
-    );
+    assert!(saved.status.success(), "{}", String::from_utf8_lossy(&saved.stderr));
 
     // A new single-member group from the backup.
     let restored = Cluster::start(1, &["--restore-from", file.to_str().unwrap()]).await;
     let mut r = restored.client(0).await;
-    let got = r
-        .get("b/", Some(GetOptions::new().with_prefix()))
-        .await
-        .unwrap();
+    let got = r.get("b/", Some(GetOptions::new().with_prefix())).await.unwrap();
     assert_eq!(got.count(), 49);
     assert!(r.get("b/7", None).await.unwrap().kvs().is_empty());
     r.put("b/new", "x", None).await.unwrap();
@@ -208,8 +134,7 @@ async fn quota_raises_nospace_and_the_documented_recovery_clears_it() {
     for i in 0..20 {
         let out = c.etcdctl(0, &["put", &format!("q/{i}"), &value]);
         if !out.status.success() {
-            assert!(String::from_utf8_lossy(&out.stderr)
-                .contains("etcdserver: mvcc: database space exceeded"));
+            assert!(String::from_utf8_lossy(&out.stderr).contains("etcdserver: mvcc: database space exceeded"));
             full = true;
             break;
         }
@@ -224,13 +149,7 @@ async fn quota_raises_nospace_and_the_documented_recovery_clears_it() {
 
     // Recovery: compact, defrag, disarm.
     let mut cl = c.client(0).await;
-    let rev = cl
-        .get("q/", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let rev = cl.get("q/", None).await.unwrap().header().unwrap().revision();
     ok(c.etcdctl(0, &["compact", &rev.to_string()]));
     ok(c.etcdctl(0, &["defrag"]));
     ok(c.etcdctl(0, &["alarm", "disarm"]));
@@ -244,10 +163,7 @@ async fn member_update_moves_a_peer_url() {
     let id3 = member_id(&c, 0, "n3");
     let new_port = c.members[2].peer_port + 5;
     let new_url = format!("http://{}:{new_port}", c.members[2].host);
-    ok(c.etcdctl(
-        0,
-        &["member", "update", &id3, &format!("--peer-urls={new_url}")],
-    ));
+    ok(c.etcdctl(0, &["member", "update", &id3, &format!("--peer-urls={new_url}")]));
     assert!(ok(c.etcdctl(1, &["member", "list"])).contains(&new_url));
 
     // The member moves to its new address; the others reach it there.
@@ -256,13 +172,7 @@ async fn member_update_moves_a_peer_url() {
     c.spawn(2);
     c.wait_ready().await;
     let mut n1 = c.client(0).await;
-    let rev = n1
-        .put("moved", "yes", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let rev = n1.put("moved", "yes", None).await.unwrap().header().unwrap().revision();
     let mut n3 = c.client(2).await;
     let got = n3.get("moved", None).await.unwrap(); // linearizable: a ReadIndex round over raft
     assert_eq!(got.kvs()[0].mod_revision(), rev);

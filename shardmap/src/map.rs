@@ -109,22 +109,11 @@ impl Routing {
 
     /// The longest pin or spread entry that prefixes `key`.
     fn entry(&self, key: &[u8]) -> Option<(&[u8], Entry<'_>)> {
-        let pin = self
-            .map
-            .pins
-            .iter()
-            .filter(|(p, _)| key.starts_with(p.as_bytes()))
-            .max_by_key(|(p, _)| p.len());
-        let spread = self
-            .map
-            .spreads
-            .iter()
-            .filter(|(p, g)| !g.is_empty() && key.starts_with(p.as_bytes()))
-            .max_by_key(|(p, _)| p.len());
+        let pin = self.map.pins.iter().filter(|(p, _)| key.starts_with(p.as_bytes())).max_by_key(|(p, _)| p.len());
+        let spread =
+            self.map.spreads.iter().filter(|(p, g)| !g.is_empty() && key.starts_with(p.as_bytes())).max_by_key(|(p, _)| p.len());
         match (pin, spread) {
-            (Some((p, g)), Some((s, _))) if p.len() >= s.len() => {
-                Some((p.as_bytes(), Entry::Pin(*g)))
-            }
+            (Some((p, g)), Some((s, _))) if p.len() >= s.len() => Some((p.as_bytes(), Entry::Pin(*g))),
             (_, Some((s, gs))) => Some((s.as_bytes(), Entry::Spread(gs))),
             (Some((p, g)), None) => Some((p.as_bytes(), Entry::Pin(*g))),
             (None, None) => None,
@@ -135,9 +124,7 @@ impl Routing {
     pub fn group_of(&self, key: &[u8]) -> Option<u64> {
         match self.entry(key) {
             Some((_, Entry::Pin(g))) => Some(g),
-            Some((p, Entry::Spread(gs))) => {
-                Some(gs[(hash(next_segment(key, p)) % gs.len() as u64) as usize])
-            }
+            Some((p, Entry::Spread(gs))) => Some(gs[(hash(next_segment(key, p)) % gs.len() as u64) as usize]),
             None => self.ring.owner(placement_unit(key, self.map.depth)),
         }
     }
@@ -188,13 +175,9 @@ mod tests {
     use super::*;
 
     fn map() -> Routing {
-        let mut m = ShardMap {
-            ring: vec![1, 2, 3],
-            ..Default::default()
-        };
+        let mut m = ShardMap { ring: vec![1, 2, 3], ..Default::default() };
         m.pins.insert("/registry/pinned/".into(), 7);
-        m.spreads
-            .insert("/registry/leases/kube-node-lease/".into(), vec![4, 5]);
+        m.spreads.insert("/registry/leases/kube-node-lease/".into(), vec![4, 5]);
         m.routing()
     }
 
@@ -204,15 +187,10 @@ mod tests {
         let a = r.group_of(b"/registry/pods/ns1/a").unwrap();
         assert_eq!(r.group_of(b"/registry/pods/ns2/b"), Some(a));
         assert_eq!(r.group_of(b"/registry/pinned/x/y"), Some(7));
-        let s = r
-            .group_of(b"/registry/leases/kube-node-lease/node-1")
-            .unwrap();
+        let s = r.group_of(b"/registry/leases/kube-node-lease/node-1").unwrap();
         assert!(s == 4 || s == 5);
-        let spread: BTreeSet<u64> = (0..50)
-            .filter_map(|i| {
-                r.group_of(format!("/registry/leases/kube-node-lease/node-{i}").as_bytes())
-            })
-            .collect();
+        let spread: BTreeSet<u64> =
+            (0..50).filter_map(|i| r.group_of(format!("/registry/leases/kube-node-lease/node-{i}").as_bytes())).collect();
         assert_eq!(spread.len(), 2);
     }
 
@@ -220,14 +198,8 @@ mod tests {
     fn ranges_touch_only_overlapping_groups() {
         let r = map();
         let pods = r.group_of(b"/registry/pods/x").unwrap();
-        assert_eq!(
-            r.groups_for_range(b"/registry/pods/", b"/registry/pods0"),
-            vec![pods]
-        );
-        assert_eq!(
-            r.groups_for_range(b"/registry/pinned/", b"/registry/pinned0"),
-            vec![7]
-        );
+        assert_eq!(r.groups_for_range(b"/registry/pods/", b"/registry/pods0"), vec![pods]);
+        assert_eq!(r.groups_for_range(b"/registry/pinned/", b"/registry/pinned0"), vec![7]);
         assert_eq!(r.groups_for_range(b"", b"\0"), vec![1, 2, 3, 4, 5, 7]);
         let reg = r.groups_for_range(b"/registry/", b"/registry0");
         assert!(reg.contains(&7) && reg.contains(&4) && reg.contains(&1));

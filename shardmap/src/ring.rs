@@ -59,24 +59,14 @@ mod tests {
         let before = Ring::new(&[1, 2, 3]);
         let after = Ring::new(&[1, 2, 3, 4]);
         let units: Vec<String> = (0..4000).map(|i| format!("/registry/type{i}/")).collect();
-        let moved = units
-            .iter()
-            .filter(|u| before.owner(u.as_bytes()) != after.owner(u.as_bytes()))
-            .count();
+        let moved = units.iter().filter(|u| before.owner(u.as_bytes()) != after.owner(u.as_bytes())).count();
         assert!(moved > 600 && moved < 1500, "moved {moved} of 4000");
         // every moved unit moved to the new group
         assert!(units
             .iter()
             .filter(|u| before.owner(u.as_bytes()) != after.owner(u.as_bytes()))
             .all(|u| after.owner(u.as_bytes()) == Some(4)));
-        let per: Vec<usize> = (1..=3)
-            .map(|g| {
-                units
-                    .iter()
-                    .filter(|u| before.owner(u.as_bytes()) == Some(g))
-                    .count()
-            })
-            .collect();
+        let per: Vec<usize> = (1..=3).map(|g| units.iter().filter(|u| before.owner(u.as_bytes()) == Some(g)).count()).collect();
         assert!(per.iter().all(|n| *n > 800), "unbalanced: {per:?}");
     }
 }

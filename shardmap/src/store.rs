@@ -21,26 +21,14 @@ pub enum UpdateError {
 
 /// Applies `change` to the current map (a default map if none exists) and
 /// stores the result if `change` returned true. Returns the stored map.
-pub async fn update(
-    url: &str,
-    mut change: impl FnMut(&mut ShardMap) -> Result<bool, String>,
-) -> Result<ShardMap, UpdateError> {
+pub async fn update(url: &str, mut change: impl FnMut(&mut ShardMap) -> Result<bool, String>) -> Result<ShardMap, UpdateError> {
     let mut kv = KvClient::new(channel(url).await?);
     let unreachable = |e: tonic::Status| FetchError::Unreachable(format!("{url}: {}", e.message()));
     loop {
-        let resp = kv
-            .range(RangeRequest {
-                key: MAP_KEY.to_vec(),
-                ..Default::default()
-            })
-            .await
-            .map_err(unreachable)?
-            .into_inner();
+        let resp =
+            kv.range(RangeRequest { key: MAP_KEY.to_vec(), ..Default::default() }).await.map_err(unreachable)?.into_inner();
         let (mut map, mod_rev) = match resp.kvs.into_iter().next() {
-            Some(kv) => (
-                serde_json::from_slice::<ShardMap>(&kv.value).map_err(FetchError::Decode)?,
-                kv.mod_revision,
-            ),
+            Some(kv) => (serde_json::from_slice::<ShardMap>(&kv.value).map_err(FetchError::Decode)?, kv.mod_revision),
             None => (ShardMap::default(), 0),
         };
         if !change(&mut map).map_err(UpdateError::Refused)? {
@@ -57,21 +45,11 @@ pub async fn update(
                 ..Default::default()
             }],
             success: vec![RequestOp {
-                request: Some(OpRequest::RequestPut(PutRequest {
-                    key: MAP_KEY.to_vec(),
-                    value,
-                    ..Default::default()
-                })),
+                request: Some(OpRequest::RequestPut(PutRequest { key: MAP_KEY.to_vec(), value, ..Default::default() })),
             }],
             failure: vec![],
         };
-        if kv
-            .txn(txn)
-            .await
-            .map_err(unreachable)?
-            .into_inner()
-            .succeeded
-        {
+        if kv.txn(txn).await.map_err(unreachable)?.into_inner().succeeded {
             return Ok(map);
         }
     }

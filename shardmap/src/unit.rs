@@ -40,11 +40,7 @@ pub fn common_prefix<'a>(key: &'a [u8], range_end: &[u8]) -> &'a [u8] {
     if crate::prefix_end(key) == range_end {
         return key; // a prefix range
     }
-    let n = key
-        .iter()
-        .zip(range_end)
-        .take_while(|(a, b)| a == b)
-        .count();
+    let n = key.iter().zip(range_end).take_while(|(a, b)| a == b).count();
     &key[..n]
 }
 
@@ -54,10 +50,7 @@ mod tests {
 
     #[test]
     fn units_follow_the_design() {
-        assert_eq!(
-            placement_unit(b"/registry/pods/ns/x", 3),
-            b"/registry/pods/"
-        );
+        assert_eq!(placement_unit(b"/registry/pods/ns/x", 3), b"/registry/pods/");
         assert_eq!(placement_unit(b"/registry/pods/", 3), b"/registry/pods/");
         assert_eq!(placement_unit(b"tx/a", 3), b"tx/");
         assert_eq!(placement_unit(b"app/lock/7f3a", 3), b"app/lock/");
@@ -67,10 +60,7 @@ mod tests {
 
     #[test]
     fn common_prefixes() {
-        assert_eq!(
-            common_prefix(b"/registry/pods/", b"/registry/pods0"),
-            b"/registry/pods/"
-        );
+        assert_eq!(common_prefix(b"/registry/pods/", b"/registry/pods0"), b"/registry/pods/");
         assert_eq!(common_prefix(b"k", b""), b"k");
         assert_eq!(common_prefix(b"", b"\0"), b"");
         assert_eq!(common_prefix(b"abc", b"abd"), b"abc");

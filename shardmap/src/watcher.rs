@@ -40,10 +40,7 @@ pub async fn channel(url: &str) -> Result<tonic::transport::Channel, FetchError>
 pub async fn fetch(url: &str) -> Result<(ShardMap, i64), FetchError> {
     let mut kv = KvClient::new(channel(url).await?);
     let resp = kv
-        .range(RangeRequest {
-            key: MAP_KEY.to_vec(),
-            ..Default::default()
-        })
+        .range(RangeRequest { key: MAP_KEY.to_vec(), ..Default::default() })
         .await
         .map_err(|e| FetchError::Unreachable(format!("{url}: {}", e.message())))?
         .into_inner();
@@ -96,17 +93,9 @@ async fn follow_one(url: &str, tx: &watch::Sender<Option<Arc<Routing>>>) -> Resu
     };
     let mut watch = WatchClient::new(channel(url).await?);
     let (req_tx, req_rx) = tokio::sync::mpsc::channel(1);
-    let create = WatchCreateRequest {
-        key: MAP_KEY.to_vec(),
-        start_revision: rev + 1,
-        progress_notify: true,
-        ..Default::default()
-    };
-    let _ = req_tx
-        .send(WatchRequest {
-            request_union: Some(RequestUnion::CreateRequest(create)),
-        })
-        .await;
+    let create =
+        WatchCreateRequest { key: MAP_KEY.to_vec(), start_revision: rev + 1, progress_notify: true, ..Default::default() };
+    let _ = req_tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await;
     let mut stream = watch
         .watch(tokio_stream::wrappers::ReceiverStream::new(req_rx))
         .await

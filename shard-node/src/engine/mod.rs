@@ -43,8 +43,7 @@ impl WriteBatch {
     }
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
-    }
-}
+    }}
 
 pub trait Engine: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
@@ -54,8 +53,7 @@ pub trait Engine: Send + Sync + 'static {
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<()>;
     /// Visits `[start, end)` in key order from one consistent point in time,
     /// until `f` returns false.
-    fn scan(&self, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool)
-        -> Result<()>;
+    fn scan(&self, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()>;
     /// Bytes the engine occupies on disk.
     fn size_on_disk(&self) -> u64;
     /// Rewrites `[start, end)` to reclaim the space of deleted data.

@@ -54,12 +54,7 @@ impl Engine for RocksEngine {
         self.db.write_opt(wb, &wo).map_err(err)
     }
 
-    fn scan(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<()> {
+    fn scan(&self, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_iterate_upper_bound(end.to_vec());
         let mut it = self.db.raw_iterator_opt(ro);
@@ -75,18 +70,8 @@ impl Engine for RocksEngine {
     }
 
     fn size_on_disk(&self) -> u64 {
-        let live = self
-            .db
-            .property_int_value("rocksdb.total-sst-files-size")
-            .ok()
-            .flatten()
-            .unwrap_or(0);
-        let mem = self
-            .db
-            .property_int_value("rocksdb.cur-size-all-mem-tables")
-            .ok()
-            .flatten()
-            .unwrap_or(0);
+        let live = self.db.property_int_value("rocksdb.total-sst-files-size").ok().flatten().unwrap_or(0);
+        let mem = self.db.property_int_value("rocksdb.cur-size-all-mem-tables").ok().flatten().unwrap_or(0);
         live + mem
     }
 

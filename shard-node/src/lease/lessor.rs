@@ -40,30 +40,16 @@ fn encode(l: &Lease) -> Vec<u8> {
 
 impl Lessor {
     pub fn new(keys: GroupKeys) -> Self {
-        Self {
-            keys,
-            leases: BTreeMap::new(),
-            expiry: HashMap::new(),
-            primary: false,
-        }
+        Self { keys, leases: BTreeMap::new(), expiry: HashMap::new(), primary: false }
     }
 
     /// Reloads the lease table; key attachments come from the store.
-    pub fn reload(
-        &mut self,
-        engine: &dyn Engine,
-        attached: impl Iterator<Item = (Vec<u8>, i64)>,
-    ) -> Result<()> {
+    pub fn reload(&mut self, engine: &dyn Engine, attached: impl Iterator<Item = (Vec<u8>, i64)>) -> Result<()> {
         self.leases.clear();
         let (start, end) = self.keys.table(b'l');
         engine.scan(&start, &end, &mut |k, v| {
             let id = decode_i64(self.keys.suffix(k));
-            let l = Lease {
-                id,
-                ttl: decode_i64(&v[..8]),
-                remaining_ttl: decode_i64(&v[8..16]),
-                keys: BTreeSet::new(),
-            };
+            let l = Lease { id, ttl: decode_i64(&v[..8]), remaining_ttl: decode_i64(&v[8..16]), keys: BTreeSet::new() };
             self.leases.insert(id, l);
             true
         })?;
@@ -97,12 +83,7 @@ impl Lessor {
     // ---- replicated changes (called by the applier) ----
 
     pub fn grant(&mut self, id: i64, ttl: i64, batch: &mut WriteBatch) {
-        let l = Lease {
-            id,
-            ttl,
-            remaining_ttl: 0,
-            keys: BTreeSet::new(),
-        };
+        let l = Lease { id, ttl, remaining_ttl: 0, keys: BTreeSet::new() };
         batch.put(self.keys.lease(id), encode(&l));
         if self.primary {
             self.expiry.insert(id, Instant::now() + secs(ttl));
@@ -145,11 +126,7 @@ impl Lessor {
             .leases
             .values()
             .map(|l| {
-                let ttl = if l.remaining_ttl > 0 {
-                    l.remaining_ttl
-                } else {
-                    l.ttl
-                };
+                let ttl = if l.remaining_ttl > 0 { l.remaining_ttl } else { l.ttl };
                 (l.id, now + extend + secs(ttl))
             })
             .collect();
@@ -177,11 +154,7 @@ impl Lessor {
 
     pub fn expired(&self) -> Vec<i64> {
         let now = Instant::now();
-        self.expiry
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(id, _)| *id)
-            .collect()
+        self.expiry.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect()
     }
 
     /// Remaining TTLs worth checkpointing: leases that have lived a while.

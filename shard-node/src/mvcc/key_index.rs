@@ -81,11 +81,7 @@ impl KeyIndex {
     pub fn compact(&mut self, at: i64, dropped: &mut Vec<Entry>) -> bool {
         let i = self.entries.partition_point(|e| e.rev.main <= at);
         if i > 0 {
-            let keep_from = if self.entries[i - 1].is_tombstone() {
-                i
-            } else {
-                i - 1
-            };
+            let keep_from = if self.entries[i - 1].is_tombstone() { i } else { i - 1 };
             dropped.extend(self.entries.drain(..keep_from));
         }
         self.entries.is_empty()
@@ -97,22 +93,10 @@ mod tests {
     use super::*;
 
     fn put(main: i64, create: i64, version: i64) -> Entry {
-        Entry {
-            rev: Rev::new(main, 0),
-            create,
-            version,
-            lease: 0,
-            size: 0,
-        }
+        Entry { rev: Rev::new(main, 0), create, version, lease: 0, size: 0 }
     }
     fn tomb(main: i64) -> Entry {
-        Entry {
-            rev: Rev::new(main, 0),
-            create: 0,
-            version: 0,
-            lease: 0,
-            size: 0,
-        }
+        Entry { rev: Rev::new(main, 0), create: 0, version: 0, lease: 0, size: 0 }
     }
 
     #[test]
@@ -138,17 +122,11 @@ mod tests {
         }
         let mut dropped = vec![];
         assert!(!k.compact(8, &mut dropped));
-        assert_eq!(
-            dropped.iter().map(|e| e.rev).collect::<Vec<_>>(),
-            vec![Rev::new(5, 0)]
-        );
+        assert_eq!(dropped.iter().map(|e| e.rev).collect::<Vec<_>>(), vec![Rev::new(5, 0)]);
         assert_eq!(k.at(8).map(|e| e.version), Some(2));
         dropped.clear();
         assert!(!k.compact(10, &mut dropped));
-        assert_eq!(
-            dropped.iter().map(|e| e.rev).collect::<Vec<_>>(),
-            vec![Rev::new(7, 0), Rev::new(9, 0)]
-        );
+        assert_eq!(dropped.iter().map(|e| e.rev).collect::<Vec<_>>(), vec![Rev::new(7, 0), Rev::new(9, 0)]);
         assert_eq!(k.at(10), None);
         assert_eq!(k.at(12).map(|e| e.version), Some(1));
         dropped.clear();

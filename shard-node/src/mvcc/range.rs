@@ -5,10 +5,10 @@
 
 use super::{Entry, Rev, State};
 use crate::error::{Error, Result};
-use std::ops::Bound;
 use tessera_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use tessera_proto::etcdserverpb::{RangeRequest, RangeResponse};
 use tessera_proto::mvccpb::KeyValue;
+use std::ops::Bound;
 
 /// `[key, range_end)` as etcd reads it: an empty end is the single key, an
 /// end of `\0` is every key >= key.
@@ -21,21 +21,9 @@ pub struct RangeBounds<'a> {
 impl<'a> RangeBounds<'a> {
     pub fn new(key: &'a [u8], range_end: &'a [u8]) -> Self {
         match range_end {
-            [] => Self {
-                start: key,
-                end: Bound::Included(key),
-                single: true,
-            },
-            [0] => Self {
-                start: key,
-                end: Bound::Unbounded,
-                single: false,
-            },
-            end => Self {
-                start: key,
-                end: Bound::Excluded(end),
-                single: false,
-            },
+            [] => Self { start: key, end: Bound::Included(key), single: true },
+            [0] => Self { start: key, end: Bound::Unbounded, single: false },
+            end => Self { start: key, end: Bound::Excluded(end), single: false },
         }
     }
     pub fn contains(&self, k: &[u8]) -> bool {
@@ -56,12 +44,7 @@ pub fn key_in_range(k: &[u8], key: &[u8], range_end: &[u8]) -> bool {
 }
 
 /// Every key of the range alive at `rev`, in key order.
-pub(crate) fn entries_at<'s>(
-    st: &'s State,
-    key: &[u8],
-    range_end: &[u8],
-    rev: i64,
-) -> Vec<(&'s [u8], Entry)> {
+pub(crate) fn entries_at<'s>(st: &'s State, key: &[u8], range_end: &[u8], rev: i64) -> Vec<(&'s [u8], Entry)> {
     let b = RangeBounds::new(key, range_end);
     if b.is_empty() {
         return vec![];
@@ -93,10 +76,7 @@ pub(crate) fn range(
     let mut found = entries_at(st, &req.key, &req.range_end, rev);
     let count = found.len() as i64;
     if req.count_only {
-        return Ok(RangeResponse {
-            count,
-            ..Default::default()
-        });
+        return Ok(RangeResponse { count, ..Default::default() });
     }
     let keep = |e: &Entry| {
         (req.min_mod_revision == 0 || e.rev.main >= req.min_mod_revision)
@@ -111,11 +91,7 @@ pub(crate) fn range(
     if target != SortTarget::Key && order == SortOrder::None {
         order = SortOrder::Ascend;
     }
-    let limit = if req.limit > 0 {
-        req.limit as usize
-    } else {
-        usize::MAX
-    };
+    let limit = if req.limit > 0 { req.limit as usize } else { usize::MAX };
 
     // `more`: the filtered range holds more than the limit lets through.
     let more = found.len() > limit;
@@ -157,10 +133,5 @@ pub(crate) fn range(
             kv.value.clear();
         }
     }
-    Ok(RangeResponse {
-        kvs,
-        more,
-        count,
-        header: None,
-    })
+    Ok(RangeResponse { kvs, more, count, header: None })
 }

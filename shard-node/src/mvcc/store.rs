@@ -45,12 +45,7 @@ impl MvccStore {
         let store = Self {
             engine,
             keys,
-            state: RwLock::new(State {
-                index: BTreeMap::new(),
-                rev: 0,
-                compact_rev: 0,
-                bytes: 0,
-            }),
+            state: RwLock::new(State { index: BTreeMap::new(), rev: 0, compact_rev: 0, bytes: 0 }),
         };
         store.reload()?;
         Ok(store)
@@ -83,11 +78,7 @@ impl MvccStore {
             return Err(Error::Internal(format!("corrupt revision value: {e}")));
         }
         let meta = |name| -> Result<i64> {
-            Ok(self
-                .engine
-                .get(&self.keys.meta(name))?
-                .map(|v| decode_i64(&v))
-                .unwrap_or(0))
+            Ok(self.engine.get(&self.keys.meta(name))?.map(|v| decode_i64(&v)).unwrap_or(0))
         };
         let mut st = self.state.write();
         st.rev = meta(META_REV)?;
@@ -112,10 +103,7 @@ impl MvccStore {
     }
 
     pub(crate) fn fetch(&self, revs: &[Rev]) -> Result<Vec<KeyValue>> {
-        let keys: Vec<Vec<u8>> = revs
-            .iter()
-            .map(|r| self.keys.revision(r.main, r.sub))
-            .collect();
+        let keys: Vec<Vec<u8>> = revs.iter().map(|r| self.keys.revision(r.main, r.sub)).collect();
         self.engine
             .multi_get(&keys)?
             .into_iter()
@@ -197,9 +185,7 @@ impl MvccStore {
         let mut dropped = vec![];
         st.index.retain(|_, ki| !ki.compact(at, &mut dropped));
         st.compact_rev = at;
-        st.bytes = st
-            .bytes
-            .saturating_sub(dropped.iter().map(|e| e.size as u64).sum());
+        st.bytes = st.bytes.saturating_sub(dropped.iter().map(|e| e.size as u64).sum());
         dropped.into_iter().map(|e| e.rev).collect()
     }
 
@@ -209,10 +195,7 @@ impl MvccStore {
 
     pub(crate) fn write_meta(&self, batch: &mut WriteBatch, st: &State) {
         batch.put(self.keys.meta(META_REV), st.rev.to_be_bytes().to_vec());
-        batch.put(
-            self.keys.meta(META_COMPACT),
-            st.compact_rev.to_be_bytes().to_vec(),
-        );
+        batch.put(self.keys.meta(META_COMPACT), st.compact_rev.to_be_bytes().to_vec());
     }
 
     /// etcd's HashKV: a CRC32 over every stored revision up to `rev` (0 =
@@ -238,13 +221,10 @@ impl MvccStore {
         let st = self.state.read();
         st.index
             .iter()
-            .filter_map(|(k, ki)| {
-                ki.latest()
-                    .filter(|e| e.lease != 0)
-                    .map(|e| (k.clone(), e.lease))
-            })
+            .filter_map(|(k, ki)| ki.latest().filter(|e| e.lease != 0).map(|e| (k.clone(), e.lease)))
             .collect()
     }
+
 }
 
 /// The watch event a stored revision stands for: a version of 0 is a tombstone.
@@ -252,18 +232,10 @@ pub fn event_of(kv: KeyValue) -> Event {
     if kv.version == 0 {
         Event {
             r#type: EventType::Delete as i32,
-            kv: Some(KeyValue {
-                key: kv.key,
-                mod_revision: kv.mod_revision,
-                ..Default::default()
-            }),
+            kv: Some(KeyValue { key: kv.key, mod_revision: kv.mod_revision, ..Default::default() }),
             prev_kv: None,
         }
     } else {
-        Event {
-            r#type: EventType::Put as i32,
-            kv: Some(kv),
-            prev_kv: None,
-        }
+        Event { r#type: EventType::Put as i32, kv: Some(kv), prev_kv: None }
     }
 }

@@ -16,8 +16,8 @@ use tessera_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetU
 use tessera_proto::etcdserverpb::request_op::Request;
 use tessera_proto::etcdserverpb::response_op::Response;
 use tessera_proto::etcdserverpb::{
-    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, RequestOp, ResponseOp, TxnRequest, TxnResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    RequestOp, ResponseOp, TxnRequest, TxnResponse,
 };
 use tessera_proto::mvccpb::{event::EventType, Event, KeyValue};
 
@@ -88,11 +88,7 @@ impl<'s> WriteTxn<'s> {
     }
 
     fn fetch(&self, revs: &[Rev]) -> Result<Vec<KeyValue>> {
-        let missing: Vec<Rev> = revs
-            .iter()
-            .filter(|r| !self.pending.contains_key(r))
-            .copied()
-            .collect();
+        let missing: Vec<Rev> = revs.iter().filter(|r| !self.pending.contains_key(r)).copied().collect();
         let mut loaded = self.store.fetch(&missing)?.into_iter();
         Ok(revs
             .iter()
@@ -107,31 +103,19 @@ impl<'s> WriteTxn<'s> {
         let value = kv.encode_to_vec();
         entry.size = value.len() as u32;
         self.st.bytes += value.len() as u64;
-        self.batch.put(
-            self.store.keys.revision(entry.rev.main, entry.rev.sub),
-            value,
-        );
+        self.batch.put(self.store.keys.revision(entry.rev.main, entry.rev.sub), value);
         self.st.index.entry(key.to_vec()).or_default().push(entry);
         self.touched.push(key.to_vec());
         self.pending.insert(entry.rev, kv);
     }
 
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
-        let rev = if req.revision > 0 {
-            req.revision
-        } else {
-            self.read_rev()
-        };
+        let rev = if req.revision > 0 { req.revision } else { self.read_rev() };
         range::range(self.st, req, rev, &|revs| self.fetch(revs))
     }
 
     pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse> {
-        let prev = self
-            .st
-            .index
-            .get(&req.key)
-            .and_then(|k| k.at(self.read_rev()))
-            .copied();
+        let prev = self.st.index.get(&req.key).and_then(|k| k.at(self.read_rev())).copied();
         let prev_kv = match prev {
             Some(e) if req.prev_kv || req.ignore_value => self.fetch(&[e.rev])?.pop(),
             _ => None,
@@ -148,89 +132,38 @@ impl<'s> WriteTxn<'s> {
         };
         let rev = self.write_rev();
         let (create, version) = prev.map_or((rev, 1), |p| (p.create, p.version + 1));
-        let entry = Entry {
-            rev: Rev::new(rev, self.sub),
-            create,
-            version,
-            lease,
-            size: 0,
-        };
+        let entry = Entry { rev: Rev::new(rev, self.sub), create, version, lease, size: 0 };
         self.sub += 1;
-        let kv = KeyValue {
-            key: req.key.clone(),
-            create_revision: create,
-            mod_revision: rev,
-            version,
-            value,
-            lease,
-        };
-        self.events.push(Event {
-            r#type: EventType::Put as i32,
-            kv: Some(kv.clone()),
-            prev_kv: None,
-        });
+        let kv = KeyValue { key: req.key.clone(), create_revision: create, mod_revision: rev, version, value, lease };
+        self.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv.clone()), prev_kv: None });
         let old_lease = prev.map_or(0, |p| p.lease);
         if old_lease != lease {
-            self.lease_moves.push(LeaseMove {
-                key: req.key.clone(),
-                from: old_lease,
-                to: lease,
-            });
+            self.lease_moves.push(LeaseMove { key: req.key.clone(), from: old_lease, to: lease });
         }
         self.record(&req.key, entry, kv);
-        Ok(PutResponse {
-            header: None,
-            prev_kv: prev_kv.filter(|_| req.prev_kv),
-        })
+        Ok(PutResponse { header: None, prev_kv: prev_kv.filter(|_| req.prev_kv) })
     }
 
     pub fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
-        let found: Vec<(Vec<u8>, Entry)> =
-            entries_at(self.st, &req.key, &req.range_end, self.read_rev())
-                .into_iter()
-                .map(|(k, e)| (k.to_vec(), e))
-                .collect();
-        let prev_kvs = if req.prev_kv {
-            self.fetch(&found.iter().map(|(_, e)| e.rev).collect::<Vec<_>>())?
-        } else {
-            vec![]
-        };
+        let found: Vec<(Vec<u8>, Entry)> = entries_at(self.st, &req.key, &req.range_end, self.read_rev())
+            .into_iter()
+            .map(|(k, e)| (k.to_vec(), e))
+            .collect();
+        let prev_kvs = if req.prev_kv { self.fetch(&found.iter().map(|(_, e)| e.rev).collect::<Vec<_>>())? } else { vec![] };
         for (key, e) in &found {
             self.delete_one(key, e.lease);
         }
-        Ok(DeleteRangeResponse {
-            header: None,
-            deleted: found.len() as i64,
-            prev_kvs,
-        })
+        Ok(DeleteRangeResponse { header: None, deleted: found.len() as i64, prev_kvs })
     }
 
     fn delete_one(&mut self, key: &[u8], lease: i64) {
         let rev = self.write_rev();
-        let entry = Entry {
-            rev: Rev::new(rev, self.sub),
-            create: 0,
-            version: 0,
-            lease: 0,
-            size: 0,
-        };
+        let entry = Entry { rev: Rev::new(rev, self.sub), create: 0, version: 0, lease: 0, size: 0 };
         self.sub += 1;
-        let kv = KeyValue {
-            key: key.to_vec(),
-            mod_revision: rev,
-            ..Default::default()
-        };
-        self.events.push(Event {
-            r#type: EventType::Delete as i32,
-            kv: Some(kv.clone()),
-            prev_kv: None,
-        });
+        let kv = KeyValue { key: key.to_vec(), mod_revision: rev, ..Default::default() };
+        self.events.push(Event { r#type: EventType::Delete as i32, kv: Some(kv.clone()), prev_kv: None });
         if lease != 0 {
-            self.lease_moves.push(LeaseMove {
-                key: key.to_vec(),
-                from: lease,
-                to: 0,
-            });
+            self.lease_moves.push(LeaseMove { key: key.to_vec(), from: lease, to: 0 });
         }
         self.record(key, entry, kv);
     }
@@ -250,11 +183,7 @@ impl<'s> WriteTxn<'s> {
         self.bumped = true;
     }
 
-    pub fn txn(
-        &mut self,
-        req: &TxnRequest,
-        lease_exists: &dyn Fn(i64) -> bool,
-    ) -> Result<TxnResponse> {
+    pub fn txn(&mut self, req: &TxnRequest, lease_exists: &dyn Fn(i64) -> bool) -> Result<TxnResponse> {
         // As etcd: every compare of every nested txn is evaluated against the
         // state before the txn, then the chosen ops are checked, then run.
         let mut path = vec![];
@@ -280,13 +209,7 @@ impl<'s> WriteTxn<'s> {
         Ok(())
     }
 
-    fn check_requests(
-        &self,
-        req: &TxnRequest,
-        path: &[bool],
-        at: &mut usize,
-        lease_exists: &dyn Fn(i64) -> bool,
-    ) -> Result<()> {
+    fn check_requests(&self, req: &TxnRequest, path: &[bool], at: &mut usize, lease_exists: &dyn Fn(i64) -> bool) -> Result<()> {
         let ok = path[*at];
         *at += 1;
         for op in branch(req, ok) {
@@ -304,12 +227,7 @@ impl<'s> WriteTxn<'s> {
                         return Err(Error::LeaseNotFound);
                     }
                     if (p.ignore_value || p.ignore_lease)
-                        && self
-                            .st
-                            .index
-                            .get(&p.key)
-                            .and_then(|k| k.at(self.begin_rev))
-                            .is_none()
+                        && self.st.index.get(&p.key).and_then(|k| k.at(self.begin_rev)).is_none()
                     {
                         return Err(Error::KeyNotFound);
                     }
@@ -329,21 +247,13 @@ impl<'s> WriteTxn<'s> {
             let response = match &op.request {
                 Some(Request::RequestRange(r)) => Response::ResponseRange(self.range(r)?),
                 Some(Request::RequestPut(p)) => Response::ResponsePut(self.put(p)?),
-                Some(Request::RequestDeleteRange(d)) => {
-                    Response::ResponseDeleteRange(self.delete_range(d)?)
-                }
+                Some(Request::RequestDeleteRange(d)) => Response::ResponseDeleteRange(self.delete_range(d)?),
                 Some(Request::RequestTxn(t)) => Response::ResponseTxn(self.exec(t, path, at)?),
                 None => continue,
             };
-            responses.push(ResponseOp {
-                response: Some(response),
-            });
+            responses.push(ResponseOp { response: Some(response) });
         }
-        Ok(TxnResponse {
-            header: None,
-            succeeded: ok,
-            responses,
-        })
+        Ok(TxnResponse { header: None, succeeded: ok, responses })
     }
 
     fn compare(&self, c: &Compare) -> Result<bool> {
@@ -352,9 +262,7 @@ impl<'s> WriteTxn<'s> {
         if found.is_empty() {
             // etcd: a value compare on a missing key always fails; other
             // targets compare against zero.
-            return Ok(
-                target != CompareTarget::Value && compare_one(c, target, &Entry::zero(), &[])
-            );
+            return Ok(target != CompareTarget::Value && compare_one(c, target, &Entry::zero(), &[]));
         }
         let values = if target == CompareTarget::Value {
             self.fetch(&found.iter().map(|(_, e)| e.rev).collect::<Vec<_>>())?
@@ -405,13 +313,7 @@ impl Drop for WriteTxn<'_> {
 
 impl Entry {
     fn zero() -> Self {
-        Entry {
-            rev: Rev::default(),
-            create: 0,
-            version: 0,
-            lease: 0,
-            size: 0,
-        }
+        Entry { rev: Rev::default(), create: 0, version: 0, lease: 0, size: 0 }
     }
 }
 

@@ -139,12 +139,10 @@ impl Driver {
                 }
             }
             Msg::Raft(m) => {
-                let proposal = (m.get_msg_type() == raft::prelude::MessageType::MsgPropose)
-                    .then(|| (*m).clone());
+                let proposal = (m.get_msg_type() == raft::prelude::MessageType::MsgPropose).then(|| (*m).clone());
                 match self.node.step(*m) {
                     Err(raft::Error::ProposalDropped) if proposal.is_some() => {
-                        self.parked
-                            .push((proposal.expect("checked"), Instant::now()));
+                        self.parked.push((proposal.expect("checked"), Instant::now()));
                     }
                     Err(e) => tracing::debug!(error = %e, "raft step"),
                     Ok(()) => {}
@@ -153,11 +151,7 @@ impl Driver {
             Msg::ReadIndex => {}
             Msg::Unreachable(id) => self.node.report_unreachable(id),
             Msg::SnapshotStatus { to, ok } => {
-                let status = if ok {
-                    SnapshotStatus::Finish
-                } else {
-                    SnapshotStatus::Failure
-                };
+                let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
                 self.node.report_snapshot(to, status);
             }
             Msg::TransferLeader(id) => self.node.transfer_leader(id),
@@ -202,12 +196,8 @@ impl Driver {
         // A leader drops ReadIndex requests until it has committed an entry
         // of its term, and messages can be lost: ask again after 3 ticks.
         let now = self.ticks;
-        let stale: Vec<Vec<u8>> = self
-            .reads_in_flight
-            .iter()
-            .filter(|(_, (_, at))| now - *at >= 3)
-            .map(|(c, _)| c.clone())
-            .collect();
+        let stale: Vec<Vec<u8>> =
+            self.reads_in_flight.iter().filter(|(_, (_, at))| now - *at >= 3).map(|(c, _)| c.clone()).collect();
         for ctx in stale {
             if let Some(r) = self.reads_in_flight.get_mut(&ctx) {
                 r.1 = now;
@@ -230,8 +220,7 @@ impl Driver {
         let mut ctx = self.group.member_id.to_be_bytes().to_vec();
         ctx.extend_from_slice(&self.next_read.to_be_bytes());
         self.next_read += 1;
-        self.reads_in_flight
-            .insert(ctx.clone(), (waiters, self.ticks));
+        self.reads_in_flight.insert(ctx.clone(), (waiters, self.ticks));
         self.node.read_index(ctx);
     }
 
@@ -272,11 +261,7 @@ impl Driver {
         }
         let start = Instant::now();
         // Losing the raft log would break raft's promises: stop instead.
-        self.group
-            .sm
-            .engine
-            .write(batch, sync)
-            .expect("raft log write failed");
+        self.group.sm.engine.write(batch, sync).expect("raft log write failed");
         if sync {
             metrics::WAL_FSYNC_SECONDS.observe(start.elapsed().as_secs_f64());
         }
@@ -302,10 +287,7 @@ impl Driver {
             if let Err(e) = self.group.sm.reload_after_snapshot() {
                 panic!("cannot load installed snapshot: {e}");
             }
-            tracing::info!(
-                index = snap.get_metadata().get_index(),
-                "installed snapshot"
-            );
+            tracing::info!(index = snap.get_metadata().get_index(), "installed snapshot");
         }
 
         self.apply(ready.take_committed_entries());
@@ -342,22 +324,16 @@ impl Driver {
         for e in entries {
             let index = e.get_index();
             match e.get_entry_type() {
-                EntryType::EntryNormal if e.get_data().is_empty() => {
-                    self.group.sm.apply_noop(index, None)
-                }
+                EntryType::EntryNormal if e.get_data().is_empty() => self.group.sm.apply_noop(index, None),
                 EntryType::EntryNormal => {
-                    if let Some((member, seq, out)) =
-                        self.group.sm.apply_command(index, e.get_data())
-                    {
+                    if let Some((member, seq, out)) = self.group.sm.apply_command(index, e.get_data()) {
                         if member == self.group.member_id {
                             self.group.resolve(seq, out);
                         }
                     }
                     metrics::PROPOSALS_APPLIED.inc();
                 }
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    self.apply_conf_change(&e)
-                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => self.apply_conf_change(&e),
             }
         }
     }
@@ -392,19 +368,15 @@ impl Driver {
             }
             Err(err) => {
                 tracing::warn!(error = %err, "conf change rejected");
-                Err(Error::InvalidArgument(format!(
-                    "conf change rejected: {err}"
-                )))
+                Err(Error::InvalidArgument(format!("conf change rejected: {err}")))
             }
         };
-        let proposer =
-            crate::membership::apply_context(&self.group.sm, &cc, e.get_context(), &mut batch);
+        let proposer = crate::membership::apply_context(&self.group.sm, &cc, e.get_context(), &mut batch);
         self.group.sm.apply_noop(e.get_index(), Some(batch));
         if let Some((member, seq)) = proposer {
             if member == self.group.member_id {
                 let rev = self.group.sm.store.current_revision();
-                self.group
-                    .resolve(seq, crate::apply::ApplyOutput { result, rev });
+                self.group.resolve(seq, crate::apply::ApplyOutput { result, rev });
             }
         }
     }

@@ -22,8 +22,5 @@ impl Drain for TracingDrain {
 }
 
 pub fn logger(group: u64, member: u64) -> slog::Logger {
-    slog::Logger::root(
-        TracingDrain.fuse(),
-        slog::o!("group" => group, "member" => member),
-    )
+    slog::Logger::root(TracingDrain.fuse(), slog::o!("group" => group, "member" => member))
 }

@@ -86,11 +86,7 @@ pub fn install_state(keys: &GroupKeys, data: &[u8], batch: &mut WriteBatch) -> R
     let mut rest = data;
     let take = |rest: &mut &[u8]| -> Result<Vec<u8>> {
         let bad = || Error::Internal("corrupt snapshot".into());
-        let len_bytes: [u8; 4] = rest
-            .get(..4)
-            .ok_or_else(bad)?
-            .try_into()
-            .map_err(|_| bad())?;
+        let len_bytes: [u8; 4] = rest.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?;
         let len = u32::from_be_bytes(len_bytes) as usize;
         let v = rest.get(4..4 + len).ok_or_else(bad)?.to_vec();
         *rest = &rest[4 + len..];

@@ -53,11 +53,7 @@ fn decode<M: protobuf::Message>(v: &[u8]) -> raft::Result<M> {
 }
 
 impl RaftStorage {
-    pub fn open(
-        engine: Arc<dyn Engine>,
-        keys: GroupKeys,
-        snapshots: Arc<dyn SnapshotSource>,
-    ) -> raft::Result<Self> {
+    pub fn open(engine: Arc<dyn Engine>, keys: GroupKeys, snapshots: Arc<dyn SnapshotSource>) -> raft::Result<Self> {
         let get = |k: Vec<u8>| engine.get(&k).map_err(other);
         let hard_state = match get(keys.hard_state())? {
             Some(v) => decode(&v)?,
@@ -86,12 +82,7 @@ impl RaftStorage {
         Ok(Self {
             engine,
             keys,
-            inner: Arc::new(RwLock::new(Inner {
-                hard_state,
-                conf_state,
-                truncated,
-                last_index,
-            })),
+            inner: Arc::new(RwLock::new(Inner { hard_state, conf_state, truncated, last_index })),
             snapshots,
         })
     }
@@ -101,20 +92,14 @@ impl RaftStorage {
     /// log below that index, so the leader must send it a snapshot, which
     /// carries the configuration (replaying from index 1 would not).
     pub fn bootstrap(&self, cs: &ConfState, batch: &mut WriteBatch) {
-        let t = Truncated {
-            index: INIT_INDEX,
-            term: INIT_TERM,
-        };
+        let t = Truncated { index: INIT_INDEX, term: INIT_TERM };
         {
             let mut i = self.inner.write();
             i.truncated = t;
             i.last_index = INIT_INDEX;
             i.hard_state.set_term(INIT_TERM);
             i.hard_state.set_commit(INIT_INDEX);
-            batch.put(
-                self.keys.hard_state(),
-                i.hard_state.write_to_bytes().expect("encode hard state"),
-            );
+            batch.put(self.keys.hard_state(), i.hard_state.write_to_bytes().expect("encode hard state"));
         }
         self.put_truncated(t, batch);
         self.set_conf_state(cs, batch);
@@ -133,28 +118,16 @@ impl RaftStorage {
         let Some(first) = entries.first() else { return };
         let mut i = self.inner.write();
         if first.get_index() <= i.last_index {
-            batch.delete_range(
-                self.keys.raft_entry(first.get_index()),
-                self.keys.raft_entry(i.last_index + 1),
-            );
+            batch.delete_range(self.keys.raft_entry(first.get_index()), self.keys.raft_entry(i.last_index + 1));
         }
         for e in entries {
-            batch.put(
-                self.keys.raft_entry(e.get_index()),
-                e.write_to_bytes().expect("encode entry"),
-            );
+            batch.put(self.keys.raft_entry(e.get_index()), e.write_to_bytes().expect("encode entry"));
         }
-        i.last_index = entries
-            .last()
-            .map(|e| e.get_index())
-            .unwrap_or(i.last_index);
+        i.last_index = entries.last().map(|e| e.get_index()).unwrap_or(i.last_index);
     }
 
     pub fn set_hard_state(&self, hs: &HardState, batch: &mut WriteBatch) {
-        batch.put(
-            self.keys.hard_state(),
-            hs.write_to_bytes().expect("encode hard state"),
-        );
+        batch.put(self.keys.hard_state(), hs.write_to_bytes().expect("encode hard state"));
         self.inner.write().hard_state = hs.clone();
     }
 
@@ -165,10 +138,7 @@ impl RaftStorage {
     }
 
     pub fn set_conf_state(&self, cs: &ConfState, batch: &mut WriteBatch) {
-        batch.put(
-            self.keys.conf_state(),
-            cs.write_to_bytes().expect("encode conf state"),
-        );
+        batch.put(self.keys.conf_state(), cs.write_to_bytes().expect("encode conf state"));
         self.inner.write().conf_state = cs.clone();
     }
 
@@ -185,10 +155,7 @@ impl RaftStorage {
         if index <= i.truncated.index {
             return Ok(());
         }
-        batch.delete_range(
-            self.keys.raft_entry(i.truncated.index + 1),
-            self.keys.raft_entry(index + 1),
-        );
+        batch.delete_range(self.keys.raft_entry(i.truncated.index + 1), self.keys.raft_entry(index + 1));
         i.truncated = Truncated { index, term };
         self.put_truncated(i.truncated, batch);
         Ok(())
@@ -200,10 +167,7 @@ impl RaftStorage {
         {
             let mut i = self.inner.write();
             batch.delete_range(self.keys.raft_entry(0), self.keys.raft_entry(u64::MAX));
-            i.truncated = Truncated {
-                index: meta.get_index(),
-                term: meta.get_term(),
-            };
+            i.truncated = Truncated { index: meta.get_index(), term: meta.get_term() };
             i.last_index = meta.get_index();
             self.put_truncated(i.truncated, batch);
             if i.hard_state.get_commit() < meta.get_index() {
@@ -212,10 +176,7 @@ impl RaftStorage {
             if i.hard_state.get_term() < meta.get_term() {
                 i.hard_state.set_term(meta.get_term());
             }
-            batch.put(
-                self.keys.hard_state(),
-                i.hard_state.write_to_bytes().expect("encode hard state"),
-            );
+            batch.put(self.keys.hard_state(), i.hard_state.write_to_bytes().expect("encode hard state"));
         }
         self.set_conf_state(meta.get_conf_state(), batch);
     }
@@ -235,13 +196,7 @@ impl raft::Storage for RaftStorage {
         Ok(RaftState::new(i.hard_state.clone(), i.conf_state.clone()))
     }
 
-    fn entries(
-        &self,
-        low: u64,
-        high: u64,
-        max_size: impl Into<Option<u64>>,
-        _ctx: GetEntriesContext,
-    ) -> raft::Result<Vec<Entry>> {
+    fn entries(&self, low: u64, high: u64, max_size: impl Into<Option<u64>>, _ctx: GetEntriesContext) -> raft::Result<Vec<Entry>> {
         let (first, last) = {
             let i = self.inner.read();
             (i.truncated.index + 1, i.last_index)
@@ -257,24 +212,20 @@ impl raft::Storage for RaftStorage {
         let mut size = 0u64;
         let mut bad = None;
         self.engine
-            .scan(
-                &self.keys.raft_entry(low),
-                &self.keys.raft_entry(high),
-                &mut |_, v| {
-                    match Entry::parse_from_bytes(v) {
-                        Ok(e) => {
-                            size += e.compute_size() as u64;
-                            // At least one entry, then stop before exceeding max.
-                            if !out.is_empty() && size > max {
-                                return false;
-                            }
-                            out.push(e);
+            .scan(&self.keys.raft_entry(low), &self.keys.raft_entry(high), &mut |_, v| {
+                match Entry::parse_from_bytes(v) {
+                    Ok(e) => {
+                        size += e.compute_size() as u64;
+                        // At least one entry, then stop before exceeding max.
+                        if !out.is_empty() && size > max {
+                            return false;
                         }
-                        Err(e) => bad = Some(e),
+                        out.push(e);
                     }
-                    bad.is_none()
-                },
-            )
+                    Err(e) => bad = Some(e),
+                }
+                bad.is_none()
+            })
             .map_err(other)?;
         if let Some(e) = bad {
             return Err(other(e));

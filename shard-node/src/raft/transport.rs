@@ -39,12 +39,7 @@ const PEER_QUEUE: usize = 1024;
 
 impl Transport {
     pub fn new(runtime: tokio::runtime::Handle, mailboxes: Mailboxes) -> Self {
-        Self {
-            runtime,
-            urls: RwLock::new(HashMap::new()),
-            peers: Mutex::new(HashMap::new()),
-            mailboxes,
-        }
+        Self { runtime, urls: RwLock::new(HashMap::new()), peers: Mutex::new(HashMap::new()), mailboxes }
     }
 
     pub fn set_peer(&self, id: u64, url: String) {
@@ -58,12 +53,7 @@ impl Transport {
         for m in msgs {
             let to = m.get_to();
             let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
-            let out = by_peer.entry(to).or_insert_with(|| Outgoing {
-                group,
-                to,
-                msgs: vec![],
-                snapshot: false,
-            });
+            let out = by_peer.entry(to).or_insert_with(|| Outgoing { group, to, msgs: vec![], snapshot: false });
             out.snapshot |= snapshot;
             match m.write_to_bytes() {
                 Ok(b) => out.msgs.push(b),
@@ -88,8 +78,7 @@ impl Transport {
             return Some(tx.clone());
         }
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        self.runtime
-            .spawn(peer_loop(url.clone(), rx, self.mailboxes.clone()));
+        self.runtime.spawn(peer_loop(url.clone(), rx, self.mailboxes.clone()));
         peers.insert(url, tx.clone());
         Some(tx)
     }
@@ -106,12 +95,7 @@ async fn peer_loop(url: String, mut rx: mpsc::Receiver<Outgoing>, mailboxes: Mai
     let mut backoff = Duration::from_millis(50);
     'connect: loop {
         let channel = match tonic::transport::Endpoint::from_shared(url.clone()) {
-            Ok(ep) => {
-                ep.connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-            }
+            Ok(ep) => ep.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).connect().await,
             Err(e) => {
                 tracing::error!(url, error = %e, "bad peer url");
                 return;
@@ -137,24 +121,14 @@ async fn peer_loop(url: String, mut rx: mpsc::Receiver<Outgoing>, mailboxes: Mai
         let (stx, srx) = mpsc::channel::<RaftBatch>(64);
         let call = tokio::spawn(async move { client.raft(ReceiverStream::new(srx)).await });
         while let Some(out) = rx.recv().await {
-            let batch = RaftBatch {
-                group_id: out.group,
-                messages: out.msgs.clone(),
-            };
+            let batch = RaftBatch { group_id: out.group, messages: out.msgs.clone() };
             if stx.send(batch).await.is_err() {
                 fail(&mailboxes, &out);
                 let _ = call.await;
                 continue 'connect;
             }
             if out.snapshot {
-                report(
-                    &mailboxes,
-                    out.group,
-                    Msg::SnapshotStatus {
-                        to: out.to,
-                        ok: true,
-                    },
-                );
+                report(&mailboxes, out.group, Msg::SnapshotStatus { to: out.to, ok: true });
             }
         }
         return;
@@ -164,13 +138,6 @@ async fn peer_loop(url: String, mut rx: mpsc::Receiver<Outgoing>, mailboxes: Mai
 fn fail(mailboxes: &Mailboxes, out: &Outgoing) {
     report(mailboxes, out.group, Msg::Unreachable(out.to));
     if out.snapshot {
-        report(
-            mailboxes,
-            out.group,
-            Msg::SnapshotStatus {
-                to: out.to,
-                ok: false,
-            },
-        );
+        report(mailboxes, out.group, Msg::SnapshotStatus { to: out.to, ok: false });
     }
 }

@@ -125,14 +125,8 @@ impl ClientConn {
             let stream = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & 0x7fff_ffff;
             match kind {
                 HEADERS => {
-                    let fragment = header_fragment(flags, &frame[9..])
-                        .ok_or_else(|| bad("malformed HEADERS frame"))?;
-                    self.block = Some(Block {
-                        stream,
-                        end_stream: flags & END_STREAM != 0,
-                        fragment,
-                        raw: frame.to_vec(),
-                    });
+                    let fragment = header_fragment(flags, &frame[9..]).ok_or_else(|| bad("malformed HEADERS frame"))?;
+                    self.block = Some(Block { stream, end_stream: flags & END_STREAM != 0, fragment, raw: frame.to_vec() });
                 }
                 CONTINUATION if self.block.is_some() => {
                     let b = self.block.as_mut().expect("checked");
@@ -157,10 +151,7 @@ impl ClientConn {
 
     fn finish_block(&mut self) -> io::Result<()> {
         let b = self.block.take().expect("a block in progress");
-        let headers = self
-            .decoder
-            .decode(&b.fragment)
-            .map_err(|e| bad(&e.to_string()))?;
+        let headers = self.decoder.decode(&b.fragment).map_err(|e| bad(&e.to_string()))?;
         let valid = headers
             .iter()
             .find(|(n, _)| n == b":authority")
@@ -173,13 +164,7 @@ impl ClientConn {
         self.mode = Mode::Rewrite;
         let headers: Vec<(Vec<u8>, Vec<u8>)> = headers
             .into_iter()
-            .filter_map(|(n, v)| {
-                if n == b":authority" {
-                    repair_authority(&v).map(|v| (n, v))
-                } else {
-                    Some((n, v))
-                }
-            })
+            .filter_map(|(n, v)| if n == b":authority" { repair_authority(&v).map(|v| (n, v)) } else { Some((n, v)) })
             .collect();
         encode_block(&mut self.out, b.stream, b.end_stream, &headers);
         Ok(())
@@ -213,9 +198,7 @@ pub fn repair_authority(v: &[u8]) -> Option<Vec<u8>> {
     let first = s.split(';').next()?;
     let after_scheme = first.rsplit("://").next()?;
     let host = after_scheme.split('/').find(|p| !p.is_empty())?;
-    http::uri::Authority::try_from(host)
-        .ok()
-        .map(|_| host.as_bytes().to_vec())
+    http::uri::Authority::try_from(host).ok().map(|_| host.as_bytes().to_vec())
 }
 
 /// HPACK integer with an `prefix`-bit prefix (RFC 7541 §5.1).
@@ -249,11 +232,7 @@ pub fn encode_literals(headers: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
 
 fn encode_block(out: &mut BytesMut, stream: u32, end_stream: bool, headers: &[(Vec<u8>, Vec<u8>)]) {
     let block = encode_literals(headers);
-    let chunks: Vec<&[u8]> = if block.is_empty() {
-        vec![&[][..]]
-    } else {
-        block.chunks(MAX_FRAME).collect()
-    };
+    let chunks: Vec<&[u8]> = if block.is_empty() { vec![&[][..]] } else { block.chunks(MAX_FRAME).collect() };
     let last = chunks.len() - 1;
     for (i, chunk) in chunks.into_iter().enumerate() {
         let mut flags = if i == last { END_HEADERS } else { 0 };
@@ -269,11 +248,7 @@ fn encode_block(out: &mut BytesMut, stream: u32, end_stream: bool, headers: &[(V
 }
 
 impl AsyncRead for ClientConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
             if !this.out.is_empty() {
@@ -304,18 +279,10 @@ impl AsyncRead for ClientConn {
 }
 
 impl AsyncWrite for ClientConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -336,18 +303,9 @@ mod tests {
     #[test]
     fn repairs_what_etcd_clients_send() {
         let r = |s: &str| repair_authority(s.as_bytes()).map(|v| String::from_utf8(v).unwrap());
-        assert_eq!(
-            r("http://127.0.0.1:2379").as_deref(),
-            Some("127.0.0.1:2379")
-        );
-        assert_eq!(
-            r("passthrough:///http://10.0.0.1:2379").as_deref(),
-            Some("10.0.0.1:2379")
-        );
-        assert_eq!(
-            r("#initially=[http://a:1;http://b:2]").as_deref(),
-            Some("a:1")
-        );
+        assert_eq!(r("http://127.0.0.1:2379").as_deref(), Some("127.0.0.1:2379"));
+        assert_eq!(r("passthrough:///http://10.0.0.1:2379").as_deref(), Some("10.0.0.1:2379"));
+        assert_eq!(r("#initially=[http://a:1;http://b:2]").as_deref(), Some("a:1"));
         assert_eq!(r("not an authority at all"), None);
     }
 
@@ -367,10 +325,7 @@ mod tests {
     fn strips_padding_and_priority() {
         // PADDED (2 bytes of padding) + PRIORITY (5 bytes) around "abc".
         let payload = [2u8, 0, 0, 0, 0, 16, b'a', b'b', b'c', 0, 0];
-        assert_eq!(
-            header_fragment(PADDED | PRIORITY, &payload).unwrap(),
-            b"abc"
-        );
+        assert_eq!(header_fragment(PADDED | PRIORITY, &payload).unwrap(), b"abc");
         assert!(header_fragment(PADDED, &[9u8, 1]).is_none());
     }
 }

@@ -37,9 +37,7 @@ impl ClusterService {
             return Err(Error::MemberBadUrls);
         }
         let members = self.group.sm.members.read();
-        let taken = members
-            .all()
-            .any(|m| Some(m.id) != except && m.peer_urls.iter().any(|u| urls.contains(u)));
+        let taken = members.all().any(|m| Some(m.id) != except && m.peer_urls.iter().any(|u| urls.contains(u)));
         if taken {
             return Err(Error::PeerUrlExist);
         }
@@ -52,28 +50,16 @@ impl ClusterService {
         if leader == 0 {
             return Err(Error::NoLeader);
         }
-        self.group
-            .sm
-            .members
-            .read()
-            .get(leader)
-            .and_then(|m| m.client_urls.first().cloned())
-            .ok_or(Error::NotLeader)
+        self.group.sm.members.read().get(leader).and_then(|m| m.client_urls.first().cloned()).ok_or(Error::NotLeader)
     }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn member_add(
-        &self,
-        req: Request<MemberAddRequest>,
-    ) -> Result<Response<MemberAddResponse>, Status> {
+    async fn member_add(&self, req: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
         let r = req.into_inner();
         self.check_peer_urls(&r.peer_ur_ls, None)?;
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let id = member_id(&r.peer_ur_ls, &format!("{}{nanos}", self.group.cluster_id));
         let member = MemberContext {
             id,
@@ -82,128 +68,56 @@ impl Cluster for ClusterService {
             client_urls: vec![],
             is_learner: r.is_learner,
         };
-        let change = if r.is_learner {
-            ConfChangeType::AddLearnerNode
-        } else {
-            ConfChangeType::AddNode
-        };
-        self.group
-            .propose_conf_change(change, member)
-            .await?
-            .result?;
+        let change = if r.is_learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
+        self.group.propose_conf_change(change, member).await?.result?;
         let members = self.members();
         let added = members.iter().find(|m| m.id == id).cloned();
-        Ok(Response::new(MemberAddResponse {
-            header: self.header(),
-            member: added,
-            members,
-        }))
+        Ok(Response::new(MemberAddResponse { header: self.header(), member: added, members }))
     }
 
-    async fn member_remove(
-        &self,
-        req: Request<MemberRemoveRequest>,
-    ) -> Result<Response<MemberRemoveResponse>, Status> {
+    async fn member_remove(&self, req: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
         let id = req.into_inner().id;
-        let member = self
-            .group
-            .sm
-            .members
-            .read()
-            .get(id)
-            .cloned()
-            .ok_or(Error::MemberNotFound)?;
-        self.group
-            .propose_conf_change(ConfChangeType::RemoveNode, member)
-            .await?
-            .result?;
-        Ok(Response::new(MemberRemoveResponse {
-            header: self.header(),
-            members: self.members(),
-        }))
+        let member = self.group.sm.members.read().get(id).cloned().ok_or(Error::MemberNotFound)?;
+        self.group.propose_conf_change(ConfChangeType::RemoveNode, member).await?.result?;
+        Ok(Response::new(MemberRemoveResponse { header: self.header(), members: self.members() }))
     }
 
-    async fn member_update(
-        &self,
-        req: Request<MemberUpdateRequest>,
-    ) -> Result<Response<MemberUpdateResponse>, Status> {
+    async fn member_update(&self, req: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
         let r = req.into_inner();
-        let mut member = self
-            .group
-            .sm
-            .members
-            .read()
-            .get(r.id)
-            .cloned()
-            .ok_or(Error::MemberNotFound)?;
+        let mut member = self.group.sm.members.read().get(r.id).cloned().ok_or(Error::MemberNotFound)?;
         self.check_peer_urls(&r.peer_ur_ls, Some(r.id))?;
         member.peer_urls = r.peer_ur_ls;
         match self.group.propose(Op::UpdateMember(member)).await?.result? {
-            Applied::Done => Ok(Response::new(MemberUpdateResponse {
-                header: self.header(),
-                members: self.members(),
-            })),
-            other => Err(Status::internal(format!(
-                "unexpected apply result {other:?}"
-            ))),
+            Applied::Done => Ok(Response::new(MemberUpdateResponse { header: self.header(), members: self.members() })),
+            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
         }
     }
 
-    async fn member_list(
-        &self,
-        req: Request<MemberListRequest>,
-    ) -> Result<Response<MemberListResponse>, Status> {
+    async fn member_list(&self, req: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
         if req.into_inner().linearizable {
             self.group.read_index().await?;
         }
-        Ok(Response::new(MemberListResponse {
-            header: self.header(),
-            members: self.members(),
-        }))
+        Ok(Response::new(MemberListResponse { header: self.header(), members: self.members() }))
     }
 
-    async fn member_promote(
-        &self,
-        req: Request<MemberPromoteRequest>,
-    ) -> Result<Response<MemberPromoteResponse>, Status> {
+    async fn member_promote(&self, req: Request<MemberPromoteRequest>) -> Result<Response<MemberPromoteResponse>, Status> {
         let id = req.into_inner().id;
         let st = self.group.status();
         if !st.is_leader {
             // Only the leader knows how far the learner is: ask it (as etcd forwards).
-            let mut leader = ClusterClient::connect(self.leader_client_url()?)
-                .await
-                .map_err(|_| Status::from(Error::NoLeader))?;
-            return leader
-                .member_promote(self.group.request(MemberPromoteRequest { id }))
-                .await;
+            let mut leader =
+                ClusterClient::connect(self.leader_client_url()?).await.map_err(|_| Status::from(Error::NoLeader))?;
+            return leader.member_promote(self.group.request(MemberPromoteRequest { id })).await;
         }
-        let member = self
-            .group
-            .sm
-            .members
-            .read()
-            .get(id)
-            .cloned()
-            .ok_or(Error::MemberNotFound)?;
+        let member = self.group.sm.members.read().get(id).cloned().ok_or(Error::MemberNotFound)?;
         if !st.learners.contains(&id) {
             return Err(Error::MemberNotLearner.into());
         }
-        let matched = |who: u64| {
-            st.progress
-                .iter()
-                .find(|(m, _)| *m == who)
-                .map_or(0, |(_, i)| *i)
-        };
+        let matched = |who: u64| st.progress.iter().find(|(m, _)| *m == who).map_or(0, |(_, i)| *i);
         if (matched(id) as f64) < matched(self.group.member_id) as f64 * LEARNER_READY_PERCENT {
             return Err(Error::LearnerNotReady.into());
         }
-        self.group
-            .propose_conf_change(ConfChangeType::AddNode, member)
-            .await?
-            .result?;
-        Ok(Response::new(MemberPromoteResponse {
-            header: self.header(),
-            members: self.members(),
-        }))
+        self.group.propose_conf_change(ConfChangeType::AddNode, member).await?.result?;
+        Ok(Response::new(MemberPromoteResponse { header: self.header(), members: self.members() }))
     }
 }

@@ -26,10 +26,7 @@ fn missing_leader() -> Status {
 
 #[tonic::async_trait]
 impl Election for ElectionService {
-    async fn campaign(
-        &self,
-        req: Request<CampaignRequest>,
-    ) -> Result<Response<CampaignResponse>, Status> {
+    async fn campaign(&self, req: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
         let r = req.into_inner();
         let key = recipes::contender_key(&r.name, r.lease);
         let (my_rev, kv) = recipes::enter(&self.group, &key, &r.value, r.lease).await?;
@@ -37,56 +34,31 @@ impl Election for ElectionService {
             // Already a candidate with another value: proclaim the new one.
             recipes::put_if_created_at(&self.group, &key, my_rev, &r.value, r.lease).await?;
         }
-        let rev =
-            recipes::wait_turn(&self.group, &recipes::prefix_of(&r.name), &key, my_rev).await?;
-        let leader = LeaderKey {
-            name: r.name,
-            key,
-            rev: my_rev,
-            lease: r.lease,
-        };
-        Ok(Response::new(CampaignResponse {
-            header: Some(self.group.header(rev)),
-            leader: Some(leader),
-        }))
+        let rev = recipes::wait_turn(&self.group, &recipes::prefix_of(&r.name), &key, my_rev).await?;
+        let leader = LeaderKey { name: r.name, key, rev: my_rev, lease: r.lease };
+        Ok(Response::new(CampaignResponse { header: Some(self.group.header(rev)), leader: Some(leader) }))
     }
 
-    async fn proclaim(
-        &self,
-        req: Request<ProclaimRequest>,
-    ) -> Result<Response<ProclaimResponse>, Status> {
+    async fn proclaim(&self, req: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
         let r = req.into_inner();
         let l = r.leader.ok_or_else(missing_leader)?;
-        let (held, rev) =
-            recipes::put_if_created_at(&self.group, &l.key, l.rev, &r.value, l.lease).await?;
+        let (held, rev) = recipes::put_if_created_at(&self.group, &l.key, l.rev, &r.value, l.lease).await?;
         if !held {
             return Err(not_leader());
         }
-        Ok(Response::new(ProclaimResponse {
-            header: Some(self.group.header(rev)),
-        }))
+        Ok(Response::new(ProclaimResponse { header: Some(self.group.header(rev)) }))
     }
 
-    async fn leader(
-        &self,
-        req: Request<LeaderRequest>,
-    ) -> Result<Response<LeaderResponse>, Status> {
+    async fn leader(&self, req: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
         let name = req.into_inner().name;
-        let (first, rev) =
-            recipes::first_contender(&self.group, &recipes::prefix_of(&name)).await?;
+        let (first, rev) = recipes::first_contender(&self.group, &recipes::prefix_of(&name)).await?;
         let kv = first.ok_or_else(no_leader)?;
-        Ok(Response::new(LeaderResponse {
-            header: Some(self.group.header(rev)),
-            kv: Some(kv),
-        }))
+        Ok(Response::new(LeaderResponse { header: Some(self.group.header(rev)), kv: Some(kv) }))
     }
 
     type ObserveStream = ReceiverStream<Result<LeaderResponse, Status>>;
 
-    async fn observe(
-        &self,
-        req: Request<LeaderRequest>,
-    ) -> Result<Response<Self::ObserveStream>, Status> {
+    async fn observe(&self, req: Request<LeaderRequest>) -> Result<Response<Self::ObserveStream>, Status> {
         let prefix = recipes::prefix_of(&req.into_inner().name);
         let group = self.group.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -99,10 +71,7 @@ impl Election for ElectionService {
                         let seen = (kv.key.clone(), kv.mod_revision);
                         if last.as_ref() != Some(&seen) {
                             last = Some(seen);
-                            let resp = LeaderResponse {
-                                header: Some(group.header(rev)),
-                                kv: Some(kv),
-                            };
+                            let resp = LeaderResponse { header: Some(group.header(rev)), kv: Some(kv) };
                             if tx.send(Ok(resp)).await.is_err() {
                                 return;
                             }
@@ -123,14 +92,9 @@ impl Election for ElectionService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn resign(
-        &self,
-        req: Request<ResignRequest>,
-    ) -> Result<Response<ResignResponse>, Status> {
+    async fn resign(&self, req: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
         let l = req.into_inner().leader.ok_or_else(missing_leader)?;
         let (_, rev) = recipes::delete_if_created_at(&self.group, &l.key, l.rev).await?;
-        Ok(Response::new(ResignResponse {
-            header: Some(self.group.header(rev)),
-        }))
+        Ok(Response::new(ResignResponse { header: Some(self.group.header(rev)) }))
     }
 }

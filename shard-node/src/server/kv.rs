@@ -7,8 +7,8 @@ use crate::metrics;
 use std::sync::Arc;
 use tessera_proto::etcdserverpb::kv_server::Kv;
 use tessera_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use tessera_proto::tessera::command::command::Op;
 use tonic::{Request, Response, Status};
@@ -52,10 +52,7 @@ impl Kv for KvService {
         }
     }
 
-    async fn delete_range(
-        &self,
-        req: Request<DeleteRangeRequest>,
-    ) -> Result<Response<DeleteRangeResponse>, Status> {
+    async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
         let r = req.into_inner();
         validate::delete(&r)?;
         metrics::DELETE_TOTAL.inc();
@@ -93,15 +90,11 @@ impl Kv for KvService {
         }
     }
 
-    async fn compact(
-        &self,
-        req: Request<CompactionRequest>,
-    ) -> Result<Response<CompactionResponse>, Status> {
+    async fn compact(&self, req: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
         let r = req.into_inner();
         let out = self.group.propose(Op::Compact(r)).await?;
         out.result?;
-        Ok(Response::new(CompactionResponse {
-            header: Some(self.group.header(out.rev)),
-        }))
+        Ok(Response::new(CompactionResponse { header: Some(self.group.header(out.rev)) }))
     }
 }
+

@@ -16,10 +16,7 @@ pub struct LeaderClient {
 
 impl LeaderClient {
     pub fn new(group: Arc<Group>) -> Self {
-        Self {
-            group,
-            cached: Mutex::new(None),
-        }
+        Self { group, cached: Mutex::new(None) }
     }
 
     pub fn get(&self) -> Result<PeerClient<Channel>> {
@@ -41,8 +38,7 @@ impl LeaderClient {
             .get(leader)
             .and_then(|m| m.peer_urls.first().cloned())
             .ok_or(Error::NoLeader)?;
-        let ep = tonic::transport::Endpoint::from_shared(url)
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let ep = tonic::transport::Endpoint::from_shared(url).map_err(|e| Error::Internal(e.to_string()))?;
         let client = PeerClient::new(ep.connect_timeout(Duration::from_secs(1)).connect_lazy());
         *cached = Some((leader, client.clone()));
         Ok(client)

@@ -37,12 +37,7 @@ pub async fn renew_local(group: &Arc<Group>, id: i64) -> Result<i64, Status> {
             if clear_checkpoint {
                 let g = group.clone();
                 tokio::spawn(async move {
-                    let cp = LeaseCheckpointRequest {
-                        checkpoints: vec![LeaseCheckpoint {
-                            id,
-                            remaining_ttl: 0,
-                        }],
-                    };
+                    let cp = LeaseCheckpointRequest { checkpoints: vec![LeaseCheckpoint { id, remaining_ttl: 0 }] };
                     let _ = g.propose(Op::LeaseCheckpoint(cp)).await;
                 });
             }
@@ -51,10 +46,7 @@ pub async fn renew_local(group: &Arc<Group>, id: i64) -> Result<i64, Status> {
     }
 }
 
-pub fn time_to_live_local(
-    group: &Group,
-    r: &LeaseTimeToLiveRequest,
-) -> Result<LeaseTimeToLiveResponse, Status> {
+pub fn time_to_live_local(group: &Group, r: &LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse, Status> {
     let st = group.status();
     if !st.is_leader {
         return Err(Status::failed_precondition("etcdserver: not leader"));
@@ -67,18 +59,9 @@ pub fn time_to_live_local(
             id: r.id,
             ttl: left,
             granted_ttl: l.ttl,
-            keys: if r.keys {
-                l.keys.iter().cloned().collect()
-            } else {
-                vec![]
-            },
+            keys: if r.keys { l.keys.iter().cloned().collect() } else { vec![] },
         }),
-        _ => Ok(LeaseTimeToLiveResponse {
-            header: Some(group.header(rev)),
-            id: r.id,
-            ttl: -1,
-            ..Default::default()
-        }),
+        _ => Ok(LeaseTimeToLiveResponse { header: Some(group.header(rev)), id: r.id, ttl: -1, ..Default::default() }),
     }
 }
 
@@ -88,20 +71,14 @@ impl LeaseService {
             return renew_local(&self.group, id).await;
         }
         let mut c = self.leader.get()?;
-        let resp = c
-            .lease_renew(self.group.request(LeaseKeepAliveRequest { id }))
-            .await
-            .map_err(forward_error)?;
+        let resp = c.lease_renew(self.group.request(LeaseKeepAliveRequest { id })).await.map_err(forward_error)?;
         Ok(resp.into_inner().ttl)
     }
 }
 
 #[tonic::async_trait]
 impl Lease for LeaseService {
-    async fn lease_grant(
-        &self,
-        req: Request<LeaseGrantRequest>,
-    ) -> Result<Response<LeaseGrantResponse>, Status> {
+    async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
         let mut r = req.into_inner();
         if r.ttl > MAX_LEASE_TTL {
             return Err(Error::LeaseTtlTooLarge.into());
@@ -120,30 +97,17 @@ impl Lease for LeaseService {
         }
         let out = self.group.propose(Op::LeaseGrant(r)).await?;
         match out.result? {
-            Applied::LeaseGrant { id, ttl } => Ok(Response::new(LeaseGrantResponse {
-                header: Some(self.group.header(out.rev)),
-                id,
-                ttl,
-                error: String::new(),
-            })),
-            other => Err(Status::internal(format!(
-                "unexpected apply result {other:?}"
-            ))),
+            Applied::LeaseGrant { id, ttl } => {
+                Ok(Response::new(LeaseGrantResponse { header: Some(self.group.header(out.rev)), id, ttl, error: String::new() }))
+            }
+            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
         }
     }
 
-    async fn lease_revoke(
-        &self,
-        req: Request<LeaseRevokeRequest>,
-    ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let out = self
-            .group
-            .propose(Op::LeaseRevoke(req.into_inner()))
-            .await?;
+    async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let out = self.group.propose(Op::LeaseRevoke(req.into_inner())).await?;
         out.result?;
-        Ok(Response::new(LeaseRevokeResponse {
-            header: Some(self.group.header(out.rev)),
-        }))
+        Ok(Response::new(LeaseRevokeResponse { header: Some(self.group.header(out.rev)) }))
     }
 
     type LeaseKeepAliveStream = ReceiverStream<Result<LeaseKeepAliveResponse, Status>>;
@@ -154,11 +118,7 @@ impl Lease for LeaseService {
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let mut input = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
-        let svc = LeaseService {
-            group: self.group.clone(),
-            leader: self.leader.clone(),
-            min_ttl: self.min_ttl,
-        };
+        let svc = LeaseService { group: self.group.clone(), leader: self.leader.clone(), min_ttl: self.min_ttl };
         tokio::spawn(async move {
             while let Ok(Some(r)) = input.message().await {
                 let resp = svc.renew(r.id).await.map(|ttl| LeaseKeepAliveResponse {
@@ -184,40 +144,20 @@ impl Lease for LeaseService {
             return Ok(Response::new(time_to_live_local(&self.group, &r)?));
         }
         let mut c = self.leader.get()?;
-        c.lease_time_to_live(self.group.request(r))
-            .await
-            .map_err(forward_error)
+        c.lease_time_to_live(self.group.request(r)).await.map_err(forward_error)
     }
 
-    async fn lease_leases(
-        &self,
-        _req: Request<LeaseLeasesRequest>,
-    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+    async fn lease_leases(&self, _req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
         self.group.read_index().await?;
-        let leases = self
-            .group
-            .sm
-            .lessor
-            .lock()
-            .ids()
-            .into_iter()
-            .map(|id| LeaseStatus { id })
-            .collect();
+        let leases = self.group.sm.lessor.lock().ids().into_iter().map(|id| LeaseStatus { id }).collect();
         let rev = self.group.sm.store.current_revision();
-        Ok(Response::new(LeaseLeasesResponse {
-            header: Some(self.group.header(rev)),
-            leases,
-        }))
+        Ok(Response::new(LeaseLeasesResponse { header: Some(self.group.header(rev)), leases }))
     }
 }
 
 /// On the leader: revokes expired leases through raft, and checkpoints
 /// remaining TTLs so a leader change cannot extend them indefinitely.
-pub async fn run_lease_loops(
-    group: Arc<Group>,
-    checkpoint_every: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+pub async fn run_lease_loops(group: Arc<Group>, checkpoint_every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut revoking: HashMap<i64, Instant> = HashMap::new();
     let mut last_checkpoint = Instant::now();
@@ -228,11 +168,7 @@ pub async fn run_lease_loops(
         }
         let (primary, expired, checkpoints) = {
             let l = group.sm.lessor.lock();
-            let cps = if last_checkpoint.elapsed() >= checkpoint_every {
-                l.checkpoints()
-            } else {
-                vec![]
-            };
+            let cps = if last_checkpoint.elapsed() >= checkpoint_every { l.checkpoints() } else { vec![] };
             (l.is_primary(), l.expired(), cps)
         };
         if !primary {

@@ -18,31 +18,19 @@ impl Lock for LockService {
         let r = req.into_inner();
         let key = recipes::contender_key(&r.name, r.lease);
         let (my_rev, _) = recipes::enter(&self.group, &key, b"", r.lease).await?;
-        let rev =
-            recipes::wait_turn(&self.group, &recipes::prefix_of(&r.name), &key, my_rev).await?;
-        Ok(Response::new(LockResponse {
-            header: Some(self.group.header(rev)),
-            key,
-        }))
+        let rev = recipes::wait_turn(&self.group, &recipes::prefix_of(&r.name), &key, my_rev).await?;
+        Ok(Response::new(LockResponse { header: Some(self.group.header(rev)), key }))
     }
 
-    async fn unlock(
-        &self,
-        req: Request<UnlockRequest>,
-    ) -> Result<Response<UnlockResponse>, Status> {
+    async fn unlock(&self, req: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
         let key = req.into_inner().key;
         let out = self
             .group
             .propose(tessera_proto::tessera::command::command::Op::DeleteRange(
-                tessera_proto::etcdserverpb::DeleteRangeRequest {
-                    key,
-                    ..Default::default()
-                },
+                tessera_proto::etcdserverpb::DeleteRangeRequest { key, ..Default::default() },
             ))
             .await?;
         out.result?;
-        Ok(Response::new(UnlockResponse {
-            header: Some(self.group.header(out.rev)),
-        }))
+        Ok(Response::new(UnlockResponse { header: Some(self.group.header(out.rev)) }))
     }
 }

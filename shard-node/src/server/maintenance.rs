@@ -3,12 +3,12 @@
 use crate::apply::Applied;
 use crate::group::{Group, Msg};
 use crate::raft::snapshot;
+use tessera_proto::etcdserverpb::alarm_request::AlarmAction;
+use tessera_proto::tessera::command::command::Op;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tessera_proto::etcdserverpb::alarm_request::AlarmAction;
 use tessera_proto::etcdserverpb::maintenance_server::Maintenance;
 use tessera_proto::etcdserverpb::*;
-use tessera_proto::tessera::command::command::Op;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -28,9 +28,7 @@ impl MaintenanceService {
 }
 
 fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "etcdserver: {what} is not implemented by tessera yet"
-    ))
+    Status::unimplemented(format!("etcdserver: {what} is not implemented by tessera yet"))
 }
 
 #[tonic::async_trait]
@@ -38,27 +36,16 @@ impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         let r = req.into_inner();
         if AlarmAction::try_from(r.action) == Ok(AlarmAction::Get) {
-            return Ok(Response::new(AlarmResponse {
-                header: self.header(),
-                alarms: self.group.sm.alarms(),
-            }));
+            return Ok(Response::new(AlarmResponse { header: self.header(), alarms: self.group.sm.alarms() }));
         }
         let out = self.group.propose(Op::Alarm(r)).await?;
         match out.result? {
-            Applied::Alarms(alarms) => Ok(Response::new(AlarmResponse {
-                header: Some(self.group.header(out.rev)),
-                alarms,
-            })),
-            other => Err(Status::internal(format!(
-                "unexpected apply result {other:?}"
-            ))),
+            Applied::Alarms(alarms) => Ok(Response::new(AlarmResponse { header: Some(self.group.header(out.rev)), alarms })),
+            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
         }
     }
 
-    async fn status(
-        &self,
-        _req: Request<StatusRequest>,
-    ) -> Result<Response<StatusResponse>, Status> {
+    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let st = self.group.status();
         let size = self.group.sm.engine.size_on_disk() as i64;
         Ok(Response::new(StatusResponse {
@@ -75,9 +62,7 @@ impl Maintenance for MaintenanceService {
                 .alarms()
                 .iter()
                 .map(|a| {
-                    let name = AlarmType::try_from(a.alarm)
-                        .map(|t| t.as_str_name())
-                        .unwrap_or("UNKNOWN");
+                    let name = AlarmType::try_from(a.alarm).map(|t| t.as_str_name()).unwrap_or("UNKNOWN");
                     format!("memberID:{} alarm:{name} ", a.member_id)
                 })
                 .collect(),
@@ -88,10 +73,7 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn defragment(
-        &self,
-        _req: Request<DefragmentRequest>,
-    ) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(&self, _req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
         let engine = self.group.sm.engine.clone();
         let group = self.group.id.to_be_bytes();
         let mut end = group.to_vec();
@@ -99,24 +81,16 @@ impl Maintenance for MaintenanceService {
         tokio::task::spawn_blocking(move || engine.compact_range(&group, &end))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(DefragmentResponse {
-            header: self.header(),
-        }))
+        Ok(Response::new(DefragmentResponse { header: self.header() }))
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         // The whole store: every revision and lease.
         let (hash, _) = self.group.sm.store.hash_kv(0)?;
-        Ok(Response::new(HashResponse {
-            header: self.header(),
-            hash,
-        }))
+        Ok(Response::new(HashResponse { header: self.header(), hash }))
     }
 
-    async fn hash_kv(
-        &self,
-        req: Request<HashKvRequest>,
-    ) -> Result<Response<HashKvResponse>, Status> {
+    async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         let r = req.into_inner();
         let store = &self.group.sm.store;
         let (hash, rev) = store.hash_kv(r.revision)?;
@@ -130,15 +104,11 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = ReceiverStream<Result<SnapshotResponse, Status>>;
 
-    async fn snapshot(
-        &self,
-        _req: Request<SnapshotRequest>,
-    ) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(&self, _req: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
         let sm = self.group.sm.clone();
         let header = self.header();
         let file = tokio::task::spawn_blocking(move || {
-            snapshot::encode_state(sm.engine.as_ref(), &sm.keys)
-                .map(|s| snapshot::encode_backup(&s))
+            snapshot::encode_state(sm.engine.as_ref(), &sm.keys).map(|s| snapshot::encode_backup(&s))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
@@ -162,10 +132,7 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn move_leader(
-        &self,
-        req: Request<MoveLeaderRequest>,
-    ) -> Result<Response<MoveLeaderResponse>, Status> {
+    async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
         let target = req.into_inner().target_id;
         if !self.group.status().is_leader {
             return Err(Status::failed_precondition("etcdserver: not leader"));
@@ -177,19 +144,14 @@ impl Maintenance for MaintenanceService {
         let deadline = Instant::now() + self.group.settings.request_timeout;
         while Instant::now() < deadline {
             if self.group.status().leader == target {
-                return Ok(Response::new(MoveLeaderResponse {
-                    header: self.header(),
-                }));
+                return Ok(Response::new(MoveLeaderResponse { header: self.header() }));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Err(crate::error::Error::Timeout.into())
     }
 
-    async fn downgrade(
-        &self,
-        _req: Request<DowngradeRequest>,
-    ) -> Result<Response<DowngradeResponse>, Status> {
+    async fn downgrade(&self, _req: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
         Err(not_yet("Downgrade"))
     }
 }

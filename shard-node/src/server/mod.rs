@@ -48,37 +48,20 @@ impl ClientApi {
         let max = g.settings.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let leader = Arc::new(leader::LeaderClient::new(g.clone()));
         let grpc = tonic::service::Routes::new(
-            KvServer::new(kv::KvService {
-                group: g.clone(),
-                max_txn_ops: self.max_txn_ops,
-            })
-            .max_decoding_message_size(max),
+            KvServer::new(kv::KvService { group: g.clone(), max_txn_ops: self.max_txn_ops }).max_decoding_message_size(max),
         )
         .add_service(
-            WatchServer::new(watch::WatchService {
-                group: g.clone(),
-                progress_interval: self.progress_interval,
-            })
-            .max_decoding_message_size(max),
+            WatchServer::new(watch::WatchService { group: g.clone(), progress_interval: self.progress_interval })
+                .max_decoding_message_size(max),
         )
         .add_service(
-            LeaseServer::new(lease::LeaseService {
-                group: g.clone(),
-                leader,
-                min_ttl: self.min_lease_ttl,
-            })
-            .max_decoding_message_size(max),
+            LeaseServer::new(lease::LeaseService { group: g.clone(), leader, min_ttl: self.min_lease_ttl })
+                .max_decoding_message_size(max),
         )
-        .add_service(ClusterServer::new(cluster::ClusterService {
-            group: g.clone(),
-        }))
-        .add_service(MaintenanceServer::new(maintenance::MaintenanceService {
-            group: g.clone(),
-        }))
+        .add_service(ClusterServer::new(cluster::ClusterService { group: g.clone() }))
+        .add_service(MaintenanceServer::new(maintenance::MaintenanceService { group: g.clone() }))
         .add_service(LockServer::new(lock::LockService { group: g.clone() }))
-        .add_service(ElectionServer::new(election::ElectionService {
-            group: g.clone(),
-        }))
+        .add_service(ElectionServer::new(election::ElectionService { group: g.clone() }))
         .add_service(ShardServer::new(shard::ShardService { group: g }));
         grpc.into_axum_router()
     }
@@ -96,12 +79,7 @@ pub fn node_router(node: Arc<Node>) -> axum::Router {
                 // Gauges derived from the store are read when scraped.
                 let replicas = metrics_node.replicas();
                 crate::metrics::DB_TOTAL_SIZE.set(metrics_node.parts.engine.size_on_disk() as i64);
-                crate::metrics::KEYS_TOTAL.set(
-                    replicas
-                        .iter()
-                        .map(|r| r.group.sm.store.key_count() as i64)
-                        .sum(),
-                );
+                crate::metrics::KEYS_TOTAL.set(replicas.iter().map(|r| r.group.sm.store.key_count() as i64).sum());
                 async { crate::metrics::render() }
             }),
         )
@@ -109,55 +87,34 @@ pub fn node_router(node: Arc<Node>) -> axum::Router {
             "/health",
             get(move || {
                 let replicas = health_node.replicas();
-                let ok =
-                    !replicas.is_empty() && replicas.iter().all(|r| r.group.status().leader != 0);
+                let ok = !replicas.is_empty() && replicas.iter().all(|r| r.group.status().leader != 0);
                 async move {
                     let body = format!("{{\"health\":\"{ok}\"}}");
-                    let code = if ok {
-                        axum::http::StatusCode::OK
-                    } else {
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE
-                    };
+                    let code = if ok { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
                     (code, body)
                 }
             }),
         )
         .route(
             "/version",
-            get(|| async {
-                format!(
-                    "{{\"etcdserver\":\"{}\",\"etcdcluster\":\"3.5.0\"}}",
-                    maintenance::ETCD_API_VERSION
-                )
-            }),
+            get(|| async { format!("{{\"etcdserver\":\"{}\",\"etcdcluster\":\"3.5.0\"}}", maintenance::ETCD_API_VERSION) }),
         )
         .fallback(move |req: axum::extract::Request| dispatch(node.clone(), req))
 }
 
 async fn dispatch(node: Arc<Node>, req: axum::extract::Request) -> axum::response::Response {
     let headers = req.headers();
-    let group = match headers
-        .get(shardmap::GROUP_HEADER)
-        .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()))
-    {
+    let group = match headers.get(shardmap::GROUP_HEADER).map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok())) {
         None => STANDALONE_GROUP,
         Some(Some(g)) => g,
-        Some(None) => {
-            return tonic::Status::invalid_argument("tessera: bad tessera-group metadata")
-                .into_http()
-        }
+        Some(None) => return tonic::Status::invalid_argument("tessera: bad tessera-group metadata").into_http(),
     };
     let Some(replica) = node.replica(group) else {
-        return tonic::Status::unavailable(format!("tessera: group {group} is not hosted here"))
-            .into_http();
+        return tonic::Status::unavailable(format!("tessera: group {group} is not hosted here")).into_http();
     };
     // The revision rule: the router's highest seen revision raises this
     // group's clock, so revisions respect causality through the router.
-    if let Some(rev) = headers
-        .get(shardmap::REVISION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<i64>().ok())
-    {
+    if let Some(rev) = headers.get(shardmap::REVISION_HEADER).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<i64>().ok()) {
         replica.group.hlc.observe(rev);
     }
     match tower::ServiceExt::oneshot(replica.api.clone(), req).await {

@@ -21,15 +21,11 @@ impl PeerService {
     fn group<T>(&self, req: &Request<T>) -> Result<Arc<Group>, Status> {
         let id = match req.metadata().get(shardmap::GROUP_HEADER) {
             None => STANDALONE_GROUP,
-            Some(v) => v
-                .to_str()
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| Status::invalid_argument("bad tessera-group"))?,
+            Some(v) => {
+                v.to_str().ok().and_then(|s| s.parse().ok()).ok_or_else(|| Status::invalid_argument("bad tessera-group"))?
+            }
         };
-        self.node
-            .group(id)
-            .ok_or_else(|| Status::unavailable(format!("tessera: group {id} is not hosted here")))
+        self.node.group(id).ok_or_else(|| Status::unavailable(format!("tessera: group {id} is not hosted here")))
     }
 }
 
@@ -39,10 +35,7 @@ impl Peer for PeerService {
         let mut input = req.into_inner();
         while let Some(batch) = input.message().await? {
             let Some(mb) = self.node.mailboxes().read().get(&batch.group_id).cloned() else {
-                tracing::debug!(
-                    group = batch.group_id,
-                    "raft message for a group not hosted here"
-                );
+                tracing::debug!(group = batch.group_id, "raft message for a group not hosted here");
                 continue;
             };
             for bytes in batch.messages {
@@ -58,34 +51,19 @@ impl Peer for PeerService {
         Ok(Response::new(RaftAck {}))
     }
 
-    async fn members(
-        &self,
-        req: Request<MembersRequest>,
-    ) -> Result<Response<MembersResponse>, Status> {
+    async fn members(&self, req: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
         let id = req.get_ref().group_id;
-        let group = self.node.group(id).ok_or_else(|| {
-            Status::unavailable(format!("tessera: group {id} is not hosted here"))
-        })?;
+        let group = self.node.group(id).ok_or_else(|| Status::unavailable(format!("tessera: group {id} is not hosted here")))?;
         let members = group.sm.members.read().all().cloned().collect();
-        Ok(Response::new(MembersResponse {
-            cluster_id: group.cluster_id,
-            members,
-        }))
+        Ok(Response::new(MembersResponse { cluster_id: group.cluster_id, members }))
     }
 
-    async fn lease_renew(
-        &self,
-        req: Request<LeaseKeepAliveRequest>,
-    ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+    async fn lease_renew(&self, req: Request<LeaseKeepAliveRequest>) -> Result<Response<LeaseKeepAliveResponse>, Status> {
         let group = self.group(&req)?;
         let id = req.into_inner().id;
         let ttl = renew_local(&group, id).await?;
         let rev = group.sm.store.current_revision();
-        Ok(Response::new(LeaseKeepAliveResponse {
-            header: Some(group.header(rev)),
-            id,
-            ttl,
-        }))
+        Ok(Response::new(LeaseKeepAliveResponse { header: Some(group.header(rev)), id, ttl }))
     }
 
     async fn lease_time_to_live(
@@ -93,9 +71,6 @@ impl Peer for PeerService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let group = self.group(&req)?;
-        Ok(Response::new(time_to_live_local(
-            &group,
-            &req.into_inner(),
-        )?))
+        Ok(Response::new(time_to_live_local(&group, &req.into_inner())?))
     }
 }

@@ -44,46 +44,26 @@ pub async fn txn(group: &Group, t: TxnRequest) -> Result<(TxnResponse, i64)> {
     let out = group.propose(Op::Txn(t)).await?;
     match out.result? {
         Applied::Txn(resp) => Ok((resp, out.rev)),
-        other => Err(Error::Internal(format!(
-            "unexpected apply result {other:?}"
-        ))),
+        other => Err(Error::Internal(format!("unexpected apply result {other:?}"))),
     }
 }
 
 /// Creates the contender's key (or finds it) and returns its create revision.
 pub async fn enter(group: &Group, key: &[u8], value: &[u8], lease: i64) -> Result<(i64, KeyValue)> {
-    let put = PutRequest {
-        key: key.to_vec(),
-        value: value.to_vec(),
-        lease,
-        ..Default::default()
-    };
-    let get = RangeRequest {
-        key: key.to_vec(),
-        ..Default::default()
-    };
+    let put = PutRequest { key: key.to_vec(), value: value.to_vec(), lease, ..Default::default() };
+    let get = RangeRequest { key: key.to_vec(), ..Default::default() };
     let (resp, rev) = txn(
         group,
         TxnRequest {
             compare: vec![create_rev_is(key, 0)],
-            success: vec![RequestOp {
-                request: Some(Request::RequestPut(put)),
-            }],
-            failure: vec![RequestOp {
-                request: Some(Request::RequestRange(get)),
-            }],
+            success: vec![RequestOp { request: Some(Request::RequestPut(put)) }],
+            failure: vec![RequestOp { request: Some(Request::RequestRange(get)) }],
         },
     )
     .await?;
     if resp.succeeded {
-        let kv = KeyValue {
-            key: key.to_vec(),
-            create_revision: rev,
-            mod_revision: rev,
-            version: 1,
-            value: value.to_vec(),
-            lease,
-        };
+        let kv =
+            KeyValue { key: key.to_vec(), create_revision: rev, mod_revision: rev, version: 1, value: value.to_vec(), lease };
         return Ok((rev, kv));
     }
     match resp.responses.into_iter().next().and_then(|r| r.response) {
@@ -132,36 +112,19 @@ pub async fn wait_turn(group: &Arc<Group>, prefix: &[u8], key: &[u8], my_rev: i6
 /// Runs `op` if `key` still has create revision `rev` (the contender
 /// still holds its place); returns whether it ran and the revision after.
 async fn if_created_at(group: &Group, key: &[u8], rev: i64, op: Request) -> Result<(bool, i64)> {
-    let t = TxnRequest {
-        compare: vec![create_rev_is(key, rev)],
-        success: vec![RequestOp { request: Some(op) }],
-        failure: vec![],
-    };
+    let t =
+        TxnRequest { compare: vec![create_rev_is(key, rev)], success: vec![RequestOp { request: Some(op) }], failure: vec![] };
     let (resp, after) = txn(group, t).await?;
     Ok((resp.succeeded, after))
 }
 
 pub async fn delete_if_created_at(group: &Group, key: &[u8], rev: i64) -> Result<(bool, i64)> {
-    let del = DeleteRangeRequest {
-        key: key.to_vec(),
-        ..Default::default()
-    };
+    let del = DeleteRangeRequest { key: key.to_vec(), ..Default::default() };
     if_created_at(group, key, rev, Request::RequestDeleteRange(del)).await
 }
 
-pub async fn put_if_created_at(
-    group: &Group,
-    key: &[u8],
-    rev: i64,
-    value: &[u8],
-    lease: i64,
-) -> Result<(bool, i64)> {
-    let put = PutRequest {
-        key: key.to_vec(),
-        value: value.to_vec(),
-        lease,
-        ..Default::default()
-    };
+pub async fn put_if_created_at(group: &Group, key: &[u8], rev: i64, value: &[u8], lease: i64) -> Result<(bool, i64)> {
+    let put = PutRequest { key: key.to_vec(), value: value.to_vec(), lease, ..Default::default() };
     if_created_at(group, key, rev, Request::RequestPut(put)).await
 }
 

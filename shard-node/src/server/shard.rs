@@ -23,9 +23,7 @@ impl Shard for ShardService {
             g.propose(Op::Bump(RevisionBump {})).await?.result?;
         }
         let rev = g.sm.store.current_revision();
-        Ok(Response::new(BumpResponse {
-            header: Some(g.header(rev)),
-        }))
+        Ok(Response::new(BumpResponse { header: Some(g.header(rev)) }))
     }
 
     async fn stats(&self, _req: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {

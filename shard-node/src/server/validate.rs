@@ -4,9 +4,7 @@ use crate::error::{Error, Result};
 use std::collections::HashSet;
 use tessera_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use tessera_proto::etcdserverpb::request_op::Request;
-use tessera_proto::etcdserverpb::{
-    DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
-};
+use tessera_proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
 
 pub fn range(r: &RangeRequest) -> Result<()> {
     if r.key.is_empty() {
@@ -87,9 +85,7 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Del>)> {
     let mut puts: HashSet<Vec<u8>> = HashSet::new();
     let hit = |dels: &[Del], k: &[u8]| dels.iter().any(|d| d.contains(k));
     for op in ops {
-        let Some(Request::RequestTxn(t)) = &op.request else {
-            continue;
-        };
+        let Some(Request::RequestTxn(t)) = &op.request else { continue };
         let (puts_then, dels_then) = check_intervals(&t.success)?;
         let (puts_else, dels_else) = check_intervals(&t.failure)?;
         for k in &puts_then {
@@ -108,9 +104,7 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Del>)> {
         dels.extend(dels_else);
     }
     for op in ops {
-        let Some(Request::RequestPut(p)) = &op.request else {
-            continue;
-        };
+        let Some(Request::RequestPut(p)) = &op.request else { continue };
         if puts.contains(&p.key) || hit(&dels, &p.key) {
             return Err(Error::DuplicateKey);
         }
@@ -122,14 +116,11 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Del>)> {
 /// A txn with no put or delete anywhere: served as a read (ReadIndex, no
 /// log entry), as etcd does.
 pub fn txn_is_read_only(r: &TxnRequest) -> bool {
-    r.success
-        .iter()
-        .chain(&r.failure)
-        .all(|op| match &op.request {
-            Some(Request::RequestRange(_)) | None => true,
-            Some(Request::RequestTxn(t)) => txn_is_read_only(t),
-            _ => false,
-        })
+    r.success.iter().chain(&r.failure).all(|op| match &op.request {
+        Some(Request::RequestRange(_)) | None => true,
+        Some(Request::RequestTxn(t)) => txn_is_read_only(t),
+        _ => false,
+    })
 }
 
 #[cfg(test)]
@@ -137,12 +128,7 @@ mod tests {
     use super::*;
 
     fn put_op(k: &str) -> RequestOp {
-        RequestOp {
-            request: Some(Request::RequestPut(PutRequest {
-                key: k.into(),
-                ..Default::default()
-            })),
-        }
+        RequestOp { request: Some(Request::RequestPut(PutRequest { key: k.into(), ..Default::default() })) }
     }
     fn del_op(k: &str, end: &str) -> RequestOp {
         RequestOp {
@@ -154,40 +140,18 @@ mod tests {
         }
     }
     fn txn_op(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> RequestOp {
-        RequestOp {
-            request: Some(Request::RequestTxn(TxnRequest {
-                compare: vec![],
-                success,
-                failure,
-            })),
-        }
+        RequestOp { request: Some(Request::RequestTxn(TxnRequest { compare: vec![], success, failure })) }
     }
 
     #[test]
     fn duplicate_keys_as_etcd() {
-        let t = |s| TxnRequest {
-            compare: vec![],
-            success: s,
-            failure: vec![],
-        };
-        assert_eq!(
-            txn(&t(vec![put_op("a"), put_op("a")]), 128),
-            Err(Error::DuplicateKey)
-        );
-        assert_eq!(
-            txn(&t(vec![put_op("b"), del_op("a", "c")]), 128),
-            Err(Error::DuplicateKey)
-        );
+        let t = |s| TxnRequest { compare: vec![], success: s, failure: vec![] };
+        assert_eq!(txn(&t(vec![put_op("a"), put_op("a")]), 128), Err(Error::DuplicateKey));
+        assert_eq!(txn(&t(vec![put_op("b"), del_op("a", "c")]), 128), Err(Error::DuplicateKey));
         assert!(txn(&t(vec![del_op("a", "c"), del_op("b", "d")]), 128).is_ok());
         // the two branches of a nested txn are exclusive
         assert!(txn(&t(vec![txn_op(vec![put_op("a")], vec![put_op("a")])]), 128).is_ok());
-        assert_eq!(
-            txn(
-                &t(vec![put_op("a"), txn_op(vec![put_op("a")], vec![])]),
-                128
-            ),
-            Err(Error::DuplicateKey)
-        );
+        assert_eq!(txn(&t(vec![put_op("a"), txn_op(vec![put_op("a")], vec![])]), 128), Err(Error::DuplicateKey));
         assert_eq!(txn(&t(vec![put_op("a"); 129]), 128), Err(Error::TooManyOps));
     }
 }

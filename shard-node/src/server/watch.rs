@@ -29,10 +29,7 @@ pub struct WatchService {
 impl Watch for WatchService {
     type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
 
-    async fn watch(
-        &self,
-        req: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
         let (tx, rx) = mpsc::channel(64);
         let stream = WatchStream {
             group: self.group.clone(),
@@ -70,8 +67,7 @@ impl Watcher {
         if (put && self.no_put) || (!put && self.no_delete) {
             return false;
         }
-        e.kv.as_ref()
-            .is_some_and(|kv| key_in_range(&kv.key, &self.key, &self.range_end))
+        e.kv.as_ref().is_some_and(|kv| key_in_range(&kv.key, &self.key, &self.range_end))
     }
 }
 
@@ -108,8 +104,7 @@ impl WatchStream {
                 Ok(b) => behind = b,
                 Err(Gone) => break,
             }
-            if self.progress_requested && !behind && self.send_progress_all(current).await.is_err()
-            {
+            if self.progress_requested && !behind && self.send_progress_all(current).await.is_err() {
                 break;
             }
         }
@@ -134,13 +129,8 @@ impl WatchStream {
                 self.watchers.retain(|w| w.id != c.watch_id);
                 if self.watchers.len() < before {
                     metrics::WATCHERS.dec();
-                    self.send(WatchResponse {
-                        header: self.header(current),
-                        watch_id: c.watch_id,
-                        canceled: true,
-                        ..Default::default()
-                    })
-                    .await?;
+                    self.send(WatchResponse { header: self.header(current), watch_id: c.watch_id, canceled: true, ..Default::default() })
+                        .await?;
                 }
                 Ok(())
             }
@@ -168,8 +158,7 @@ impl WatchStream {
                     watch_id: id,
                     created: true,
                     canceled: true,
-                    cancel_reason:
-                        "etcdserver: mvcc: duplicate watch ID provided on the WatchStream".into(),
+                    cancel_reason: "etcdserver: mvcc: duplicate watch ID provided on the WatchStream".into(),
                     ..Default::default()
                 })
                 .await;
@@ -178,23 +167,13 @@ impl WatchStream {
             self.next_id += 1;
         }
         tracing::debug!(id, key = ?String::from_utf8_lossy(&c.key), end = ?String::from_utf8_lossy(&c.range_end), start = c.start_revision, current, "watch created");
-        self.send(WatchResponse {
-            header: self.header(current),
-            watch_id: id,
-            created: true,
-            ..Default::default()
-        })
-        .await?;
+        self.send(WatchResponse { header: self.header(current), watch_id: id, created: true, ..Default::default() }).await?;
         metrics::WATCHERS.inc();
         self.watchers.push(Watcher {
             id,
             key: c.key,
             range_end: c.range_end,
-            next_rev: if c.start_revision > 0 {
-                c.start_revision
-            } else {
-                current + 1
-            },
+            next_rev: if c.start_revision > 0 { c.start_revision } else { current + 1 },
             prev_kv: c.prev_kv,
             no_put: c.filters.contains(&(FilterType::Noput as i32)),
             no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
@@ -261,15 +240,11 @@ impl WatchStream {
             return Err(crate::error::Error::Compacted);
         }
         let mut events: Vec<Event> = match self.group.sm.hub.recent(w.next_rev, current) {
-            Some(batches) => batches
-                .iter()
-                .flat_map(|b| b.events.iter().filter(|e| w.wants(e)).cloned())
-                .collect(),
+            Some(batches) => batches.iter().flat_map(|b| b.events.iter().filter(|e| w.wants(e)).cloned()).collect(),
             None => {
-                let (evs, upto) =
-                    store.history(w.next_rev, current, HISTORY_REVS_PER_ROUND, &|k| {
-                        key_in_range(k, &w.key, &w.range_end)
-                    })?;
+                let (evs, upto) = store.history(w.next_rev, current, HISTORY_REVS_PER_ROUND, &|k| {
+                    key_in_range(k, &w.key, &w.range_end)
+                })?;
                 let evs: Vec<Event> = evs.into_iter().filter(|e| w.wants(e)).collect();
                 return self.with_prev(w, evs).map(|e| (e, upto));
             }
@@ -282,32 +257,17 @@ impl WatchStream {
         if w.prev_kv {
             for e in &mut events {
                 if let Some(kv) = &e.kv {
-                    e.prev_kv = self
-                        .group
-                        .sm
-                        .store
-                        .prev_of(&kv.key, Rev::new(kv.mod_revision, 0))?;
+                    e.prev_kv = self.group.sm.store.prev_of(&kv.key, Rev::new(kv.mod_revision, 0))?;
                 }
             }
         }
         Ok(events)
     }
 
-    async fn send_events(
-        &self,
-        id: i64,
-        fragment: bool,
-        events: Vec<Event>,
-        current: i64,
-    ) -> Result<(), Gone> {
+    async fn send_events(&self, id: i64, fragment: bool, events: Vec<Event>, current: i64) -> Result<(), Gone> {
         tracing::debug!(id, n = events.len(), first = events[0].kv.as_ref().map(|k| k.mod_revision), types = ?events.iter().map(|e| e.r#type).collect::<Vec<_>>(), "watch events");
         let limit = self.group.settings.max_request_bytes;
-        let resp = WatchResponse {
-            header: self.header(current),
-            watch_id: id,
-            events,
-            ..Default::default()
-        };
+        let resp = WatchResponse { header: self.header(current), watch_id: id, events, ..Default::default() };
         if !fragment || resp.encoded_len() <= limit {
             return self.send(resp).await;
         }
@@ -325,14 +285,8 @@ impl WatchStream {
         }
         let last = parts.len() - 1;
         for (i, events) in parts.into_iter().enumerate() {
-            self.send(WatchResponse {
-                header: self.header(current),
-                watch_id: id,
-                events,
-                fragment: i < last,
-                ..Default::default()
-            })
-            .await?;
+            self.send(WatchResponse { header: self.header(current), watch_id: id, events, fragment: i < last, ..Default::default() })
+                .await?;
         }
         Ok(())
     }
@@ -341,12 +295,7 @@ impl WatchStream {
     /// events up to `current` (etcd 3.5's rule, which Kubernetes relies on).
     async fn send_progress_all(&mut self, current: i64) -> Result<(), Gone> {
         self.progress_requested = false;
-        self.send(WatchResponse {
-            header: self.header(current),
-            watch_id: -1,
-            ..Default::default()
-        })
-        .await
+        self.send(WatchResponse { header: self.header(current), watch_id: -1, ..Default::default() }).await
     }
 
     /// Periodic progress for watchers that asked for it and had no events.
@@ -360,12 +309,7 @@ impl WatchStream {
             w.sent_since_progress = false;
         }
         for id in due {
-            self.send(WatchResponse {
-                header: self.header(current),
-                watch_id: id,
-                ..Default::default()
-            })
-            .await?;
+            self.send(WatchResponse { header: self.header(current), watch_id: id, ..Default::default() }).await?;
         }
         Ok(())
     }

@@ -29,11 +29,7 @@ impl WatchHub {
     /// `capacity`: bytes of recent events to keep in memory.
     pub fn new(current_rev: i64, capacity: usize) -> Self {
         Self {
-            ring: Mutex::new(Ring {
-                batches: VecDeque::new(),
-                bytes: 0,
-                covered_from: current_rev + 1,
-            }),
+            ring: Mutex::new(Ring { batches: VecDeque::new(), bytes: 0, covered_from: current_rev + 1 }),
             capacity,
             rev: watch::channel(current_rev).0,
         }
@@ -80,22 +76,12 @@ impl WatchHub {
             return None;
         }
         let start = r.batches.partition_point(|b| b.rev < from);
-        Some(
-            r.batches
-                .iter()
-                .skip(start)
-                .take_while(|b| b.rev <= to)
-                .cloned()
-                .collect(),
-        )
+        Some(r.batches.iter().skip(start).take_while(|b| b.rev <= to).cloned().collect())
     }
 }
 
 fn size_of_events(events: &[Event]) -> usize {
-    events
-        .iter()
-        .map(|e| 64 + e.kv.as_ref().map_or(0, |kv| kv.key.len() + kv.value.len()))
-        .sum()
+    events.iter().map(|e| 64 + e.kv.as_ref().map_or(0, |kv| kv.key.len() + kv.value.len())).sum()
 }
 
 #[cfg(test)]
@@ -115,11 +101,7 @@ mod tests {
         assert_eq!(hub.recent(11, 12).map(|v| v.len()), Some(2));
         hub.publish(13, vec![ev()]);
         assert!(hub.recent(11, 13).is_none(), "11 was evicted");
-        assert_eq!(
-            hub.recent(12, 13)
-                .map(|v| v.iter().map(|b| b.rev).collect::<Vec<_>>()),
-            Some(vec![12, 13])
-        );
+        assert_eq!(hub.recent(12, 13).map(|v| v.iter().map(|b| b.rev).collect::<Vec<_>>()), Some(vec![12, 13]));
         assert_eq!(*hub.subscribe().borrow(), 13);
     }
 }

@@ -21,12 +21,7 @@ pub fn fresh_host() -> String {
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
     h.write_u32(std::process::id());
     h.finish() as u32
 }
@@ -76,12 +71,7 @@ impl Cluster {
             .map(|m| format!("{}={}", m.name, m.url(m.peer_port)))
             .collect::<Vec<_>>()
             .join(",");
-        let mut c = Cluster {
-            members,
-            cluster_flag,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            _tmp: tmp,
-        };
+        let mut c = Cluster { members, cluster_flag, extra: extra.iter().map(|s| s.to_string()).collect(), _tmp: tmp };
         for i in 0..n {
             c.spawn(i);
         }
@@ -123,10 +113,7 @@ impl Cluster {
     /// Starts a member added with `member add`, joining the running group.
     pub fn spawn_joining(&mut self, i: usize, initial_cluster: &str) {
         self.cluster_flag = initial_cluster.to_string();
-        self.extra.extend([
-            "--initial-cluster-state".to_string(),
-            "existing".to_string(),
-        ]);
+        self.extra.extend(["--initial-cluster-state".to_string(), "existing".to_string()]);
         self.spawn(i);
         self.extra.truncate(self.extra.len() - 2);
     }
@@ -173,11 +160,7 @@ impl Cluster {
     pub fn wait_exit(&mut self, i: usize, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            if let Some(status) = self.members[i]
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.members[i].child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 self.members[i].child = None;
                 return Some(status);
             }
@@ -190,14 +173,9 @@ impl Cluster {
     pub fn terminate(&mut self, i: usize) -> Duration {
         let start = Instant::now();
         if let Some(mut c) = self.members[i].child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
             let status = c.wait().unwrap();
-            assert!(
-                status.success(),
-                "member exited with {status} after SIGTERM"
-            );
+            assert!(status.success(), "member exited with {status} after SIGTERM");
         }
         start.elapsed()
     }
@@ -211,18 +189,11 @@ impl Cluster {
     }
 
     pub fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(
-            self._tmp
-                .path()
-                .join(format!("{}.log", self.members[i].name)),
-        )
-        .unwrap_or_default()
+        std::fs::read_to_string(self._tmp.path().join(format!("{}.log", self.members[i].name))).unwrap_or_default()
     }
 
     pub async fn client(&self, i: usize) -> etcd_client::Client {
-        etcd_client::Client::connect([self.members[i].endpoint()], None)
-            .await
-            .expect("connect")
+        etcd_client::Client::connect([self.members[i].endpoint()], None).await.expect("connect")
     }
 
     /// Waits until every running member sees the same leader.
@@ -232,11 +203,7 @@ impl Cluster {
             if let Some(_) = self.try_leader().await {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "group did not elect a leader; logs:\n{}",
-                self.log(0)
-            );
+            assert!(Instant::now() < deadline, "group did not elect a leader; logs:\n{}", self.log(0));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -248,9 +215,7 @@ impl Cluster {
                 continue;
             }
             let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_millis(500));
-            let mut c = etcd_client::Client::connect([m.endpoint()], Some(opts))
-                .await
-                .ok()?;
+            let mut c = etcd_client::Client::connect([m.endpoint()], Some(opts)).await.ok()?;
             let l = c.status().await.ok()?.leader();
             if l == 0 || leader.is_some_and(|x| x != l) {
                 return None;
@@ -316,24 +281,9 @@ impl RealEtcd {
         let host = fresh_host();
         let (client, peer) = (format!("http://{host}:2379"), format!("http://{host}:2380"));
         let child = Command::new("etcd")
-            .args([
-                "--name",
-                "ref",
-                "--data-dir",
-                tmp.path().join("d").to_str().unwrap(),
-            ])
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
+            .args(["--name", "ref", "--data-dir", tmp.path().join("d").to_str().unwrap()])
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("ref={peer}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -350,11 +300,7 @@ impl RealEtcd {
             assert!(Instant::now() < deadline, "reference etcd did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        RealEtcd {
-            child,
-            endpoint,
-            _tmp: tmp,
-        }
+        RealEtcd { child, endpoint, _tmp: tmp }
     }
 }
 
@@ -376,12 +322,7 @@ pub fn etcdctl_stdin(endpoint: &str, args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("etcdctl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -405,19 +346,13 @@ impl LoadWriter {
         let task = tokio::spawn(async move {
             let mut clients = vec![];
             for ep in &endpoints {
-                clients.push(
-                    etcd_client::Client::connect([ep.clone()], None)
-                        .await
-                        .unwrap(),
-                );
+                clients.push(etcd_client::Client::connect([ep.clone()], None).await.unwrap());
             }
             let mut i = 0usize;
             while !s.load(Ordering::Relaxed) {
                 let key = format!("load/{i:08}");
                 let c = &mut clients[i % endpoints.len()];
-                match tokio::time::timeout(Duration::from_secs(3), c.put(key.clone(), "v", None))
-                    .await
-                {
+                match tokio::time::timeout(Duration::from_secs(3), c.put(key.clone(), "v", None)).await {
                     Ok(Ok(_)) => a.lock().unwrap().push(key),
                     Ok(Err(e)) => {
                         eprintln!("write failed: {e}");
@@ -431,12 +366,7 @@ impl LoadWriter {
                 i += 1;
             }
         });
-        Self {
-            acked,
-            failures,
-            stop,
-            task,
-        }
+        Self { acked, failures, stop, task }
     }
 
     pub fn acked(&self) -> usize {
@@ -447,11 +377,7 @@ impl LoadWriter {
     pub async fn wait_acked(&self, n: usize, within: Duration) -> Duration {
         let start = Instant::now();
         while self.acked() < n {
-            assert!(
-                start.elapsed() < within,
-                "writes stalled at {} acknowledged",
-                self.acked()
-            );
+            assert!(start.elapsed() < within, "writes stalled at {} acknowledged", self.acked());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         start.elapsed()
@@ -462,35 +388,14 @@ impl LoadWriter {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.task.await.unwrap();
         let acked = self.acked.lock().unwrap().clone();
-        (
-            acked,
-            self.failures.load(std::sync::atomic::Ordering::Relaxed),
-        )
+        (acked, self.failures.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
 /// Asserts every key in `acked` is present (read linearizably through `c`).
 pub async fn assert_has_all(c: &mut etcd_client::Client, acked: &[String]) {
-    let got = c
-        .get(
-            "load/",
-            Some(
-                etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_keys_only(),
-            ),
-        )
-        .await
-        .unwrap();
+    let got = c.get("load/", Some(etcd_client::GetOptions::new().with_prefix().with_keys_only())).await.unwrap();
     let have: std::collections::HashSet<&[u8]> = got.kvs().iter().map(|k| k.key()).collect();
-    let lost: Vec<&String> = acked
-        .iter()
-        .filter(|k| !have.contains(k.as_bytes()))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged writes lost, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
+    let lost: Vec<&String> = acked.iter().filter(|k| !have.contains(k.as_bytes())).collect();
+    assert!(lost.is_empty(), "{} acknowledged writes lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
 }
