@@ -112,8 +112,7 @@ async fn add_group(State(a): State<Arc<Admin>>, Json(req): Json<GroupRequest>) -
 }
 
 fn group_request<T>(group: u64, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(shardmap::GROUP_HEADER, group.into());
+    let mut r = shardmap::group_request(group, msg);
     r.set_timeout(Duration::from_secs(10));
     r
 }

@@ -6,13 +6,7 @@ use shard_node::Config;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::load()?;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},raft=warn", config.log_level))),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    shard_node::process::init_logging(&config.log_level);
     if config.federated() {
         anyhow::bail!("placement keeps its own store: --placement-endpoints does not apply");
     }
@@ -21,11 +15,7 @@ fn main() -> anyhow::Result<()> {
         let store_url = config.advertise_client_urls()[0].clone();
         let admin = placement::admin::routes(placement::admin::Admin { store_url });
         let running = shard_node::node::start_with(config, admin).await?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        shard_node::process::shutdown_signal().await;
         running.shutdown().await;
         anyhow::Ok(())
     })

@@ -12,7 +12,8 @@ use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tessera_proto::etcdserverpb::ResponseHeader;
+use tessera_proto::etcdserverpb::kv_client::KvClient;
+use tessera_proto::etcdserverpb::{RangeRequest, ResponseHeader};
 use tessera_proto::tessera::shard::shard_client::ShardClient;
 use tessera_proto::tessera::shard::{BumpRequest, StatsRequest};
 use tonic::transport::Channel;
@@ -75,12 +76,6 @@ impl Backends {
         self.maps.borrow().clone().ok_or_else(|| Status::unavailable("tessera: no shard map from placement yet"))
     }
 
-    pub async fn wait_for_map(&self) -> Arc<Routing> {
-        let mut rx = self.maps.clone();
-        let r = rx.wait_for(|m| m.as_ref().is_some_and(|m| !m.map.groups.is_empty())).await;
-        r.ok().and_then(|m| m.clone()).expect("map follower stopped")
-    }
-
     pub fn max_revision(&self) -> i64 {
         self.max_revision.load(Ordering::Relaxed)
     }
@@ -134,9 +129,8 @@ impl Backends {
 
     /// A request to `group` with the router's metadata.
     pub fn request<T>(&self, r: &Routing, group: u64, msg: T) -> Request<T> {
-        let mut req = Request::new(msg);
+        let mut req = shardmap::group_request(group, msg);
         let md = req.metadata_mut();
-        md.insert(shardmap::GROUP_HEADER, group.into());
         md.insert(shardmap::EPOCH_HEADER, r.epoch().into());
         md.insert(shardmap::REVISION_HEADER, self.max_revision().into());
         req.set_timeout(self.call_timeout);
@@ -189,6 +183,28 @@ impl Backends {
             .await?;
         self.observe(resp.header.as_ref());
         Ok(resp.header.map_or(0, |h| h.revision))
+    }
+
+    /// The highest revision any of `groups` has reached (a linearizable
+    /// probe of each); every answer raises `max_revision`.
+    pub async fn current_revision(&self, groups: &[u64]) -> Result<i64, Status> {
+        let probe = RangeRequest { key: vec![0], count_only: true, ..Default::default() };
+        let answers = futures::future::join_all(
+            groups.iter().map(|g| self.call(*g, Prefer::Leader, false, probe.clone(), |ch, r| async move { KvClient::new(ch).range(r).await })),
+        )
+        .await;
+        let mut max = 0;
+        let mut failed = None;
+        for a in answers {
+            match a {
+                Ok(a) => {
+                    self.observe(a.header.as_ref());
+                    max = max.max(a.header.map_or(0, |h| h.revision));
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        failed.map_or(Ok(max), Err)
     }
 
     pub fn healthy(&self) -> bool {

@@ -57,9 +57,8 @@ impl KvService {
     /// cached one is not enough.
     async fn known_revision(&self) -> i64 {
         if let Ok(r) = self.backends.routing() {
-            let probe = RangeRequest { key: vec![0], count_only: true, ..Default::default() };
             let groups: Vec<u64> = r.map.groups.keys().copied().collect();
-            let _ = futures::future::join_all(groups.iter().map(|g| self.range_in(*g, probe.clone()))).await;
+            let _ = self.backends.current_revision(&groups).await;
         }
         self.backends.max_revision()
     }
@@ -173,17 +172,9 @@ impl Kv for KvService {
         }
         let r = self.backends.routing()?;
         let group = r.group_of(&req.key).ok_or_else(|| Status::unavailable("tessera: the shard map has no groups yet"))?;
-        let lease = req.lease;
-        let call = || {
-            self.backends.call(group, Prefer::Leader, true, req.clone(), |ch, r| async move { KvClient::new(ch).put(r).await })
-        };
-        let resp = match call().await {
-            Err(s) if leases::is_not_found(&s) && lease != 0 => {
-                leases::replicate(&self.backends, lease, group).await?;
-                call().await?
-            }
-            other => other?,
-        };
+        let lease = [req.lease];
+        let resp = leases::write_with_leases(&self.backends, group, &lease, req, |ch, r| async move { KvClient::new(ch).put(r).await })
+            .await?;
         self.backends.observe(resp.header.as_ref());
         Ok(Response::new(resp))
     }
@@ -223,20 +214,11 @@ impl Kv for KvService {
             Some(g) => *g,
             None => *r.map.groups.keys().next().ok_or_else(|| Status::unavailable("tessera: the shard map has no groups yet"))?,
         };
-        let call = || {
-            self.backends.call(group, Prefer::Leader, true, req.clone(), |ch, r| async move { KvClient::new(ch).txn(r).await })
-        };
-        let resp = match call().await {
-            Err(s) if leases::is_not_found(&s) => {
-                let mut ls = BTreeSet::new();
-                txn_leases(&req, &mut ls);
-                for l in ls {
-                    leases::replicate(&self.backends, l, group).await?;
-                }
-                call().await?
-            }
-            other => other?,
-        };
+        let mut ls = BTreeSet::new();
+        txn_leases(&req, &mut ls);
+        let ls: Vec<i64> = ls.into_iter().collect();
+        let resp = leases::write_with_leases(&self.backends, group, &ls, req, |ch, r| async move { KvClient::new(ch).txn(r).await })
+            .await?;
         self.backends.observe(resp.header.as_ref());
         Ok(Response::new(resp))
     }

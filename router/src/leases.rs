@@ -71,6 +71,26 @@ pub async fn replicate(b: &Backends, id: i64, group: u64) -> Result<(), Status> 
     }
 }
 
+/// A write to `group` that names `leases` (0 = none): when the group does
+/// not hold one of them yet, the write failed without effect; copy them
+/// there and retry.
+pub async fn write_with_leases<T, R, F, Fut>(b: &Backends, group: u64, leases: &[i64], msg: T, f: F) -> Result<R, Status>
+where
+    T: Clone,
+    F: Fn(tonic::transport::Channel, Request<T>) -> Fut + Copy,
+    Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+{
+    match b.call(group, Prefer::Leader, true, msg.clone(), f).await {
+        Err(s) if is_not_found(&s) && leases.iter().any(|l| *l != 0) => {
+            for l in leases.iter().filter(|l| **l != 0) {
+                replicate(b, *l, group).await?;
+            }
+            b.call(group, Prefer::Leader, true, msg, f).await
+        }
+        other => other,
+    }
+}
+
 pub struct LeaseService {
     pub backends: Arc<Backends>,
 }

@@ -28,21 +28,6 @@ impl Recipes {
     fn group_of_key(&self, key: &[u8]) -> Result<u64, Status> {
         self.backends.routing()?.group_of(key).ok_or_else(|| Status::unavailable("tessera: the shard map has no groups yet"))
     }
-
-    /// A call that holds a lease: copy the lease to the group if needed.
-    async fn with_lease<T: Clone, R, F, Fut>(&self, group: u64, lease: i64, msg: T, f: F) -> Result<R, Status>
-    where
-        F: Fn(tonic::transport::Channel, Request<T>) -> Fut + Copy,
-        Fut: std::future::Future<Output = Result<Response<R>, Status>>,
-    {
-        match self.backends.call(group, Prefer::Leader, true, msg.clone(), f).await {
-            Err(s) if leases::is_not_found(&s) && lease != 0 => {
-                leases::replicate(&self.backends, lease, group).await?;
-                self.backends.call(group, Prefer::Leader, true, msg, f).await
-            }
-            other => other,
-        }
-    }
 }
 
 #[tonic::async_trait]
@@ -50,8 +35,8 @@ impl Lock for Recipes {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
         let r = req.into_inner();
         let g = self.group_of_name(&r.name)?;
-        let lease = r.lease;
-        Ok(Response::new(self.with_lease(g, lease, r, |ch, r| async move { LockClient::new(ch).lock(r).await }).await?))
+        let lease = [r.lease];
+        Ok(Response::new(leases::write_with_leases(&self.backends, g, &lease, r, |ch, r| async move { LockClient::new(ch).lock(r).await }).await?))
     }
 
     async fn unlock(&self, req: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
@@ -70,8 +55,8 @@ impl Election for Recipes {
     async fn campaign(&self, req: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
         let r = req.into_inner();
         let g = self.group_of_name(&r.name)?;
-        let lease = r.lease;
-        Ok(Response::new(self.with_lease(g, lease, r, |ch, r| async move { ElectionClient::new(ch).campaign(r).await }).await?))
+        let lease = [r.lease];
+        Ok(Response::new(leases::write_with_leases(&self.backends, g, &lease, r, |ch, r| async move { ElectionClient::new(ch).campaign(r).await }).await?))
     }
 
     async fn proclaim(&self, req: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {

@@ -13,12 +13,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tessera_proto::etcdserverpb::kv_client::KvClient;
 use tessera_proto::etcdserverpb::watch_client::WatchClient;
 use tessera_proto::etcdserverpb::watch_request::RequestUnion;
 use tessera_proto::etcdserverpb::watch_server::Watch;
 use tessera_proto::etcdserverpb::{
-    RangeRequest, ResponseHeader, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
+    ResponseHeader, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
 };
 use tessera_proto::mvccpb::Event;
 use tokio::sync::{mpsc, oneshot};
@@ -141,18 +140,6 @@ enum Up {
     Failed(String),
 }
 
-/// The highest revision any of `groups` has reached (linearizable).
-async fn current_revision(b: &Backends, groups: &[u64]) -> Result<i64, Status> {
-    let probe = RangeRequest { key: vec![0], count_only: true, ..Default::default() };
-    let answers = futures::future::try_join_all(
-        groups
-            .iter()
-            .map(|g| b.call(*g, Prefer::Leader, false, probe.clone(), |ch, r| async move { KvClient::new(ch).range(r).await })),
-    )
-    .await?;
-    Ok(answers.iter().filter_map(|a| a.header.as_ref()).map(|h| h.revision).max().unwrap_or(0))
-}
-
 async fn watcher(
     b: Arc<Backends>,
     id: i64,
@@ -182,7 +169,7 @@ async fn watcher(
     let start = if create.start_revision > 0 {
         create.start_revision
     } else if groups.len() > 1 {
-        match current_revision(&b, &groups).await {
+        match b.current_revision(&groups).await {
             Ok(r) => r + 1,
             Err(e) => {
                 let _ = out.send(Ok(fail(e.message().to_string()))).await;

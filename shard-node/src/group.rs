@@ -110,9 +110,7 @@ impl Group {
     /// A request to this group on another member: it names the group, as
     /// every call to a node hosting several groups must.
     pub fn request<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        r.metadata_mut().insert(shardmap::GROUP_HEADER, self.id.into());
-        r
+        shardmap::group_request(self.id, msg)
     }
 
     pub fn status(&self) -> RaftStatus {

@@ -20,6 +20,7 @@ pub mod membership;
 pub mod metrics;
 pub mod mvcc;
 pub mod node;
+pub mod process;
 pub mod raft;
 pub mod replica;
 pub mod server;

@@ -102,15 +102,29 @@ pub fn node_router(node: Arc<Node>) -> axum::Router {
         .fallback(move |req: axum::extract::Request| dispatch(node.clone(), req))
 }
 
+/// The replica of `group` on this node, or the error a caller can act on.
+pub(crate) fn hosted(node: &Node, group: u64) -> Result<Arc<crate::replica::Replica>, tonic::Status> {
+    node.replica(group).ok_or_else(|| tonic::Status::unavailable(format!("tessera: group {group} is not hosted here")))
+}
+
+/// The replica a call names in its `tessera-group` metadata (the raw
+/// value); group 0, the standalone group, when it names none.
+pub(crate) fn named_replica(node: &Node, value: Option<&[u8]>) -> Result<Arc<crate::replica::Replica>, tonic::Status> {
+    let group = match value {
+        None => STANDALONE_GROUP,
+        Some(v) => std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| tonic::Status::invalid_argument("tessera: bad tessera-group metadata"))?,
+    };
+    hosted(node, group)
+}
+
 async fn dispatch(node: Arc<Node>, req: axum::extract::Request) -> axum::response::Response {
     let headers = req.headers();
-    let group = match headers.get(shardmap::GROUP_HEADER).map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok())) {
-        None => STANDALONE_GROUP,
-        Some(Some(g)) => g,
-        Some(None) => return tonic::Status::invalid_argument("tessera: bad tessera-group metadata").into_http(),
-    };
-    let Some(replica) = node.replica(group) else {
-        return tonic::Status::unavailable(format!("tessera: group {group} is not hosted here")).into_http();
+    let replica = match named_replica(&node, headers.get(shardmap::GROUP_HEADER).map(|v| v.as_bytes())) {
+        Ok(r) => r,
+        Err(s) => return s.into_http(),
     };
     // The revision rule: the router's highest seen revision raises this
     // group's clock, so revisions respect causality through the router.

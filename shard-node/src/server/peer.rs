@@ -3,7 +3,7 @@
 
 use super::lease::{renew_local, time_to_live_local};
 use crate::group::{Group, Msg};
-use crate::node::{Node, STANDALONE_GROUP};
+use crate::node::Node;
 use protobuf::Message as _;
 use std::sync::Arc;
 use tessera_proto::etcdserverpb::{
@@ -19,13 +19,7 @@ pub struct PeerService {
 
 impl PeerService {
     fn group<T>(&self, req: &Request<T>) -> Result<Arc<Group>, Status> {
-        let id = match req.metadata().get(shardmap::GROUP_HEADER) {
-            None => STANDALONE_GROUP,
-            Some(v) => {
-                v.to_str().ok().and_then(|s| s.parse().ok()).ok_or_else(|| Status::invalid_argument("bad tessera-group"))?
-            }
-        };
-        self.node.group(id).ok_or_else(|| Status::unavailable(format!("tessera: group {id} is not hosted here")))
+        Ok(super::named_replica(&self.node, req.metadata().get(shardmap::GROUP_HEADER).map(|v| v.as_bytes()))?.group.clone())
     }
 }
 
@@ -53,7 +47,7 @@ impl Peer for PeerService {
 
     async fn members(&self, req: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
         let id = req.get_ref().group_id;
-        let group = self.node.group(id).ok_or_else(|| Status::unavailable(format!("tessera: group {id} is not hosted here")))?;
+        let group = super::hosted(&self.node, id)?.group.clone();
         let members = group.sm.members.read().all().cloned().collect();
         Ok(Response::new(MembersResponse { cluster_id: group.cluster_id, members }))
     }
