@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../../shard-node/tests/common/json_http.rs"]
+pub mod json_http;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

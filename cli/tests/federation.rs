@@ -140,6 +140,81 @@ async fn etcdctl_through_the_router_across_groups() {
     assert!(f.etcdctl(&["get", "", "--from-key"]).1.trim().is_empty());
 }
 
+/// etcd's JSON gateway on the router: the same cross-group semantics as
+/// gRPC (one sorted range, merged watch, spanning txn refused, leases).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_gateway_through_the_router() {
+    use common::json_http::{b64, post, Stream};
+    use serde_json::json;
+    let f = Federation::start(3);
+    let ep = f.endpoint();
+    let rev = |v: &serde_json::Value| v["header"]["revision"].as_str().unwrap().parse::<i64>().unwrap();
+    let (status, first) = post(&ep, "/v3/kv/range", &json!({"key": b64("foo")}).to_string());
+    assert_eq!(status, 200, "{first}");
+    let start = rev(&first);
+    for k in KEYS {
+        let (status, v) = post(&ep, "/v3/kv/put", &json!({"key": b64(k), "value": b64(&format!("v-{k}"))}).to_string());
+        assert_eq!(status, 200, "{v}");
+    }
+    let mut sorted: Vec<&str> = KEYS.to_vec();
+    sorted.sort();
+    let sorted: Vec<String> = sorted.iter().map(|k| b64(k)).collect();
+    let all = json!({"key": "AA==", "range_end": "AA=="});
+    let (_, v) = post(&ep, "/v3/kv/range", &all.to_string());
+    let keys: Vec<&str> = v["kvs"].as_array().unwrap().iter().map(|kv| kv["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, sorted.iter().map(String::as_str).collect::<Vec<_>>(), "one sorted result across groups");
+    assert_eq!(v["count"], json!(KEYS.len().to_string()));
+    let (_, v) = post(&ep, "/v3/kv/range", &json!({"key": "AA==", "range_end": "AA==", "limit": 2, "keys_only": true}).to_string());
+    assert_eq!((v["kvs"].as_array().unwrap().len(), &v["more"]), (2, &json!(true)));
+
+    // A txn over two groups is refused with etcd's HTTP mapping of FailedPrecondition.
+    let span = json!({"success": [{"request_put": {"key": b64("/registry/pods/ns1/z")}}, {"request_put": {"key": b64("foo")}}]});
+    let (status, v) = post(&ep, "/v3/kv/txn", &span.to_string());
+    assert_eq!((status, &v["code"]), (412, &json!(9)), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("spans groups"), "{v}");
+
+    // The merged watch streams every event once, in revision order.
+    let watch = json!({"create_request": {"key": "AA==", "range_end": "AA==", "start_revision": (start + 1).to_string()}});
+    let mut w = Stream::open(&ep, "/v3/watch", &watch.to_string());
+    assert_eq!(w.status, 200);
+    let mut seen: Vec<(i64, String)> = vec![];
+    while seen.len() < KEYS.len() {
+        let line = w.next().expect("watch stream ended");
+        for e in line["result"]["events"].as_array().into_iter().flatten() {
+            let kv = &e["kv"];
+            seen.push((kv["mod_revision"].as_str().unwrap().parse().unwrap(), kv["key"].as_str().unwrap().to_string()));
+        }
+    }
+    assert!(seen.windows(2).all(|p| p[0].0 < p[1].0), "not in revision order: {seen:?}");
+    assert_eq!(seen.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>(), KEYS.iter().map(|k| b64(k)).collect::<Vec<_>>());
+
+    // A lease used on two groups: keepalive renews it, revoke deletes both keys.
+    let (_, grant) = post(&ep, "/v3/lease/grant", &json!({"TTL": "30"}).to_string());
+    let id = grant["ID"].as_str().unwrap().to_string();
+    for k in ["/registry/leases/kube-node-lease/n1", "foo"] {
+        let (status, v) = post(&ep, "/v3/kv/put", &json!({"key": b64(k), "lease": id}).to_string());
+        assert_eq!(status, 200, "{v}");
+    }
+    let mut ka = Stream::open(&ep, "/v3/lease/keepalive", &json!({"ID": id}).to_string());
+    let renewed = ka.next().unwrap();
+    assert_eq!(renewed["result"]["TTL"], json!("30"), "{renewed}");
+    let (_, ttl) = post(&ep, "/v3/lease/timetolive", &json!({"ID": id, "keys": true}).to_string());
+    assert_eq!(ttl["keys"].as_array().map(Vec::len), Some(2), "{ttl}");
+    let (status, _) = post(&ep, "/v3/lease/revoke", &json!({"ID": id}).to_string());
+    assert_eq!(status, 200);
+    for k in ["/registry/leases/kube-node-lease/n1", "foo"] {
+        let (_, v) = post(&ep, "/v3/kv/range", &json!({"key": b64(k)}).to_string());
+        assert!(v.get("kvs").is_none(), "{k} outlived its lease: {v}");
+    }
+
+    // DeleteRange over all groups; Status describes the federation.
+    let (_, v) = post(&ep, "/v3/kv/deleterange", &all.to_string());
+    assert_eq!(v["deleted"], json!((KEYS.len() - 2).to_string()));
+    let (status, v) = post(&ep, "/v3/maintenance/status", "{}");
+    assert_eq!(status, 200);
+    assert!(v["version"].as_str().unwrap().starts_with("3."), "{v}");
+}
+
 fn put(k: &str, v: &str, lease: i64) -> RequestOp {
     RequestOp { request: Some(Op::RequestPut(PutRequest { key: k.into(), value: v.into(), lease, ..Default::default() })) }
 }

@@ -18,6 +18,7 @@ use tessera_proto::etcdserverpb::{
 };
 use tonic::{Request, Response, Status};
 
+#[derive(Clone)]
 pub struct KvService {
     pub backends: Arc<Backends>,
 }

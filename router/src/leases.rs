@@ -91,6 +91,7 @@ where
     }
 }
 
+#[derive(Clone)]
 pub struct LeaseService {
     pub backends: Arc<Backends>,
 }

@@ -17,16 +17,10 @@ pub use config::Config;
 
 use axum::routing::get;
 use backends::Backends;
+use shard_node::server::EtcdServices;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tessera_proto::etcdserverpb::cluster_server::ClusterServer;
-use tessera_proto::etcdserverpb::kv_server::KvServer;
-use tessera_proto::etcdserverpb::lease_server::LeaseServer;
-use tessera_proto::etcdserverpb::maintenance_server::MaintenanceServer;
-use tessera_proto::etcdserverpb::watch_server::WatchServer;
 use tessera_proto::etcdserverpb::Member;
-use tessera_proto::v3electionpb::election_server::ElectionServer;
-use tessera_proto::v3lockpb::lock_server::LockServer;
 
 /// etcd's request limit plus gRPC framing, as on a shard-node.
 const MAX_MESSAGE: usize = 1572864 + 512 * 1024;
@@ -65,26 +59,28 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         is_learner: false,
     };
     let progress_interval = shard_node::config::parse_duration(&config.experimental_watch_progress_notify_interval)?;
-    let maintenance = || maintenance::MaintenanceService {
+    let maintenance = maintenance::MaintenanceService {
         backends: backends.clone(),
         member: member.clone(),
         cluster_id: shardmap::ring::hash(config.placement_endpoints.as_bytes()),
     };
-    let grpc = tonic::service::Routes::new(
-        KvServer::new(kv::KvService { backends: backends.clone() }).max_decoding_message_size(MAX_MESSAGE),
-    )
-    .add_service(
-        WatchServer::new(watch::WatchService { backends: backends.clone(), progress_interval })
-            .max_decoding_message_size(MAX_MESSAGE),
-    )
-    .add_service(LeaseServer::new(leases::LeaseService { backends: backends.clone() }))
-    .add_service(ClusterServer::new(maintenance()))
-    .add_service(MaintenanceServer::new(maintenance()))
-    .add_service(LockServer::new(recipes::Recipes { backends: backends.clone() }))
-    .add_service(ElectionServer::new(recipes::Recipes { backends: backends.clone() }));
+    let kv = kv::KvService { backends: backends.clone() };
+    let watch = watch::WatchService { backends: backends.clone(), progress_interval };
+    let lease = leases::LeaseService { backends: backends.clone() };
+    let recipes = recipes::Recipes { backends: backends.clone() };
+    let etcd = EtcdServices {
+        kv,
+        watch,
+        lease,
+        cluster: maintenance.clone(),
+        maintenance,
+        lock: recipes.clone(),
+        election: recipes,
+        max_message: MAX_MESSAGE,
+    };
     let health = backends.clone();
-    let app = grpc
-        .into_axum_router()
+    let app = etcd
+        .router(|grpc| grpc)
         .route("/metrics", get(|| async { metrics::render() }))
         .route(
             "/health",

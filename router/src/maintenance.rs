@@ -14,6 +14,7 @@ use tessera_proto::etcdserverpb::maintenance_server::Maintenance;
 use tessera_proto::etcdserverpb::*;
 use tonic::{Request, Response, Status};
 
+#[derive(Clone)]
 pub struct MaintenanceService {
     pub backends: Arc<Backends>,
     pub member: Member,

@@ -14,6 +14,7 @@ use tessera_proto::v3lockpb::lock_server::Lock;
 use tessera_proto::v3lockpb::*;
 use tonic::{Request, Response, Status};
 
+#[derive(Clone)]
 pub struct Recipes {
     pub backends: Arc<Backends>,
 }

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+#[derive(Clone)]
 pub struct WatchService {
     pub backends: Arc<Backends>,
     pub progress_interval: Duration,
@@ -66,10 +67,20 @@ async fn client_stream(b: Arc<Backends>, mut input: Streaming<WatchRequest>, out
     let mut watchers: HashMap<i64, Handle> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<i64>();
     let mut next_id = 0i64;
+    // As in etcd, a client that half-closes its side keeps receiving until it leaves.
+    let mut input_open = true;
     loop {
         tokio::select! {
-            msg = input.message() => {
-                let Ok(Some(msg)) = msg else { break };
+            _ = out.closed() => break,
+            msg = input.message(), if input_open => {
+                let msg = match msg {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => {
+                        input_open = false;
+                        continue;
+                    }
+                    Err(_) => break,
+                };
                 match msg.request_union {
                     Some(RequestUnion::CreateRequest(c)) => {
                         let id = if c.watch_id > 0 {

@@ -77,12 +77,14 @@ impl MvccStore {
         if let Some(e) = bad {
             return Err(Error::Internal(format!("corrupt revision value: {e}")));
         }
-        let meta = |name| -> Result<i64> {
-            Ok(self.engine.get(&self.keys.meta(name))?.map(|v| decode_i64(&v)).unwrap_or(0))
+        let meta = |name, empty| -> Result<i64> {
+            Ok(self.engine.get(&self.keys.meta(name))?.map(|v| decode_i64(&v)).unwrap_or(empty))
         };
         let mut st = self.state.write();
-        st.rev = meta(META_REV)?;
-        st.compact_rev = meta(META_COMPACT)?;
+        // As etcd, an empty store is at revision 1 (its first write is 2):
+        // a list of nothing still returns a revision a watch can start from.
+        st.rev = meta(META_REV, 1)?;
+        st.compact_rev = meta(META_COMPACT, 0)?;
         st.index = index;
         st.bytes = bytes;
         Ok(())

@@ -87,6 +87,10 @@ impl<'s> WriteTxn<'s> {
         self.rev.unwrap_or(self.begin_rev)
     }
 
+    fn op_header(&self) -> Option<tessera_proto::etcdserverpb::ResponseHeader> {
+        Some(tessera_proto::etcdserverpb::ResponseHeader { revision: self.read_rev(), ..Default::default() })
+    }
+
     fn fetch(&self, revs: &[Rev]) -> Result<Vec<KeyValue>> {
         let missing: Vec<Rev> = revs.iter().filter(|r| !self.pending.contains_key(r)).copied().collect();
         let mut loaded = self.store.fetch(&missing)?.into_iter();
@@ -244,11 +248,26 @@ impl<'s> WriteTxn<'s> {
         *at += 1;
         let mut responses = vec![];
         for op in branch(req, ok) {
+            // As etcd: each op's header holds the txn's revision as that op
+            // saw it (begin, or the new revision once something was written);
+            // a nested txn's header is empty.
             let response = match &op.request {
-                Some(Request::RequestRange(r)) => Response::ResponseRange(self.range(r)?),
-                Some(Request::RequestPut(p)) => Response::ResponsePut(self.put(p)?),
-                Some(Request::RequestDeleteRange(d)) => Response::ResponseDeleteRange(self.delete_range(d)?),
-                Some(Request::RequestTxn(t)) => Response::ResponseTxn(self.exec(t, path, at)?),
+                Some(Request::RequestRange(r)) => {
+                    let resp = self.range(r)?;
+                    Response::ResponseRange(RangeResponse { header: self.op_header(), ..resp })
+                }
+                Some(Request::RequestPut(p)) => {
+                    let resp = self.put(p)?;
+                    Response::ResponsePut(PutResponse { header: self.op_header(), ..resp })
+                }
+                Some(Request::RequestDeleteRange(d)) => {
+                    let resp = self.delete_range(d)?;
+                    Response::ResponseDeleteRange(DeleteRangeResponse { header: self.op_header(), ..resp })
+                }
+                Some(Request::RequestTxn(t)) => {
+                    let resp = self.exec(t, path, at)?;
+                    Response::ResponseTxn(TxnResponse { header: Some(Default::default()), ..resp })
+                }
                 None => continue,
             };
             responses.push(ResponseOp { response: Some(response) });

@@ -16,6 +16,7 @@ use tessera_proto::etcdserverpb::*;
 use tessera_proto::tessera::command::{command::Op, MemberContext};
 use tonic::{Request, Response, Status};
 
+#[derive(Clone)]
 pub struct ClusterService {
     pub group: Arc<Group>,
 }
@@ -24,8 +25,9 @@ pub struct ClusterService {
 const LEARNER_READY_PERCENT: f64 = 0.9;
 
 impl ClusterService {
+    /// As etcd's cluster server: membership answers carry no revision.
     fn header(&self) -> Option<ResponseHeader> {
-        Some(self.group.header(self.group.sm.store.current_revision()))
+        Some(self.group.header(0))
     }
 
     fn members(&self) -> Vec<Member> {

@@ -9,6 +9,7 @@ use tessera_proto::v3electionpb::*;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+#[derive(Clone)]
 pub struct ElectionService {
     pub group: Arc<Group>,
 }

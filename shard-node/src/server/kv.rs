@@ -13,6 +13,7 @@ use tessera_proto::etcdserverpb::{
 use tessera_proto::tessera::command::command::Op;
 use tonic::{Request, Response, Status};
 
+#[derive(Clone)]
 pub struct KvService {
     pub group: Arc<Group>,
     pub max_txn_ops: usize,

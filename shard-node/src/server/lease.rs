@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+#[derive(Clone)]
 pub struct LeaseService {
     pub group: Arc<Group>,
     pub leader: Arc<LeaderClient>,

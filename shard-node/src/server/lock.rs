@@ -8,6 +8,7 @@ use tessera_proto::v3lockpb::lock_server::Lock;
 use tessera_proto::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 use tonic::{Request, Response, Status};
 
+#[derive(Clone)]
 pub struct LockService {
     pub group: Arc<Group>,
 }

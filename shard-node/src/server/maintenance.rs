@@ -17,6 +17,7 @@ const SNAPSHOT_CHUNK: usize = 32 * 1024;
 /// The etcd API level we implement; Kubernetes checks it through Status.
 pub const ETCD_API_VERSION: &str = "3.5.17";
 
+#[derive(Clone)]
 pub struct MaintenanceService {
     pub group: Arc<Group>,
 }

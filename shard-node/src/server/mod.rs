@@ -6,6 +6,7 @@ pub mod authority;
 pub mod cluster;
 pub mod election;
 pub mod errors;
+pub mod gateway;
 pub mod kv;
 pub mod leader;
 pub mod lease;
@@ -22,14 +23,14 @@ use crate::node::{Node, STANDALONE_GROUP};
 use axum::routing::get;
 use std::sync::Arc;
 use std::time::Duration;
-use tessera_proto::etcdserverpb::cluster_server::ClusterServer;
-use tessera_proto::etcdserverpb::kv_server::KvServer;
-use tessera_proto::etcdserverpb::lease_server::LeaseServer;
-use tessera_proto::etcdserverpb::maintenance_server::MaintenanceServer;
-use tessera_proto::etcdserverpb::watch_server::WatchServer;
+use tessera_proto::etcdserverpb::cluster_server::{Cluster, ClusterServer};
+use tessera_proto::etcdserverpb::kv_server::{Kv, KvServer};
+use tessera_proto::etcdserverpb::lease_server::{Lease, LeaseServer};
+use tessera_proto::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
+use tessera_proto::etcdserverpb::watch_server::{Watch, WatchServer};
 use tessera_proto::tessera::shard::shard_server::ShardServer;
-use tessera_proto::v3electionpb::election_server::ElectionServer;
-use tessera_proto::v3lockpb::lock_server::LockServer;
+use tessera_proto::v3electionpb::election_server::{Election, ElectionServer};
+use tessera_proto::v3lockpb::lock_server::{Lock, LockServer};
 
 /// etcd's allowance for gRPC framing on top of --max-request-bytes.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -42,28 +43,67 @@ pub struct ClientApi {
 }
 
 impl ClientApi {
-    /// This group's gRPC services (the node routes to them by group).
+    /// This group's gRPC services and etcd's JSON gateway over them (the
+    /// node routes to them by group).
     pub fn grpc_router(self) -> axum::Router {
         let g = self.group.clone();
         let max = g.settings.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let leader = Arc::new(leader::LeaderClient::new(g.clone()));
-        let grpc = tonic::service::Routes::new(
-            KvServer::new(kv::KvService { group: g.clone(), max_txn_ops: self.max_txn_ops }).max_decoding_message_size(max),
-        )
-        .add_service(
-            WatchServer::new(watch::WatchService { group: g.clone(), progress_interval: self.progress_interval })
-                .max_decoding_message_size(max),
-        )
-        .add_service(
-            LeaseServer::new(lease::LeaseService { group: g.clone(), leader, min_ttl: self.min_lease_ttl })
-                .max_decoding_message_size(max),
-        )
-        .add_service(ClusterServer::new(cluster::ClusterService { group: g.clone() }))
-        .add_service(MaintenanceServer::new(maintenance::MaintenanceService { group: g.clone() }))
-        .add_service(LockServer::new(lock::LockService { group: g.clone() }))
-        .add_service(ElectionServer::new(election::ElectionService { group: g.clone() }))
-        .add_service(ShardServer::new(shard::ShardService { group: g }));
-        grpc.into_axum_router()
+        let kv = kv::KvService { group: g.clone(), max_txn_ops: self.max_txn_ops };
+        let watch = watch::WatchService { group: g.clone(), progress_interval: self.progress_interval };
+        let lease = lease::LeaseService { group: g.clone(), leader, min_ttl: self.min_lease_ttl };
+        let cluster = cluster::ClusterService { group: g.clone() };
+        let maintenance = maintenance::MaintenanceService { group: g.clone() };
+        let lock = lock::LockService { group: g.clone() };
+        let election = election::ElectionService { group: g.clone() };
+        let etcd = EtcdServices { kv, watch, lease, cluster, maintenance, lock, election, max_message: max };
+        etcd.router(|grpc| grpc.add_service(ShardServer::new(shard::ShardService { group: g })))
+    }
+}
+
+/// One implementation of each of etcd's services: a group's, or the router's
+/// over the federation.
+pub struct EtcdServices<K, W, L, C, M, Lk, E> {
+    pub kv: K,
+    pub watch: W,
+    pub lease: L,
+    pub cluster: C,
+    pub maintenance: M,
+    pub lock: Lk,
+    pub election: E,
+    /// The largest request message accepted (etcd's --max-request-bytes plus framing).
+    pub max_message: usize,
+}
+
+impl<K, W, L, C, M, Lk, E> EtcdServices<K, W, L, C, M, Lk, E>
+where
+    K: Kv + Clone,
+    W: Watch + Clone,
+    L: Lease + Clone,
+    C: Cluster + Clone,
+    M: Maintenance + Clone,
+    Lk: Lock + Clone,
+    E: Election + Clone,
+{
+    /// etcd's gRPC services (and those `more` adds) and its JSON gateway
+    /// over the same implementations.
+    pub fn router(self, more: impl FnOnce(tonic::service::Routes) -> tonic::service::Routes) -> axum::Router {
+        let max = self.max_message;
+        let json = gateway::kv(self.kv.clone())
+            .merge(gateway::watch(self.watch.clone()))
+            .merge(gateway::lease(self.lease.clone()))
+            .merge(gateway::cluster(self.cluster.clone()))
+            .merge(gateway::maintenance(self.maintenance.clone()))
+            .merge(gateway::lock(self.lock.clone()))
+            .merge(gateway::election(self.election.clone()));
+        let grpc = tonic::service::Routes::new(KvServer::new(self.kv).max_decoding_message_size(max))
+            .add_service(WatchServer::new(self.watch).max_decoding_message_size(max))
+            .add_service(LeaseServer::new(self.lease).max_decoding_message_size(max))
+            .add_service(ClusterServer::new(self.cluster))
+            .add_service(MaintenanceServer::new(self.maintenance))
+            .add_service(LockServer::new(self.lock))
+            .add_service(ElectionServer::new(self.election));
+        more(grpc).into_axum_router().merge(json)
     }
 }
 

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+#[derive(Clone)]
 pub struct WatchService {
     pub group: Arc<Group>,
     pub progress_interval: Duration,
@@ -88,13 +89,18 @@ impl WatchStream {
         let mut progress = tokio::time::interval(progress_interval);
         progress.tick().await;
         let mut behind = false;
+        // As in etcd, a client that half-closes its side (the JSON gateway
+        // does once the request body ends) keeps receiving until it leaves.
+        let mut input_open = true;
         loop {
             tokio::select! {
                 biased;
-                req = input.message() => match req {
+                req = input.message(), if input_open => match req {
                     Ok(Some(r)) => if self.on_request(r).await.is_err() { break },
-                    _ => break,
+                    Ok(None) => input_open = false,
+                    Err(_) => break,
                 },
+                _ = self.out.closed() => break,
                 changed = rev_rx.changed(), if !behind => if changed.is_err() { break },
                 _ = progress.tick(), if !behind => if self.progress_notify().await.is_err() { break },
                 _ = std::future::ready(()), if behind => {}

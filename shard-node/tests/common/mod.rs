@@ -1,6 +1,8 @@
 //! A real group of `shard-node` processes on loopback for integration tests.
 #![allow(dead_code)]
 
+pub mod json_http;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
