@@ -26,6 +26,8 @@ start_member() {
 }
 
 # start_cluster kind base_port: 3 members m1..m3 on base+10, base+20, base+30
+# (keep base below 32768, the kernel's ephemeral range, or a port just freed
+# may be taken by an outgoing connection)
 start_cluster() {
   local kind=$1 base=$2 cluster="" i
   for i in 1 2 3; do cluster+="m$i=http://127.0.0.1:$((base + 10 * i + 1)),"; done

@@ -24,5 +24,5 @@ run_all() { # system
 
 echo "| system   | benchmark (--clients=100 --conns=10) | requests/s | p50 (ms) | p99 (ms) |"
 echo "|----------|------------------------------|-----------:|---------:|---------:|"
-start_cluster etcd 41000; run_all etcd; stop_cluster
-start_cluster tessera 42000; run_all tessera; stop_cluster
+start_cluster etcd 21000; run_all etcd; stop_cluster
+start_cluster tessera 22000; run_all tessera; stop_cluster
