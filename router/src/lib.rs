@@ -24,7 +24,6 @@ use tessera_proto::etcdserverpb::Member;
 
 /// etcd's request limit plus gRPC framing, as on a shard-node.
 const MAX_MESSAGE: usize = 1572864 + 512 * 1024;
-const ETCD_API_VERSION: &str = "3.5.0";
 
 pub struct Running {
     pub addr: SocketAddr,
@@ -92,7 +91,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 }
             }),
         )
-        .route("/version", get(|| async { format!("{{\"etcdserver\":\"{ETCD_API_VERSION}\",\"etcdcluster\":\"3.5.0\"}}") }));
+        .route("/version", get(|| async { shard_node::server::maintenance::version_json() }));
     let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
     let listener = shard_node::server::authority::ClientListener(listener);
     let task = tokio::spawn(async move {

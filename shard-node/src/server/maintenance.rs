@@ -17,6 +17,11 @@ const SNAPSHOT_CHUNK: usize = 32 * 1024;
 /// The etcd API level we implement; Kubernetes checks it through Status.
 pub const ETCD_API_VERSION: &str = "3.5.17";
 
+/// The body of etcd's `/version` endpoint (shard-nodes and routers alike).
+pub fn version_json() -> String {
+    format!("{{\"etcdserver\":\"{ETCD_API_VERSION}\",\"etcdcluster\":\"3.5.0\"}}")
+}
+
 #[derive(Clone)]
 pub struct MaintenanceService {
     pub group: Arc<Group>,

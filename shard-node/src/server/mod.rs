@@ -137,7 +137,7 @@ pub fn node_router(node: Arc<Node>) -> axum::Router {
         )
         .route(
             "/version",
-            get(|| async { format!("{{\"etcdserver\":\"{}\",\"etcdcluster\":\"3.5.0\"}}", maintenance::ETCD_API_VERSION) }),
+            get(|| async { maintenance::version_json() }),
         )
         .fallback(move |req: axum::extract::Request| dispatch(node.clone(), req))
 }
