@@ -534,3 +534,45 @@ mod shared {
     #[derive(Default)]
     pub struct Acked(pub std::sync::Mutex<std::collections::BTreeSet<String>>, pub std::sync::atomic::AtomicBool);
 }
+
+/// Watchers whose client does not read must not stall anyone else: the
+/// router shares one connection per node between all calls, so an upstream
+/// watch left unread would hold that connection's flow-control window (the
+/// puts below would then hang). Afterwards the slow watchers still get
+/// every event, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_that_do_not_read_stall_no_other_call() {
+    let f = Federation::start(3);
+    // As etcd's client, no 4 MiB cap on answers (a catch-up can be large).
+    let lazy = WatchClient::new(f.channel().await).max_decoding_message_size(usize::MAX);
+    let mut watches = vec![];
+    for _ in 0..3 {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(watch_create(b"\0", b"\0", 0, false, false)).await.unwrap();
+        let mut s = lazy.clone().watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+        assert!(s.message().await.unwrap().unwrap().created);
+        watches.push((tx, s));
+    }
+    let mut kv = f.kv().await;
+    let value = vec![b'x'; 16 * 1024];
+    const PUTS: usize = 1500;
+    for i in 0..PUTS {
+        let key = format!("/blob{}/x/{i:05}", i % 9).into_bytes();
+        let put = kv.put(PutRequest { key, value: value.clone(), ..Default::default() });
+        tokio::time::timeout(Duration::from_secs(10), put).await.expect("a put stalled behind unread watches").unwrap();
+    }
+    for (_tx, mut s) in watches {
+        let (mut n, mut last) = (0, 0);
+        while n < PUTS {
+            let resp = tokio::time::timeout(Duration::from_secs(30), s.message()).await.expect("events").unwrap().unwrap();
+            assert!(!resp.canceled, "{resp:?}");
+            for e in resp.events {
+                let rev = e.kv.unwrap().mod_revision;
+                assert!(rev >= last, "revision order");
+                last = rev;
+                n += 1;
+            }
+        }
+        assert_eq!(n, PUTS);
+    }
+}

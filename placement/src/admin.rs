@@ -14,8 +14,7 @@ use shardmap::{GroupInfo, Replica, ShardMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_proto::etcdserverpb::cluster_client::ClusterClient;
-use tessera_proto::etcdserverpb::kv_client::KvClient;
-use tessera_proto::etcdserverpb::{MemberAddRequest, MemberRemoveRequest, RangeRequest};
+use tessera_proto::etcdserverpb::{MemberAddRequest, MemberRemoveRequest};
 
 #[derive(Clone)]
 pub struct Admin {
@@ -23,20 +22,20 @@ pub struct Admin {
     pub store_url: String,
 }
 
-type Reply = Result<Json<serde_json::Value>, (StatusCode, Json<serde_json::Value>)>;
+pub(crate) type Reply = Result<Json<serde_json::Value>, (StatusCode, Json<serde_json::Value>)>;
 
-fn fail(code: StatusCode, msg: impl ToString) -> (StatusCode, Json<serde_json::Value>) {
+pub(crate) fn fail(code: StatusCode, msg: impl ToString) -> (StatusCode, Json<serde_json::Value>) {
     (code, Json(serde_json::json!({ "error": msg.to_string() })))
 }
 
-fn from_update(e: UpdateError) -> (StatusCode, Json<serde_json::Value>) {
+pub(crate) fn from_update(e: UpdateError) -> (StatusCode, Json<serde_json::Value>) {
     match e {
         UpdateError::Refused(m) => fail(StatusCode::BAD_REQUEST, m),
         UpdateError::Fetch(f) => fail(StatusCode::SERVICE_UNAVAILABLE, f),
     }
 }
 
-fn map_reply(map: &ShardMap) -> Reply {
+pub(crate) fn map_reply(map: &ShardMap) -> Reply {
     Ok(Json(serde_json::to_value(map).map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e))?))
 }
 
@@ -47,8 +46,8 @@ pub fn routes(admin: Admin) -> Router {
         .route("/tessera/v1/groups", post(add_group))
         .route("/tessera/v1/groups/{id}/learners", post(add_learner))
         .route("/tessera/v1/groups/{id}/replicas/{node}", delete(remove_replica))
-        .route("/tessera/v1/pins", put(pin))
-        .route("/tessera/v1/spreads", put(spread))
+        .route("/tessera/v1/pins", put(crate::ownership::pin))
+        .route("/tessera/v1/spreads", put(crate::ownership::spread))
         .with_state(Arc::new(admin))
 }
 
@@ -111,14 +110,14 @@ async fn add_group(State(a): State<Arc<Admin>>, Json(req): Json<GroupRequest>) -
     Ok(Json(serde_json::json!({ "group": created, "epoch": map.epoch, "replicas": map.groups[&created].replicas })))
 }
 
-fn group_request<T>(group: u64, msg: T) -> tonic::Request<T> {
+pub(crate) fn group_request<T>(group: u64, msg: T) -> tonic::Request<T> {
     let mut r = shardmap::group_request(group, msg);
     r.set_timeout(Duration::from_secs(10));
     r
 }
 
 /// Client URLs of a group's replicas, voters first.
-fn group_urls(map: &ShardMap, group: u64) -> Vec<String> {
+pub(crate) fn group_urls(map: &ShardMap, group: u64) -> Vec<String> {
     let Some(g) = map.groups.get(&group) else {
         return vec![];
     };
@@ -214,94 +213,4 @@ async fn remove_replica(State(a): State<Arc<Admin>>, Path((group, node)): Path<(
     .await
     .map_err(from_update)?;
     Ok(Json(serde_json::json!({ "group": group, "removed": node, "epoch": map.epoch })))
-}
-
-/// Keys under `prefix` in every group (moves of data are a later feature,
-/// so a pin or spread is only set where no data exists yet).
-async fn keys_under(map: &ShardMap, prefix: &str) -> Result<i64, String> {
-    let mut total = 0;
-    for group in map.groups.keys() {
-        let mut counted = None;
-        let mut last = String::from("no reachable member");
-        for url in group_urls(map, *group) {
-            let r = async {
-                let mut kv = KvClient::new(shardmap::watcher::channel(&url).await.map_err(|e| e.to_string())?);
-                let req = RangeRequest {
-                    key: prefix.as_bytes().to_vec(),
-                    range_end: shardmap::prefix_end(prefix.as_bytes()),
-                    count_only: true,
-                    ..Default::default()
-                };
-                kv.range(group_request(*group, req)).await.map_err(|e| e.message().to_string())
-            }
-            .await;
-            match r {
-                Ok(resp) => {
-                    counted = Some(resp.into_inner().count);
-                    break;
-                }
-                Err(e) => last = e,
-            }
-        }
-        total += counted.ok_or_else(|| format!("group {group}: {last}"))?;
-    }
-    Ok(total)
-}
-
-#[derive(Deserialize)]
-pub struct PinRequest {
-    pub prefix: String,
-    pub group: u64,
-}
-
-async fn pin(State(a): State<Arc<Admin>>, Json(req): Json<PinRequest>) -> Reply {
-    let map = update(&a.store_url, |_| Ok(false)).await.map_err(from_update)?;
-    check_movable(&map, &req.prefix, &[req.group]).await?;
-    let map = update(&a.store_url, |map| {
-        if map.pins.get(&req.prefix) == Some(&req.group) {
-            return Ok(false);
-        }
-        map.spreads.remove(&req.prefix);
-        map.pins.insert(req.prefix.clone(), req.group);
-        Ok(true)
-    })
-    .await
-    .map_err(from_update)?;
-    map_reply(&map)
-}
-
-#[derive(Deserialize)]
-pub struct SpreadRequest {
-    pub prefix: String,
-    pub groups: Vec<u64>,
-}
-
-async fn spread(State(a): State<Arc<Admin>>, Json(req): Json<SpreadRequest>) -> Reply {
-    let map = update(&a.store_url, |_| Ok(false)).await.map_err(from_update)?;
-    if req.groups.is_empty() {
-        return Err(fail(StatusCode::BAD_REQUEST, "spread needs at least one group"));
-    }
-    check_movable(&map, &req.prefix, &req.groups).await?;
-    let map = update(&a.store_url, |map| {
-        map.pins.remove(&req.prefix);
-        map.spreads.insert(req.prefix.clone(), req.groups.clone());
-        Ok(true)
-    })
-    .await
-    .map_err(from_update)?;
-    map_reply(&map)
-}
-
-async fn check_movable(map: &ShardMap, prefix: &str, groups: &[u64]) -> Result<(), (StatusCode, Json<serde_json::Value>)> {
-    if let Some(g) = groups.iter().find(|g| !map.groups.contains_key(g)) {
-        return Err(fail(StatusCode::BAD_REQUEST, format!("no group {g}")));
-    }
-    match keys_under(map, prefix).await {
-        Ok(0) => Ok(()),
-        Ok(n) => Err(fail(
-            StatusCode::CONFLICT,
-            format!("prefix {prefix:?} already holds {n} keys; moving data between groups is not supported yet"),
-        )),
-        Err(e) => Err(fail(StatusCode::SERVICE_UNAVAILABLE, e)),
-    }
 }

@@ -7,3 +7,4 @@
 
 pub mod admin;
 pub mod assign;
+pub mod ownership;

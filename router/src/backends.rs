@@ -13,11 +13,28 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_proto::etcdserverpb::kv_client::KvClient;
+use tessera_proto::etcdserverpb::lease_client::LeaseClient;
+use tessera_proto::etcdserverpb::watch_client::WatchClient;
 use tessera_proto::etcdserverpb::{RangeRequest, ResponseHeader};
 use tessera_proto::tessera::shard::shard_client::ShardClient;
 use tessera_proto::tessera::shard::{BumpRequest, StatsRequest};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
+
+/// Clients of a group's services. Their answers are not size-limited: a
+/// range or a watch catching up can be far larger than tonic's 4 MiB
+/// default (etcd's own client accepts up to 2 GiB too).
+pub fn kv_client(ch: Channel) -> KvClient<Channel> {
+    KvClient::new(ch).max_decoding_message_size(usize::MAX)
+}
+
+pub fn watch_client(ch: Channel) -> WatchClient<Channel> {
+    WatchClient::new(ch).max_decoding_message_size(usize::MAX)
+}
+
+pub fn lease_client(ch: Channel) -> LeaseClient<Channel> {
+    LeaseClient::new(ch).max_decoding_message_size(usize::MAX)
+}
 
 /// Which replica of a group a call wants first.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -50,6 +67,12 @@ fn not_delivered(s: &Status) -> bool {
             || m.contains("onnection refused")
             || m.contains("is not hosted here")
             || m.contains("error trying to connect"))
+}
+
+/// The map epoch a group refused the call for (it was routed by an older
+/// map and touched a prefix that group is handing to another).
+pub fn epoch_not_match(s: &Status) -> Option<u64> {
+    s.metadata().get(shardmap::CURRENT_EPOCH_HEADER)?.to_str().ok()?.parse().ok()
 }
 
 /// Whether trying the same group again may succeed (reads only).
@@ -154,6 +177,7 @@ impl Backends {
             for (node, ch) in self.targets(&r, group, prefer)? {
                 match f(ch, self.request(&r, group, msg.clone())).await {
                     Ok(resp) => return Ok(resp.into_inner()),
+                    Err(s) if epoch_not_match(&s).is_some() => return Err(s), // route again (`rerouting`)
                     Err(s) => {
                         let retry = if write { not_delivered(&s) } else { transient(&s) };
                         if !retry {
@@ -173,6 +197,40 @@ impl Backends {
         Err(last)
     }
 
+    /// Waits until this router has map `epoch` (or a newer one).
+    pub async fn wait_for_epoch(&self, epoch: u64, deadline: Instant) -> Result<(), Status> {
+        let mut maps = self.maps.clone();
+        let newer =
+            tokio::time::timeout_at(deadline.into(), maps.wait_for(|m| m.as_ref().is_some_and(|r| r.epoch() >= epoch))).await;
+        match newer {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Status::unavailable(format!("tessera: shard map epoch {epoch} not received from placement"))),
+        }
+    }
+
+    /// Runs `f`, which routes by the current map, again each time a group
+    /// refuses it for an older map, once this router has that map.
+    pub async fn rerouting<R, F, Fut>(&self, f: F) -> Result<R, Status>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<R, Status>>,
+    {
+        let deadline = Instant::now() + self.call_timeout;
+        loop {
+            match f().await {
+                Err(s) => match epoch_not_match(&s) {
+                    Some(epoch) => {
+                        crate::metrics::REROUTES.inc();
+                        tracing::debug!(epoch, "refused for an older map; waiting for it");
+                        self.wait_for_epoch(epoch, deadline).await?;
+                    }
+                    None => return Err(s),
+                },
+                ok => return ok,
+            }
+        }
+    }
+
     /// Raises `group`'s revision (watermark) to at least `rev`; answers its
     /// revision after.
     pub async fn bump(&self, group: u64, rev: i64) -> Result<i64, Status> {
@@ -190,7 +248,7 @@ impl Backends {
     pub async fn current_revision(&self, groups: &[u64]) -> Result<i64, Status> {
         let probe = RangeRequest { key: vec![0], count_only: true, ..Default::default() };
         let answers = futures::future::join_all(
-            groups.iter().map(|g| self.call(*g, Prefer::Leader, false, probe.clone(), |ch, r| async move { KvClient::new(ch).range(r).await })),
+            groups.iter().map(|g| self.call(*g, Prefer::Leader, false, probe.clone(), |ch, r| async move { kv_client(ch).range(r).await })),
         )
         .await;
         let mut max = 0;

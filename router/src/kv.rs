@@ -9,7 +9,6 @@ use futures::future::try_join_all;
 use shardmap::map::Routing;
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use tessera_proto::etcdserverpb::kv_client::KvClient;
 use tessera_proto::etcdserverpb::kv_server::Kv;
 use tessera_proto::etcdserverpb::request_op::Request as OpRequest;
 use tessera_proto::etcdserverpb::{
@@ -32,7 +31,7 @@ fn empty_key() -> Status {
 impl KvService {
     async fn range_in(&self, group: u64, req: RangeRequest) -> Result<RangeResponse, Status> {
         let prefer = if req.serializable { Prefer::Learner } else { Prefer::Leader };
-        let resp = self.backends.call(group, prefer, false, req, |ch, r| async move { KvClient::new(ch).range(r).await }).await?;
+        let resp = self.backends.call(group, prefer, false, req, |ch, r| async move { crate::backends::kv_client(ch).range(r).await }).await?;
         self.backends.observe(resp.header.as_ref());
         Ok(resp)
     }
@@ -96,7 +95,7 @@ impl KvService {
     async fn delete_in(&self, group: u64, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
         let resp = self
             .backends
-            .call(group, Prefer::Leader, true, req, |ch, r| async move { KvClient::new(ch).delete_range(r).await })
+            .call(group, Prefer::Leader, true, req, |ch, r| async move { crate::backends::kv_client(ch).delete_range(r).await })
             .await?;
         self.backends.observe(resp.header.as_ref());
         Ok(resp)
@@ -140,13 +139,11 @@ pub fn spans_groups(groups: &BTreeSet<u64>) -> Status {
     ))
 }
 
-#[tonic::async_trait]
-impl Kv for KvService {
-    async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let req = req.into_inner();
-        if req.key.is_empty() {
-            return Err(empty_key());
-        }
+/// Each call routes by the map it finds; `Backends::rerouting` runs it
+/// again when a group refuses it for an older one.
+impl KvService {
+    async fn range_routed(&self, req: &RangeRequest) -> Result<RangeResponse, Status> {
+        let req = req.clone();
         let r = self.backends.routing()?;
         let groups = r.groups_for_range(&req.key, &req.range_end);
         crate::metrics::RANGE_GROUPS.observe(groups.len() as f64);
@@ -157,39 +154,32 @@ impl Kv for KvService {
                 match self.range_in(*g, req.clone()).await {
                     Err(s) if s.message() == FUTURE_REV && rev <= self.known_revision().await => {
                         self.backends.bump(*g, rev).await?;
-                        Ok(Response::new(self.range_in(*g, req).await?))
+                        self.range_in(*g, req).await
                     }
-                    other => Ok(Response::new(other?)),
+                    other => other,
                 }
             }
-            _ => Ok(Response::new(self.cross_range(groups, req).await?)),
+            _ => self.cross_range(groups, req).await,
         }
     }
 
-    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let req = req.into_inner();
-        if req.key.is_empty() {
-            return Err(empty_key());
-        }
+    async fn put_routed(&self, req: &PutRequest) -> Result<PutResponse, Status> {
         let r = self.backends.routing()?;
         let group = r.group_of(&req.key).ok_or_else(|| Status::unavailable("tessera: the shard map has no groups yet"))?;
         let lease = [req.lease];
-        let resp = leases::write_with_leases(&self.backends, group, &lease, req, |ch, r| async move { KvClient::new(ch).put(r).await })
-            .await?;
+        let resp =
+            leases::write_with_leases(&self.backends, group, &lease, req.clone(), |ch, r| async move { crate::backends::kv_client(ch).put(r).await })
+                .await?;
         self.backends.observe(resp.header.as_ref());
-        Ok(Response::new(resp))
+        Ok(resp)
     }
 
-    async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
-        let req = req.into_inner();
-        if req.key.is_empty() {
-            return Err(empty_key());
-        }
+    async fn delete_routed(&self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
         let r = self.backends.routing()?;
         let groups = r.groups_for_range(&req.key, &req.range_end);
         match groups.as_slice() {
             [] => Err(Status::unavailable("tessera: the shard map has no groups yet")),
-            [g] => Ok(Response::new(self.delete_in(*g, req).await?)),
+            [g] => self.delete_in(*g, req.clone()).await,
             _ => {
                 // Atomic within each group, not across them (documented).
                 let parts = try_join_all(groups.iter().map(|g| self.delete_in(*g, req.clone()))).await?;
@@ -197,13 +187,12 @@ impl Kv for KvService {
                 let deleted = parts.iter().map(|p| p.deleted).sum();
                 let mut prev_kvs: Vec<_> = parts.into_iter().flat_map(|p| p.prev_kvs).collect();
                 prev_kvs.sort_by(|a, b| a.key.cmp(&b.key));
-                Ok(Response::new(DeleteRangeResponse { header, deleted, prev_kvs }))
+                Ok(DeleteRangeResponse { header, deleted, prev_kvs })
             }
         }
     }
 
-    async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let req = req.into_inner();
+    async fn txn_routed(&self, req: &TxnRequest) -> Result<TxnResponse, Status> {
         let r = self.backends.routing()?;
         let mut groups = BTreeSet::new();
         txn_groups(&r, &req, &mut groups);
@@ -218,10 +207,43 @@ impl Kv for KvService {
         let mut ls = BTreeSet::new();
         txn_leases(&req, &mut ls);
         let ls: Vec<i64> = ls.into_iter().collect();
-        let resp = leases::write_with_leases(&self.backends, group, &ls, req, |ch, r| async move { KvClient::new(ch).txn(r).await })
-            .await?;
+        let resp =
+            leases::write_with_leases(&self.backends, group, &ls, req.clone(), |ch, r| async move { crate::backends::kv_client(ch).txn(r).await })
+                .await?;
         self.backends.observe(resp.header.as_ref());
-        Ok(Response::new(resp))
+        Ok(resp)
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let req = req.into_inner();
+        if req.key.is_empty() {
+            return Err(empty_key());
+        }
+        Ok(Response::new(self.backends.rerouting(|| self.range_routed(&req)).await?))
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = req.into_inner();
+        if req.key.is_empty() {
+            return Err(empty_key());
+        }
+        Ok(Response::new(self.backends.rerouting(|| self.put_routed(&req)).await?))
+    }
+
+    async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = req.into_inner();
+        if req.key.is_empty() {
+            return Err(empty_key());
+        }
+        Ok(Response::new(self.backends.rerouting(|| self.delete_routed(&req)).await?))
+    }
+
+    async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = req.into_inner();
+        Ok(Response::new(self.backends.rerouting(|| self.txn_routed(&req)).await?))
     }
 
     async fn compact(&self, req: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
@@ -235,7 +257,7 @@ impl Kv for KvService {
             async move {
                 let call = || {
                     self.backends
-                        .call(*g, Prefer::Leader, true, req.clone(), |ch, r| async move { KvClient::new(ch).compact(r).await })
+                        .call(*g, Prefer::Leader, true, req.clone(), |ch, r| async move { crate::backends::kv_client(ch).compact(r).await })
                 };
                 match call().await {
                     Err(s) if s.message() == FUTURE_REV => {

@@ -10,7 +10,6 @@ use futures::future::join_all;
 use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
-use tessera_proto::etcdserverpb::lease_client::LeaseClient;
 use tessera_proto::etcdserverpb::lease_server::Lease;
 use tessera_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
@@ -40,7 +39,7 @@ pub fn home(b: &Backends, id: i64) -> Result<u64, Status> {
 }
 
 async fn ttl_in(b: &Backends, group: u64, req: LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse, Status> {
-    b.call(group, Prefer::Leader, false, req, |ch, r| async move { LeaseClient::new(ch).lease_time_to_live(r).await }).await
+    b.call(group, Prefer::Leader, false, req, |ch, r| async move { crate::backends::lease_client(ch).lease_time_to_live(r).await }).await
 }
 
 /// Every group's answer for a lease, those that hold it.
@@ -64,7 +63,7 @@ pub async fn replicate(b: &Backends, id: i64, group: u64) -> Result<(), Status> 
         return Err(Status::not_found(NOT_FOUND));
     };
     let grant = LeaseGrantRequest { id, ttl: src.ttl };
-    match b.call(group, Prefer::Leader, true, grant, |ch, r| async move { LeaseClient::new(ch).lease_grant(r).await }).await {
+    match b.call(group, Prefer::Leader, true, grant, |ch, r| async move { crate::backends::lease_client(ch).lease_grant(r).await }).await {
         Ok(_) => Ok(()),
         Err(s) if s.message().contains("lease already exists") => Ok(()),
         Err(s) => Err(s),
@@ -104,7 +103,7 @@ async fn renew_everywhere(b: &Backends, id: i64) -> Result<LeaseKeepAliveRespons
         b.call(*g, Prefer::Leader, false, LeaseKeepAliveRequest { id }, |ch, r| async move {
             let (md, ext, msg) = r.into_parts();
             let req = Request::from_parts(md, ext, tokio_stream::once(msg));
-            let mut s = LeaseClient::new(ch).lease_keep_alive(req).await?.into_inner();
+            let mut s = crate::backends::lease_client(ch).lease_keep_alive(req).await?.into_inner();
             match s.message().await? {
                 Some(m) => Ok(Response::new(m)),
                 None => Err(Status::unavailable("keepalive stream closed")),
@@ -142,7 +141,7 @@ impl Lease for LeaseService {
         let home = home(&self.backends, req.id)?;
         let resp = self
             .backends
-            .call(home, Prefer::Leader, true, req, |ch, r| async move { LeaseClient::new(ch).lease_grant(r).await })
+            .call(home, Prefer::Leader, true, req, |ch, r| async move { crate::backends::lease_client(ch).lease_grant(r).await })
             .await?;
         self.backends.observe(resp.header.as_ref());
         Ok(Response::new(resp))
@@ -153,7 +152,7 @@ impl Lease for LeaseService {
         let groups = all_groups(&self.backends)?;
         let answers = join_all(groups.iter().map(|g| {
             self.backends
-                .call(*g, Prefer::Leader, true, req.clone(), |ch, r| async move { LeaseClient::new(ch).lease_revoke(r).await })
+                .call(*g, Prefer::Leader, true, req.clone(), |ch, r| async move { crate::backends::lease_client(ch).lease_revoke(r).await })
         }))
         .await;
         let mut header = None;
@@ -228,7 +227,7 @@ impl Lease for LeaseService {
         let groups = all_groups(&self.backends)?;
         let answers = join_all(groups.iter().map(|g| {
             self.backends
-                .call(*g, Prefer::Leader, false, req.clone(), |ch, r| async move { LeaseClient::new(ch).lease_leases(r).await })
+                .call(*g, Prefer::Leader, false, req.clone(), |ch, r| async move { crate::backends::lease_client(ch).lease_leases(r).await })
         }))
         .await;
         let mut ids = BTreeSet::new();

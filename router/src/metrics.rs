@@ -10,6 +10,9 @@ pub static RANGE_GROUPS: LazyLock<Histogram> = LazyLock::new(|| {
 pub static WATCH_GROUPS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!("tessera_router_watch_groups", "Groups a watcher merges.", vec![1.0, 2.0, 3.0, 5.0, 8.0, 16.0]).unwrap()
 });
+pub static REROUTES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("tessera_router_reroutes_total", "Calls routed again after a group refused an older shard map.").unwrap()
+});
 pub static WATCH_EVENTS: LazyLock<IntCounter> =
     LazyLock::new(|| register_int_counter!("tessera_router_watch_events_total", "Events delivered to watchers.").unwrap());
 

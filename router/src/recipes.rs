@@ -35,16 +35,27 @@ impl Recipes {
 impl Lock for Recipes {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
         let r = req.into_inner();
-        let g = self.group_of_name(&r.name)?;
         let lease = [r.lease];
-        Ok(Response::new(leases::write_with_leases(&self.backends, g, &lease, r, |ch, r| async move { LockClient::new(ch).lock(r).await }).await?))
+        Ok(Response::new(
+            self.backends
+                .rerouting(|| async {
+                    let g = self.group_of_name(&r.name)?;
+                    leases::write_with_leases(&self.backends, g, &lease, r.clone(), |ch, r| async move { LockClient::new(ch).lock(r).await })
+                        .await
+                })
+                .await?,
+        ))
     }
 
     async fn unlock(&self, req: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
         let r = req.into_inner();
-        let g = self.group_of_key(&r.key)?;
         Ok(Response::new(
-            self.backends.call(g, Prefer::Leader, true, r, |ch, r| async move { LockClient::new(ch).unlock(r).await }).await?,
+            self.backends
+                .rerouting(|| async {
+                    let g = self.group_of_key(&r.key)?;
+                    self.backends.call(g, Prefer::Leader, true, r.clone(), |ch, r| async move { LockClient::new(ch).unlock(r).await }).await
+                })
+                .await?,
         ))
     }
 }
@@ -55,28 +66,45 @@ type ObserveStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<LeaderRespon
 impl Election for Recipes {
     async fn campaign(&self, req: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
         let r = req.into_inner();
-        let g = self.group_of_name(&r.name)?;
         let lease = [r.lease];
-        Ok(Response::new(leases::write_with_leases(&self.backends, g, &lease, r, |ch, r| async move { ElectionClient::new(ch).campaign(r).await }).await?))
+        Ok(Response::new(
+            self.backends
+                .rerouting(|| async {
+                    let g = self.group_of_name(&r.name)?;
+                    leases::write_with_leases(&self.backends, g, &lease, r.clone(), |ch, r| async move {
+                        ElectionClient::new(ch).campaign(r).await
+                    })
+                    .await
+                })
+                .await?,
+        ))
     }
 
     async fn proclaim(&self, req: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
         let r = req.into_inner();
         let name = r.leader.as_ref().map(|l| l.name.clone()).unwrap_or_default();
-        let g = self.group_of_name(&name)?;
         Ok(Response::new(
             self.backends
-                .call(g, Prefer::Leader, true, r, |ch, r| async move { ElectionClient::new(ch).proclaim(r).await })
+                .rerouting(|| async {
+                    let g = self.group_of_name(&name)?;
+                    self.backends
+                        .call(g, Prefer::Leader, true, r.clone(), |ch, r| async move { ElectionClient::new(ch).proclaim(r).await })
+                        .await
+                })
                 .await?,
         ))
     }
 
     async fn leader(&self, req: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
         let r = req.into_inner();
-        let g = self.group_of_name(&r.name)?;
         Ok(Response::new(
             self.backends
-                .call(g, Prefer::Leader, false, r, |ch, r| async move { ElectionClient::new(ch).leader(r).await })
+                .rerouting(|| async {
+                    let g = self.group_of_name(&r.name)?;
+                    self.backends
+                        .call(g, Prefer::Leader, false, r.clone(), |ch, r| async move { ElectionClient::new(ch).leader(r).await })
+                        .await
+                })
                 .await?,
         ))
     }
@@ -102,10 +130,14 @@ impl Election for Recipes {
     async fn resign(&self, req: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
         let r = req.into_inner();
         let name = r.leader.as_ref().map(|l| l.name.clone()).unwrap_or_default();
-        let g = self.group_of_name(&name)?;
         Ok(Response::new(
             self.backends
-                .call(g, Prefer::Leader, true, r, |ch, r| async move { ElectionClient::new(ch).resign(r).await })
+                .rerouting(|| async {
+                    let g = self.group_of_name(&name)?;
+                    self.backends
+                        .call(g, Prefer::Leader, true, r.clone(), |ch, r| async move { ElectionClient::new(ch).resign(r).await })
+                        .await
+                })
                 .await?,
         ))
     }

@@ -10,6 +10,7 @@
 use crate::engine::keys::{decode_u64, GroupKeys};
 use crate::engine::{Engine, WriteBatch};
 use crate::error::{Error, Result};
+use crate::fence::Fences;
 use crate::lease::Lessor;
 use crate::members::Members;
 use crate::mvcc::{MvccStore, WriteTxn};
@@ -25,7 +26,7 @@ use tessera_proto::etcdserverpb::request_op::Request;
 use tessera_proto::etcdserverpb::{
     AlarmMember, AlarmResponse, AlarmType, DeleteRangeResponse, PutResponse, TxnRequest, TxnResponse,
 };
-use tessera_proto::tessera::command::{command::Op, Command, MemberContext};
+use tessera_proto::tessera::command::{command::Op, Command, Fence, MemberContext};
 
 /// What applying a command produced, for the client that proposed it.
 #[derive(Debug)]
@@ -58,6 +59,8 @@ pub struct StateMachine {
     pub members: Arc<RwLock<Members>>,
     /// Raised alarms (replicated: every member sees the same).
     alarms: RwLock<Vec<AlarmMember>>,
+    /// Prefixes being handed to other groups (replicated, see `fence`).
+    pub fences: RwLock<Fences>,
     applied: AtomicU64,
 }
 
@@ -69,6 +72,7 @@ impl StateMachine {
             lessor: Arc::new(Mutex::new(Lessor::new(keys))),
             members: Arc::new(RwLock::new(Members::default())),
             alarms: RwLock::new(vec![]),
+            fences: RwLock::new(Fences::default()),
             applied: AtomicU64::new(0),
             engine,
             keys,
@@ -79,7 +83,7 @@ impl StateMachine {
         Ok(sm)
     }
 
-    /// Reloads leases, members and the applied index from the engine.
+    /// Reloads leases, members, alarms, fences and the applied index from the engine.
     fn reload_tables(&self) -> Result<()> {
         let attached = self.store.attached_leases();
         self.lessor.lock().reload(self.engine.as_ref(), attached.into_iter())?;
@@ -89,6 +93,7 @@ impl StateMachine {
             None => vec![],
         };
         *self.alarms.write() = alarms;
+        *self.fences.write() = Fences::load(self.engine.as_ref(), &self.keys)?;
         let applied = self.engine.get(&self.keys.meta(META_APPLIED))?.map(|v| decode_u64(&v)).unwrap_or(0);
         self.applied.store(applied, Ordering::Release);
         Ok(())
@@ -182,7 +187,7 @@ impl StateMachine {
                 return Some((cmd.member_id, cmd.seq, ApplyOutput { result, rev }));
             }
             let mut txn = WriteTxn::begin(&self.store, &mut st, cmd.revision_hint);
-            let refused = cmd.op.as_ref().and_then(|op| self.refused(op));
+            let refused = cmd.op.as_ref().and_then(|op| self.refused(op).or_else(|| self.fences.read().check_op(cmd.epoch, op).err()));
             let result = match &cmd.op {
                 _ if refused.is_some() => Err(refused.expect("checked")),
                 Some(Op::Put(p)) if p.lease != 0 && !lessor.exists(p.lease) => Err(Error::LeaseNotFound),
@@ -232,6 +237,13 @@ impl StateMachine {
                     }
                 }
                 Some(Op::Alarm(a)) => self.apply_alarm(a, txn.batch_mut()),
+                Some(Op::Fence(f)) => {
+                    let f = Fence { revision: txn.begin_revision(), ..f.clone() };
+                    self.fences.write().raise(&f, &self.keys, txn.batch_mut());
+                    // Also a revision bump: it wakes the watches the fence ends.
+                    txn.bump();
+                    Ok(Applied::Done)
+                }
                 Some(Op::Compact(_)) | None => Ok(Applied::Done),
             };
             let (result, events, mut batch) = match result {

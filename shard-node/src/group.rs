@@ -133,10 +133,12 @@ impl Group {
         })
     }
 
-    /// Proposes `op` through raft and waits for this member to apply it.
+    /// Proposes `op` through raft and waits for this member to apply it. It
+    /// carries the map epoch of the call it serves (`fence::routed_epoch`).
     pub async fn propose(&self, op: Op) -> Result<ApplyOutput> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let cmd = Command { member_id: self.member_id, seq, revision_hint: self.hlc.now(), epoch: 0, op: Some(op) };
+        let epoch = crate::fence::routed_epoch();
+        let cmd = Command { member_id: self.member_id, seq, revision_hint: self.hlc.now(), epoch, op: Some(op) };
         let data = cmd.encode_to_vec();
         // As etcd: the limit applies to the request as it goes into the log.
         if data.len() > self.settings.max_request_bytes {
@@ -241,6 +243,13 @@ impl Group {
             return Err(Error::Corrupt);
         }
         Ok(())
+    }
+
+    /// Refuses a read of `[key, range_end)` under a fence newer than the
+    /// call's map epoch (after `read_index`, so it sees every fence
+    /// committed before the read began).
+    pub fn check_fences(&self, key: &[u8], range_end: &[u8]) -> Result<()> {
+        self.sm.fences.read().check_range(crate::fence::routed_epoch(), key, range_end)
     }
 
     /// Waits until this member has applied everything committed before the

@@ -12,6 +12,7 @@ pub mod corruption;
 pub mod engine;
 pub mod error;
 pub mod federation;
+pub mod fence;
 pub mod group;
 pub mod hlc;
 pub mod lease;

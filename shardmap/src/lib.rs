@@ -16,6 +16,9 @@ pub use unit::placement_unit;
 pub const GROUP_HEADER: &str = "tessera-group";
 /// gRPC metadata: the shard-map epoch the router routed by.
 pub const EPOCH_HEADER: &str = "tessera-epoch";
+/// gRPC metadata on an `EpochNotMatch` error: the map epoch the call must
+/// be routed by (the router waits until its map has it, then routes again).
+pub const CURRENT_EPOCH_HEADER: &str = "tessera-current-epoch";
 /// gRPC metadata: the highest revision the router has seen; the group's
 /// revision clock is raised to it before proposing (the revision rule).
 pub const REVISION_HEADER: &str = "tessera-revision";
@@ -40,4 +43,17 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     vec![0]
+}
+
+/// Whether any key under `prefix` falls in `[key, range_end)` (etcd's
+/// range encoding: an empty end is the single key, `\0` every key from
+/// `key` on).
+pub fn prefix_overlaps(prefix: &[u8], key: &[u8], range_end: &[u8]) -> bool {
+    if range_end.is_empty() {
+        return key.starts_with(prefix);
+    }
+    let prefix_hi = prefix_end(prefix);
+    let starts_before_end = range_end == [0] || prefix < range_end;
+    let ends_after_key = prefix_hi == [0] || prefix_hi.as_slice() > key;
+    starts_before_end && ends_after_key
 }

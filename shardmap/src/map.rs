@@ -139,12 +139,12 @@ impl Routing {
         let mut out = BTreeSet::new();
         // Entries deeper than the common prefix may own part of the range.
         for (p, g) in &self.map.pins {
-            if p.as_bytes().starts_with(common) && overlaps(p.as_bytes(), key, range_end) {
+            if p.as_bytes().starts_with(common) && crate::prefix_overlaps(p.as_bytes(), key, range_end) {
                 out.insert(*g);
             }
         }
         for (p, gs) in &self.map.spreads {
-            if p.as_bytes().starts_with(common) && overlaps(p.as_bytes(), key, range_end) {
+            if p.as_bytes().starts_with(common) && crate::prefix_overlaps(p.as_bytes(), key, range_end) {
                 out.extend(gs.iter().copied());
             }
         }
@@ -160,14 +160,6 @@ impl Routing {
         }
         out.into_iter().collect()
     }
-}
-
-/// Whether any key under `prefix` falls in `[key, range_end)`.
-fn overlaps(prefix: &[u8], key: &[u8], range_end: &[u8]) -> bool {
-    let prefix_hi = crate::prefix_end(prefix);
-    let starts_before_end = range_end == [0] || prefix < range_end;
-    let ends_after_key = prefix_hi == [0] || prefix_hi.as_slice() > key;
-    starts_before_end && ends_after_key
 }
 
 #[cfg(test)]

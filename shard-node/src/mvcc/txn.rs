@@ -74,6 +74,11 @@ impl<'s> WriteTxn<'s> {
         }
     }
 
+    /// The group's revision before this txn.
+    pub fn begin_revision(&self) -> i64 {
+        self.begin_rev
+    }
+
     pub fn batch_mut(&mut self) -> &mut WriteBatch {
         &mut self.batch
     }

@@ -29,6 +29,11 @@ impl From<Error> for Status {
             Error::TooManyRequests | Error::NoSpace => Code::ResourceExhausted,
             Error::Internal(_) => Code::Internal,
         };
-        Status::new(code, e.to_string())
+        let mut status = Status::new(code, e.to_string());
+        if let Error::EpochNotMatch { current } = e {
+            // Typed for the router: it waits for this map, then routes again.
+            status.metadata_mut().insert(shardmap::CURRENT_EPOCH_HEADER, current.into());
+        }
+        status
     }
 }

@@ -33,6 +33,7 @@ impl Kv for KvService {
         if !r.serializable {
             self.group.read_index().await?;
         }
+        self.group.check_fences(&r.key, &r.range_end)?;
         let (mut resp, rev) = self.group.sm.store.range(&r)?;
         resp.header = Some(self.group.header(rev));
         Ok(Response::new(resp))
@@ -74,6 +75,7 @@ impl Kv for KvService {
         if validate::txn_is_read_only(&r) {
             self.group.check_readable()?;
             self.group.read_index().await?;
+            self.group.sm.fences.read().check_txn(crate::fence::routed_epoch(), &r)?;
             let (mut resp, rev) = self.group.sm.read_txn(&r)?;
             resp.header = Some(self.group.header(rev));
             return Ok(Response::new(resp));

@@ -171,7 +171,8 @@ async fn dispatch(node: Arc<Node>, req: axum::extract::Request) -> axum::respons
     if let Some(rev) = headers.get(shardmap::REVISION_HEADER).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<i64>().ok()) {
         replica.group.hlc.observe(rev);
     }
-    match tower::ServiceExt::oneshot(replica.api.clone(), req).await {
+    let epoch = headers.get(shardmap::EPOCH_HEADER).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    match crate::fence::routed(epoch, tower::ServiceExt::oneshot(replica.api.clone(), req)).await {
         Ok(r) => r,
         Err(e) => match e {},
     }

@@ -1,11 +1,13 @@
 //! Tessera's own calls on the client port: revision bumps (how a router
-//! moves an idle group's watermark past a revision) and replica stats.
+//! moves an idle group's watermark past a revision), fences (placement,
+//! before a map change moves a prefix) and replica stats.
 
 use crate::group::Group;
 use std::sync::Arc;
-use tessera_proto::tessera::command::{command::Op, RevisionBump};
+use tessera_proto::tessera::command::{command::Op, Fence, RevisionBump};
 use tessera_proto::tessera::shard::shard_server::Shard;
-use tessera_proto::tessera::shard::{BumpRequest, BumpResponse, StatsRequest, StatsResponse};
+use tessera_proto::tessera::shard::{BumpRequest, BumpResponse, FenceRequest, FenceResponse, StatsRequest, StatsResponse};
+use tessera_proto::etcdserverpb::RangeRequest;
 use tonic::{Request, Response, Status};
 
 pub struct ShardService {
@@ -24,6 +26,20 @@ impl Shard for ShardService {
         }
         let rev = g.sm.store.current_revision();
         Ok(Response::new(BumpResponse { header: Some(g.header(rev)) }))
+    }
+
+    async fn fence(&self, req: Request<FenceRequest>) -> Result<Response<FenceResponse>, Status> {
+        let FenceRequest { prefix, epoch } = req.into_inner();
+        if prefix.is_empty() || epoch == 0 {
+            return Err(Status::invalid_argument("tessera: a fence needs a prefix and an epoch"));
+        }
+        let g = &self.group;
+        // Applied on this member: every write ordered before the fence is
+        // counted, every later one routed by an older map is refused.
+        g.propose(Op::Fence(Fence { prefix: prefix.clone(), epoch, revision: 0 })).await?.result?;
+        let count = RangeRequest { range_end: shardmap::prefix_end(&prefix), key: prefix, count_only: true, ..Default::default() };
+        let (resp, rev) = g.sm.store.range(&count)?;
+        Ok(Response::new(FenceResponse { header: Some(g.header(rev)), keys: resp.count }))
     }
 
     async fn stats(&self, _req: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {

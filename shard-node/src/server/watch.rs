@@ -38,6 +38,7 @@ impl Watch for WatchService {
             watchers: vec![],
             next_id: 0,
             progress_requested: false,
+            epoch: crate::fence::routed_epoch(),
         };
         tokio::spawn(stream.run(req.into_inner(), self.progress_interval));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -78,6 +79,10 @@ struct WatchStream {
     watchers: Vec<Watcher>,
     next_id: i64,
     progress_requested: bool,
+    /// The map epoch the stream was routed by (0: not routed). A fence newer
+    /// than it ends the stream's watchers under the fenced prefix once they
+    /// have every event up to the fence (`fence`).
+    epoch: u64,
 }
 
 /// The client went away.
@@ -193,16 +198,22 @@ impl WatchStream {
     /// Brings watchers toward `current`; returns whether any is still behind.
     async fn catch_up(&mut self, current: i64) -> Result<bool, Gone> {
         let mut behind = false;
-        let mut canceled = vec![];
+        let mut compacted = vec![];
+        let mut fenced = vec![];
         for i in 0..self.watchers.len() {
             let w = &self.watchers[i];
-            if w.next_rev > current {
+            let ending = self.group.sm.fences.read().ending_watch(self.epoch, &w.key, &w.range_end);
+            let upto_here = ending.map_or(current, |(_, fence_rev)| current.min(fence_rev));
+            if w.next_rev > upto_here {
+                if let Some((epoch, _)) = ending {
+                    fenced.push((w.id, epoch));
+                }
                 continue;
             }
-            let (events, upto) = match self.events_for(w, current) {
+            let (events, upto) = match self.events_for(w, upto_here) {
                 Ok(x) => x,
                 Err(crate::error::Error::Compacted) => {
-                    canceled.push(w.id);
+                    compacted.push(w.id);
                     continue;
                 }
                 Err(e) => {
@@ -213,29 +224,36 @@ impl WatchStream {
             };
             let w = &mut self.watchers[i];
             w.next_rev = upto + 1;
-            behind |= upto < current;
+            behind |= upto < upto_here;
+            if let Some((epoch, _)) = ending.filter(|_| upto >= upto_here) {
+                fenced.push((w.id, epoch));
+            }
             if events.is_empty() {
                 continue;
             }
             w.sent_since_progress = true;
             let (id, fragment) = (w.id, w.fragment);
-            self.send_events(id, fragment, events, current).await?;
+            self.send_events(id, fragment, events, upto_here).await?;
         }
-        for id in canceled {
-            self.watchers.retain(|w| w.id != id);
-            metrics::WATCHERS.dec();
+        for id in compacted {
             let compact_revision = self.group.sm.store.compact_revision();
-            self.send(WatchResponse {
-                header: self.header(current),
-                watch_id: id,
-                canceled: true,
-                compact_revision,
-                cancel_reason: crate::error::Error::Compacted.to_string(),
-                ..Default::default()
-            })
-            .await?;
+            let reason = crate::error::Error::Compacted.to_string();
+            self.end(id, WatchResponse { header: self.header(current), compact_revision, cancel_reason: reason, ..Default::default() })
+                .await?;
+        }
+        for (id, current_epoch) in fenced {
+            // The router routes the watch again from the last revision it got.
+            let reason = crate::error::Error::EpochNotMatch { current: current_epoch }.to_string();
+            self.end(id, WatchResponse { header: self.header(current), cancel_reason: reason, ..Default::default() }).await?;
         }
         Ok(behind)
+    }
+
+    /// Cancels watcher `id` with `resp` (its reason).
+    async fn end(&mut self, id: i64, resp: WatchResponse) -> Result<(), Gone> {
+        self.watchers.retain(|w| w.id != id);
+        metrics::WATCHERS.dec();
+        self.send(WatchResponse { watch_id: id, canceled: true, ..resp }).await
     }
 
     /// The watcher's events from its next revision: the ring if it still

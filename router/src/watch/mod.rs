@@ -8,16 +8,18 @@
 //! carry that minimum. Upstreams reconnect to another replica from their
 //! watermark + 1, so a node failure is invisible to the client.
 
-use crate::backends::{Backends, Prefer};
+use crate::backends::Backends;
+
+mod upstream;
+use upstream::{upstream, Up};
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tessera_proto::etcdserverpb::watch_client::WatchClient;
 use tessera_proto::etcdserverpb::watch_request::RequestUnion;
 use tessera_proto::etcdserverpb::watch_server::Watch;
 use tessera_proto::etcdserverpb::{
-    ResponseHeader, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
+    ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use tessera_proto::mvccpb::Event;
 use tokio::sync::{mpsc, oneshot};
@@ -142,13 +144,41 @@ async fn client_stream(b: Arc<Backends>, mut input: Streaming<WatchRequest>, out
     }
 }
 
-/// What an upstream reports to its watcher.
-enum Up {
-    Created { group: u64, rev: i64 },
-    Events { group: u64, events: Vec<Event> },
-    Progress { group: u64, rev: i64 },
-    Compacted { compact_revision: i64 },
-    Failed(String),
+/// A watcher's upstreams, one per group it merges; all end with it.
+struct Upstreams {
+    b: Arc<Backends>,
+    create: WatchCreateRequest,
+    tx: mpsc::Sender<Up>,
+    /// group → (progress requests to its upstream, its task).
+    running: BTreeMap<u64, (mpsc::Sender<()>, tokio::task::JoinHandle<()>)>,
+}
+
+impl Upstreams {
+    /// Starts `group`'s side from revision `from` (0: from now).
+    fn spawn(&mut self, group: u64, from: i64) {
+        let (tx, rx) = mpsc::channel(4);
+        let c = WatchCreateRequest { start_revision: from, ..self.create.clone() };
+        let task = tokio::spawn(upstream(self.b.clone(), group, c, self.tx.clone(), rx));
+        self.running.insert(group, (tx, task));
+    }
+
+    fn stop(&mut self, group: u64) {
+        if let Some((_, task)) = self.running.remove(&group) {
+            task.abort();
+        }
+    }
+
+    fn ctl(&self, group: u64) -> Option<mpsc::Sender<()>> {
+        self.running.get(&group).map(|(tx, _)| tx.clone())
+    }
+}
+
+impl Drop for Upstreams {
+    fn drop(&mut self) {
+        for (_, task) in self.running.values() {
+            task.abort();
+        }
+    }
 }
 
 async fn watcher(
@@ -167,7 +197,7 @@ async fn watcher(
         cancel_reason: reason,
         ..Default::default()
     };
-    let groups = match b.routing() {
+    let mut groups = match b.routing() {
         Ok(r) => r.groups_for_range(&create.key, &create.range_end),
         Err(e) => {
             let _ = out.send(Ok(fail(e.message().to_string()))).await;
@@ -199,26 +229,10 @@ async fn watcher(
     }
 
     let (up_tx, mut up_rx) = mpsc::channel::<Up>(256);
-    let mut up_ctl: BTreeMap<u64, mpsc::Sender<()>> = BTreeMap::new();
-    let mut tasks = vec![];
+    let mut ups = Upstreams { b: b.clone(), create: create.clone(), tx: up_tx, running: BTreeMap::new() };
     for g in &groups {
-        let (tx, rx) = mpsc::channel(4);
-        up_ctl.insert(*g, tx);
-        let mut c = create.clone();
-        c.start_revision = start;
-        tasks.push(tokio::spawn(upstream(b.clone(), *g, c, up_tx.clone(), rx)));
+        ups.spawn(*g, start);
     }
-    drop(up_tx);
-    struct Abort(Vec<tokio::task::JoinHandle<()>>);
-    impl Drop for Abort {
-        fn drop(&mut self) {
-            for t in &self.0 {
-                t.abort();
-            }
-        }
-    }
-    let _abort = Abort(tasks);
-
     let mut watermark: BTreeMap<u64, Option<i64>> = groups.iter().map(|g| (*g, (start > 0).then_some(start - 1))).collect();
     let mut pending: Vec<(i64, u64, Event)> = vec![];
     let mut sent_created = false;
@@ -272,6 +286,36 @@ async fn watcher(
                         let _ = out.send(Ok(fail(reason))).await;
                         return;
                     }
+                    Up::Rerouted { group, epoch } => {
+                        // The group sent everything up to its fence; the
+                        // new owners were raised past it by placement, so
+                        // from this group's watermark on nothing is missed.
+                        let deadline = std::time::Instant::now() + b.call_timeout;
+                        let now = match b.wait_for_epoch(epoch, deadline).await.and_then(|_| b.routing()) {
+                            Ok(r) => r.groups_for_range(&create.key, &create.range_end),
+                            Err(e) => {
+                                let _ = out.send(Ok(fail(e.message().to_string()))).await;
+                                return;
+                            }
+                        };
+                        let from = watermark.get(&group).copied().flatten().unwrap_or_else(|| b.max_revision());
+                        tracing::debug!(id, group, epoch, from, ?now, "watch routed again after a map change");
+                        ups.running.remove(&group);
+                        for g in groups.iter().filter(|g| !now.contains(g)) {
+                            ups.stop(*g);
+                            watermark.remove(g);
+                        }
+                        for g in &now {
+                            if !ups.running.contains_key(g) {
+                                let w = *watermark.entry(*g).or_insert(Some(from));
+                                ups.spawn(*g, w.unwrap_or(from) + 1);
+                            }
+                        }
+                        for (_, waiting) in progress_waiters.iter_mut() {
+                            waiting.retain(|g| now.contains(g));
+                        }
+                        groups = now;
+                    }
                 }
             }
             Some(c) = ctl.recv() => match c {
@@ -280,21 +324,23 @@ async fn watcher(
                     // ask each for progress: the answer is then current.
                     let target = b.max_revision();
                     for g in &groups {
-                        let (b2, tx) = (b.clone(), up_ctl[g].clone());
+                        let (b2, tx) = (b.clone(), ups.ctl(*g));
                         let g = *g;
                         let multi = groups.len() > 1;
                         tokio::spawn(async move {
                             if multi {
                                 let _ = b2.bump(g, target).await;
                             }
-                            let _ = tx.send(()).await;
+                            if let Some(tx) = tx {
+                                let _ = tx.send(()).await;
+                            }
                         });
                     }
                     progress_waiters.push((reply, groups.clone()));
                 }
             },
             _ = notify.tick(), if create.progress_notify => {
-                for tx in up_ctl.values() {
+                for (tx, _) in ups.running.values() {
                     let _ = tx.try_send(());
                 }
                 let (tx, rx) = oneshot::channel();
@@ -313,9 +359,9 @@ async fn watcher(
                     if w.is_some_and(|w| w >= top) || bumping.get(g).is_some_and(|t| !t.is_finished()) {
                         continue;
                     }
-                    let (b2, tx, g2) = (b.clone(), up_ctl[g].clone(), *g);
+                    let (b2, tx, g2) = (b.clone(), ups.ctl(*g), *g);
                     bumping.insert(*g, tokio::spawn(async move {
-                        if b2.bump(g2, top).await.is_ok() {
+                        if let (Ok(_), Some(tx)) = (b2.bump(g2, top).await, tx) {
                             let _ = tx.send(()).await;
                         }
                     }));
@@ -370,81 +416,5 @@ async fn watcher(
             }
         }
         progress_waiters = still;
-    }
-}
-
-/// One group's side of a watcher: a watch on one replica, moved to another
-/// (from its watermark + 1) when that one fails.
-async fn upstream(
-    b: Arc<Backends>,
-    group: u64,
-    base: WatchCreateRequest,
-    tx: mpsc::Sender<Up>,
-    mut progress: mpsc::Receiver<()>,
-) {
-    let mut next = base.start_revision;
-    loop {
-        let targets = match b.routing().and_then(|r| Ok((b.targets(&r, group, Prefer::Leader)?, r))) {
-            Ok(t) => t,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        let (targets, routing) = targets;
-        for (_node, ch) in targets {
-            let (req_tx, req_rx) = mpsc::channel(8);
-            let mut c = base.clone();
-            c.start_revision = next;
-            c.watch_id = 0;
-            c.fragment = false; // merged responses hold whole revisions
-            c.progress_notify = false; // the router asks for progress itself
-            let _ = req_tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(c)) }).await;
-            let mut req = b.request(&routing, group, ReceiverStream::new(req_rx));
-            req.set_timeout(Duration::from_secs(365 * 24 * 3600));
-            let mut stream = match WatchClient::new(ch).watch(req).await {
-                Ok(s) => s.into_inner(),
-                Err(_) => continue,
-            };
-            loop {
-                tokio::select! {
-                    m = stream.message() => {
-                        let Ok(Some(resp)) = m else { break };
-                        b.observe(resp.header.as_ref());
-                        let rev = resp.header.as_ref().map_or(0, |h| h.revision);
-                        if resp.created {
-                            if next == 0 {
-                                next = rev + 1;
-                                if tx.send(Up::Created { group, rev }).await.is_err() { return; }
-                            }
-                            continue;
-                        }
-                        if resp.canceled {
-                            let up = if resp.compact_revision > 0 {
-                                Up::Compacted { compact_revision: resp.compact_revision }
-                            } else {
-                                Up::Failed(resp.cancel_reason)
-                            };
-                            let _ = tx.send(up).await;
-                            return;
-                        }
-                        if resp.events.is_empty() {
-                            next = next.max(rev + 1);
-                            if tx.send(Up::Progress { group, rev }).await.is_err() { return; }
-                        } else {
-                            let last = resp.events.last().and_then(|e| e.kv.as_ref()).map_or(0, |kv| kv.mod_revision);
-                            next = next.max(last + 1);
-                            if tx.send(Up::Events { group, events: resp.events }).await.is_err() { return; }
-                        }
-                    }
-                    p = progress.recv() => {
-                        if p.is_none() { return; }
-                        let _ = req_tx.send(WatchRequest { request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})) }).await;
-                    }
-                }
-            }
-            tracing::debug!(group, "upstream watch broke; resuming from {next}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
