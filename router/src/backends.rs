@@ -53,9 +53,21 @@ pub struct Backends {
     /// node name → when it last failed a call.
     down: RwLock<HashMap<String, Instant>>,
     max_revision: AtomicI64,
+    bumps: Mutex<HashMap<u64, GroupBumps>>,
     /// Every group answered (through some replica, with a leader) in the last poll.
     healthy: std::sync::atomic::AtomicBool,
     pub call_timeout: Duration,
+}
+
+type BumpOutcome = tokio::sync::watch::Receiver<Option<Result<i64, Status>>>;
+
+/// One group's revision bumps, as this router knows them.
+#[derive(Default)]
+struct GroupBumps {
+    /// The highest revision a bump answered (a group's revision never goes back).
+    reached: i64,
+    /// The bump in flight: the revision it asks for and its outcome when done.
+    inflight: Option<(i64, BumpOutcome)>,
 }
 
 /// Whether a failed call never reached a group's state machine (safe to
@@ -90,6 +102,7 @@ impl Backends {
             leaders: RwLock::new(HashMap::new()),
             down: RwLock::new(HashMap::new()),
             max_revision: AtomicI64::new(0),
+            bumps: Mutex::new(HashMap::new()),
             healthy: std::sync::atomic::AtomicBool::new(false),
             call_timeout: Duration::from_secs(15),
         })
@@ -232,8 +245,50 @@ impl Backends {
     }
 
     /// Raises `group`'s revision (watermark) to at least `rev`; answers its
-    /// revision after.
+    /// revision after. Concurrent bumps of a group to no more than one in
+    /// flight share it, and one to a revision a past bump already passed
+    /// costs nothing (many merged watches wait on the same idle groups).
     pub async fn bump(&self, group: u64, rev: i64) -> Result<i64, Status> {
+        loop {
+            let (mut done, lead) = {
+                let mut bumps = self.bumps.lock();
+                let g = bumps.entry(group).or_default();
+                if g.reached >= rev {
+                    return Ok(g.reached);
+                }
+                match &g.inflight {
+                    Some((target, done)) if *target >= rev => (done.clone(), None),
+                    _ => {
+                        let (tx, rx) = tokio::sync::watch::channel(None);
+                        g.inflight = Some((rev, rx.clone()));
+                        (rx, Some(tx))
+                    }
+                }
+            };
+            let settle = |done: &BumpOutcome, reached: Option<i64>| {
+                let mut bumps = self.bumps.lock();
+                let g = bumps.entry(group).or_default();
+                g.reached = g.reached.max(reached.unwrap_or(0));
+                if g.inflight.as_ref().is_some_and(|(_, d)| d.same_channel(done)) {
+                    g.inflight = None;
+                }
+            };
+            if let Some(tx) = lead {
+                let r = self.bump_now(group, rev).await;
+                tx.send_replace(Some(r.clone()));
+                settle(&done, r.as_ref().ok().copied());
+                return r;
+            }
+            let outcome = done.wait_for(Option::is_some).await.map(|o| o.clone());
+            match outcome {
+                Ok(Some(r)) => return r,
+                // Its caller went away mid-bump: bump anew.
+                _ => settle(&done, None),
+            }
+        }
+    }
+
+    async fn bump_now(&self, group: u64, rev: i64) -> Result<i64, Status> {
         let resp = self
             .call(group, Prefer::Leader, false, BumpRequest { revision: rev }, |ch, req| async move {
                 ShardClient::new(ch).bump(req).await

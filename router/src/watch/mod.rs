@@ -37,8 +37,39 @@ type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<WatchResponse,
 
 /// Events per response when a backlog is released (whole revisions only).
 const MAX_EVENTS_PER_RESPONSE: usize = 1000;
-/// How long a held-back event waits before the lagging group is bumped.
-const BUMP_AFTER: Duration = Duration::from_millis(20);
+/// The least time between two bumps of one group by one watcher. A held-back
+/// event gets its laggards bumped at once, then again every gap while it
+/// waits; under a write load the groups' own writes move their watermarks
+/// and no bumps are needed, so this caps what an idle group is asked for.
+const BUMP_GAP: Duration = Duration::from_millis(5);
+
+/// Bumps a watcher started: group → (when, the task bumping and asking for progress).
+type Bumping = BTreeMap<u64, (tokio::time::Instant, tokio::task::JoinHandle<()>)>;
+
+/// Raises the groups that hold back pending events (their watermark is
+/// below the newest pending revision), then asks them for progress.
+fn bump_laggards(
+    b: &Arc<Backends>,
+    pending: &[(i64, u64, Event)],
+    watermark: &BTreeMap<u64, Option<i64>>,
+    ups: &Upstreams,
+    bumping: &mut Bumping,
+) {
+    let Some(top) = pending.iter().map(|p| p.0).max() else { return };
+    for (g, w) in watermark {
+        let busy = bumping.get(g).is_some_and(|(at, t)| !t.is_finished() || at.elapsed() < BUMP_GAP);
+        if w.is_some_and(|w| w >= top) || busy {
+            continue;
+        }
+        let (b2, tx, g2) = (b.clone(), ups.ctl(*g), *g);
+        let task = tokio::spawn(async move {
+            if let (Ok(_), Some(tx)) = (b2.bump(g2, top).await, tx) {
+                let _ = tx.send(()).await;
+            }
+        });
+        bumping.insert(*g, (tokio::time::Instant::now(), task));
+    }
+}
 
 fn header(rev: i64) -> Option<ResponseHeader> {
     Some(ResponseHeader { revision: rev, ..Default::default() })
@@ -244,10 +275,10 @@ async fn watcher(
         sent_created = true;
     }
     let mut progress_waiters: Vec<(oneshot::Sender<i64>, Vec<u64>)> = vec![];
-    let mut bumping: BTreeMap<u64, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    let mut bumping: Bumping = BTreeMap::new();
     let mut notify = tokio::time::interval(interval);
     notify.tick().await;
-    let mut bump_check = tokio::time::interval(BUMP_AFTER);
+    let mut bump_check = tokio::time::interval(BUMP_GAP);
     let mut released = start - 1;
 
     loop {
@@ -269,6 +300,7 @@ async fn watcher(
                         }
                         let w = watermark.entry(group).or_default();
                         *w = Some(w.unwrap_or(0).max(last));
+                        bump_laggards(&b, &pending, &watermark, &ups, &mut bumping);
                     }
                     Up::Progress { group, rev } => {
                         let w = watermark.entry(group).or_default();
@@ -352,21 +384,7 @@ async fn watcher(
                     }
                 });
             }
-            _ = bump_check.tick(), if !pending.is_empty() => {
-                // Held-back events: raise the groups that hold them back.
-                let top = pending.iter().map(|p| p.0).max().unwrap_or(0);
-                for (g, w) in &watermark {
-                    if w.is_some_and(|w| w >= top) || bumping.get(g).is_some_and(|t| !t.is_finished()) {
-                        continue;
-                    }
-                    let (b2, tx, g2) = (b.clone(), ups.ctl(*g), *g);
-                    bumping.insert(*g, tokio::spawn(async move {
-                        if let (Ok(_), Some(tx)) = (b2.bump(g2, top).await, tx) {
-                            let _ = tx.send(()).await;
-                        }
-                    }));
-                }
-            }
+            _ = bump_check.tick(), if !pending.is_empty() => bump_laggards(&b, &pending, &watermark, &ups, &mut bumping),
         }
 
         // Release everything every group has confirmed.
