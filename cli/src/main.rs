@@ -1,5 +1,6 @@
 //! `tessera`: a local federation in one command (`tessera dev`) and the
-//! admin CLI over placement (status, pin, spread, group add, learner add).
+//! admin CLI over placement (status, pin, spread, group add, learner add,
+//! replica remove).
 
 mod dev;
 mod http;
@@ -44,6 +45,18 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LearnerCmd,
     },
+    /// Manage replicas.
+    Replica {
+        #[command(subcommand)]
+        cmd: ReplicaCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReplicaCmd {
+    /// Remove a group's replica from a node (raft member remove, then the
+    /// map; the node stops it and deletes its data).
+    Remove { group: u64, node: String },
 }
 
 #[derive(Subcommand)]
@@ -118,6 +131,10 @@ async fn main() {
             Cmd::Learner { cmd: LearnerCmd::Add { group, node } } => {
                 let path = format!("/tessera/v1/groups/{group}/learners");
                 show(&http::call(p, "POST", &path, Some(serde_json::json!({ "node": node }))).await?);
+                Ok(())
+            }
+            Cmd::Replica { cmd: ReplicaCmd::Remove { group, node } } => {
+                show(&http::call(p, "DELETE", &format!("/tessera/v1/groups/{group}/replicas/{node}"), None).await?);
                 Ok(())
             }
         }

@@ -133,3 +133,57 @@ async fn a_router_with_a_stale_map_is_refused_and_routes_again() {
 
     stale.shutdown().await;
 }
+
+/// Whether `node` hosts a replica of `group` (its Stats answer).
+async fn hosts(url: &str, group: u64) -> bool {
+    use tessera_proto::tessera::shard::{shard_client::ShardClient, StatsRequest};
+    let Ok(mut c) = ShardClient::connect(url.to_string()).await else { return false }; // down: hosts nothing now
+    match c.stats(shardmap::group_request(group, StatsRequest {})).await {
+        Ok(_) => true,
+        Err(e) if e.message().contains("not hosted here") => false,
+        Err(e) => panic!("stats of group {group} on {url}: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_replica_is_stopped_and_its_data_deleted() {
+    let f = Federation::start(3);
+    let (map, _) = shardmap::watcher::fetch(&f.placement()).await.unwrap();
+    let (group, info) = map.groups.iter().next().unwrap();
+    let learner = info.replicas.iter().find(|r| r.learner).expect("tessera dev adds a learner").node.clone();
+    let url = map.nodes[&learner].client_url.clone();
+    assert!(hosts(&url, *group).await);
+
+    let out = Command::new(bin("tessera"))
+        .args(["replica", "remove", &group.to_string(), &learner, "--placement", &f.placement()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until_async("the node to stop the replica", || hosts(&url, *group), false).await;
+
+    // Its data is gone too: restarted, the node does not bring it back,
+    // while its other replicas resume.
+    let other = *map.groups.keys().find(|g| *g != group && map.groups[g].replica_on(&learner).is_some()).expect("dev puts every group on every node");
+    let args = f.kill9(f.pid(&learner));
+    let mut restarted = f.restart(&args);
+    wait_until_async("the restarted node's other replicas", || hosts(&url, other), true).await;
+    assert!(!hosts(&url, *group).await, "a removed replica came back after a restart");
+
+    // The group carries on without it.
+    let mut kv = f.kv().await;
+    let key = (0..).map(|i| format!("/removal/x/{i}")).find(|k| map.clone().routing().group_of(k.as_bytes()) == Some(*group)).unwrap();
+    kv.put(PutRequest { key: key.into_bytes(), value: b"v".to_vec(), ..Default::default() }).await.unwrap();
+    let _ = restarted.kill();
+}
+
+async fn wait_until_async<F, Fut>(what: &str, f: F, want: bool)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while f().await != want {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

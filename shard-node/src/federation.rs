@@ -52,6 +52,24 @@ pub async fn resume_hosted(node: &Arc<Node>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Stops a replica removed from its group and deletes its data (log,
+/// state machine, identity), so a restart does not bring it back.
+async fn retire(node: &Arc<Node>, group: u64) -> anyhow::Result<()> {
+    node.stop_replica(group).await;
+    let _guard = node.lifecycle.lock().await;
+    let (start, end) = GroupKeys::new(group).all();
+    let mut batch = WriteBatch::default();
+    batch.delete_range(start.clone(), end.clone());
+    node.parts.engine.write(batch, true)?;
+    let mut h = hosted(node);
+    if h.remove(&group) {
+        record_hosted(node, &h)?;
+    }
+    node.parts.engine.compact_range(&start, &end);
+    tracing::info!(group, "replica removed from its group: stopped, data deleted");
+    Ok(())
+}
+
 pub async fn run(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let config = &node.parts.config;
     let endpoints = crate::config::split_urls(&config.placement_endpoints);
@@ -98,10 +116,23 @@ pub async fn run(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) 
     }
 }
 
-/// Starts the replicas the map gives this node and it does not run yet.
+/// Starts the replicas the map gives this node and it does not run yet;
+/// retires those the map took away.
 async fn reconcile(node: &Arc<Node>, routing: &Routing) {
     let map = &routing.map;
     let name = &node.parts.config.name;
+    for r in node.replicas() {
+        // Placement drops a replica from the map only after the group
+        // committed its removal, so the data is no longer needed. A group
+        // missing from the map altogether is left alone (a map that lost
+        // it is more likely a mistake than an instruction).
+        let id = r.group.id;
+        if map.groups.get(&id).is_some_and(|info| info.replica_on(name).is_none()) {
+            if let Err(e) = retire(node, id).await {
+                tracing::error!(group = id, error = %e, "retiring a removed replica");
+            }
+        }
+    }
     for (id, info) in &map.groups {
         let Some(mine) = info.replica_on(name) else {
             continue;

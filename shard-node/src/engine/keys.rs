@@ -40,6 +40,12 @@ impl GroupKeys {
         k
     }
 
+    /// `[start, end)` covering every key of the group (all tables).
+    pub fn all(&self) -> (Vec<u8>, Vec<u8>) {
+        let end = self.group.checked_add(1).map_or_else(|| vec![0xff; 9], |g| g.to_be_bytes().to_vec());
+        (self.group.to_be_bytes().to_vec(), end)
+    }
+
     /// `[start, end)` covering one whole table.
     pub fn table(&self, table: u8) -> (Vec<u8>, Vec<u8>) {
         (self.key(table, &[]), self.key(table + 1, &[]))
