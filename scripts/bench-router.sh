@@ -2,7 +2,7 @@
 # The router's cost and the merged watch, measured in one run on this machine
 # with etcd's own `benchmark` tool (and our watch-latency tool), one system at
 # a time so they never share the CPUs:
-#   etcd 3.4 (3 members) | a Tessera group direct (3 shard-nodes) |
+#   etcd 3.4 (3 members), also through etcd's grpc-proxy | a Tessera group direct (3 shard-nodes) |
 #   router → federation of 1 group (3 voters) | router → 3 groups.
 # Prints two markdown tables. Federation ports sit below the ephemeral range
 # (32768+), where a port freed by one system may be taken by a connection.
@@ -76,7 +76,15 @@ results="$work/results"
 } >"$results.watch"
 
 start_cluster etcd 21000
-run_all "etcd 3.4" >>"$results.kv"; watch_row "etcd 3.4: one watch" 1 >>"$results.watch"; stop_cluster
+run_all "etcd 3.4" >>"$results.kv"; watch_row "etcd 3.4: one watch" 1 >>"$results.watch"
+# etcd's own proxy over the same cluster: what one more gRPC hop costs here
+# (its serializable ranges come from its cache).
+members=$endpoints
+etcd grpc-proxy start --endpoints="$members" --listen-addr=127.0.0.1:21100 >"$work/grpc-proxy.log" 2>&1 &
+pids+=($!)
+wait_writable 127.0.0.1:21100 || { echo "etcd grpc-proxy did not start" >&2; cat "$work/grpc-proxy.log" >&2; exit 1; }
+endpoints=127.0.0.1:21100
+run_all "etcd 3.4 via grpc-proxy" >>"$results.kv"; stop_cluster
 start_cluster tessera 22000
 run_all "tessera group, direct" >>"$results.kv"; watch_row "tessera group direct: one watch" 1 >>"$results.watch"; stop_cluster
 start_federation 1 12379

@@ -45,9 +45,19 @@ pub enum Prefer {
     Learner,
 }
 
+/// Which connection to a node a call uses. Long-lived streams (watches,
+/// election observes) get their own, so whatever happens to their flow
+/// control can never hold up the unary calls (puts waiting behind a watch
+/// whose reader fell behind).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Lane {
+    Calls,
+    Streams,
+}
+
 pub struct Backends {
     maps: MapRx,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<HashMap<(String, Lane), Channel>>,
     /// group → leader's node name, from polling.
     leaders: RwLock<HashMap<u64, String>>,
     /// node name → when it last failed a call.
@@ -122,9 +132,9 @@ impl Backends {
         }
     }
 
-    fn channel(&self, url: &str) -> Result<Channel, Status> {
+    fn channel(&self, url: &str, lane: Lane) -> Result<Channel, Status> {
         let mut chans = self.channels.lock();
-        if let Some(c) = chans.get(url) {
+        if let Some(c) = chans.get(&(url.to_string(), lane)) {
             return Ok(c.clone());
         }
         let ep = tonic::transport::Endpoint::from_shared(url.to_string())
@@ -134,12 +144,17 @@ impl Backends {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(3));
         let c = ep.connect_lazy();
-        chans.insert(url.to_string(), c.clone());
+        chans.insert((url.to_string(), lane), c.clone());
         Ok(c)
     }
 
     /// The replicas of `group` to try, best first: (node name, channel).
     pub fn targets(&self, r: &Routing, group: u64, prefer: Prefer) -> Result<Vec<(String, Channel)>, Status> {
+        self.targets_on(r, group, prefer, Lane::Calls)
+    }
+
+    /// As `targets`, on the connections of `lane`.
+    pub fn targets_on(&self, r: &Routing, group: u64, prefer: Prefer, lane: Lane) -> Result<Vec<(String, Channel)>, Status> {
         let info =
             r.map.groups.get(&group).ok_or_else(|| Status::unavailable(format!("tessera: no group {group} in the map")))?;
         let leader = self.leaders.read().get(&group).cloned();
@@ -157,7 +172,7 @@ impl Backends {
         let mut out = vec![];
         for rep in rs {
             if let Some(n) = r.map.nodes.get(&rep.node) {
-                out.push((rep.node.clone(), self.channel(&n.client_url)?));
+                out.push((rep.node.clone(), self.channel(&n.client_url, lane)?));
             }
         }
         Ok(out)
@@ -339,7 +354,7 @@ impl Backends {
                         let Some(n) = r.map.nodes.get(&rep.node) else {
                             continue;
                         };
-                        let Ok(ch) = self.channel(&n.client_url) else {
+                        let Ok(ch) = self.channel(&n.client_url, Lane::Calls) else {
                             continue;
                         };
                         let mut req = self.request(&r, *gid, StatsRequest {});

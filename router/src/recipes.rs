@@ -2,7 +2,7 @@
 //! group of its key prefix (`<name>/`, where its contenders' keys go), so
 //! the server-side recipe runs there whole.
 
-use crate::backends::{Backends, Prefer};
+use crate::backends::{Backends, Lane, Prefer};
 use crate::leases;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -117,7 +117,7 @@ impl Election for Recipes {
         let routing = self.backends.routing()?;
         let (_, ch) = self
             .backends
-            .targets(&routing, g, Prefer::Leader)?
+            .targets_on(&routing, g, Prefer::Leader, Lane::Streams)?
             .into_iter()
             .next()
             .ok_or_else(|| Status::unavailable("tessera: no replica"))?;

@@ -43,6 +43,9 @@ const MAX_EVENTS_PER_RESPONSE: usize = 1000;
 /// and no bumps are needed, so this caps what an idle group is asked for.
 const BUMP_GAP: Duration = Duration::from_millis(5);
 
+/// How long events may be held back before the watcher says so in the log.
+const STALL_WARNING: Duration = Duration::from_secs(5);
+
 /// Bumps a watcher started: group → (when, the task bumping and asking for progress).
 type Bumping = BTreeMap<u64, (tokio::time::Instant, tokio::task::JoinHandle<()>)>;
 
@@ -280,6 +283,8 @@ async fn watcher(
     notify.tick().await;
     let mut bump_check = tokio::time::interval(BUMP_GAP);
     let mut released = start - 1;
+    // When the oldest held-back event started waiting (a stall is logged).
+    let mut held_since: Option<tokio::time::Instant> = None;
 
     loop {
         tokio::select! {
@@ -384,7 +389,15 @@ async fn watcher(
                     }
                 });
             }
-            _ = bump_check.tick(), if !pending.is_empty() => bump_laggards(&b, &pending, &watermark, &ups, &mut bumping),
+            _ = bump_check.tick(), if !pending.is_empty() => {
+                bump_laggards(&b, &pending, &watermark, &ups, &mut bumping);
+                let since = *held_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() > STALL_WARNING {
+                    tracing::warn!(id, pending = pending.len(), oldest = pending.iter().map(|p| p.0).min(), released, ?watermark,
+                        running = ?ups.running.keys().collect::<Vec<_>>(), "merged watch holding events back");
+                    held_since = Some(tokio::time::Instant::now());
+                }
+            }
         }
 
         // Release everything every group has confirmed.
@@ -423,6 +436,9 @@ async fn watcher(
                 }
             }
             crate::metrics::WATCH_EVENTS.inc_by(ready.len() as u64);
+        }
+        if point > released || pending.is_empty() {
+            held_since = None; // moving again
         }
         released = released.max(point);
         let mut still = vec![];

@@ -3,7 +3,7 @@
 //! while its watcher is behind and resumed from there, ended when the group
 //! was fenced for a newer map (the watcher routes again).
 
-use crate::backends::{Backends, Prefer};
+use crate::backends::{Backends, Lane, Prefer};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_proto::etcdserverpb::watch_request::RequestUnion;
@@ -39,7 +39,7 @@ pub async fn upstream(
 ) {
     let mut next = base.start_revision;
     'route: loop {
-        let targets = match b.routing().and_then(|r| Ok((b.targets(&r, group, Prefer::Leader)?, r))) {
+        let targets = match b.routing().and_then(|r| Ok((b.targets_on(&r, group, Prefer::Leader, Lane::Streams)?, r))) {
             Ok(t) => t,
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -69,7 +69,9 @@ pub async fn upstream(
                     },
                     p = progress.recv() => {
                         if p.is_none() { return; }
-                        let _ = req_tx.send(WatchRequest { request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})) }).await;
+                        // Never wait here with the stream unread: a full queue
+                        // already holds a progress request, whose answer serves.
+                        let _ = req_tx.try_send(WatchRequest { request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})) });
                         continue;
                     }
                 };
