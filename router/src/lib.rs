@@ -98,9 +98,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let shutdown = async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-            tracing::error!(error = %e, "router server failed");
-        }
+        shard_node::server::serve::serve(listener, app, shutdown).await;
     });
     tracing::info!(%addr, placement = config.placement_endpoints, "router serving");
     Ok(Running { addr, backends, stop, task, poller })

@@ -199,9 +199,7 @@ pub async fn start_with(config: Config, extra: axum::Router) -> anyhow::Result<R
         let rx = stop_rx.clone();
         let l = crate::server::authority::ClientListener(l);
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stopped(rx)).await {
-                tracing::error!(error = %e, "client server failed");
-            }
+            crate::server::serve::serve(l, app, stopped(rx)).await;
         }));
     }
     if config.federated() {

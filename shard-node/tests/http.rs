@@ -39,3 +39,66 @@ async fn metrics_health_and_version() {
     let version = get(&ep, "/version");
     assert!(version.contains(r#""etcdserver":"3.5"#), "{version}");
 }
+
+/// An HTTP/2 frame: 9-byte header, then the payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// etcd clients cancel calls and watches in bursts (a kube-apiserver
+/// re-listing, etcd-runner ending its watchers). A burst of streams reset
+/// before the server accepted them must not get the connection closed (h2's
+/// default closes it after 20, with ENHANCE_YOUR_CALM, killing every other
+/// call on it): grpc-go, and so etcd, does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_cancelled_calls_keeps_the_connection() {
+    let etcd = common::RealEtcd::start().await;
+    burst_of_resets_then_ping(&etcd.endpoint);
+    let c = Cluster::start(1, &[]).await;
+    burst_of_resets_then_ping(&c.members[0].endpoint());
+}
+
+/// 100 requests each reset at once, then a PING: the PING is answered.
+fn burst_of_resets_then_ping(endpoint: &str) {
+    let mut s = std::net::TcpStream::connect(endpoint).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let mut burst = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    burst.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    // :method POST, :scheme http, :path /, :authority "a:1" (not indexed).
+    let headers = [0x83, 0x86, 0x84, 0x01, 0x03, b'a', b':', b'1'];
+    const END_HEADERS: u8 = 0x4;
+    const CANCEL: [u8; 4] = [0, 0, 0, 8];
+    for i in 0..100u32 {
+        let stream = 2 * i + 1;
+        burst.extend(frame(0x1, END_HEADERS, stream, &headers));
+        burst.extend(frame(0x3, 0, stream, &CANCEL)); // RST_STREAM
+    }
+    burst.extend(frame(0x6, 0, 0, b"stillok!")); // PING
+    s.write_all(&burst).unwrap();
+    // Read frames until the PING's answer; a GOAWAY first fails the test.
+    let mut buf = vec![];
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).unwrap_or_else(|e| panic!("{endpoint} answers the ping: {e}"));
+        assert!(n > 0, "{endpoint} closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
+        while buf.len() >= at + 9 {
+            let len = (buf[at] as usize) << 16 | (buf[at + 1] as usize) << 8 | buf[at + 2] as usize;
+            if buf.len() < at + 9 + len {
+                break;
+            }
+            let (kind, flags, payload) = (buf[at + 3], buf[at + 4], &buf[at + 9..at + 9 + len]);
+            assert_ne!(kind, 0x7, "{endpoint}: GOAWAY (error code {:?})", payload.get(4..8));
+            if kind == 0x6 && flags & 0x1 != 0 {
+                assert_eq!(payload, b"stillok!");
+                return;
+            }
+            at += 9 + len;
+        }
+    }
+}

@@ -14,6 +14,7 @@ pub mod lock;
 pub mod maintenance;
 pub mod peer;
 pub mod recipes;
+pub mod serve;
 pub mod shard;
 pub mod validate;
 pub mod watch;
