@@ -4,6 +4,7 @@
 
 use crate::backends::{Backends, Lane, Prefer};
 use crate::leases;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use tessera_proto::v3electionpb::election_client::ElectionClient;
@@ -12,6 +13,7 @@ use tessera_proto::v3electionpb::*;
 use tessera_proto::v3lockpb::lock_client::LockClient;
 use tessera_proto::v3lockpb::lock_server::Lock;
 use tessera_proto::v3lockpb::*;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 #[derive(Clone)]
@@ -19,15 +21,38 @@ pub struct Recipes {
     pub backends: Arc<Backends>,
 }
 
-impl Recipes {
-    fn group_of_name(&self, name: &[u8]) -> Result<u64, Status> {
-        let mut prefix = name.to_vec();
-        prefix.push(b'/');
-        self.group_of_key(&prefix)
-    }
+/// The key prefix of a lock or election: its contenders' keys go under it.
+fn name_prefix(name: &[u8]) -> Vec<u8> {
+    let mut prefix = name.to_vec();
+    prefix.push(b'/');
+    prefix
+}
 
+impl Recipes {
     fn group_of_key(&self, key: &[u8]) -> Result<u64, Status> {
         self.backends.routing()?.group_of(key).ok_or_else(|| Status::unavailable("tessera: the shard map has no groups yet"))
+    }
+
+    /// Calls the group that owns `key`, routing again if it was refused for
+    /// an older map; a write first copies `lease` there (if not 0).
+    async fn call_at<T, R, F, Fut>(&self, key: &[u8], write: bool, lease: i64, msg: T, f: F) -> Result<Response<R>, Status>
+    where
+        T: Clone,
+        F: Fn(Channel, Request<T>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        let resp = self
+            .backends
+            .rerouting(|| async {
+                let g = self.group_of_key(key)?;
+                if write {
+                    leases::write_with_leases(&self.backends, g, &[lease], msg.clone(), &f).await
+                } else {
+                    self.backends.call(g, Prefer::Leader, false, msg.clone(), &f).await
+                }
+            })
+            .await?;
+        Ok(Response::new(resp))
     }
 }
 
@@ -35,28 +60,14 @@ impl Recipes {
 impl Lock for Recipes {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
         let r = req.into_inner();
-        let lease = [r.lease];
-        Ok(Response::new(
-            self.backends
-                .rerouting(|| async {
-                    let g = self.group_of_name(&r.name)?;
-                    leases::write_with_leases(&self.backends, g, &lease, r.clone(), |ch, r| async move { LockClient::new(ch).lock(r).await })
-                        .await
-                })
-                .await?,
-        ))
+        let (key, lease) = (name_prefix(&r.name), r.lease);
+        self.call_at(&key, true, lease, r, |ch, r| async move { LockClient::new(ch).lock(r).await }).await
     }
 
     async fn unlock(&self, req: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
         let r = req.into_inner();
-        Ok(Response::new(
-            self.backends
-                .rerouting(|| async {
-                    let g = self.group_of_key(&r.key)?;
-                    self.backends.call(g, Prefer::Leader, true, r.clone(), |ch, r| async move { LockClient::new(ch).unlock(r).await }).await
-                })
-                .await?,
-        ))
+        let key = r.key.clone();
+        self.call_at(&key, true, 0, r, |ch, r| async move { LockClient::new(ch).unlock(r).await }).await
     }
 }
 
@@ -66,54 +77,27 @@ type ObserveStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<LeaderRespon
 impl Election for Recipes {
     async fn campaign(&self, req: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
         let r = req.into_inner();
-        let lease = [r.lease];
-        Ok(Response::new(
-            self.backends
-                .rerouting(|| async {
-                    let g = self.group_of_name(&r.name)?;
-                    leases::write_with_leases(&self.backends, g, &lease, r.clone(), |ch, r| async move {
-                        ElectionClient::new(ch).campaign(r).await
-                    })
-                    .await
-                })
-                .await?,
-        ))
+        let (key, lease) = (name_prefix(&r.name), r.lease);
+        self.call_at(&key, true, lease, r, |ch, r| async move { ElectionClient::new(ch).campaign(r).await }).await
     }
 
     async fn proclaim(&self, req: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
         let r = req.into_inner();
-        let name = r.leader.as_ref().map(|l| l.name.clone()).unwrap_or_default();
-        Ok(Response::new(
-            self.backends
-                .rerouting(|| async {
-                    let g = self.group_of_name(&name)?;
-                    self.backends
-                        .call(g, Prefer::Leader, true, r.clone(), |ch, r| async move { ElectionClient::new(ch).proclaim(r).await })
-                        .await
-                })
-                .await?,
-        ))
+        let key = name_prefix(r.leader.as_ref().map_or(&[][..], |l| &l.name));
+        self.call_at(&key, true, 0, r, |ch, r| async move { ElectionClient::new(ch).proclaim(r).await }).await
     }
 
     async fn leader(&self, req: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
         let r = req.into_inner();
-        Ok(Response::new(
-            self.backends
-                .rerouting(|| async {
-                    let g = self.group_of_name(&r.name)?;
-                    self.backends
-                        .call(g, Prefer::Leader, false, r.clone(), |ch, r| async move { ElectionClient::new(ch).leader(r).await })
-                        .await
-                })
-                .await?,
-        ))
+        let key = name_prefix(&r.name);
+        self.call_at(&key, false, 0, r, |ch, r| async move { ElectionClient::new(ch).leader(r).await }).await
     }
 
     type ObserveStream = ObserveStream;
 
     async fn observe(&self, req: Request<LeaderRequest>) -> Result<Response<ObserveStream>, Status> {
         let r = req.into_inner();
-        let g = self.group_of_name(&r.name)?;
+        let g = self.group_of_key(&name_prefix(&r.name))?;
         let routing = self.backends.routing()?;
         let (_, ch) = self
             .backends
@@ -129,16 +113,7 @@ impl Election for Recipes {
 
     async fn resign(&self, req: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
         let r = req.into_inner();
-        let name = r.leader.as_ref().map(|l| l.name.clone()).unwrap_or_default();
-        Ok(Response::new(
-            self.backends
-                .rerouting(|| async {
-                    let g = self.group_of_name(&name)?;
-                    self.backends
-                        .call(g, Prefer::Leader, true, r.clone(), |ch, r| async move { ElectionClient::new(ch).resign(r).await })
-                        .await
-                })
-                .await?,
-        ))
+        let key = name_prefix(r.leader.as_ref().map_or(&[][..], |l| &l.name));
+        self.call_at(&key, true, 0, r, |ch, r| async move { ElectionClient::new(ch).resign(r).await }).await
     }
 }
