@@ -5,6 +5,8 @@
 
 #[path = "../../shard-node/tests/common/json_http.rs"]
 pub mod json_http;
+#[path = "../../shard-node/tests/common/recipes.rs"]
+pub mod recipes;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -576,3 +576,13 @@ async fn watchers_that_do_not_read_stall_no_other_call() {
         assert_eq!(n, PUTS);
     }
 }
+
+/// etcd's Lock and Election gRPC services through the router: each lock or
+/// election runs in the group of its name's prefix (the same scenarios as
+/// against etcd and a single group).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_and_election_services_through_the_router() {
+    let f = Federation::start(3);
+    common::recipes::lock_scenario(&f.endpoint()).await;
+    common::recipes::election_scenario(&f.endpoint()).await;
+}

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod json_http;
+pub mod recipes;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
