@@ -102,3 +102,36 @@ fn burst_of_resets_then_ping(endpoint: &str) {
         }
     }
 }
+
+/// Opens `n` watch streams on one connection, then puts on it; all within
+/// 20 s. etcd allows 2^32 − 1 streams per connection; h2's usual 200 would
+/// leave the 201st waiting for one to end.
+async fn many_streams_on_one_connection(endpoint: &str, n: usize) {
+    use tessera_proto::etcdserverpb::watch_client::WatchClient;
+    use tessera_proto::etcdserverpb::watch_request::RequestUnion;
+    use tessera_proto::etcdserverpb::{kv_client::KvClient, PutRequest, WatchCreateRequest, WatchRequest};
+    let ch = tonic::transport::Channel::from_shared(format!("http://{endpoint}")).unwrap().connect().await.unwrap();
+    let work = async {
+        let mut open = vec![];
+        for i in 0..n {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let create = WatchCreateRequest { key: format!("many/{i}").into_bytes(), ..Default::default() };
+            tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await.unwrap();
+            let mut s = WatchClient::new(ch.clone()).watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+            assert!(s.message().await.unwrap().unwrap().created);
+            open.push((tx, s));
+        }
+        KvClient::new(ch.clone()).put(PutRequest { key: b"many/put".to_vec(), value: b"v".to_vec(), ..Default::default() }).await.unwrap();
+        open.len()
+    };
+    let opened = tokio::time::timeout(std::time::Duration::from_secs(20), work).await;
+    assert_eq!(opened.unwrap_or_else(|_| panic!("{endpoint}: stuck with many streams on one connection")), n);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hundreds_of_watches_on_one_connection() {
+    let etcd = common::RealEtcd::start().await;
+    many_streams_on_one_connection(&etcd.endpoint, 300).await;
+    let c = Cluster::start(1, &[]).await;
+    many_streams_on_one_connection(&c.members[0].endpoint(), 300).await;
+}

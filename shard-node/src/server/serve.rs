@@ -8,7 +8,11 @@
 //! clients cancel watches and calls in bursts (a kube-apiserver re-listing,
 //! etcd-runner ending its watchers), and on a busy server that tears down
 //! every other call on the connection, which etcd (grpc-go) never does. The
-//! limit is raised, not removed: a real flood is still stopped.
+//! limit is raised, not removed: a real flood is still stopped. And hyper
+//! allows 200 concurrent streams per connection where etcd allows 2^32 − 1
+//! (`--max-concurrent-streams`): a client multiplexing its watches on one
+//! connection (the kube-apiserver does; so does the router to each node)
+//! would have its 201st call wait for a stream to end.
 
 use super::authority::ClientListener;
 use axum::serve::Listener;
@@ -19,12 +23,14 @@ use std::future::Future;
 
 /// Streams a client may reset before the server accepted them.
 const MAX_PENDING_ACCEPT_RESETS: usize = 1024;
+/// Concurrent streams per connection, as etcd's default.
+const MAX_CONCURRENT_STREAMS: u32 = u32::MAX;
 
 /// Serves `app` on `listener` until `shutdown` completes, then waits for
 /// open connections to finish (callers bound that wait).
 pub async fn serve(mut listener: ClientListener, app: axum::Router, shutdown: impl Future<Output = ()>) {
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http2().max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS);
+    builder.http2().max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS).max_concurrent_streams(MAX_CONCURRENT_STREAMS);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
