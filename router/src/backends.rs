@@ -49,7 +49,7 @@ pub enum Prefer {
 /// election observes) get their own, so whatever happens to their flow
 /// control can never hold up the unary calls (puts waiting behind a watch
 /// whose reader fell behind).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Lane {
     Calls,
     Streams,
@@ -57,7 +57,8 @@ pub enum Lane {
 
 pub struct Backends {
     maps: MapRx,
-    channels: Mutex<HashMap<(String, Lane), Channel>>,
+    /// One lazy channel per node URL, for each lane (indexed by `Lane`).
+    channels: [Mutex<HashMap<String, Channel>>; 2],
     /// group → leader's node name, from polling.
     leaders: RwLock<HashMap<u64, String>>,
     /// node name → when it last failed a call.
@@ -108,7 +109,7 @@ impl Backends {
     pub fn new(maps: MapRx) -> Arc<Self> {
         Arc::new(Self {
             maps,
-            channels: Mutex::new(HashMap::new()),
+            channels: Default::default(),
             leaders: RwLock::new(HashMap::new()),
             down: RwLock::new(HashMap::new()),
             max_revision: AtomicI64::new(0),
@@ -133,8 +134,8 @@ impl Backends {
     }
 
     fn channel(&self, url: &str, lane: Lane) -> Result<Channel, Status> {
-        let mut chans = self.channels.lock();
-        if let Some(c) = chans.get(&(url.to_string(), lane)) {
+        let mut chans = self.channels[lane as usize].lock();
+        if let Some(c) = chans.get(url) {
             return Ok(c.clone());
         }
         let ep = tonic::transport::Endpoint::from_shared(url.to_string())
@@ -144,7 +145,7 @@ impl Backends {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(3));
         let c = ep.connect_lazy();
-        chans.insert((url.to_string(), lane), c.clone());
+        chans.insert(url.to_string(), c.clone());
         Ok(c)
     }
 
