@@ -13,6 +13,7 @@ use shardmap::store::{update, UpdateError};
 use shardmap::{GroupInfo, Replica, ShardMap};
 use std::sync::Arc;
 use std::time::Duration;
+use tonic::transport::Channel;
 use tessera_proto::etcdserverpb::cluster_client::ClusterClient;
 use tessera_proto::etcdserverpb::{MemberAddRequest, MemberRemoveRequest};
 
@@ -117,13 +118,31 @@ pub(crate) fn group_request<T>(group: u64, msg: T) -> tonic::Request<T> {
 }
 
 /// Client URLs of a group's replicas, voters first.
-pub(crate) fn group_urls(map: &ShardMap, group: u64) -> Vec<String> {
+fn group_urls(map: &ShardMap, group: u64) -> Vec<String> {
     let Some(g) = map.groups.get(&group) else {
         return vec![];
     };
     let mut rs: Vec<&Replica> = g.replicas.iter().collect();
     rs.sort_by_key(|r| r.learner);
     rs.iter().filter_map(|r| map.nodes.get(&r.node)).map(|n| n.client_url.clone()).collect()
+}
+
+/// Calls `group` on its replicas in turn (voters first) until one answers.
+pub(crate) async fn on_group<R, Fut>(map: &ShardMap, group: u64, call: impl Fn(Channel) -> Fut) -> Result<R, String>
+where
+    Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+{
+    let mut last = String::from("no reachable member");
+    for url in group_urls(map, group) {
+        match shardmap::watcher::channel(&url).await {
+            Ok(ch) => match call(ch).await {
+                Ok(resp) => return Ok(resp.into_inner()),
+                Err(e) => last = e.message().to_string(),
+            },
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(format!("group {group}: {last}"))
 }
 
 #[derive(Deserialize, Default)]
@@ -144,24 +163,14 @@ async fn add_learner(State(a): State<Arc<Admin>>, Path(group): Path<u64>, body: 
     if map.groups.get(&group).is_none_or(|g| g.replica_on(&node).is_some()) {
         return Err(fail(StatusCode::BAD_REQUEST, format!("group {group} does not exist or already has a replica on {node}")));
     }
-    let mut last = String::from("group has no reachable member");
-    let mut member_id = None;
-    for url in group_urls(&map, group) {
-        let r = async {
-            let mut c = ClusterClient::new(shardmap::watcher::channel(&url).await.map_err(|e| e.to_string())?);
-            let req = MemberAddRequest { peer_ur_ls: vec![info.peer_url.clone()], is_learner: true };
-            c.member_add(group_request(group, req)).await.map_err(|e| e.message().to_string())
-        }
-        .await;
-        match r {
-            Ok(resp) => {
-                member_id = resp.into_inner().member.map(|m| m.id);
-                break;
-            }
-            Err(e) => last = e,
-        }
-    }
-    let member_id = member_id.ok_or_else(|| fail(StatusCode::SERVICE_UNAVAILABLE, last))?;
+    let added = on_group(&map, group, |ch| {
+        let req = MemberAddRequest { peer_ur_ls: vec![info.peer_url.clone()], is_learner: true };
+        let req = group_request(group, req);
+        async move { ClusterClient::new(ch).member_add(req).await }
+    })
+    .await
+    .map_err(|e| fail(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let member_id = added.member.map(|m| m.id).ok_or_else(|| fail(StatusCode::SERVICE_UNAVAILABLE, "member add answered no member"))?;
     let map = update(&a.store_url, |map| {
         let g = map.groups.get_mut(&group).ok_or("group vanished")?;
         g.replicas.push(Replica { node: node.clone(), member_id, learner: true, initial: false });

@@ -18,7 +18,7 @@
 //! the move is refused after fencing, one more epoch lifts the fence (the
 //! routers' maps pass it), so the prefix stays writable where it is.
 
-use crate::admin::{fail, from_update, group_request, group_urls, map_reply, Admin, Reply};
+use crate::admin::{fail, from_update, group_request, map_reply, on_group, Admin, Reply};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -28,7 +28,6 @@ use shardmap::ShardMap;
 use std::sync::Arc;
 use tessera_proto::tessera::shard::shard_client::ShardClient;
 use tessera_proto::tessera::shard::{BumpRequest, FenceRequest};
-use tonic::transport::Channel;
 
 /// How often a move is fenced again when the map keeps changing under it.
 const ATTEMPTS: usize = 5;
@@ -126,33 +125,15 @@ async fn move_prefix(a: &Admin, prefix: &str, to: &[u64], change: impl Fn(&mut S
     Err(fail(StatusCode::SERVICE_UNAVAILABLE, "the map kept changing while fencing the prefix; try again"))
 }
 
-/// Calls `group` on its replicas in turn until one answers.
-async fn on_group<R, Fut>(map: &ShardMap, group: u64, call: impl Fn(ShardClient<Channel>) -> Fut) -> Result<R, String>
-where
-    Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
-{
-    let mut last = String::from("no reachable member");
-    for url in group_urls(map, group) {
-        match shardmap::watcher::channel(&url).await {
-            Ok(ch) => match call(ShardClient::new(ch)).await {
-                Ok(resp) => return Ok(resp.into_inner()),
-                Err(e) => last = e.message().to_string(),
-            },
-            Err(e) => last = e.to_string(),
-        }
-    }
-    Err(format!("group {group}: {last}"))
-}
-
 /// Fences `prefix` at `epoch` in each of `groups`; answers the keys they
 /// hold under it with the fence applied, and the highest revision of theirs
 /// at the fence.
 async fn fence(map: &ShardMap, prefix: &str, groups: &[u64], epoch: u64) -> Result<(i64, i64), String> {
     let req = FenceRequest { prefix: prefix.as_bytes().to_vec(), epoch };
     let answers = futures::future::join_all(groups.iter().map(|g| {
-        on_group(map, *g, |mut c| {
+        on_group(map, *g, |ch| {
             let req = group_request(*g, req.clone());
-            async move { c.fence(req).await }
+            async move { ShardClient::new(ch).fence(req).await }
         })
     }))
     .await;
@@ -170,9 +151,9 @@ async fn fence(map: &ShardMap, prefix: &str, groups: &[u64], epoch: u64) -> Resu
 /// again from there misses none).
 async fn raise(map: &ShardMap, groups: &[u64], revision: i64) -> Result<(), String> {
     let answers = futures::future::join_all(groups.iter().map(|g| {
-        on_group(map, *g, |mut c| {
+        on_group(map, *g, |ch| {
             let req = group_request(*g, BumpRequest { revision });
-            async move { c.bump(req).await }
+            async move { ShardClient::new(ch).bump(req).await }
         })
     }))
     .await;
