@@ -45,6 +45,12 @@ pub fn routed_epoch() -> u64 {
     ROUTED_EPOCH.try_with(|e| *e).unwrap_or(0)
 }
 
+/// The map epoch in a watch's cancel reason when a fence ended it (the
+/// text of `Error::EpochNotMatch`; a stream message has no metadata).
+pub fn epoch_in_cancel_reason(reason: &str) -> Option<u64> {
+    reason.strip_prefix("tessera: epoch not match (current ")?.strip_suffix(')')?.parse().ok()
+}
+
 #[derive(Default)]
 pub struct Fences {
     list: Vec<Fence>,
@@ -169,6 +175,13 @@ mod tests {
         };
         assert!(f.check_op(3, &Op::Txn(outer.clone())).is_err());
         assert!(f.check_op(9, &Op::Txn(outer)).is_ok());
+    }
+
+    #[test]
+    fn a_cancel_reason_names_its_epoch() {
+        let reason = Error::EpochNotMatch { current: 42 }.to_string();
+        assert_eq!(epoch_in_cancel_reason(&reason), Some(42));
+        assert_eq!(epoch_in_cancel_reason("etcdserver: mvcc: required revision has been compacted"), None);
     }
 
     #[test]

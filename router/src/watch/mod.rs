@@ -8,23 +8,21 @@
 //! carry that minimum. Upstreams reconnect to another replica from their
 //! watermark + 1, so a node failure is invisible to the client.
 
-use crate::backends::Backends;
-
 mod upstream;
-use upstream::{upstream, Up};
+
+use crate::backends::Backends;
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_proto::etcdserverpb::watch_request::RequestUnion;
 use tessera_proto::etcdserverpb::watch_server::Watch;
-use tessera_proto::etcdserverpb::{
-    ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse,
-};
+use tessera_proto::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
 use tessera_proto::mvccpb::Event;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use upstream::{upstream, Up};
 
 #[derive(Clone)]
 pub struct WatchService {

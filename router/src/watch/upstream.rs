@@ -25,10 +25,6 @@ pub enum Up {
     Failed(String),
 }
 
-/// The map epoch in a watch cancel reason from a fenced group.
-fn epoch_not_match(reason: &str) -> Option<u64> {
-    reason.strip_prefix("tessera: epoch not match (current ")?.strip_suffix(')')?.parse().ok()
-}
 
 pub async fn upstream(
     b: Arc<Backends>,
@@ -86,7 +82,7 @@ pub async fn upstream(
                 } else if resp.canceled {
                     let up = if resp.compact_revision > 0 {
                         Up::Compacted { compact_revision: resp.compact_revision }
-                    } else if let Some(epoch) = epoch_not_match(&resp.cancel_reason) {
+                    } else if let Some(epoch) = shard_node::fence::epoch_in_cancel_reason(&resp.cancel_reason) {
                         Up::Rerouted { group, epoch }
                     } else {
                         Up::Failed(resp.cancel_reason)
