@@ -146,7 +146,7 @@ async fn hosts(url: &str, group: u64) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_removed_replica_is_stopped_and_its_data_deleted() {
+async fn a_removed_replica_is_stopped_and_its_data_deleted_and_can_come_back() {
     let f = Federation::start(3);
     let (map, _) = shardmap::watcher::fetch(&f.placement()).await.unwrap();
     let (group, info) = map.groups.iter().next().unwrap();
@@ -172,7 +172,19 @@ async fn a_removed_replica_is_stopped_and_its_data_deleted() {
     // The group carries on without it.
     let mut kv = f.kv().await;
     let key = (0..).map(|i| format!("/removal/x/{i}")).find(|k| map.clone().routing().group_of(k.as_bytes()) == Some(*group)).unwrap();
-    kv.put(PutRequest { key: key.into_bytes(), value: b"v".to_vec(), ..Default::default() }).await.unwrap();
+    kv.put(PutRequest { key: key.clone().into_bytes(), value: b"v".to_vec(), ..Default::default() }).await.unwrap();
+
+    // And the node can take a learner of the group again: it joins from scratch and catches up.
+    let out = Command::new(bin("tessera"))
+        .args(["learner", "add", &group.to_string(), "--node", &learner, "--placement", &f.placement()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until_async("the learner to be back", || hosts(&url, *group), true).await;
+    let mut direct = KvClient::connect(url.clone()).await.unwrap();
+    let read = RangeRequest { key: key.into_bytes(), ..Default::default() };
+    let got = direct.range(shardmap::group_request(*group, read)).await.unwrap().into_inner();
+    assert_eq!(got.count, 1, "the new learner has the group's data");
     let _ = restarted.kill();
 }
 
