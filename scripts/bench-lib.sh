@@ -1,8 +1,7 @@
 # Shared by the bench scripts: start/stop local clusters, run etcd's
 # `benchmark`, account CPU. Sourced, not run.
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
-peers_bin="$HOME/.cache/etcd-peers/bin"
-bench="$peers_bin/benchmark"
+bench="$TESSERA_TOOLS/etcd-3.4/bin/benchmark"
 work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -10,7 +9,7 @@ trap cleanup EXIT
 
 bench_prereqs() {
   scripts/prereqs.sh
-  bash "$(pwd)/../shared/tools/etcd-peers.sh" "$peers_bin" >/dev/null
+  scripts/etcd-tools.sh "$TESSERA_TOOLS" >/dev/null
   cargo build -q --bin shard-node
 }
 

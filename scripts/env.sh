@@ -2,3 +2,4 @@
 # tests, the dev cluster and benches (rocksdb is built once).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tessera/target}"
 export TESSERA_BIN="$CARGO_TARGET_DIR/debug"
+export TESSERA_TOOLS="${TESSERA_TOOLS:-$HOME/.cache/tessera/tools}"

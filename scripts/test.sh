@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
-# Runs the whole test suite (unit + integration against real processes,
-# etcdctl and real etcd side by side). Installs prerequisites first.
+# Runs the whole test suite: unit tests, and integration tests against real
+# processes (shard-node groups, whole federations through `tessera dev`)
+# with etcdctl, etcd's own tools and real etcd side by side. Installs every
+# prerequisite first (cached outside the checkout). Extra arguments go to
+# the test runner (cargo nextest, or cargo test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/prereqs.sh
-# etcd's own benchmark and etcd-runner tools, for the side-by-side tests.
-bash "$(pwd)/../shared/tools/etcd-peers.sh" "$HOME/.cache/etcd-peers/bin" >/dev/null
+# Real etcd (3.4 from Debian, 3.6 through the Go module proxy) and etcd's
+# benchmark and etcd-runner, for the side-by-side tests.
+scripts/etcd-tools.sh "$HOME/.cache/tessera/tools" >/dev/null
+# kube-apiserver and kubectl, for the Kubernetes-on-the-router tests.
+scripts/kube-tools.sh "$HOME/.cache/tessera/tools" >/dev/null
 . scripts/env.sh
-cargo build --workspace --bins
+# The house style: rustfmt.toml's width, and clippy with warnings as errors.
+cargo fmt --all --check
+# Test builds run with parking_lot's deadlock detector: a lock cycle aborts
+# the process that hit it, and the test that ran it fails.
+features=(--features shard-node/deadlock-detection)
+cargo clippy --workspace --all-targets "${features[@]}" -- -D warnings
+cargo build --workspace --bins "${features[@]}"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast "$@"
+  cargo nextest run --workspace --no-fail-fast "${features[@]}" "$@"
 else
-  cargo test --workspace --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "${features[@]}" "$@"
 fi

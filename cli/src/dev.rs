@@ -1,12 +1,22 @@
-//! `tessera dev`: a whole federation on this machine — placement, the
-//! shard-nodes hosting `groups` × (`replicas` voters + `learners`
-//! learners), and a router on 127.0.0.1:<client-port>. Data lives under
-//! --data-dir, so running the same command again resumes it.
+//! `tessera dev`: a whole federation on this machine — placement's store (a
+//! standalone shard-node group of three: it also serves the revision
+//! oracle every write depends on), placement, the shard-nodes hosting
+//! `groups` × (`replicas` voters + `learners` learners), and a router on
+//! 127.0.0.1:<client-port>. Data lives under --data-dir, so running the same
+//! command again resumes it.
 //!
-//! Ports from the client port P: router P; placement P+10000 (client) and
-//! P+10001 (peer); node i P+10000+10·i (client) and +1 (peer).
+//! Ports from the client port P: router P; placement's store members
+//! P+10000/P+10001, P+10003/P+10004, P+10005/P+10006 (client/peer);
+//! placement's admin API P+10002; node i P+10000+10·i (client) and +1 (peer). `--client-port 0` picks free ports
+//! instead. Either way the plan is written to `<data-dir>/endpoints.json`
+//! (the CLI finds placement there) and reused when the data is resumed, as
+//! the groups remember their members' addresses.
+//!
+//! Every process it starts dies with it, however it dies: each child asks
+//! the kernel for SIGTERM when its parent goes (PR_SET_PDEATHSIG).
 
 use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -24,14 +34,113 @@ pub struct DevArgs {
     #[arg(long, default_value_t = 1)]
     pub learners: usize,
     /// Where every process keeps its data and logs.
-    #[arg(long, default_value = ".tessera-dev")]
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
-    /// The router's port on 127.0.0.1 (etcd clients connect here).
+    /// The router's port (etcd clients connect here); 0 picks free ports for everything.
     #[arg(long, default_value_t = 2379)]
     pub client_port: u16,
     /// Loopback address every process listens on (tests use 127.x.y.z).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// Members of placement's store (1 or 3; with 3 it survives one down).
+    #[arg(long, default_value_t = 3)]
+    pub store_members: usize,
+}
+
+pub const DEFAULT_DATA_DIR: &str = ".tessera-dev";
+
+/// Where each process of a dev federation listens (`endpoints.json`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// The router: etcd clients connect here.
+    pub router: String,
+    /// Placement's admin API (the `tessera` CLI).
+    pub placement: String,
+    /// Placement's store members (client URL, peer URL).
+    pub store: Vec<(String, String)>,
+    /// Shard-nodes: (client URL, peer URL) each.
+    pub nodes: Vec<(String, String)>,
+}
+
+impl Endpoints {
+    /// The plan `tessera dev` wrote under `data_dir`, if any.
+    pub fn load(data_dir: &Path) -> Option<Endpoints> {
+        serde_json::from_slice(&std::fs::read(data_dir.join("endpoints.json")).ok()?).ok()
+    }
+
+    fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
+        std::fs::write(data_dir.join("endpoints.json"), serde_json::to_vec_pretty(self)?)?;
+        Ok(())
+    }
+
+    /// The store's client URLs, as nodes and routers take them.
+    pub fn store_urls(&self) -> String {
+        self.store.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    /// The fixed plan from client port `p`.
+    fn from_port(h: &str, p: u16, nodes: usize, store: usize) -> anyhow::Result<Endpoints> {
+        let port = |off: u32| -> anyhow::Result<String> {
+            let n = u16::try_from(p as u32 + off).context("--client-port too high for the port plan (needs P+10000+10·nodes)")?;
+            Ok(format!("http://{h}:{n}"))
+        };
+        Ok(Endpoints {
+            router: port(0)?,
+            store: [(10000, 10001), (10003, 10004), (10005, 10006)]
+                .into_iter()
+                .take(store)
+                .map(|(c, p)| Ok((port(c)?, port(p)?)))
+                .collect::<anyhow::Result<_>>()?,
+            placement: port(10002)?,
+            nodes: (1..=nodes as u32)
+                .map(|i| Ok((port(10000 + 10 * i)?, port(10001 + 10 * i)?)))
+                .collect::<anyhow::Result<_>>()?,
+        })
+    }
+
+    /// Free ports on `h`, picked by the kernel.
+    fn free(h: &str, nodes: usize, store: usize) -> anyhow::Result<Endpoints> {
+        // Hold every listener until all are picked, so none is picked twice:
+        // router, placement, and each store member's and node's two.
+        let held: Vec<std::net::TcpListener> =
+            (0..2 + 2 * (store + nodes)).map(|_| std::net::TcpListener::bind((h, 0))).collect::<Result<_, _>>()?;
+        let mut urls = held.iter().map(|l| l.local_addr().map(|a| format!("http://{h}:{}", a.port())));
+        let mut next = || urls.next().context("a listener per port")?.map_err(anyhow::Error::from);
+        Ok(Endpoints {
+            router: next()?,
+            store: (0..store).map(|_| Ok((next()?, next()?))).collect::<anyhow::Result<_>>()?,
+            placement: next()?,
+            nodes: (0..nodes).map(|_| Ok((next()?, next()?))).collect::<anyhow::Result<_>>()?,
+        })
+    }
+
+    fn all(&self) -> Vec<(String, &str)> {
+        let mut v = vec![("router".to_string(), self.router.as_str()), ("placement".to_string(), self.placement.as_str())];
+        for (i, (c, p)) in self.store.iter().enumerate() {
+            v.push((format!("placement's store member {}", i + 1), c.as_str()));
+            v.push((format!("placement's store member {} (peer)", i + 1), p.as_str()));
+        }
+        for (i, (c, p)) in self.nodes.iter().enumerate() {
+            v.push((format!("node n{}", i + 1), c.as_str()));
+            v.push((format!("node n{} (peer)", i + 1), p.as_str()));
+        }
+        v
+    }
+
+    /// Refuses to start anything if a port of the plan is taken.
+    fn check_free(&self) -> anyhow::Result<()> {
+        for (who, url) in self.all() {
+            let addr = tessera_rpc::flags::socket_addr(url)?;
+            if let Err(e) = std::net::TcpListener::bind(addr) {
+                bail!(
+                    "port {} for {who} is not available ({e}); stop what uses it, or pick other ports with \
+                     --client-port (0 picks free ones)",
+                    addr.port()
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 struct Proc {
@@ -50,13 +159,20 @@ fn bin(name: &str) -> anyhow::Result<PathBuf> {
 
 fn spawn(name: &str, binary: &str, args: Vec<String>, logs: &Path) -> anyhow::Result<Proc> {
     let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
-    let child = Command::new(bin(binary)?)
-        .args(&args)
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {name}"))?;
+    let mut cmd = Command::new(bin(binary)?);
+    cmd.args(&args).stdout(Stdio::from(log.try_clone()?)).stderr(Stdio::from(log)).kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            // The child gets SIGTERM (a clean stop) when tessera dev dies,
+            // even by SIGKILL, so no process outlives it holding ports.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
     Ok(Proc { name: name.into(), child })
 }
 
@@ -82,96 +198,91 @@ where
     }
 }
 
-async fn http_ok(url: &str) -> bool {
-    crate::http::call(url, "GET", "/health", None).await.is_ok_and(|v| v.get("health").and_then(|h| h.as_str()) == Some("true"))
+fn node_args(name: &str, dir: &Path, (client, peer): &(String, String)) -> Vec<String> {
+    vec![
+        format!("--name={name}"),
+        format!("--data-dir={}", dir.join(name).display()),
+        format!("--listen-client-urls={client}"),
+        format!("--advertise-client-urls={client}"),
+        format!("--listen-peer-urls={peer}"),
+        format!("--initial-advertise-peer-urls={peer}"),
+    ]
 }
 
 pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let dir = std::path::absolute(&a.data_dir)?;
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;
-    let h = a.host.as_str();
-    let p = a.client_port as u32;
-    let port = |off: u32| -> anyhow::Result<u16> {
-        u16::try_from(p + off).context("--client-port too high for the port plan (needs P+10000+10·nodes)")
-    };
-    let placement_url = format!("http://{h}:{}", port(10000)?);
-    let placement_peer = format!("http://{h}:{}", port(10001)?);
-    let mut procs = vec![spawn(
-        "placement",
-        "placement",
-        vec![
-            "--name=placement".into(),
-            format!("--data-dir={}", dir.join("placement").display()),
-            format!("--listen-client-urls={placement_url}"),
-            format!("--advertise-client-urls={placement_url}"),
-            format!("--listen-peer-urls={placement_peer}"),
-            format!("--initial-advertise-peer-urls={placement_peer}"),
-            format!("--initial-cluster=placement={placement_peer}"),
-        ],
-        &logs,
-    )?];
     let nodes = a.replicas + a.learners;
-    let mut node_urls = vec![];
-    for i in 1..=nodes as u32 {
-        let client = format!("http://{h}:{}", port(10000 + 10 * i)?);
-        let peer = format!("http://{h}:{}", port(10001 + 10 * i)?);
-        node_urls.push(client.clone());
-        procs.push(spawn(
-            &format!("n{i}"),
-            "shard-node",
-            vec![
-                format!("--name=n{i}"),
-                format!("--data-dir={}", dir.join(format!("n{i}")).display()),
-                format!("--listen-client-urls={client}"),
-                format!("--advertise-client-urls={client}"),
-                format!("--listen-peer-urls={peer}"),
-                format!("--initial-advertise-peer-urls={peer}"),
-                format!("--placement-endpoints={placement_url}"),
-            ],
-            &logs,
-        )?);
+    let ep = match Endpoints::load(&dir) {
+        // Resuming: the groups know their members by these addresses.
+        Some(ep) => ep,
+        None if !matches!(a.store_members, 1 | 3) => bail!("--store-members must be 1 or 3"),
+        None if a.client_port == 0 => Endpoints::free(&a.host, nodes, a.store_members)?,
+        None => Endpoints::from_port(&a.host, a.client_port, nodes, a.store_members)?,
+    };
+    ep.check_free()?;
+    ep.save(&dir)?;
+
+    let store_cluster: Vec<String> =
+        ep.store.iter().enumerate().map(|(i, (_, peer))| format!("placement-store-{}={peer}", i + 1)).collect();
+    let mut procs = vec![];
+    for (i, member) in ep.store.iter().enumerate() {
+        let name = format!("placement-store-{}", i + 1);
+        let mut args = node_args(&name, &dir, member);
+        args.push(format!("--initial-cluster={}", store_cluster.join(",")));
+        args.push("--revision-oracle".into());
+        procs.push(spawn(&name, "shard-node", args, &logs)?);
     }
+    procs.push(spawn(
+        "placement",
+        "placement",
+        vec![format!("--listen-client-urls={}", ep.placement), format!("--store-endpoints={}", ep.store_urls())],
+        &logs,
+    )?);
+    for (i, n) in ep.nodes.iter().enumerate() {
+        let name = format!("n{}", i + 1);
+        let mut args = node_args(&name, &dir, n);
+        args.push(format!("--placement-endpoints={}", ep.store_urls()));
+        procs.push(spawn(&name, "shard-node", args, &logs)?);
+    }
+    let admin = placement::PlacementClient::new(ep.placement.clone());
     let result = async {
         wait_until("nodes to register with placement", Duration::from_secs(60), &mut procs, || async {
-            shardmap::watcher::fetch(&placement_url).await.is_ok_and(|(m, _)| m.nodes.len() >= nodes)
+            admin.map().await.is_ok_and(|m| m.nodes.len() >= ep.nodes.len())
         })
         .await?;
-        let body = serde_json::json!({ "groups": a.groups, "replicas": a.replicas, "learners": a.learners });
-        crate::http::call(&placement_url, "POST", "/tessera/v1/init", Some(body)).await?;
-        wait_until("every group to elect a leader", Duration::from_secs(60), &mut procs, || {
-            let urls = node_urls.clone();
-            async move {
-                for u in &urls {
-                    if !http_ok(u).await {
-                        return false;
-                    }
+        let init = placement::api::InitRequest { groups: a.groups, replicas: a.replicas, learners: a.learners };
+        admin.init(&init).await?;
+        wait_until("every group to elect a leader", Duration::from_secs(60), &mut procs, || async {
+            for (client, _) in &ep.nodes {
+                if !tessera_rpc::endpoints::probe_health(client).await {
+                    return false;
                 }
-                true
             }
+            true
         })
         .await?;
-        let router_url = format!("http://{h}:{}", a.client_port);
         procs.push(spawn(
             "router",
             "router",
-            vec![format!("--listen-client-urls={router_url}"), format!("--placement-endpoints={placement_url}")],
+            vec![format!("--listen-client-urls={}", ep.router), format!("--placement-endpoints={}", ep.store_urls())],
             &logs,
         )?);
-        wait_until("the router", Duration::from_secs(30), &mut procs, || http_ok(&router_url)).await?;
-        let map = shardmap::watcher::fetch(&placement_url).await?.0;
+        wait_until("the router", Duration::from_secs(30), &mut procs, || tessera_rpc::endpoints::probe_health(&ep.router))
+            .await?;
+        let map = admin.map().await?;
+        let router = ep.router.trim_start_matches("http://");
         println!("tessera dev: federation ready");
-        println!("  etcd endpoint (router): {h}:{}", a.client_port);
-        println!("  placement:              {placement_url}");
-        for (i, u) in node_urls.iter().enumerate() {
+        println!("  etcd endpoint (router): {router}");
+        println!("  placement (admin API):  {}", ep.placement);
+        println!("  placement's store:      {}", ep.store_urls());
+        for (i, (u, _)) in ep.nodes.iter().enumerate() {
             println!("  node n{}:                {u}", i + 1);
         }
         println!("  groups: {:?} ({} voters + {} learners each)", map.groups.keys().collect::<Vec<_>>(), a.replicas, a.learners);
         println!("  data and logs: {}", dir.display());
-        println!(
-            "try: ETCDCTL_API=3 etcdctl --endpoints {h}:{} put foo bar;  tessera status --placement {placement_url}",
-            a.client_port
-        );
+        println!("try: ETCDCTL_API=3 etcdctl --endpoints {router} put foo bar;  tessera status --placement {}", ep.placement);
         println!("Ctrl-C stops everything; the same command resumes it.");
         anyhow::Ok(())
     }
@@ -198,8 +309,8 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         }
     };
     let why = tokio::select! {
-        _ = tokio::signal::ctrl_c() => "interrupted".to_string(),
-        _ = term.recv() => "terminated".to_string(),
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = term.recv() => "terminated",
         _ = watch_exits => unreachable!(),
     };
     println!("tessera dev: {why}; stopping");
@@ -208,12 +319,13 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Router first, placement last; each gets SIGTERM (clean hand-off) and a
-/// few seconds before SIGKILL.
+/// Router first, placement's store last; each gets SIGTERM (clean
+/// hand-off) and a few seconds before SIGKILL.
 async fn stop(procs: &mut [Proc]) {
     for p in procs.iter_mut().rev() {
         if let Some(pid) = p.child.id() {
-            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+            // SAFETY: signalling a child we started and have not reaped.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
         }
     }
     for p in procs.iter_mut().rev() {

@@ -3,19 +3,34 @@
 //! replica remove).
 
 mod dev;
-mod http;
 mod status;
 
 use clap::{Parser, Subcommand};
+use placement::PlacementClient;
 
 #[derive(Parser)]
 #[command(name = "tessera", version, about = "Tessera: one etcd endpoint over a federation of raft groups")]
 struct Cli {
-    /// Placement's client URL (admin commands).
-    #[arg(long, global = true, default_value = "http://127.0.0.1:12379", env = "TESSERA_PLACEMENT")]
-    placement: String,
+    /// Placement's admin URL. Default: $TESSERA_PLACEMENT, else the one a
+    /// `tessera dev` started from this directory wrote, else http://127.0.0.1:12381.
+    #[arg(long, global = true, env = "TESSERA_PLACEMENT")]
+    placement: Option<String>,
+    /// Print the answer as JSON (for scripts) instead of a summary.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+impl Cli {
+    fn placement(&self) -> PlacementClient {
+        let url = self.placement.clone().unwrap_or_else(|| {
+            dev::Endpoints::load(std::path::Path::new(dev::DEFAULT_DATA_DIR))
+                .map(|e| e.placement)
+                .unwrap_or_else(|| "http://127.0.0.1:12381".into())
+        });
+        PlacementClient::new(url)
+    }
 }
 
 #[derive(Subcommand)]
@@ -23,10 +38,7 @@ enum Cmd {
     /// Start a local federation: placement, shard-nodes and a router.
     Dev(dev::DevArgs),
     /// Groups, replicas (roles, leaders), shard map, keys and bytes per group.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
     /// Pin a prefix (and its subtree) to a group. Only for prefixes without data yet.
     Pin { prefix: String, group: u64 },
     /// Spread a prefix's keys over groups by their next segment. Only for prefixes without data yet.
@@ -80,19 +92,34 @@ enum LearnerCmd {
     },
 }
 
-fn show(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+/// The answer as JSON with --json, else the summary.
+fn show<T: serde::Serialize>(json: bool, answer: &T, summary: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(answer)?);
+    } else {
+        println!("{}", summary(answer));
+    }
+    Ok(())
+}
+
+fn ownership(c: &placement::api::OwnershipChanged) -> String {
+    let to = c.groups.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    match c.changed {
+        true => format!("{} -> group(s) {to} (map epoch {})", c.prefix, c.epoch),
+        false => format!("{} is already on group(s) {to} (map epoch {})", c.prefix, c.epoch),
+    }
 }
 
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let p = &cli.placement;
+    let p = cli.placement();
+    let json = cli.json;
     let r: anyhow::Result<()> = async {
         match cli.cmd {
             Cmd::Dev(a) => dev::run(a).await,
-            Cmd::Status { json } => {
-                let (map, _) = shardmap::watcher::fetch(p).await?;
+            Cmd::Status => {
+                let map = p.map().await?;
                 let s = status::collect(&map).await;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&s)?);
@@ -101,41 +128,32 @@ async fn main() {
                 }
                 Ok(())
             }
-            Cmd::Pin { prefix, group } => {
-                show(
-                    &http::call(p, "PUT", "/tessera/v1/pins", Some(serde_json::json!({"prefix": prefix, "group": group})))
-                        .await?,
-                );
-                Ok(())
-            }
+            Cmd::Pin { prefix, group } => show(json, &p.pin(&prefix, group).await?, ownership),
             Cmd::Spread { prefix, groups } => {
                 let groups: Vec<u64> = groups.split(',').map(|g| g.trim().parse()).collect::<Result<_, _>>()?;
-                show(
-                    &http::call(p, "PUT", "/tessera/v1/spreads", Some(serde_json::json!({"prefix": prefix, "groups": groups})))
-                        .await?,
-                );
-                Ok(())
+                show(json, &p.spread(&prefix, &groups).await?, ownership)
             }
             Cmd::Group { cmd: GroupCmd::Add { replicas, learners } } => {
-                show(
-                    &http::call(
-                        p,
-                        "POST",
-                        "/tessera/v1/groups",
-                        Some(serde_json::json!({"replicas": replicas, "learners": learners})),
+                let added = p.add_group(&placement::api::GroupAddRequest { replicas, learners }).await?;
+                show(json, &added, |a| {
+                    let nodes: Vec<&str> = a.replicas.iter().map(|r| r.node.as_str()).collect();
+                    format!(
+                        "group {} created on {} (map epoch {}); give it prefixes with pin or spread",
+                        a.group,
+                        nodes.join(","),
+                        a.epoch
                     )
-                    .await?,
-                );
-                Ok(())
+                })
             }
             Cmd::Learner { cmd: LearnerCmd::Add { group, node } } => {
-                let path = format!("/tessera/v1/groups/{group}/learners");
-                show(&http::call(p, "POST", &path, Some(serde_json::json!({ "node": node }))).await?);
-                Ok(())
+                let added = p.add_learner(group, node).await?;
+                show(json, &added, |a| {
+                    format!("learner {} of group {} added on {} (map epoch {})", a.member_id, a.group, a.node, a.epoch)
+                })
             }
             Cmd::Replica { cmd: ReplicaCmd::Remove { group, node } } => {
-                show(&http::call(p, "DELETE", &format!("/tessera/v1/groups/{group}/replicas/{node}"), None).await?);
-                Ok(())
+                let removed = p.remove_replica(group, &node).await?;
+                show(json, &removed, |r| format!("group {}'s replica on {} removed (map epoch {})", r.group, r.node, r.epoch))
             }
         }
     }

@@ -43,7 +43,7 @@ pub struct Status {
 
 async fn stats(url: &str, group: u64) -> Option<tessera_proto::tessera::shard::StatsResponse> {
     let ch = shardmap::watcher::channel(url).await.ok()?;
-    let mut req = shardmap::group_request(group, StatsRequest {});
+    let mut req = tessera_rpc::metadata::group_request(group, StatsRequest {});
     req.set_timeout(Duration::from_secs(1));
     Some(ShardClient::new(ch).stats(req).await.ok()?.into_inner())
 }

@@ -1,10 +1,24 @@
-//! Placement: the federation's control plane. Its state (the shard map:
-//! nodes, groups and their replicas, ring, pins and spreads, epoch) is one
-//! JSON value in its own replicated store: a shard-node group of 1 or 3
-//! members, so it runs on the same raft/rocksdb code as the data and
-//! routers and nodes follow it with etcd's Watch. This crate adds the admin
-//! API that decides changes (`admin.rs`).
+//! Placement: the federation's control plane. It decides the shard map —
+//! nodes, groups and their replicas, the ring, pins and spreads, the epoch
+//! — and keeps it as one JSON value in its store: any etcd API (a
+//! standalone Tessera group in `tessera dev`), which routers and nodes
+//! follow with etcd's Watch. Placement itself holds no state: any number
+//! may run, each change is one compare-and-swap of the map.
+//!
+//! - `Placement`: the operations, as typed functions (`ops`, `members`,
+//!   `ownership` for fenced pins and spreads).
+//! - `api`: their requests and answers; `http::routes` serves them as
+//!   JSON, `client::PlacementClient` (the CLI) calls them.
 
-pub mod admin;
-pub mod assign;
-pub mod ownership;
+pub mod api;
+mod assign;
+pub mod client;
+mod error;
+pub mod http;
+mod members;
+mod ops;
+mod ownership;
+
+pub use client::PlacementClient;
+pub use error::{ErrorKind, PlacementError};
+pub use ops::Placement;

@@ -1,22 +1,49 @@
-//! `placement`: a placement member. Takes a shard-node's etcd flags (its
-//! store is a standalone group: 1 or 3 members) and serves the admin API
-//! next to the store's etcd API on the client port.
+//! `placement`: the admin API over placement's store (`--store-endpoints`,
+//! any etcd API; `tessera dev` runs a standalone shard-node group for it).
 
-use shard_node::Config;
+use clap::Parser;
+use tessera_rpc::flags::Urls;
+
+#[derive(Parser, Debug)]
+#[command(name = "placement", version, about = "Tessera placement: the federation's control plane (admin API)")]
+struct Config {
+    /// URL to serve the admin API on (JSON over HTTP).
+    #[arg(long, default_value = "http://127.0.0.1:12380")]
+    listen_client_urls: Urls,
+    /// Placement's store: etcd client URLs (comma-separated) of the group
+    /// that holds the shard map (routers and nodes follow it there too).
+    #[arg(long, default_value = "http://127.0.0.1:12379")]
+    store_endpoints: Urls,
+    /// Log level (error, warn, info, debug).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
 
 fn main() -> anyhow::Result<()> {
-    let config = Config::load()?;
-    shard_node::process::init_logging(&config.log_level);
-    if config.federated() {
-        anyhow::bail!("placement keeps its own store: --placement-endpoints does not apply");
+    let config = Config::parse();
+    tessera_rpc::process::init_logging(&config.log_level);
+    if config.store_endpoints.is_empty() {
+        anyhow::bail!("--store-endpoints must name at least one member of placement's store");
     }
+    let addr = config.listen_client_urls.socket_addrs()?.into_iter().next().ok_or_else(|| anyhow::anyhow!("no listen URL"))?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let store_url = config.advertise_client_urls()[0].clone();
-        let admin = placement::admin::routes(placement::admin::Admin { store_url });
-        let running = shard_node::node::start_with(config, admin).await?;
-        shard_node::process::shutdown_signal().await;
-        running.shutdown().await;
+        let store = shardmap::store::Store::new(config.store_endpoints.to_vec());
+        let placement = placement::Placement::new(store);
+        let probe = placement.clone();
+        // Healthy while the store answers.
+        let health = tessera_rpc::endpoints::routes(
+            move || {
+                let p = probe.clone();
+                async move { p.map().await.is_ok() }
+            },
+            || {},
+        );
+        let app = placement::http::routes(placement).merge(health);
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(%addr, store = %config.store_endpoints, "placement serving");
+        tessera_rpc::serve::serve(tessera_rpc::authority::ClientListener(listener), app, tessera_rpc::process::shutdown_signal())
+            .await;
         anyhow::Ok(())
     })
 }

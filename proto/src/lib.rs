@@ -1,5 +1,7 @@
 //! Wire protocols: etcd's v3 API (same packages, names and field numbers as
 //! etcd, so every etcd client works) and Tessera's internal protocols.
+//! Generated code: clippy's lints are for the code we write.
+#![allow(clippy::all)]
 
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");

@@ -1,6 +1,7 @@
 //! The router's configuration (etcd's flag names where they mean the same).
 
 use clap::Parser;
+use tessera_rpc::flags::{Interval, Urls};
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "router", version, about = "Tessera router: one etcd v3 endpoint over a federation of raft groups")]
@@ -10,16 +11,16 @@ pub struct Config {
     pub name: String,
     /// URL to listen on for etcd clients (gRPC, /health, /version, /metrics).
     #[arg(long, default_value = "http://127.0.0.1:2379")]
-    pub listen_client_urls: String,
+    pub listen_client_urls: Urls,
     /// Client URL advertised in MemberList (default: the listen URL).
     #[arg(long, default_value = "")]
-    pub advertise_client_urls: String,
+    pub advertise_client_urls: Urls,
     /// Placement's client URLs (comma-separated).
     #[arg(long, default_value = "http://127.0.0.1:12379")]
-    pub placement_endpoints: String,
+    pub placement_endpoints: Urls,
     /// Duration of periodic watch progress notifications (e.g. 10m, 5s).
     #[arg(long, default_value = "10m")]
-    pub experimental_watch_progress_notify_interval: String,
+    pub experimental_watch_progress_notify_interval: Interval,
     /// Log level (error, warn, info, debug).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -36,8 +37,10 @@ impl Config {
         if self.placement_endpoints.is_empty() {
             anyhow::bail!("--placement-endpoints must name at least one placement member");
         }
-        shard_node::config::socket_addr(&self.listen_client_urls)?;
-        shard_node::config::parse_duration(&self.experimental_watch_progress_notify_interval)?;
+        if self.listen_client_urls.iter().count() != 1 {
+            anyhow::bail!("--listen-client-urls must name exactly one URL");
+        }
+        self.listen_client_urls.socket_addrs()?;
         Ok(())
     }
 }

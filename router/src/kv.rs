@@ -3,7 +3,8 @@
 //! in each and merged; DeleteRange over several groups deletes in each
 //! (atomic per group); a txn spanning groups is refused.
 
-use crate::backends::{Backends, Prefer};
+use crate::backends::{kv_client, Access, Backends};
+use crate::deadline::Deadline;
 use crate::leases;
 use futures::future::try_join_all;
 use shardmap::map::Routing;
@@ -13,8 +14,9 @@ use tessera_proto::etcdserverpb::kv_server::Kv;
 use tessera_proto::etcdserverpb::request_op::Request as OpRequest;
 use tessera_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+    RangeResponse, RangeStreamResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
+use tessera_rpc::Error;
 use tonic::{Request, Response, Status};
 
 #[derive(Clone)]
@@ -22,80 +24,57 @@ pub struct KvService {
     pub backends: Arc<Backends>,
 }
 
-pub const FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future revision";
-
 fn empty_key() -> Status {
-    Status::invalid_argument("etcdserver: key is not provided")
+    Error::EmptyKey.into()
+}
+
+/// The newer of two response headers.
+trait NewerHeader {
+    fn max_by_revision(self, other: Option<ResponseHeader>) -> Option<ResponseHeader>;
+}
+
+impl NewerHeader for Option<ResponseHeader> {
+    fn max_by_revision(self, other: Option<ResponseHeader>) -> Option<ResponseHeader> {
+        match (self, other) {
+            (Some(a), Some(b)) => Some(if b.revision > a.revision { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 impl KvService {
-    async fn range_in(&self, group: u64, req: RangeRequest) -> Result<RangeResponse, Status> {
-        let prefer = if req.serializable { Prefer::Learner } else { Prefer::Leader };
-        let resp = self.backends.call(group, prefer, false, req, |ch, r| async move { crate::backends::kv_client(ch).range(r).await }).await?;
+    async fn range_in(&self, group: u64, req: RangeRequest, deadline: Deadline) -> Result<RangeResponse, Status> {
+        let access = if req.serializable { Access::Serializable } else { Access::Read };
+        let resp = self.backends.call(group, access, deadline, req, |ch, r| async move { kv_client(ch).range(r).await }).await?;
         self.backends.observe(resp.header.as_ref());
         Ok(resp)
     }
 
-    /// A range in `group` at revision `rev`, raising the group's watermark
-    /// to `rev` first if it is behind.
-    async fn range_at(&self, group: u64, mut req: RangeRequest, rev: i64) -> Result<RangeResponse, Status> {
-        req.revision = rev;
-        req.serializable = true; // the revision pins the data; the bump ensures it is final
-        match self.range_in(group, req.clone()).await {
-            // Only revisions some group has reached are raised to; past
-            // every group's, the revision is in the future for all of them.
-            Err(s) if s.message() == FUTURE_REV && rev <= self.known_revision().await => {
-                self.backends.bump(group, rev).await?;
-                req.serializable = false;
-                self.range_in(group, req).await
-            }
-            other => other,
-        }
-    }
-
-    /// The highest revision any group has reached, asking them if the
-    /// cached one is not enough.
-    async fn known_revision(&self) -> i64 {
-        if let Ok(r) = self.backends.routing() {
-            let groups: Vec<u64> = r.map.groups.keys().copied().collect();
-            let _ = self.backends.current_revision(&groups).await;
-        }
-        self.backends.max_revision()
-    }
-
-    async fn cross_range(&self, groups: Vec<u64>, req: RangeRequest) -> Result<RangeResponse, Status> {
-        let (rev, parts) = if req.revision > 0 {
-            let parts = try_join_all(groups.iter().map(|g| self.range_at(*g, req.clone(), req.revision))).await?;
-            (req.revision, parts)
-        } else {
-            // Read each group now; the highest revision R is the answer's.
-            // Groups that answered below R are raised to R and read at R,
-            // so every part shows the state at R.
-            let mut live = req.clone();
-            live.serializable = false;
-            let first = try_join_all(groups.iter().map(|g| self.range_in(*g, live.clone()))).await?;
-            let rev = first.iter().filter_map(|p| p.header.as_ref()).map(|h| h.revision).max().unwrap_or(0);
-            let req = &req;
-            let parts = try_join_all(groups.iter().zip(first).map(|(g, p)| async move {
-                if p.header.as_ref().map(|h| h.revision) == Some(rev) {
-                    Ok(p)
-                } else {
-                    self.range_at(*g, req.clone(), rev).await
-                }
-            }))
-            .await?;
-            (rev, parts)
-        };
-        let header = parts.iter().find_map(|p| p.header.clone()).map(|h| ResponseHeader { revision: rev, ..h });
-        let mut merged = crate::merge::ranges(&req, parts);
-        merged.header = header;
+    /// A range over several groups, read in each at one revision — the
+    /// client's, or the federation's current one — and merged: one
+    /// consistent snapshot (a group behind that revision is raised to it by
+    /// its node before it reads, so its part is final).
+    async fn cross_range(&self, groups: Vec<u64>, req: RangeRequest, deadline: Deadline) -> Result<RangeResponse, Status> {
+        let rev = if req.revision > 0 { req.revision } else { self.backends.now(deadline).await? };
+        let at = RangeRequest { revision: rev, ..req.clone() };
+        let parts = try_join_all(groups.iter().map(|g| self.range_in(*g, at.clone(), deadline))).await?;
+        // A read of the current state answers the revision it read at, as
+        // etcd does: the groups may have moved past it meanwhile, and a
+        // header above the data would make a client watching from it miss
+        // what lies between (etcd's election recipe does exactly that).
+        // A read at the client's revision answers the newest current
+        // revision, as etcd's header does.
+        let header = parts.iter().filter_map(|p| p.header).max_by_key(|h| h.revision);
+        let mut merged = crate::ranges::merge(&req, parts);
+        let answered = if req.revision > 0 { |h: i64, rev: i64| h.max(rev) } else { |_, rev| rev };
+        merged.header = header.map(|h| ResponseHeader { revision: answered(h.revision, rev), ..h });
         Ok(merged)
     }
 
-    async fn delete_in(&self, group: u64, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
+    async fn delete_in(&self, group: u64, req: DeleteRangeRequest, deadline: Deadline) -> Result<DeleteRangeResponse, Status> {
         let resp = self
             .backends
-            .call(group, Prefer::Leader, true, req, |ch, r| async move { crate::backends::kv_client(ch).delete_range(r).await })
+            .call(group, Access::Write, deadline, req, |ch, r| async move { kv_client(ch).delete_range(r).await })
             .await?;
         self.backends.observe(resp.header.as_ref());
         Ok(resp)
@@ -134,56 +113,47 @@ fn txn_leases(t: &TxnRequest, out: &mut BTreeSet<i64>) {
 pub fn spans_groups(groups: &BTreeSet<u64>) -> Status {
     let names: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
     Status::failed_precondition(format!(
-        "tessera: transaction spans groups [{}]; a transaction must keep its keys in one group (one placement unit, or prefixes pinned together)",
+        "tessera: transaction spans groups [{}]; a transaction must keep its keys in one group \
+         (one placement unit, or prefixes pinned together)",
         names.join(", ")
     ))
 }
 
 /// Each call routes by the map it finds; `Backends::rerouting` runs it
-/// again when a group refuses it for an older one.
+/// again when a group refuses it for an older one, within the request's deadline.
 impl KvService {
-    async fn range_routed(&self, req: &RangeRequest) -> Result<RangeResponse, Status> {
+    async fn range_routed(&self, req: &RangeRequest, deadline: Deadline) -> Result<RangeResponse, Status> {
         let req = req.clone();
         let r = self.backends.routing()?;
         let groups = r.groups_for_range(&req.key, &req.range_end);
         crate::metrics::RANGE_GROUPS.observe(groups.len() as f64);
         match groups.as_slice() {
             [] => Err(Status::unavailable("tessera: the shard map has no groups yet")),
-            [g] => {
-                let rev = req.revision;
-                match self.range_in(*g, req.clone()).await {
-                    Err(s) if s.message() == FUTURE_REV && rev <= self.known_revision().await => {
-                        self.backends.bump(*g, rev).await?;
-                        self.range_in(*g, req).await
-                    }
-                    other => other,
-                }
-            }
-            _ => self.cross_range(groups, req).await,
+            [g] => self.range_in(*g, req, deadline).await,
+            _ => self.cross_range(groups, req, deadline).await,
         }
     }
 
-    async fn put_routed(&self, req: &PutRequest) -> Result<PutResponse, Status> {
+    async fn put_routed(&self, req: &PutRequest, deadline: Deadline) -> Result<PutResponse, Status> {
         let r = self.backends.routing()?;
         let group = r.group_of(&req.key).ok_or_else(|| Status::unavailable("tessera: the shard map has no groups yet"))?;
         let lease = [req.lease];
-        let resp =
-            leases::write_with_leases(&self.backends, group, &lease, req.clone(), |ch, r| async move { crate::backends::kv_client(ch).put(r).await })
-                .await?;
+        let put = |ch, msg| async move { kv_client(ch).put(msg).await };
+        let resp = leases::write_with_leases(&self.backends, group, &lease, deadline, req.clone(), put).await?;
         self.backends.observe(resp.header.as_ref());
         Ok(resp)
     }
 
-    async fn delete_routed(&self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
+    async fn delete_routed(&self, req: &DeleteRangeRequest, deadline: Deadline) -> Result<DeleteRangeResponse, Status> {
         let r = self.backends.routing()?;
         let groups = r.groups_for_range(&req.key, &req.range_end);
         match groups.as_slice() {
             [] => Err(Status::unavailable("tessera: the shard map has no groups yet")),
-            [g] => self.delete_in(*g, req.clone()).await,
+            [g] => self.delete_in(*g, req.clone(), deadline).await,
             _ => {
                 // Atomic within each group, not across them (documented).
-                let parts = try_join_all(groups.iter().map(|g| self.delete_in(*g, req.clone()))).await?;
-                let header = parts.iter().filter_map(|p| p.header.clone()).max_by_key(|h| h.revision);
+                let parts = try_join_all(groups.iter().map(|g| self.delete_in(*g, req.clone(), deadline))).await?;
+                let header = parts.iter().filter_map(|p| p.header).max_by_key(|h| h.revision);
                 let deleted = parts.iter().map(|p| p.deleted).sum();
                 let mut prev_kvs: Vec<_> = parts.into_iter().flat_map(|p| p.prev_kvs).collect();
                 prev_kvs.sort_by(|a, b| a.key.cmp(&b.key));
@@ -192,10 +162,10 @@ impl KvService {
         }
     }
 
-    async fn txn_routed(&self, req: &TxnRequest) -> Result<TxnResponse, Status> {
+    async fn txn_routed(&self, req: &TxnRequest, deadline: Deadline) -> Result<TxnResponse, Status> {
         let r = self.backends.routing()?;
         let mut groups = BTreeSet::new();
-        txn_groups(&r, &req, &mut groups);
+        txn_groups(&r, req, &mut groups);
         if groups.len() > 1 {
             return Err(spans_groups(&groups));
         }
@@ -205,87 +175,125 @@ impl KvService {
             None => *r.map.groups.keys().next().ok_or_else(|| Status::unavailable("tessera: the shard map has no groups yet"))?,
         };
         let mut ls = BTreeSet::new();
-        txn_leases(&req, &mut ls);
+        txn_leases(req, &mut ls);
         let ls: Vec<i64> = ls.into_iter().collect();
-        let resp =
-            leases::write_with_leases(&self.backends, group, &ls, req.clone(), |ch, r| async move { crate::backends::kv_client(ch).txn(r).await })
-                .await?;
+        let txn = |ch, msg| async move { kv_client(ch).txn(msg).await };
+        let resp = leases::write_with_leases(&self.backends, group, &ls, deadline, req.clone(), txn).await?;
         self.backends.observe(resp.header.as_ref());
         Ok(resp)
     }
 }
 
+type RangeChunks = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<RangeStreamResponse, Status>> + Send>>;
+
+impl KvService {
+    /// A count-only RangeStream: one message, as etcd sends.
+    async fn count_stream(&self, req: RangeRequest, deadline: Deadline) -> Result<RangeStreamResponse, Status> {
+        let resp = self.backends.rerouting(deadline, || self.range_routed(&req, deadline)).await?;
+        let resp = self.backends.answer(resp).into_inner();
+        Ok(RangeStreamResponse {
+            range_response: Some(RangeResponse { header: resp.header, count: resp.count, ..Default::default() }),
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+    type RangeStreamStream = RangeChunks;
+
+    async fn range_stream(&self, req: Request<RangeRequest>) -> Result<Response<RangeChunks>, Status> {
+        let deadline = Deadline::of(&req);
         let req = req.into_inner();
         if req.key.is_empty() {
             return Err(empty_key());
         }
-        Ok(Response::new(self.backends.rerouting(|| self.range_routed(&req)).await?))
+        if let Some(refused) = tessera_rpc::range_stream::unsupported(&req) {
+            return Err(refused);
+        }
+        if req.count_only {
+            let one = self.count_stream(req, deadline).await?;
+            return Ok(Response::new(Box::pin(tokio_stream::once(Ok(one)))));
+        }
+        let groups = self.backends.routing()?.groups_for_range(&req.key, &req.range_end);
+        crate::metrics::RANGE_GROUPS.observe(groups.len() as f64);
+        if groups.is_empty() {
+            return Err(Status::unavailable("tessera: the shard map has no groups yet"));
+        }
+        let revision = if req.revision > 0 { req.revision } else { self.backends.now(deadline).await? };
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let target = tessera_rpc::endpoints::DEFAULT_MAX_REQUEST_BYTES;
+        let job = crate::range_stream::Job { backends: self.backends.clone(), groups, req, revision, deadline, target };
+        tokio::spawn(crate::range_stream::stream(job, tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let deadline = Deadline::of(&req);
+        let req = req.into_inner();
+        if req.key.is_empty() {
+            return Err(empty_key());
+        }
+        Ok(self.backends.answer(self.backends.rerouting(deadline, || self.range_routed(&req, deadline)).await?))
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let deadline = Deadline::of(&req);
         let req = req.into_inner();
         if req.key.is_empty() {
             return Err(empty_key());
         }
-        Ok(Response::new(self.backends.rerouting(|| self.put_routed(&req)).await?))
+        Ok(self.backends.answer(self.backends.rerouting(deadline, || self.put_routed(&req, deadline)).await?))
     }
 
     async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+        let deadline = Deadline::of(&req);
         let req = req.into_inner();
         if req.key.is_empty() {
             return Err(empty_key());
         }
-        Ok(Response::new(self.backends.rerouting(|| self.delete_routed(&req)).await?))
+        Ok(self.backends.answer(self.backends.rerouting(deadline, || self.delete_routed(&req, deadline)).await?))
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let deadline = Deadline::of(&req);
         let req = req.into_inner();
-        Ok(Response::new(self.backends.rerouting(|| self.txn_routed(&req)).await?))
+        Ok(self.backends.answer(self.backends.rerouting(deadline, || self.txn_routed(&req, deadline)).await?))
     }
 
     async fn compact(&self, req: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        let deadline = Deadline::of(&req);
         let req = req.into_inner();
         let r = self.backends.routing()?;
         let groups: Vec<u64> = r.map.groups.keys().copied().collect();
-        // Every group compacts at the same revision; a group behind it is
-        // raised first (its history up to there is then final).
+        // Every group compacts at the same revision (a group behind it is
+        // raised to it first by its node, as the revision was handed out).
         let results = futures::future::join_all(groups.iter().map(|g| {
-            let req = req.clone();
-            async move {
-                let call = || {
-                    self.backends
-                        .call(*g, Prefer::Leader, true, req.clone(), |ch, r| async move { crate::backends::kv_client(ch).compact(r).await })
-                };
-                match call().await {
-                    Err(s) if s.message() == FUTURE_REV => {
-                        self.backends.bump(*g, req.revision).await?;
-                        call().await
-                    }
-                    other => other,
-                }
-            }
+            self.backends.call(*g, Access::Write, deadline, req, |ch, r| async move { kv_client(ch).compact(r).await })
         }))
         .await;
+        // As etcd: a revision compacted before is an error (the groups that
+        // had not compacted to it yet, after a fan-out cut short, now have);
+        // a future one too; otherwise the first failure.
         let mut header = None;
-        let mut first_err = None;
-        let mut ok = 0;
+        let mut failure: Option<Status> = None;
         for r in results {
             match r {
-                Ok(resp) => {
-                    ok += 1;
-                    header = header.or(resp.header);
+                Ok(resp) => header = header.max_by_revision(resp.header),
+                Err(e) => {
+                    let rank = |s: &Status| match Error::from_status(s) {
+                        Some(Error::Compacted) => 0,
+                        Some(Error::FutureRev) => 1,
+                        _ => 2,
+                    };
+                    if failure.as_ref().is_none_or(|f| rank(&e) < rank(f)) {
+                        failure = Some(e);
+                    }
                 }
-                Err(e) => first_err = first_err.or(Some(e)),
             }
         }
-        match first_err {
-            // Already compacted somewhere (a retried fan-out): fine if the rest did.
-            Some(e) if ok > 0 && e.message().contains("compacted") => Ok(Response::new(CompactionResponse { header })),
+        match failure {
             Some(e) => Err(e),
-            None => Ok(Response::new(CompactionResponse { header })),
+            None => Ok(self.backends.answer(CompactionResponse { header })),
         }
     }
 }

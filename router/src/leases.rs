@@ -5,7 +5,8 @@
 //! deletes them when it expires. Keepalive, revoke, TimeToLive and Leases
 //! go to every group; a lease's copies therefore live and die together.
 
-use crate::backends::{Backends, Prefer};
+use crate::backends::{lease_client, Access, Backends};
+use crate::deadline::Deadline;
 use futures::future::join_all;
 use std::collections::BTreeSet;
 use std::pin::Pin;
@@ -15,13 +16,12 @@ use tessera_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
     LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
+use tessera_rpc::Error;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-pub const NOT_FOUND: &str = "etcdserver: requested lease not found";
-
 pub fn is_not_found(s: &Status) -> bool {
-    s.message() == NOT_FOUND
+    Error::from_status(s) == Some(Error::LeaseNotFound)
 }
 
 fn all_groups(b: &Backends) -> Result<Vec<u64>, Status> {
@@ -38,14 +38,23 @@ pub fn home(b: &Backends, id: i64) -> Result<u64, Status> {
     Ok(pool[(shardmap::ring::hash(&id.to_be_bytes()) % pool.len() as u64) as usize])
 }
 
-async fn ttl_in(b: &Backends, group: u64, req: LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse, Status> {
-    b.call(group, Prefer::Leader, false, req, |ch, r| async move { crate::backends::lease_client(ch).lease_time_to_live(r).await }).await
+async fn ttl_in(
+    b: &Backends,
+    group: u64,
+    req: LeaseTimeToLiveRequest,
+    deadline: Deadline,
+) -> Result<LeaseTimeToLiveResponse, Status> {
+    b.call(group, Access::Read, deadline, req, |ch, r| async move { lease_client(ch).lease_time_to_live(r).await }).await
 }
 
 /// Every group's answer for a lease, those that hold it.
-async fn ttl_everywhere(b: &Backends, req: LeaseTimeToLiveRequest) -> Result<Vec<(u64, LeaseTimeToLiveResponse)>, Status> {
+async fn ttl_everywhere(
+    b: &Backends,
+    req: LeaseTimeToLiveRequest,
+    deadline: Deadline,
+) -> Result<Vec<(u64, LeaseTimeToLiveResponse)>, Status> {
     let groups = all_groups(b)?;
-    let answers = join_all(groups.iter().map(|g| ttl_in(b, *g, req.clone()))).await;
+    let answers = join_all(groups.iter().map(|g| ttl_in(b, *g, req, deadline))).await;
     let mut found = vec![];
     for (g, a) in groups.into_iter().zip(answers) {
         let a = a?;
@@ -57,15 +66,15 @@ async fn ttl_everywhere(b: &Backends, req: LeaseTimeToLiveRequest) -> Result<Vec
 }
 
 /// Copies lease `id` onto `group` from a group that holds it.
-pub async fn replicate(b: &Backends, id: i64, group: u64) -> Result<(), Status> {
-    let found = ttl_everywhere(b, LeaseTimeToLiveRequest { id, keys: false }).await?;
+async fn replicate(b: &Backends, id: i64, group: u64, deadline: Deadline) -> Result<(), Status> {
+    let found = ttl_everywhere(b, LeaseTimeToLiveRequest { id, keys: false }, deadline).await?;
     let Some((_, src)) = found.iter().max_by_key(|(_, a)| a.ttl) else {
-        return Err(Status::not_found(NOT_FOUND));
+        return Err(Error::LeaseNotFound.into());
     };
     let grant = LeaseGrantRequest { id, ttl: src.ttl };
-    match b.call(group, Prefer::Leader, true, grant, |ch, r| async move { crate::backends::lease_client(ch).lease_grant(r).await }).await {
+    match b.call(group, Access::Write, deadline, grant, |ch, r| async move { lease_client(ch).lease_grant(r).await }).await {
         Ok(_) => Ok(()),
-        Err(s) if s.message().contains("lease already exists") => Ok(()),
+        Err(s) if Error::from_status(&s) == Some(Error::LeaseExist) => Ok(()),
         Err(s) => Err(s),
     }
 }
@@ -73,18 +82,25 @@ pub async fn replicate(b: &Backends, id: i64, group: u64) -> Result<(), Status> 
 /// A write to `group` that names `leases` (0 = none): when the group does
 /// not hold one of them yet, the write failed without effect; copy them
 /// there and retry.
-pub async fn write_with_leases<T, R, F, Fut>(b: &Backends, group: u64, leases: &[i64], msg: T, f: F) -> Result<R, Status>
+pub async fn write_with_leases<T, R, F, Fut>(
+    b: &Backends,
+    group: u64,
+    leases: &[i64],
+    deadline: Deadline,
+    msg: T,
+    f: F,
+) -> Result<R, Status>
 where
     T: Clone,
     F: Fn(tonic::transport::Channel, Request<T>) -> Fut + Copy,
     Fut: std::future::Future<Output = Result<Response<R>, Status>>,
 {
-    match b.call(group, Prefer::Leader, true, msg.clone(), f).await {
+    match b.call(group, Access::Write, deadline, msg.clone(), f).await {
         Err(s) if is_not_found(&s) && leases.iter().any(|l| *l != 0) => {
             for l in leases.iter().filter(|l| **l != 0) {
-                replicate(b, *l, group).await?;
+                replicate(b, *l, group, deadline).await?;
             }
-            b.call(group, Prefer::Leader, true, msg, f).await
+            b.call(group, Access::Write, deadline, msg, f).await
         }
         other => other,
     }
@@ -97,13 +113,16 @@ pub struct LeaseService {
 
 type KeepAliveStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
 
+/// Renews lease `id` on every group. Each renewal is its own request with
+/// the default deadline: the keepalive stream itself lives as long as its client.
 async fn renew_everywhere(b: &Backends, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
     let groups = all_groups(b)?;
+    let deadline = Deadline::default_from_now();
     let answers = join_all(groups.iter().map(|g| {
-        b.call(*g, Prefer::Leader, false, LeaseKeepAliveRequest { id }, |ch, r| async move {
+        b.call(*g, Access::Read, deadline, LeaseKeepAliveRequest { id }, |ch, r| async move {
             let (md, ext, msg) = r.into_parts();
             let req = Request::from_parts(md, ext, tokio_stream::once(msg));
-            let mut s = crate::backends::lease_client(ch).lease_keep_alive(req).await?.into_inner();
+            let mut s = lease_client(ch).lease_keep_alive(req).await?.into_inner();
             match s.message().await? {
                 Some(m) => Ok(Response::new(m)),
                 None => Err(Status::unavailable("keepalive stream closed")),
@@ -133,6 +152,7 @@ async fn renew_everywhere(b: &Backends, id: i64) -> Result<LeaseKeepAliveRespons
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        let deadline = Deadline::of(&req);
         let mut req = req.into_inner();
         if req.id == 0 {
             // etcd's ids are positive; the router picks one so it knows the home.
@@ -141,18 +161,18 @@ impl Lease for LeaseService {
         let home = home(&self.backends, req.id)?;
         let resp = self
             .backends
-            .call(home, Prefer::Leader, true, req, |ch, r| async move { crate::backends::lease_client(ch).lease_grant(r).await })
+            .call(home, Access::Write, deadline, req, |ch, r| async move { lease_client(ch).lease_grant(r).await })
             .await?;
         self.backends.observe(resp.header.as_ref());
-        Ok(Response::new(resp))
+        Ok(self.backends.answer(resp))
     }
 
     async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let deadline = Deadline::of(&req);
         let req = req.into_inner();
         let groups = all_groups(&self.backends)?;
         let answers = join_all(groups.iter().map(|g| {
-            self.backends
-                .call(*g, Prefer::Leader, true, req.clone(), |ch, r| async move { crate::backends::lease_client(ch).lease_revoke(r).await })
+            self.backends.call(*g, Access::Write, deadline, req, |ch, r| async move { lease_client(ch).lease_revoke(r).await })
         }))
         .await;
         let mut header = None;
@@ -176,9 +196,9 @@ impl Lease for LeaseService {
         match header {
             Some(h) => {
                 self.backends.observe(Some(&h));
-                Ok(Response::new(LeaseRevokeResponse { header: Some(h) }))
+                Ok(self.backends.answer(LeaseRevokeResponse { header: Some(h) }))
             }
-            None => Err(Status::not_found(NOT_FOUND)),
+            None => Err(Error::LeaseNotFound.into()),
         }
     }
 
@@ -193,7 +213,7 @@ impl Lease for LeaseService {
         let b = self.backends.clone();
         tokio::spawn(async move {
             while let Ok(Some(r)) = input.message().await {
-                let resp = renew_everywhere(&b, r.id).await;
+                let resp = renew_everywhere(&b, r.id).await.map(|resp| b.answer(resp).into_inner());
                 let failed = resp.is_err();
                 if tx.send(resp).await.is_err() || failed {
                     break;
@@ -207,11 +227,12 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let deadline = Deadline::of(&req);
         let req = req.into_inner();
-        let found = ttl_everywhere(&self.backends, req.clone()).await?;
+        let found = ttl_everywhere(&self.backends, req, deadline).await?;
         if found.is_empty() {
-            let header = ttl_in(&self.backends, home(&self.backends, req.id)?, req.clone()).await?.header;
-            return Ok(Response::new(LeaseTimeToLiveResponse { header, id: req.id, ttl: -1, ..Default::default() }));
+            let header = ttl_in(&self.backends, home(&self.backends, req.id)?, req, deadline).await?.header;
+            return Ok(self.backends.answer(LeaseTimeToLiveResponse { header, id: req.id, ttl: -1, ..Default::default() }));
         }
         let mut keys = BTreeSet::new();
         for (_, a) in &found {
@@ -219,15 +240,15 @@ impl Lease for LeaseService {
         }
         let (_, mut best) = found.into_iter().max_by_key(|(_, a)| a.ttl).expect("non-empty");
         best.keys = keys.into_iter().collect();
-        Ok(Response::new(best))
+        Ok(self.backends.answer(best))
     }
 
     async fn lease_leases(&self, req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let deadline = Deadline::of(&req);
         let req = req.into_inner();
         let groups = all_groups(&self.backends)?;
         let answers = join_all(groups.iter().map(|g| {
-            self.backends
-                .call(*g, Prefer::Leader, false, req.clone(), |ch, r| async move { crate::backends::lease_client(ch).lease_leases(r).await })
+            self.backends.call(*g, Access::Read, deadline, req, |ch, r| async move { lease_client(ch).lease_leases(r).await })
         }))
         .await;
         let mut ids = BTreeSet::new();
@@ -237,6 +258,6 @@ impl Lease for LeaseService {
             header = header.or(a.header);
             ids.extend(a.leases.iter().map(|l| l.id));
         }
-        Ok(Response::new(LeaseLeasesResponse { header, leases: ids.into_iter().map(|id| LeaseStatus { id }).collect() }))
+        Ok(self.backends.answer(LeaseLeasesResponse { header, leases: ids.into_iter().map(|id| LeaseStatus { id }).collect() }))
     }
 }

@@ -1,32 +1,42 @@
 //! The Tessera router: etcd's v3 API on one address over a federation of
 //! raft groups. Stateless: it follows placement's shard map and routes,
 //! fans out and merges (`kv`, `watch`, `leases`, `recipes`, `maintenance`
-//! over `backends`). Any number may run; each serves every client.
+//! over `backends`), each client request within one `deadline`. Any number
+//! may run; each serves every client.
+//!
+//! Its library is what the binary and the tests start: `start(Config)`
+//! answers a `Running` router; the rest is private.
 
-pub mod backends;
-pub mod config;
-pub mod kv;
-pub mod leases;
-pub mod maintenance;
-pub mod merge;
+mod backends;
+mod config;
+mod deadline;
+mod headers;
+mod kv;
+mod leases;
+mod maintenance;
 pub mod metrics;
-pub mod recipes;
-pub mod watch;
+mod range_stream;
+mod ranges;
+mod recipes;
+mod watch;
 
+pub use backends::Backends;
 pub use config::Config;
 
-use axum::routing::get;
-use backends::Backends;
-use shard_node::server::EtcdServices;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tessera_proto::etcdserverpb::Member;
+use tessera_rpc::endpoints::{DEFAULT_MAX_REQUEST_BYTES, GRPC_OVERHEAD_BYTES};
+use tessera_rpc::EtcdServices;
 
 /// etcd's request limit plus gRPC framing, as on a shard-node.
-const MAX_MESSAGE: usize = 1572864 + 512 * 1024;
+const MAX_MESSAGE: usize = DEFAULT_MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES;
 
+/// A router serving, until `shutdown`.
 pub struct Running {
+    /// Where it serves clients (the port chosen, for a listen URL with port 0).
     pub addr: SocketAddr,
+    /// Its view of the groups (tests read the map it routes by: `routing()`).
     pub backends: Arc<Backends>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -34,6 +44,7 @@ pub struct Running {
 }
 
 impl Running {
+    /// Stops serving; open calls get two seconds to finish.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         self.poller.abort();
@@ -41,15 +52,15 @@ impl Running {
     }
 }
 
+/// Starts a router: follows placement's map and serves `config`'s listen URL.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     config.validate()?;
-    let maps = shardmap::watcher::follow(shard_node::config::split_urls(&config.placement_endpoints));
-    let backends = Backends::new(maps);
-    let poller = tokio::spawn(backends.clone().poll());
-    let listener = tokio::net::TcpListener::bind(shard_node::config::socket_addr(&config.listen_client_urls)?).await?;
+    let maps = shardmap::watcher::follow(config.placement_endpoints.to_vec());
+    // The revision oracle is served by placement's store, as the map is.
+    let oracle = tessera_rpc::oracle::OracleClient::new(config.placement_endpoints.to_vec());
+    let listener = tokio::net::TcpListener::bind(config.listen_client_urls.socket_addrs()?[0]).await?;
     let addr = listener.local_addr()?;
-    let advertise =
-        if config.advertise_client_urls.is_empty() { format!("http://{addr}") } else { config.advertise_client_urls.clone() };
+    let advertise = config.advertise_client_urls.first().map_or_else(|| format!("http://{addr}"), String::from);
     let member = Member {
         id: shardmap::ring::hash(advertise.as_bytes()),
         name: config.name.clone(),
@@ -57,12 +68,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         client_ur_ls: vec![advertise],
         is_learner: false,
     };
-    let progress_interval = shard_node::config::parse_duration(&config.experimental_watch_progress_notify_interval)?;
-    let maintenance = maintenance::MaintenanceService {
-        backends: backends.clone(),
-        member: member.clone(),
-        cluster_id: shardmap::ring::hash(config.placement_endpoints.as_bytes()),
-    };
+    let backends = Backends::new(member.id, maps, oracle);
+    let poller = tokio::spawn(backends.clone().poll());
+    let progress_interval = config.experimental_watch_progress_notify_interval.get();
+    let maintenance = maintenance::MaintenanceService { backends: backends.clone(), member: member.clone() };
     let kv = kv::KvService { backends: backends.clone() };
     let watch = watch::WatchService { backends: backends.clone(), progress_interval };
     let lease = leases::LeaseService { backends: backends.clone() };
@@ -78,28 +87,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         max_message: MAX_MESSAGE,
     };
     let health = backends.clone();
-    let app = etcd
-        .router(|grpc| grpc)
-        .route("/metrics", get(|| async { metrics::render() }))
-        .route(
-            "/health",
-            get(move || {
-                let ok = health.healthy();
-                async move {
-                    let code = if ok { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
-                    (code, format!("{{\"health\":\"{ok}\"}}"))
-                }
-            }),
-        )
-        .route("/version", get(|| async { shard_node::server::maintenance::version_json() }));
+    let app = etcd.router(|grpc| grpc).merge(tessera_rpc::endpoints::routes(move || std::future::ready(health.healthy()), || {}));
     let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
-    let listener = shard_node::server::authority::ClientListener(listener);
+    let listener = tessera_rpc::authority::ClientListener(listener);
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         };
-        shard_node::server::serve::serve(listener, app, shutdown).await;
+        tessera_rpc::serve::serve(listener, app, shutdown).await;
     });
-    tracing::info!(%addr, placement = config.placement_endpoints, "router serving");
+    tracing::info!(%addr, placement = %config.placement_endpoints, "router serving");
     Ok(Running { addr, backends, stop, task, poller })
 }

@@ -4,7 +4,8 @@
 //! reports the federation's revision and etcd's API version (Kubernetes'
 //! version check). Per-group operations are the admin CLI's (`tessera`).
 
-use crate::backends::{Backends, Prefer};
+use crate::backends::{Access, Backends};
+use crate::deadline::Deadline;
 use futures::future::join_all;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,17 +19,11 @@ use tonic::{Request, Response, Status};
 pub struct MaintenanceService {
     pub backends: Arc<Backends>,
     pub member: Member,
-    pub cluster_id: u64,
 }
 
 impl MaintenanceService {
     fn header(&self) -> Option<ResponseHeader> {
-        Some(ResponseHeader {
-            cluster_id: self.cluster_id,
-            member_id: self.member.id,
-            revision: self.backends.max_revision(),
-            raft_term: 0,
-        })
+        Some(self.backends.header(self.backends.max_revision()))
     }
 
     fn groups(&self) -> Result<Vec<u64>, Status> {
@@ -45,14 +40,13 @@ type SnapshotStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotRes
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let deadline = Deadline::of(&req);
         let req = req.into_inner();
         let groups = self.groups()?;
-        let answers =
-            join_all(groups.iter().map(|g| {
-                self.backends
-                    .call(*g, Prefer::Leader, true, req.clone(), |ch, r| async move { MaintenanceClient::new(ch).alarm(r).await })
-            }))
-            .await;
+        let answers = join_all(groups.iter().map(|g| {
+            self.backends.call(*g, Access::Write, deadline, req, |ch, r| async move { MaintenanceClient::new(ch).alarm(r).await })
+        }))
+        .await;
         let mut alarms = vec![];
         for a in answers {
             alarms.extend(a?.alarms);
@@ -60,10 +54,11 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(AlarmResponse { header: self.header(), alarms }))
     }
 
-    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let deadline = Deadline::of(&req);
         let groups = self.groups()?;
         let answers = join_all(groups.iter().map(|g| {
-            self.backends.call(*g, Prefer::Leader, false, StatusRequest {}, |ch, r| async move {
+            self.backends.call(*g, Access::Read, deadline, StatusRequest {}, |ch, r| async move {
                 MaintenanceClient::new(ch).status(r).await
             })
         }))
@@ -84,11 +79,12 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(resp))
     }
 
-    async fn defragment(&self, _req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(&self, req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        let deadline = Deadline::of(&req);
         let groups = self.groups()?;
         for g in groups {
             self.backends
-                .call(g, Prefer::Leader, false, DefragmentRequest {}, |ch, r| async move {
+                .call(g, Access::Read, deadline, DefragmentRequest {}, |ch, r| async move {
                     MaintenanceClient::new(ch).defragment(r).await
                 })
                 .await?;
@@ -100,8 +96,35 @@ impl Maintenance for MaintenanceService {
         Err(per_group("Hash"))
     }
 
-    async fn hash_kv(&self, _req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        Err(per_group("HashKV"))
+    /// The federation's HashKV at one revision (the client's, or the
+    /// federation's current one): each group's hash at it, combined in group
+    /// order, so two routers asked at the same revision answer the same hash
+    /// while the data agrees (operators' consistency checks keep working).
+    async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        let deadline = Deadline::of(&req);
+        let r = req.into_inner();
+        let revision = if r.revision > 0 { r.revision } else { self.backends.now(deadline).await? };
+        let groups = self.groups()?;
+        let answers = join_all(groups.iter().map(|g| {
+            self.backends.call(*g, Access::Read, deadline, HashKvRequest { revision }, |ch, r| async move {
+                MaintenanceClient::new(ch).hash_kv(r).await
+            })
+        }))
+        .await;
+        let mut hash = crc32fast::Hasher::new();
+        let mut compact_revision = 0;
+        for (g, a) in groups.iter().zip(answers) {
+            let a = a?;
+            hash.update(&g.to_be_bytes());
+            hash.update(&a.hash.to_be_bytes());
+            compact_revision = compact_revision.max(a.compact_revision);
+        }
+        Ok(Response::new(HashKvResponse {
+            header: self.header(),
+            hash: hash.finalize(),
+            compact_revision,
+            hash_revision: revision,
+        }))
     }
 
     type SnapshotStream = SnapshotStream;

@@ -3,22 +3,16 @@
 use prometheus::{register_histogram, register_int_counter, Histogram, IntCounter};
 use std::sync::LazyLock;
 
-pub static RANGE_GROUPS: LazyLock<Histogram> = LazyLock::new(|| {
+pub(crate) static RANGE_GROUPS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!("tessera_router_range_groups", "Groups a range request touched.", vec![1.0, 2.0, 3.0, 5.0, 8.0, 16.0])
         .unwrap()
 });
-pub static WATCH_GROUPS: LazyLock<Histogram> = LazyLock::new(|| {
+pub(crate) static WATCH_GROUPS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!("tessera_router_watch_groups", "Groups a watcher merges.", vec![1.0, 2.0, 3.0, 5.0, 8.0, 16.0]).unwrap()
 });
 pub static REROUTES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("tessera_router_reroutes_total", "Calls routed again after a group refused an older shard map.").unwrap()
+    register_int_counter!("tessera_router_reroutes_total", "Calls routed again after a group refused an older shard map.")
+        .unwrap()
 });
-pub static WATCH_EVENTS: LazyLock<IntCounter> =
+pub(crate) static WATCH_EVENTS: LazyLock<IntCounter> =
     LazyLock::new(|| register_int_counter!("tessera_router_watch_events_total", "Events delivered to watchers.").unwrap());
-
-pub fn render() -> String {
-    use prometheus::Encoder;
-    let mut buf = vec![];
-    let _ = prometheus::TextEncoder::new().encode(&prometheus::gather(), &mut buf);
-    String::from_utf8(buf).unwrap_or_default()
-}

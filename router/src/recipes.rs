@@ -2,7 +2,9 @@
 //! group of its key prefix (`<name>/`, where its contenders' keys go), so
 //! the server-side recipe runs there whole.
 
-use crate::backends::{Backends, Lane, Prefer};
+use crate::backends::{Access, Backends, Lane, Prefer};
+use crate::deadline::Deadline;
+use crate::headers::WithHeader;
 use crate::leases;
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +15,7 @@ use tessera_proto::v3electionpb::*;
 use tessera_proto::v3lockpb::lock_client::LockClient;
 use tessera_proto::v3lockpb::lock_server::Lock;
 use tessera_proto::v3lockpb::*;
+use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -35,39 +38,50 @@ impl Recipes {
 
     /// Calls the group that owns `key`, routing again if it was refused for
     /// an older map; a write first copies `lease` there (if not 0).
-    async fn call_at<T, R, F, Fut>(&self, key: &[u8], write: bool, lease: i64, msg: T, f: F) -> Result<Response<R>, Status>
+    async fn call_at<T, R, F, Fut>(
+        &self,
+        key: &[u8],
+        write: bool,
+        lease: i64,
+        deadline: Deadline,
+        msg: T,
+        f: F,
+    ) -> Result<Response<R>, Status>
     where
         T: Clone,
+        R: WithHeader,
         F: Fn(Channel, Request<T>) -> Fut,
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
         let resp = self
             .backends
-            .rerouting(|| async {
+            .rerouting(deadline, || async {
                 let g = self.group_of_key(key)?;
                 if write {
-                    leases::write_with_leases(&self.backends, g, &[lease], msg.clone(), &f).await
+                    leases::write_with_leases(&self.backends, g, &[lease], deadline, msg.clone(), &f).await
                 } else {
-                    self.backends.call(g, Prefer::Leader, false, msg.clone(), &f).await
+                    self.backends.call(g, Access::Read, deadline, msg.clone(), &f).await
                 }
             })
             .await?;
-        Ok(Response::new(resp))
+        Ok(self.backends.answer(resp))
     }
 }
 
 #[tonic::async_trait]
 impl Lock for Recipes {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let deadline = Deadline::of(&req);
         let r = req.into_inner();
         let (key, lease) = (name_prefix(&r.name), r.lease);
-        self.call_at(&key, true, lease, r, |ch, r| async move { LockClient::new(ch).lock(r).await }).await
+        self.call_at(&key, true, lease, deadline, r, |ch, r| async move { LockClient::new(ch).lock(r).await }).await
     }
 
     async fn unlock(&self, req: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
+        let deadline = Deadline::of(&req);
         let r = req.into_inner();
         let key = r.key.clone();
-        self.call_at(&key, true, 0, r, |ch, r| async move { LockClient::new(ch).unlock(r).await }).await
+        self.call_at(&key, true, 0, deadline, r, |ch, r| async move { LockClient::new(ch).unlock(r).await }).await
     }
 }
 
@@ -76,21 +90,24 @@ type ObserveStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<LeaderRespon
 #[tonic::async_trait]
 impl Election for Recipes {
     async fn campaign(&self, req: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
+        let deadline = Deadline::of(&req);
         let r = req.into_inner();
         let (key, lease) = (name_prefix(&r.name), r.lease);
-        self.call_at(&key, true, lease, r, |ch, r| async move { ElectionClient::new(ch).campaign(r).await }).await
+        self.call_at(&key, true, lease, deadline, r, |ch, r| async move { ElectionClient::new(ch).campaign(r).await }).await
     }
 
     async fn proclaim(&self, req: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
+        let deadline = Deadline::of(&req);
         let r = req.into_inner();
         let key = name_prefix(r.leader.as_ref().map_or(&[][..], |l| &l.name));
-        self.call_at(&key, true, 0, r, |ch, r| async move { ElectionClient::new(ch).proclaim(r).await }).await
+        self.call_at(&key, true, 0, deadline, r, |ch, r| async move { ElectionClient::new(ch).proclaim(r).await }).await
     }
 
     async fn leader(&self, req: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
+        let deadline = Deadline::of(&req);
         let r = req.into_inner();
         let key = name_prefix(&r.name);
-        self.call_at(&key, false, 0, r, |ch, r| async move { ElectionClient::new(ch).leader(r).await }).await
+        self.call_at(&key, false, 0, deadline, r, |ch, r| async move { ElectionClient::new(ch).leader(r).await }).await
     }
 
     type ObserveStream = ObserveStream;
@@ -105,15 +122,17 @@ impl Election for Recipes {
             .into_iter()
             .next()
             .ok_or_else(|| Status::unavailable("tessera: no replica"))?;
-        let mut upstream_req = self.backends.request(&routing, g, r);
-        upstream_req.set_timeout(std::time::Duration::from_secs(365 * 24 * 3600));
+        // A stream that lives as long as its client: no timeout.
+        let upstream_req = self.backends.request(&routing, g, r);
         let s = ElectionClient::new(ch).observe(upstream_req).await?.into_inner();
-        Ok(Response::new(Box::pin(s)))
+        let b = self.backends.clone();
+        Ok(Response::new(Box::pin(s.map(move |r| r.map(|resp| b.answer(resp).into_inner())))))
     }
 
     async fn resign(&self, req: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
+        let deadline = Deadline::of(&req);
         let r = req.into_inner();
         let key = name_prefix(r.leader.as_ref().map_or(&[][..], |l| &l.name));
-        self.call_at(&key, true, 0, r, |ch, r| async move { ElectionClient::new(ch).resign(r).await }).await
+        self.call_at(&key, true, 0, deadline, r, |ch, r| async move { ElectionClient::new(ch).resign(r).await }).await
     }
 }

@@ -1,32 +1,28 @@
-//! The state machine of a group: applies committed raft entries.
+//! Applying committed raft entries to a group's state (`crate::state`).
 //!
 //! Each normal entry is one `Command` and becomes one engine batch holding
 //! its MVCC values, lease changes, meta and the applied index, so a crash
 //! leaves either all or none of an entry (replay restarts after the last
-//! applied one). Apply order: store lock (exclusive), then lessor lock; the
-//! batch is written before the store lock is released, so no reader sees an
-//! index entry whose value is not in the engine yet.
+//! applied one). The batch is written before the state lock is released,
+//! so no reader sees an index entry whose value is not in the engine yet.
+//! Locks: the state lock (exclusive), then the lease clock (a grant starts
+//! it); the watch hub is published to after the state lock is released.
 
-use crate::engine::keys::{decode_u64, GroupKeys};
-use crate::engine::{Engine, WriteBatch};
+use crate::engine::WriteBatch;
 use crate::error::{Error, Result};
-use crate::fence::Fences;
-use crate::lease::Lessor;
-use crate::members::Members;
-use crate::mvcc::{MvccStore, WriteTxn};
-use crate::raft::snapshot;
-use crate::raft::storage::SnapshotSource;
-use crate::watch::WatchHub;
-use parking_lot::{Mutex, RwLock};
+use crate::membership;
+use crate::mvcc::WriteTxn;
+use crate::raft::{Proposer, StateMachine as RaftStateMachine};
+use crate::state::{StateMachine, META_ALARMS, META_APPLIED};
 use prost::Message;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use raft::prelude::ConfChangeV2;
+use std::time::Duration;
 use tessera_proto::etcdserverpb::alarm_request::AlarmAction;
 use tessera_proto::etcdserverpb::request_op::Request;
 use tessera_proto::etcdserverpb::{
-    AlarmMember, AlarmResponse, AlarmType, DeleteRangeResponse, PutResponse, TxnRequest, TxnResponse,
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DeleteRangeResponse, PutResponse, TxnRequest, TxnResponse,
 };
-use tessera_proto::tessera::command::{command::Op, Command, Fence, MemberContext};
+use tessera_proto::tessera::command::{command::Op, Command, Fence};
 
 /// What applying a command produced, for the client that proposed it.
 #[derive(Debug)]
@@ -34,7 +30,10 @@ pub enum Applied {
     Put(PutResponse),
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
-    LeaseGrant { id: i64, ttl: i64 },
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
     /// The alarms an Alarm request changed.
     Alarms(Vec<AlarmMember>),
     Done,
@@ -47,103 +46,23 @@ pub struct ApplyOutput {
     pub rev: i64,
 }
 
-const META_APPLIED: &str = "applied";
-const META_ALARMS: &str = "alarms";
-
-pub struct StateMachine {
-    pub engine: Arc<dyn Engine>,
-    pub keys: GroupKeys,
-    pub store: Arc<MvccStore>,
-    pub lessor: Arc<Mutex<Lessor>>,
-    pub hub: Arc<WatchHub>,
-    pub members: Arc<RwLock<Members>>,
-    /// Raised alarms (replicated: every member sees the same).
-    alarms: RwLock<Vec<AlarmMember>>,
-    /// Prefixes being handed to other groups (replicated, see `fence`).
-    pub fences: RwLock<Fences>,
-    applied: AtomicU64,
+/// etcd's capped applier: what an active alarm refuses.
+fn refused(alarms: &[AlarmMember], op: &Op) -> Option<Error> {
+    let has = |t: AlarmType| alarms.iter().any(|a| a.alarm == t as i32);
+    let writes =
+        matches!(op, Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::LeaseGrant(_) | Op::LeaseRevoke(_) | Op::Compact(_));
+    if writes && has(AlarmType::Corrupt) {
+        return Some(Error::Corrupt);
+    }
+    let grows = match op {
+        Op::Put(_) | Op::LeaseGrant(_) => true,
+        Op::Txn(t) => txn_has_put(t),
+        _ => false,
+    };
+    (grows && has(AlarmType::Nospace)).then_some(Error::NoSpace)
 }
 
 impl StateMachine {
-    pub fn open(engine: Arc<dyn Engine>, keys: GroupKeys, watch_ring: usize) -> Result<Self> {
-        let store = Arc::new(MvccStore::open(engine.clone(), keys)?);
-        let hub = Arc::new(WatchHub::new(store.current_revision(), watch_ring));
-        let sm = Self {
-            lessor: Arc::new(Mutex::new(Lessor::new(keys))),
-            members: Arc::new(RwLock::new(Members::default())),
-            alarms: RwLock::new(vec![]),
-            fences: RwLock::new(Fences::default()),
-            applied: AtomicU64::new(0),
-            engine,
-            keys,
-            store,
-            hub,
-        };
-        sm.reload_tables()?;
-        Ok(sm)
-    }
-
-    /// Reloads leases, members, alarms, fences and the applied index from the engine.
-    fn reload_tables(&self) -> Result<()> {
-        let attached = self.store.attached_leases();
-        self.lessor.lock().reload(self.engine.as_ref(), attached.into_iter())?;
-        *self.members.write() = Members::load(self.engine.as_ref(), &self.keys)?;
-        let alarms = match self.engine.get(&self.keys.meta(META_ALARMS))? {
-            Some(v) => AlarmResponse::decode(v.as_slice()).map_err(|e| Error::Internal(e.to_string()))?.alarms,
-            None => vec![],
-        };
-        *self.alarms.write() = alarms;
-        *self.fences.write() = Fences::load(self.engine.as_ref(), &self.keys)?;
-        let applied = self.engine.get(&self.keys.meta(META_APPLIED))?.map(|v| decode_u64(&v)).unwrap_or(0);
-        self.applied.store(applied, Ordering::Release);
-        Ok(())
-    }
-
-    pub fn alarms(&self) -> Vec<AlarmMember> {
-        self.alarms.read().clone()
-    }
-
-    pub fn has_alarm(&self, t: AlarmType) -> bool {
-        self.alarms.read().iter().any(|a| a.alarm == t as i32)
-    }
-
-    /// etcd's capped applier: what an active alarm refuses.
-    fn refused(&self, op: &Op) -> Option<Error> {
-        let writes = matches!(
-            op,
-            Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::LeaseGrant(_) | Op::LeaseRevoke(_) | Op::Compact(_)
-        );
-        if writes && self.has_alarm(AlarmType::Corrupt) {
-            return Some(Error::Corrupt);
-        }
-        let grows = match op {
-            Op::Put(_) | Op::LeaseGrant(_) => true,
-            Op::Txn(t) => txn_has_put(t),
-            _ => false,
-        };
-        (grows && self.has_alarm(AlarmType::Nospace)).then_some(Error::NoSpace)
-    }
-
-    fn apply_alarm(&self, r: &tessera_proto::etcdserverpb::AlarmRequest, batch: &mut WriteBatch) -> Result<Applied> {
-        let mut alarms = self.alarms.write();
-        let changed = AlarmMember { member_id: r.member_id, alarm: r.alarm };
-        match AlarmAction::try_from(r.action) {
-            Ok(AlarmAction::Activate) if r.alarm != AlarmType::None as i32 => {
-                if !alarms.contains(&changed) {
-                    alarms.push(changed.clone());
-                }
-            }
-            Ok(AlarmAction::Deactivate) => alarms.retain(|a| *a != changed),
-            _ => return Ok(Applied::Alarms(vec![])),
-        }
-        batch.put(self.keys.meta(META_ALARMS), AlarmResponse { header: None, alarms: alarms.clone() }.encode_to_vec());
-        Ok(Applied::Alarms(vec![changed]))
-    }
-
-    pub fn applied_index(&self) -> u64 {
-        self.applied.load(Ordering::Acquire)
-    }
-
     fn mark_applied(&self, index: u64, batch: &mut WriteBatch) {
         batch.put(self.keys.meta(META_APPLIED), index.to_be_bytes().to_vec());
     }
@@ -151,7 +70,7 @@ impl StateMachine {
     fn commit(&self, index: u64, batch: WriteBatch) {
         // A failed engine write leaves memory ahead of disk: stop, as etcd does.
         self.engine.write(batch, false).expect("state machine write failed");
-        self.applied.store(index, Ordering::Release);
+        self.set_applied(index);
     }
 
     /// An entry with no command (a new leader's empty entry, a conf change).
@@ -161,8 +80,8 @@ impl StateMachine {
         self.commit(index, batch);
     }
 
-    /// Applies a normal entry; returns (proposer, seq, output) for the waiter.
-    pub fn apply_command(&self, index: u64, data: &[u8]) -> Option<(u64, u64, ApplyOutput)> {
+    /// Applies a normal entry; returns who proposed it and what it produced.
+    pub fn apply_command(&self, index: u64, data: &[u8]) -> Option<(Proposer, ApplyOutput)> {
         let cmd = match Command::decode(data) {
             Ok(c) => c,
             Err(e) => {
@@ -171,86 +90,41 @@ impl StateMachine {
                 return None;
             }
         };
+        let proposer = Proposer { member: cmd.member_id, seq: cmd.seq };
+        let Some(op) = &cmd.op else {
+            self.apply_noop(index, None);
+            return Some((proposer, ApplyOutput { result: Ok(Applied::Done), rev: self.current_revision() }));
+        };
         let (result, events, rev) = {
-            let mut st = self.store.state.write();
-            let mut lessor = self.lessor.lock();
-            if let Some(Op::Compact(c)) = &cmd.op {
+            let mut guard = self.tables.write();
+            let t = &mut *guard;
+            let refusal = refused(&t.alarms, op).or_else(|| t.fences.check_op(cmd.epoch, op).err());
+            if let Op::Compact(c) = op {
                 let mut batch = WriteBatch::default();
-                let result = match self.refused(cmd.op.as_ref().expect("compact")) {
+                let result = match refusal {
                     Some(e) => Err(e),
-                    None => self.compact(&mut st, c.revision, &mut batch),
+                    None => compact(&mut t.mvcc, c.revision),
                 };
-                self.store.write_meta(&mut batch, &st);
+                self.store.write_meta(&mut batch, &t.mvcc);
                 self.mark_applied(index, &mut batch);
                 self.commit(index, batch);
-                let rev = st.rev;
-                return Some((cmd.member_id, cmd.seq, ApplyOutput { result, rev }));
+                let rev = t.mvcc.rev;
+                drop(guard);
+                if result.is_ok() {
+                    self.compaction.notify_one();
+                }
+                return Some((proposer, ApplyOutput { result, rev }));
             }
-            let mut txn = WriteTxn::begin(&self.store, &mut st, cmd.revision_hint);
-            let refused = cmd.op.as_ref().and_then(|op| self.refused(op).or_else(|| self.fences.read().check_op(cmd.epoch, op).err()));
-            let result = match &cmd.op {
-                _ if refused.is_some() => Err(refused.expect("checked")),
-                Some(Op::Put(p)) if p.lease != 0 && !lessor.exists(p.lease) => Err(Error::LeaseNotFound),
-                Some(Op::Put(p)) => txn.put(p).map(Applied::Put),
-                Some(Op::DeleteRange(d)) => txn.delete_range(d).map(Applied::DeleteRange),
-                Some(Op::Txn(t)) => txn.txn(t, &|id| lessor.exists(id)).map(Applied::Txn),
-                Some(Op::LeaseGrant(g)) if lessor.exists(g.id) => Err(Error::LeaseExist),
-                Some(Op::LeaseGrant(g)) => {
-                    lessor.grant(g.id, g.ttl, txn.batch_mut());
-                    Ok(Applied::LeaseGrant { id: g.id, ttl: g.ttl })
-                }
-                Some(Op::LeaseRevoke(r)) => match lessor.revoke(r.id, txn.batch_mut()) {
-                    Some(keys) => {
-                        txn.delete_keys(&keys);
-                        Ok(Applied::Done)
-                    }
-                    None => Err(Error::LeaseNotFound),
-                },
-                Some(Op::LeaseCheckpoint(c)) => {
-                    for cp in &c.checkpoints {
-                        lessor.checkpoint(cp.id, cp.remaining_ttl, txn.batch_mut());
-                    }
-                    Ok(Applied::Done)
-                }
-                Some(Op::Bump(_)) => {
-                    txn.bump();
-                    Ok(Applied::Done)
-                }
-                Some(Op::Publish(m)) => {
-                    let mut members = self.members.write();
-                    if let Some(mut cur) = members.get(m.id).cloned() {
-                        cur.name = m.name.clone();
-                        cur.client_urls = m.client_urls.clone();
-                        members.upsert(cur, &self.keys, txn.batch_mut());
-                    }
-                    Ok(Applied::Done)
-                }
-                Some(Op::UpdateMember(m)) => {
-                    let mut members = self.members.write();
-                    match members.get(m.id).cloned() {
-                        Some(mut cur) => {
-                            cur.peer_urls = m.peer_urls.clone();
-                            members.upsert(cur, &self.keys, txn.batch_mut());
-                            Ok(Applied::Done)
-                        }
-                        None => Err(Error::MemberNotFound),
-                    }
-                }
-                Some(Op::Alarm(a)) => self.apply_alarm(a, txn.batch_mut()),
-                Some(Op::Fence(f)) => {
-                    let f = Fence { revision: txn.begin_revision(), ..f.clone() };
-                    self.fences.write().raise(&f, &self.keys, txn.batch_mut());
-                    // Also a revision bump: it wakes the watches the fence ends.
-                    txn.bump();
-                    Ok(Applied::Done)
-                }
-                Some(Op::Compact(_)) | None => Ok(Applied::Done),
+            let mut txn = WriteTxn::begin(&self.store, &mut t.mvcc, cmd.revision_hint);
+            let result = match refusal {
+                Some(e) => Err(e),
+                None => self.apply_op(op, &mut txn, &mut t.leases, &mut t.members, &mut t.alarms, &mut t.fences, &mut t.oracle),
             };
             let (result, events, mut batch) = match result {
                 Ok(applied) => {
                     let out = txn.finish();
                     for m in &out.lease_moves {
-                        lessor.move_key(&m.key, m.from, m.to);
+                        t.leases.move_key(&m.key, m.from, m.to);
                     }
                     (Ok(applied), out.events, out.batch)
                 }
@@ -260,65 +134,194 @@ impl StateMachine {
                 }
             };
             self.mark_applied(index, &mut batch);
-            // Still under the store lock: values land before readers can
+            // Still under the state lock: values land before readers can
             // see the index entries that point at them.
             self.commit(index, batch);
-            (result, events, st.rev)
+            (result, events, t.mvcc.rev)
         };
         self.hub.publish(rev, events);
-        Some((cmd.member_id, cmd.seq, ApplyOutput { result, rev }))
+        Some((proposer, ApplyOutput { result, rev }))
     }
 
-    /// Runs a txn without writes against the current state (no log entry).
-    pub fn read_txn(&self, req: &TxnRequest) -> Result<(TxnResponse, i64)> {
-        let mut st = self.store.state.write();
-        let lessor = self.lessor.lock();
-        let mut txn = WriteTxn::begin(&self.store, &mut st, 0);
-        let resp = txn.txn(req, &|id| lessor.exists(id))?;
-        drop(txn);
-        Ok((resp, st.rev))
-    }
-
-    fn compact(&self, st: &mut crate::mvcc::State, at: i64, batch: &mut WriteBatch) -> Result<Applied> {
-        if at <= st.compact_rev {
-            return Err(Error::Compacted);
+    #[allow(clippy::too_many_arguments)]
+    fn apply_op(
+        &self,
+        op: &Op,
+        txn: &mut WriteTxn<'_>,
+        leases: &mut crate::lease::LeaseTable,
+        members: &mut crate::members::Members,
+        alarms: &mut Vec<AlarmMember>,
+        fences: &mut crate::fence::Fences,
+        oracle: &mut crate::oracle::Reservation,
+    ) -> Result<Applied> {
+        match op {
+            Op::Put(p) if p.lease != 0 && !leases.exists(p.lease) => Err(Error::LeaseNotFound),
+            Op::Put(p) => txn.put(p).map(Applied::Put),
+            Op::DeleteRange(d) => txn.delete_range(d).map(Applied::DeleteRange),
+            Op::Txn(t) => txn.txn(t, &|id| leases.exists(id)).map(Applied::Txn),
+            Op::LeaseGrant(g) if leases.exists(g.id) => Err(Error::LeaseExist),
+            Op::LeaseGrant(g) => {
+                leases.grant(g.id, g.ttl, txn.batch_mut());
+                self.liveness.lock().granted(g.id, g.ttl);
+                Ok(Applied::LeaseGrant { id: g.id, ttl: g.ttl })
+            }
+            Op::LeaseRevoke(r) => match leases.revoke(r.id, txn.batch_mut()) {
+                Some(keys) => {
+                    self.liveness.lock().revoked(r.id);
+                    txn.delete_keys(&keys);
+                    Ok(Applied::Done)
+                }
+                None => Err(Error::LeaseNotFound),
+            },
+            Op::LeaseCheckpoint(c) => {
+                for cp in &c.checkpoints {
+                    leases.checkpoint(cp.id, cp.remaining_ttl, txn.batch_mut());
+                }
+                Ok(Applied::Done)
+            }
+            Op::Bump(_) => {
+                txn.bump();
+                Ok(Applied::Done)
+            }
+            Op::Publish(m) => {
+                if let Some(mut cur) = members.get(m.id).cloned() {
+                    cur.name = m.name.clone();
+                    cur.client_urls = m.client_urls.clone();
+                    members.upsert(cur, &self.keys, txn.batch_mut());
+                }
+                Ok(Applied::Done)
+            }
+            Op::UpdateMember(m) => match members.get(m.id).cloned() {
+                Some(mut cur) => {
+                    cur.peer_urls = m.peer_urls.clone();
+                    members.upsert(cur, &self.keys, txn.batch_mut());
+                    Ok(Applied::Done)
+                }
+                None => Err(Error::MemberNotFound),
+            },
+            Op::Alarm(a) => Ok(self.apply_alarm(alarms, a, txn.batch_mut())),
+            Op::Fence(f) => {
+                let f = Fence { revision: txn.begin_revision(), ..f.clone() };
+                fences.raise(&f, &self.keys, txn.batch_mut());
+                // Also a revision bump: it wakes the watches the fence ends.
+                txn.bump();
+                Ok(Applied::Done)
+            }
+            Op::OracleLimit(l) => {
+                oracle.raise_limit(l.limit, &self.keys, txn.batch_mut());
+                Ok(Applied::Done)
+            }
+            Op::Compact(_) => Ok(Applied::Done), // applied above, outside a txn
         }
-        if at > st.rev {
-            return Err(Error::FutureRev);
+    }
+
+    fn apply_alarm(&self, alarms: &mut Vec<AlarmMember>, r: &AlarmRequest, batch: &mut WriteBatch) -> Applied {
+        let changed = AlarmMember { member_id: r.member_id, alarm: r.alarm };
+        match AlarmAction::try_from(r.action) {
+            Ok(AlarmAction::Activate) if r.alarm != AlarmType::None as i32 => {
+                if !alarms.contains(&changed) {
+                    alarms.push(changed);
+                }
+            }
+            Ok(AlarmAction::Deactivate) => alarms.retain(|a| *a != changed),
+            _ => return Applied::Alarms(vec![]),
         }
-        for r in MvccStore::compact_index(st, at) {
-            batch.delete(self.keys.revision(r.main, r.sub));
-        }
-        Ok(Applied::Done)
+        batch.put(self.keys.meta(META_ALARMS), AlarmResponse { header: None, alarms: alarms.clone() }.encode_to_vec());
+        Applied::Alarms(vec![changed])
     }
 
-    /// Records a member added/changed by a conf change.
-    pub fn upsert_member(&self, m: MemberContext, batch: &mut WriteBatch) {
-        self.members.write().upsert(m, &self.keys, batch);
-    }
-
-    pub fn remove_member(&self, id: u64, batch: &mut WriteBatch) {
-        self.members.write().remove(id, &self.keys, batch);
-    }
-
-    /// Replaces the whole state machine with a snapshot's (in `batch`,
-    /// which the caller writes with the raft log reset), then reloads.
-    pub fn stage_snapshot(&self, data: &[u8], batch: &mut WriteBatch) -> Result<()> {
-        snapshot::install_state(&self.keys, data, batch)
-    }
-
-    pub fn reload_after_snapshot(&self) -> Result<()> {
-        self.store.reload()?;
-        self.reload_tables()?;
-        self.hub.reset(self.store.current_revision());
-        Ok(())
+    /// Applies the member-table side of a committed conf change (raft has
+    /// changed its configuration already; `accepted` says whether it took it).
+    pub fn apply_membership(
+        &self,
+        index: u64,
+        cc: &ConfChangeV2,
+        context: &[u8],
+        accepted: Result<()>,
+        mut batch: WriteBatch,
+    ) -> Option<(Proposer, ApplyOutput)> {
+        let proposer = {
+            let mut t = self.tables.write();
+            membership::apply_context(&mut t.members, &self.keys, cc, context, &mut batch)
+        };
+        self.apply_noop(index, Some(batch));
+        let result = accepted.map(|()| Applied::Done);
+        proposer.map(|p| (p, ApplyOutput { result, rev: self.current_revision() }))
     }
 }
 
-impl SnapshotSource for StateMachine {
-    fn build(&self) -> Result<(u64, Vec<u8>)> {
-        let data = snapshot::encode_state(self.engine.as_ref(), &self.keys)?;
+/// A compaction applies in O(1): reads below `at` are refused from now on
+/// (the same on every member, ordered in the log); the history itself is
+/// removed in the background in bounded steps (`compactor.rs`), so the
+/// applier never stalls on a large store.
+fn compact(st: &mut crate::mvcc::State, at: i64) -> Result<Applied> {
+    if at <= st.compact_rev {
+        return Err(Error::Compacted);
+    }
+    if at > st.rev {
+        return Err(Error::FutureRev);
+    }
+    st.compact_rev = at;
+    Ok(Applied::Done)
+}
+
+impl RaftStateMachine for StateMachine {
+    type Output = ApplyOutput;
+
+    fn applied_index(&self) -> u64 {
+        StateMachine::applied_index(self)
+    }
+
+    fn apply_entry(&self, index: u64, data: &[u8]) -> Option<(Proposer, ApplyOutput)> {
+        if data.is_empty() {
+            self.apply_noop(index, None);
+            return None;
+        }
+        self.metrics.proposals_applied.inc();
+        self.apply_command(index, data)
+    }
+
+    fn apply_conf_change(
+        &self,
+        index: u64,
+        cc: &ConfChangeV2,
+        context: &[u8],
+        accepted: Result<()>,
+        batch: WriteBatch,
+    ) -> Option<(Proposer, ApplyOutput)> {
+        self.apply_membership(index, cc, context, accepted, batch)
+    }
+
+    fn failed(&self, e: Error) -> ApplyOutput {
+        ApplyOutput { result: Err(e), rev: self.current_revision() }
+    }
+
+    fn snapshot(&self) -> Result<(u64, Vec<u8>)> {
+        let data = crate::snapshot::encode_state(self.engine.as_ref(), &self.keys)?;
         Ok((self.applied_index(), data))
+    }
+
+    fn stage_restore(&self, data: &[u8], batch: &mut WriteBatch) -> Result<()> {
+        self.stage_snapshot(data, batch)
+    }
+
+    fn restored(&self) -> Result<()> {
+        self.reload()
+    }
+
+    fn on_leadership(&self, leader: bool, election: Duration) {
+        self.metrics.is_leader.set(i64::from(leader));
+        // Leases get the election on top, as etcd's lessor Promote.
+        self.set_lease_primary(leader, election);
+    }
+
+    fn peers_since(&self, version: Option<u64>) -> Option<(u64, Vec<(u64, String)>)> {
+        let t = self.tables.read();
+        let m = &t.members;
+        if version == Some(m.version()) {
+            return None;
+        }
+        Some((m.version(), m.all().filter_map(|x| x.peer_urls.first().map(|u| (x.id, u.clone()))).collect()))
     }
 }
 
@@ -330,3 +333,6 @@ pub fn txn_has_put(t: &TxnRequest) -> bool {
         _ => false,
     })
 }
+
+#[cfg(test)]
+mod tests;

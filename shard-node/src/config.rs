@@ -4,9 +4,9 @@
 
 use clap::Parser;
 use serde::Deserialize;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
+use tessera_rpc::flags::{socket_addr, FlagError, Interval, Urls};
 
 #[derive(Parser, Deserialize, Debug, Clone)]
 #[command(name = "shard-node", version, about = "A Tessera shard node: one member of an etcd-compatible raft group")]
@@ -20,16 +20,16 @@ pub struct Config {
     pub data_dir: String,
     /// URLs to listen on for client traffic (comma-separated).
     #[arg(long, default_value = "http://localhost:2379")]
-    pub listen_client_urls: String,
+    pub listen_client_urls: Urls,
     /// Client URLs advertised to the rest of the cluster.
     #[arg(long, default_value = "http://localhost:2379")]
-    pub advertise_client_urls: String,
+    pub advertise_client_urls: Urls,
     /// URLs to listen on for peer traffic.
     #[arg(long, default_value = "http://localhost:2380")]
-    pub listen_peer_urls: String,
+    pub listen_peer_urls: Urls,
     /// This member's peer URLs to advertise to the rest of the cluster.
     #[arg(long, default_value = "http://localhost:2380")]
-    pub initial_advertise_peer_urls: String,
+    pub initial_advertise_peer_urls: Urls,
     /// Initial cluster configuration for bootstrapping: name=peerURL,...
     #[arg(long, default_value = "default=http://localhost:2380")]
     pub initial_cluster: String,
@@ -62,14 +62,14 @@ pub struct Config {
     pub quota_backend_bytes: u64,
     /// Duration of periodic watch progress notifications (e.g. 10m, 5s).
     #[arg(long, default_value = "10m")]
-    pub experimental_watch_progress_notify_interval: String,
+    pub experimental_watch_progress_notify_interval: Interval,
     /// Additional URLs to serve /metrics and /health on.
     #[arg(long, default_value = "")]
-    pub listen_metrics_urls: String,
-    /// Revision clock: 'hlc' (the federation's rule: revisions follow a
-    /// hybrid logical clock) or 'counter' (etcd's +1 revisions).
-    #[arg(long, default_value = "hlc")]
-    pub revision_clock: String,
+    pub listen_metrics_urls: Urls,
+    /// Serve the federation's revision oracle from this group (placement's
+    /// store does): one timeline of revisions for every group.
+    #[arg(long, default_value_t = false)]
+    pub revision_oracle: bool,
     /// Bytes of recent watch events kept in memory for fast fan-out; watchers
     /// further behind read history from disk.
     #[arg(long, default_value_t = 64 << 20)]
@@ -84,7 +84,7 @@ pub struct Config {
     pub experimental_initial_corrupt_check: bool,
     /// How often the leader compares every member's data (0s = never).
     #[arg(long, default_value = "1m")]
-    pub experimental_corrupt_check_time: String,
+    pub experimental_corrupt_check_time: Interval,
     /// Path to a YAML configuration file (etcd's keys); flags are then ignored.
     #[arg(long)]
     #[serde(skip)]
@@ -93,7 +93,7 @@ pub struct Config {
     /// federation: it registers with placement and hosts the replicas the
     /// shard map assigns to it (--initial-cluster and friends are unused).
     #[arg(long, default_value = "")]
-    pub placement_endpoints: String,
+    pub placement_endpoints: Urls,
     /// Log level (error, warn, info, debug).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -108,6 +108,12 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub String);
+
+impl From<FlagError> for ConfigError {
+    fn from(e: FlagError) -> Self {
+        ConfigError(e.0)
+    }
+}
 
 /// One member of --initial-cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,11 +158,7 @@ impl Config {
     }
 
     pub fn advertise_peer_urls(&self) -> Vec<String> {
-        split_urls(&self.initial_advertise_peer_urls)
-    }
-
-    pub fn advertise_client_urls(&self) -> Vec<String> {
-        split_urls(&self.advertise_client_urls)
+        self.initial_advertise_peer_urls.to_vec()
     }
 
     /// etcd's default quota is 2 GiB; 0 means the default.
@@ -168,17 +170,12 @@ impl Config {
         }
     }
 
-    pub fn hlc_revisions(&self) -> bool {
-        // A federation's groups must share one revision timeline.
-        self.revision_clock == "hlc" || self.federated()
-    }
-
     pub fn federated(&self) -> bool {
         !self.placement_endpoints.is_empty()
     }
 
-    pub fn progress_notify_interval(&self) -> Result<Duration, ConfigError> {
-        parse_duration(&self.experimental_watch_progress_notify_interval)
+    pub fn progress_notify_interval(&self) -> Duration {
+        self.experimental_watch_progress_notify_interval.get()
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -197,17 +194,17 @@ impl Config {
                 self.initial_cluster_state
             )));
         }
-        if !matches!(self.revision_clock.as_str(), "hlc" | "counter") {
-            return Err(ConfigError("--revision-clock must be 'hlc' or 'counter'".into()));
+        if self.revision_oracle && self.federated() {
+            return Err(ConfigError("--revision-oracle is served by a standalone group (placement's store)".into()));
         }
         if self.max_request_bytes == 0 || self.max_txn_ops == 0 {
             return Err(ConfigError("--max-request-bytes and --max-txn-ops must be positive".into()));
         }
-        for u in split_urls(&self.listen_client_urls).iter().chain(&split_urls(&self.listen_peer_urls)) {
-            socket_addr(u)?;
+        if self.listen_client_urls.is_empty() || self.listen_peer_urls.is_empty() {
+            return Err(ConfigError("--listen-client-urls and --listen-peer-urls must name at least one URL".into()));
         }
-        self.progress_notify_interval()?;
-        parse_duration(&self.experimental_corrupt_check_time)?;
+        self.listen_client_urls.socket_addrs()?;
+        self.listen_peer_urls.socket_addrs()?;
         if self.federated() {
             return Ok(());
         }
@@ -228,41 +225,8 @@ impl Config {
                 adv.join(",")
             )));
         }
-        self.progress_notify_interval()?;
-        parse_duration(&self.experimental_corrupt_check_time)?;
         Ok(())
     }
-}
-
-pub fn split_urls(s: &str) -> Vec<String> {
-    s.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
-}
-
-/// `http://host:port` → a socket address to bind or dial.
-pub fn socket_addr(url: &str) -> Result<SocketAddr, ConfigError> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| ConfigError(format!("URL {url:?} must start with http:// (TLS is not supported yet)")))?;
-    let hostport = rest.trim_end_matches('/');
-    hostport
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.find(|a| a.is_ipv4()).or_else(|| hostport.to_socket_addrs().ok()?.next()))
-        .ok_or_else(|| ConfigError(format!("cannot resolve {url:?}")))
-}
-
-/// "10m", "5s", "250ms", "1h".
-pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
-    let bad = || ConfigError(format!("invalid duration {s:?}"));
-    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(bad()),
-    })
 }
 
 #[cfg(test)]
@@ -303,9 +267,15 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert!(parse_duration("ten").is_err());
+    fn typed_flags_parse_once() {
+        let c = Config::parse_from(["shard-node", "--experimental-watch-progress-notify-interval", "250ms"]);
+        assert_eq!(c.progress_notify_interval(), Duration::from_millis(250));
+        assert!(Config::try_parse_from(["shard-node", "--experimental-watch-progress-notify-interval", "ten"]).is_err());
+        assert!(Config::try_parse_from(["shard-node", "--listen-client-urls", "127.0.0.1:2379"]).is_err());
+        let yaml: Config =
+            serde_yaml::from_str("name: y\nlisten-client-urls: http://127.0.0.1:3379\nexperimental-corrupt-check-time: 5s")
+                .unwrap();
+        assert_eq!(yaml.listen_client_urls.first(), Some("http://127.0.0.1:3379"));
+        assert_eq!(yaml.experimental_corrupt_check_time.get(), Duration::from_secs(5));
     }
 }

@@ -22,13 +22,10 @@ pub async fn mismatched_peers(group: &Group, rev: i64) -> Result<Vec<u64>> {
     if rev == 0 {
         return Ok(vec![]);
     }
-    let store = &group.sm.store;
-    let (mine, _) = store.hash_kv(rev)?;
-    let compact = store.compact_revision();
+    let (mine, _, compact) = group.sm.hash_kv(rev)?;
     let peers: Vec<(u64, String)> = group
         .sm
-        .members
-        .read()
+        .members()
         .all()
         .filter(|m| m.id != group.member_id)
         .filter_map(|m| m.client_urls.first().map(|u| (m.id, u.clone())))
@@ -56,13 +53,13 @@ pub async fn mismatched_peers(group: &Group, rev: i64) -> Result<Vec<u64>> {
 
 /// At start: refuse to serve data that differs from every peer's.
 pub async fn initial_check(group: &Group) -> Result<()> {
-    let bad = mismatched_peers(group, group.sm.store.current_revision()).await?;
-    let peers = group.sm.members.read().ids().len().saturating_sub(1);
+    let bad = mismatched_peers(group, group.sm.current_revision()).await?;
+    let peers = group.sm.members().ids().len().saturating_sub(1);
     if !bad.is_empty() && bad.len() == peers {
         return Err(Error::Internal(format!(
             "found data inconsistency with peers {:x?} at revision {}: not serving",
             bad,
-            group.sm.store.current_revision()
+            group.sm.current_revision()
         )));
     }
     Ok(())
@@ -85,7 +82,7 @@ pub async fn run_periodic(group: Arc<Group>, every: Duration, mut stop: tokio::s
         }
         // Followers trail the leader a little: compare at a revision they
         // have had a moment to apply.
-        let rev = group.sm.store.current_revision();
+        let rev = group.sm.current_revision();
         tokio::time::sleep(FOLLOWER_GRACE).await;
         let bad = match mismatched_peers(&group, rev).await {
             Ok(b) => b,

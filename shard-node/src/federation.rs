@@ -72,25 +72,24 @@ async fn retire(node: &Arc<Node>, group: u64) -> anyhow::Result<()> {
 
 pub async fn run(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let config = &node.parts.config;
-    let endpoints = crate::config::split_urls(&config.placement_endpoints);
+    let endpoints = config.placement_endpoints.to_vec();
     let me = NodeInfo {
         name: config.name.clone(),
         peer_url: config.advertise_peer_urls()[0].clone(),
-        client_url: config.advertise_client_urls()[0].clone(),
+        client_url: config.advertise_client_urls.first().unwrap_or_default().to_string(),
     };
     // Register (or update our addresses), retrying until placement answers.
-    let mut i = 0;
+    let store = shardmap::store::Store::new(endpoints.clone());
     loop {
-        let url = &endpoints[i % endpoints.len()];
-        i += 1;
-        let r = shardmap::store::update(url, |map| {
-            if map.nodes.get(&me.name) == Some(&me) {
-                return Ok(false);
-            }
-            map.nodes.insert(me.name.clone(), me.clone());
-            Ok(true)
-        })
-        .await;
+        let r = store
+            .update(|map| {
+                if map.nodes.get(&me.name) == Some(&me) {
+                    return Ok::<_, std::convert::Infallible>(false);
+                }
+                map.nodes.insert(me.name.clone(), me.clone());
+                Ok(true)
+            })
+            .await;
         match r {
             Ok(_) => break,
             Err(e) => tracing::debug!(error = %e, "registering with placement"),

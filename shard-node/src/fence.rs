@@ -20,7 +20,7 @@
 
 use crate::engine::keys::GroupKeys;
 use crate::engine::{Engine, WriteBatch};
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use prost::Message;
 use tessera_proto::etcdserverpb::request_op::Request as OpRequest;
 use tessera_proto::etcdserverpb::TxnRequest;
@@ -43,12 +43,6 @@ pub async fn routed<F: std::future::Future>(epoch: u64, f: F) -> F::Output {
 /// The map epoch of the current call, 0 outside one.
 pub fn routed_epoch() -> u64 {
     ROUTED_EPOCH.try_with(|e| *e).unwrap_or(0)
-}
-
-/// The map epoch in a watch's cancel reason when a fence ended it (the
-/// text of `Error::EpochNotMatch`; a stream message has no metadata).
-pub fn epoch_in_cancel_reason(reason: &str) -> Option<u64> {
-    reason.strip_prefix("tessera: epoch not match (current ")?.strip_suffix(')')?.parse().ok()
 }
 
 #[derive(Default)]
@@ -89,7 +83,7 @@ impl Fences {
             .map(|f| f.epoch)
             .max();
         match newest {
-            Some(current) => Err(Error::EpochNotMatch { current }),
+            Some(current) => Err(Refusal::EpochNotMatch { current }.into()),
             None => Ok(()),
         }
     }
@@ -153,7 +147,7 @@ mod tests {
     #[test]
     fn older_epochs_are_refused_under_the_prefix_only() {
         let f = fenced();
-        assert!(matches!(f.check_range(6, b"/registry/pods/a", &[]), Err(Error::EpochNotMatch { current: 7 })));
+        assert!(matches!(f.check_range(6, b"/registry/pods/a", &[]), Err(Error::Refused(Refusal::EpochNotMatch { current: 7 }))));
         assert!(f.check_range(7, b"/registry/pods/a", &[]).is_ok());
         assert!(f.check_range(0, b"/registry/pods/a", &[]).is_ok(), "unrouted calls are not fenced");
         assert!(f.check_range(6, b"/registry/pods", &[]).is_ok(), "a sibling key is not under the prefix");
@@ -167,7 +161,8 @@ mod tests {
     #[test]
     fn nested_txn_ops_are_checked() {
         let f = fenced();
-        let put = |k: &[u8]| RequestOp { request: Some(OpRequest::RequestPut(PutRequest { key: k.to_vec(), ..Default::default() })) };
+        let put =
+            |k: &[u8]| RequestOp { request: Some(OpRequest::RequestPut(PutRequest { key: k.to_vec(), ..Default::default() })) };
         let inner = TxnRequest { success: vec![put(b"/registry/pods/x")], ..Default::default() };
         let outer = TxnRequest {
             success: vec![put(b"/other"), RequestOp { request: Some(OpRequest::RequestTxn(inner)) }],
@@ -175,13 +170,6 @@ mod tests {
         };
         assert!(f.check_op(3, &Op::Txn(outer.clone())).is_err());
         assert!(f.check_op(9, &Op::Txn(outer)).is_ok());
-    }
-
-    #[test]
-    fn a_cancel_reason_names_its_epoch() {
-        let reason = Error::EpochNotMatch { current: 42 }.to_string();
-        assert_eq!(epoch_in_cancel_reason(&reason), Some(42));
-        assert_eq!(epoch_in_cancel_reason("etcdserver: mvcc: required revision has been compacted"), None);
     }
 
     #[test]

@@ -1,60 +1,23 @@
 //! The handle the gRPC layer holds for one group: proposals, linearizable
 //! reads, status. The raft state machine itself runs on the group's driver
 //! thread (`raft::driver`); this handle only talks to it through its mailbox.
+//!
+//! Revisions: a standalone group counts them as etcd does (+1 per write).
+//! A group of a federation takes each write's revision hint from the
+//! federation's revision oracle and reads at the oracle's current value,
+//! raising itself to it first when it is behind, so every group shares one
+//! timeline (docs/architecture.md, "One revision timeline").
 
-use crate::apply::{ApplyOutput, StateMachine};
+use crate::apply::ApplyOutput;
 use crate::error::{Error, Result};
-use crate::hlc::Hlc;
-use crate::metrics;
-use parking_lot::{Mutex, RwLock};
+use crate::raft::{Msg, RaftHandle, RaftStatus};
+use crate::state::StateMachine;
 use prost::Message as _;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_proto::etcdserverpb::ResponseHeader;
-use tessera_proto::tessera::command::{command::Op, Command};
-use tokio::sync::oneshot;
-
-/// What the driver thread is asked to do.
-pub enum Msg {
-    Propose {
-        seq: u64,
-        data: Vec<u8>,
-    },
-    ProposeConfChange {
-        seq: u64,
-        cc: raft::prelude::ConfChangeV2,
-        context: Vec<u8>,
-    },
-    Raft(Box<raft::prelude::Message>),
-    /// Linearizable reads are waiting in `Group::reads`.
-    ReadIndex,
-    Unreachable(u64),
-    SnapshotStatus {
-        to: u64,
-        ok: bool,
-    },
-    TransferLeader(u64),
-    /// Stop the driver (clients may still hold the group).
-    Stop,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct RaftStatus {
-    pub leader: u64,
-    pub term: u64,
-    pub is_leader: bool,
-    pub is_learner: bool,
-    pub commit: u64,
-    pub applied: u64,
-    pub last_index: u64,
-    /// On the leader: every member's matched log index.
-    pub progress: Vec<(u64, u64)>,
-    pub voters: Vec<u64>,
-    pub learners: Vec<u64>,
-}
+use tessera_proto::tessera::command::{command::Op, Command, RevisionBump};
+use tessera_rpc::oracle::OracleClient;
 
 pub struct GroupSettings {
     pub request_timeout: Duration,
@@ -68,103 +31,127 @@ pub struct Group {
     pub member_id: u64,
     pub cluster_id: u64,
     pub sm: Arc<StateMachine>,
-    pub hlc: Hlc,
+    /// The federation's revision oracle; None for a standalone group.
+    pub oracle: Option<Arc<OracleClient>>,
     pub settings: GroupSettings,
-    mailbox: SyncSender<Msg>,
-    waiters: Mutex<HashMap<u64, oneshot::Sender<ApplyOutput>>>,
-    seq: AtomicU64,
-    /// Linearizable reads not yet handed to raft (the driver batches them
-    /// into one ReadIndex round).
-    pub(crate) reads: Mutex<Vec<oneshot::Sender<Result<()>>>>,
-    pub(crate) status: RwLock<RaftStatus>,
-    /// Becomes true when this member has been removed from the group.
-    pub removed: tokio::sync::watch::Sender<bool>,
+    /// The driver's side: mailbox, proposal waiters, reads, status.
+    pub raft: Arc<RaftHandle<ApplyOutput>>,
+    /// One revision bump at a time; those waiting for it find it done.
+    raising: tokio::sync::Mutex<()>,
 }
 
 impl Group {
     pub fn new(
-        id: u64,
-        member_id: u64,
         cluster_id: u64,
         sm: Arc<StateMachine>,
-        hlc: Hlc,
+        oracle: Option<Arc<OracleClient>>,
         settings: GroupSettings,
-        mailbox: SyncSender<Msg>,
+        raft: Arc<RaftHandle<ApplyOutput>>,
     ) -> Self {
-        Self {
-            id,
-            member_id,
-            cluster_id,
-            sm,
-            hlc,
-            settings,
-            mailbox,
-            waiters: Mutex::new(HashMap::new()),
-            seq: AtomicU64::new(1),
-            reads: Mutex::new(vec![]),
-            status: RwLock::new(RaftStatus::default()),
-            removed: tokio::sync::watch::channel(false).0,
-        }
+        let raising = tokio::sync::Mutex::new(());
+        Self { id: raft.group, member_id: raft.member, cluster_id, sm, oracle, settings, raft, raising }
     }
 
     /// A request to this group on another member: it names the group, as
     /// every call to a node hosting several groups must.
     pub fn request<T>(&self, msg: T) -> tonic::Request<T> {
-        shardmap::group_request(self.id, msg)
+        tessera_rpc::metadata::group_request(self.id, msg)
     }
 
     pub fn status(&self) -> RaftStatus {
-        self.status.read().clone()
+        self.raft.status()
     }
 
     pub fn header(&self, revision: i64) -> ResponseHeader {
-        ResponseHeader { cluster_id: self.cluster_id, member_id: self.member_id, revision, raft_term: self.status.read().term }
-    }
-
-    /// Stops the driver, waiting for room in the mailbox if need be.
-    pub fn stop(&self) {
-        let _ = self.mailbox.send(Msg::Stop);
+        ResponseHeader { cluster_id: self.cluster_id, member_id: self.member_id, revision, raft_term: self.raft.status().term }
     }
 
     pub fn send(&self, msg: Msg) -> Result<()> {
-        self.mailbox.try_send(msg).map_err(|e| match e {
-            TrySendError::Full(_) => Error::TooManyRequests,
-            TrySendError::Disconnected(_) => Error::Stopped,
-        })
+        self.raft.send(msg)
     }
 
     /// Proposes `op` through raft and waits for this member to apply it. It
-    /// carries the map epoch of the call it serves (`fence::routed_epoch`).
+    /// carries the map epoch of the call it serves (`fence::routed_epoch`)
+    /// and, in a federation, a revision from the oracle if it writes keys.
     pub async fn propose(&self, op: Op) -> Result<ApplyOutput> {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let writes = matches!(op, Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::LeaseRevoke(_) | Op::Fence(_));
+        let hint = match &self.oracle {
+            Some(o) if writes => o.next().await?,
+            _ => 0,
+        };
+        let out = self.propose_at(op, hint).await?;
+        // A revision above the hint (another write took the hint first):
+        // the oracle learns it before anyone is told of it.
+        if let Some(o) = self.oracle.as_ref().filter(|_| writes && out.rev > hint && out.result.is_ok()) {
+            o.observe(out.rev).await?;
+        }
+        Ok(out)
+    }
+
+    /// Raises the group's revision to at least `rev` (a bump: a raft entry
+    /// with no data), so no later write lands at or below it. Concurrent
+    /// raises share one bump.
+    pub async fn raise_to(&self, rev: i64) -> Result<i64> {
+        let current = self.sm.current_revision();
+        if current >= rev {
+            return Ok(current);
+        }
+        let _one = self.raising.lock().await;
+        if self.sm.current_revision() < rev {
+            // As far as the oracle has gone: later raises then cost nothing.
+            let hint = rev.max(self.oracle.as_ref().map_or(0, |o| o.issued()));
+            self.propose_at(Op::Bump(RevisionBump {}), hint).await?.result?;
+        }
+        Ok(self.sm.current_revision())
+    }
+
+    /// The revision a linearizable read answers at, with this member caught
+    /// up to it: standalone, the group's own after ReadIndex (None: read the
+    /// current state); in a federation, the oracle's current value — every
+    /// revision any response carried is at most it — with the group raised
+    /// to it if behind, so everything at or below it is applied here and
+    /// nothing later lands there.
+    pub async fn read_revision(&self) -> Result<Option<i64>> {
+        let Some(o) = &self.oracle else {
+            self.read_index().await?;
+            return Ok(None);
+        };
+        let rev = o.now().await?;
+        self.read_index().await?;
+        self.raise_to(rev).await?;
+        Ok(Some(rev))
+    }
+
+    /// Checks an explicit read or compaction revision against the group:
+    /// one the federation handed out that this group has not reached is
+    /// raised to (standalone, or never handed out: etcd's future-revision error).
+    pub async fn reach(&self, rev: i64) -> Result<()> {
+        if rev <= self.sm.current_revision() {
+            return Ok(());
+        }
+        match &self.oracle {
+            Some(o) if o.handed_out(rev).await? => self.raise_to(rev).await.map(|_| ()),
+            _ => Err(Error::FutureRev),
+        }
+    }
+
+    async fn propose_at(&self, op: Op, hint: i64) -> Result<ApplyOutput> {
+        let seq = self.raft.next_seq();
         let epoch = crate::fence::routed_epoch();
-        let cmd = Command { member_id: self.member_id, seq, revision_hint: self.hlc.now(), epoch, op: Some(op) };
+        let cmd = Command { member_id: self.member_id, seq, revision_hint: hint, epoch, op: Some(op) };
         let data = cmd.encode_to_vec();
         // As etcd: the limit applies to the request as it goes into the log.
         if data.len() > self.settings.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }
-        let (tx, rx) = oneshot::channel();
-        self.waiters.lock().insert(seq, tx);
-        if let Err(e) = self.send(Msg::Propose { seq, data }) {
-            self.waiters.lock().remove(&seq);
-            return Err(e);
+        let m = &self.sm.metrics;
+        m.proposals_pending.inc();
+        let out = self.raft.propose(seq, Msg::Propose { seq, data }, self.settings.request_timeout).await;
+        m.proposals_pending.dec();
+        if let Err(Error::Timeout) = &out {
+            m.proposals_failed.inc();
         }
-        metrics::PROPOSALS_PENDING.inc();
-        let out = tokio::time::timeout(self.settings.request_timeout, rx).await;
-        metrics::PROPOSALS_PENDING.dec();
-        match out {
-            Ok(Ok(out)) => {
-                self.hlc.observe(out.rev);
-                Ok(out)
-            }
-            Ok(Err(_)) => Err(Error::Stopped),
-            Err(_) => {
-                self.waiters.lock().remove(&seq);
-                metrics::PROPOSALS_FAILED.inc();
-                Err(Error::Timeout)
-            }
-        }
+        out
     }
 
     /// Proposes a membership change and waits for this member to apply it.
@@ -173,7 +160,7 @@ impl Group {
         change: raft::prelude::ConfChangeType,
         member: tessera_proto::tessera::command::MemberContext,
     ) -> Result<ApplyOutput> {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let seq = self.raft.next_seq();
         let mut single = raft::prelude::ConfChangeSingle::default();
         single.set_change_type(change);
         single.set_node_id(member.id);
@@ -181,34 +168,7 @@ impl Group {
         cc.set_changes(vec![single].into());
         let context = tessera_proto::tessera::command::ConfChangeContext { member_id: self.member_id, seq, member: Some(member) }
             .encode_to_vec();
-        let (tx, rx) = oneshot::channel();
-        self.waiters.lock().insert(seq, tx);
-        if let Err(e) = self.send(Msg::ProposeConfChange { seq, cc, context }) {
-            self.waiters.lock().remove(&seq);
-            return Err(e);
-        }
-        match tokio::time::timeout(self.settings.request_timeout, rx).await {
-            Ok(Ok(out)) => Ok(out),
-            Ok(Err(_)) => Err(Error::Stopped),
-            Err(_) => {
-                self.waiters.lock().remove(&seq);
-                Err(Error::Timeout)
-            }
-        }
-    }
-
-    /// Called by the driver when an entry this member proposed is applied.
-    pub(crate) fn resolve(&self, seq: u64, out: ApplyOutput) {
-        if let Some(tx) = self.waiters.lock().remove(&seq) {
-            let _ = tx.send(out);
-        }
-    }
-
-    pub(crate) fn fail(&self, seq: u64, e: Error) {
-        if let Some(tx) = self.waiters.lock().remove(&seq) {
-            let rev = self.sm.store.current_revision();
-            let _ = tx.send(ApplyOutput { result: Err(e), rev });
-        }
+        self.raft.propose(seq, Msg::ProposeConfChange { seq, cc, context }, self.settings.request_timeout).await
     }
 
     /// etcd's quota check, before proposing a write that grows the store:
@@ -222,7 +182,7 @@ impl Group {
         if self.sm.has_alarm(AlarmType::Nospace) {
             return Err(Error::NoSpace);
         }
-        if self.sm.store.size_in_use() + cost as u64 <= self.settings.quota_bytes {
+        if self.sm.size_in_use() + cost as u64 <= self.settings.quota_bytes {
             return Ok(());
         }
         tracing::warn!(quota = self.settings.quota_bytes, "storage quota exceeded: raising NOSPACE");
@@ -249,20 +209,17 @@ impl Group {
     /// call's map epoch (after `read_index`, so it sees every fence
     /// committed before the read began).
     pub fn check_fences(&self, key: &[u8], range_end: &[u8]) -> Result<()> {
-        self.sm.fences.read().check_range(crate::fence::routed_epoch(), key, range_end)
+        self.sm.check_fences(crate::fence::routed_epoch(), key, range_end)
     }
 
     /// Waits until this member has applied everything committed before the
     /// call (raft ReadIndex, no log write), so a local read is linearizable.
     pub async fn read_index(&self) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.reads.lock().push(tx);
-        // The driver may be busy; one wake-up covers every queued read.
-        let _ = self.mailbox.try_send(Msg::ReadIndex);
-        match tokio::time::timeout(self.settings.request_timeout, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(Error::Stopped),
-            Err(_) => Err(Error::Timeout),
-        }
+        self.raft.read_index(self.settings.request_timeout).await
+    }
+
+    /// Stops the driver, waiting for room in the mailbox if need be.
+    pub fn stop(&self) {
+        self.raft.stop();
     }
 }

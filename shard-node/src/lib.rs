@@ -7,6 +7,7 @@
 //! `node` (assembly, start/stop).
 
 pub mod apply;
+pub mod compactor;
 pub mod config;
 pub mod corruption;
 pub mod engine;
@@ -14,17 +15,19 @@ pub mod error;
 pub mod federation;
 pub mod fence;
 pub mod group;
-pub mod hlc;
 pub mod lease;
+pub mod locks;
 pub mod members;
 pub mod membership;
 pub mod metrics;
 pub mod mvcc;
 pub mod node;
-pub mod process;
+pub mod oracle;
 pub mod raft;
 pub mod replica;
 pub mod server;
+pub mod snapshot;
+pub mod state;
 pub mod watch;
 
 pub use config::Config;

@@ -2,15 +2,22 @@
 //! carries the member (a `MemberContext`): added members are recorded with
 //! their URLs and learner flag; removed ones are dropped.
 
-use crate::apply::StateMachine;
+use crate::engine::keys::GroupKeys;
 use crate::engine::WriteBatch;
+use crate::members::Members;
 use prost::Message;
 use raft::prelude::{ConfChangeType, ConfChangeV2};
 use tessera_proto::tessera::command::{ConfChangeContext, MemberContext};
 
 /// Applies the member-table side of a conf change; returns the proposer
 /// (member id, seq) so its waiting client can be answered.
-pub fn apply_context(sm: &StateMachine, cc: &ConfChangeV2, context: &[u8], batch: &mut WriteBatch) -> Option<(u64, u64)> {
+pub fn apply_context(
+    members: &mut Members,
+    keys: &GroupKeys,
+    cc: &ConfChangeV2,
+    context: &[u8],
+    batch: &mut WriteBatch,
+) -> Option<crate::raft::Proposer> {
     let decoded = ConfChangeContext::decode(context).ok();
     let ctx: Option<MemberContext> = decoded.as_ref().and_then(|c| c.member.clone());
     for change in cc.get_changes() {
@@ -20,17 +27,17 @@ pub fn apply_context(sm: &StateMachine, cc: &ConfChangeV2, context: &[u8], batch
                 let learner = change.get_change_type() == ConfChangeType::AddLearnerNode;
                 // A promotion keeps what is known of the member; an add
                 // brings the member's URLs in the context.
-                let existing = sm.members.read().get(id).cloned();
+                let existing = members.get(id).cloned();
                 let mut m = match (existing, &ctx) {
                     (Some(existing), _) => existing,
                     (None, Some(c)) if c.id == id => c.clone(),
                     _ => MemberContext { id, ..Default::default() },
                 };
                 m.is_learner = learner;
-                sm.upsert_member(m, batch);
+                members.upsert(m, keys, batch);
             }
-            ConfChangeType::RemoveNode => sm.remove_member(id, batch),
+            ConfChangeType::RemoveNode => members.remove(id, keys, batch),
         }
     }
-    decoded.map(|c| (c.member_id, c.seq))
+    decoded.map(|c| crate::raft::Proposer { member: c.member_id, seq: c.seq })
 }

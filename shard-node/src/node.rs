@@ -7,15 +7,15 @@
 //! port name their group in the `tessera-group` metadata; without it they go
 //! to group 0, so etcd clients talk to a standalone node unchanged.
 
-use crate::config::{socket_addr, split_urls, Config};
+use crate::config::Config;
 use crate::engine::{Engine, RocksEngine};
 use crate::group::Group;
+use crate::locks::RwLock;
 use crate::members::{fnv1a, member_id};
-use crate::raft::transport::{Mailboxes, Transport};
+use crate::raft::transport::{GrpcTransport, Mailboxes};
 use crate::replica::{Bootstrap, NodeParts, Replica};
 use crate::server::peer::PeerService;
 use anyhow::{bail, Context};
-use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -81,6 +81,25 @@ pub struct Running {
     pub node: Arc<Node>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The runtime of raft's network traffic (peer server, peer streams).
+    _raft_net: NetRuntime,
+}
+
+/// A runtime owned by async code: shut down without blocking when dropped.
+struct NetRuntime(Option<tokio::runtime::Runtime>);
+
+impl NetRuntime {
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0.as_ref().expect("running").handle().clone()
+    }
+}
+
+impl Drop for NetRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Running {
@@ -116,7 +135,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let removed = async {
         match running.group() {
             Some(g) => {
-                let _ = g.removed.subscribe().wait_for(|r| *r).await;
+                let _ = g.raft.removed.subscribe().wait_for(|r| *r).await;
             }
             None => futures::future::pending::<()>().await,
         }
@@ -131,30 +150,44 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 }
 
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    start_with(config, axum::Router::new()).await
-}
-
-/// Starts a node whose client port also serves `extra` routes (placement
-/// serves its admin API next to its store's etcd API this way).
-pub async fn start_with(config: Config, extra: axum::Router) -> anyhow::Result<Running> {
     config.validate()?;
     let dir = config.data_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating data dir {}", dir.display()))?;
     let engine: Arc<dyn Engine> = Arc::new(RocksEngine::open(&dir.join("db"))?);
-    let mailboxes: Mailboxes = Arc::new(RwLock::new(HashMap::new()));
-    let transport = Arc::new(Transport::new(tokio::runtime::Handle::current(), mailboxes.clone()));
+    let mailboxes: Mailboxes = crate::raft::transport::mailboxes();
+    // Raft's traffic between nodes (heartbeats, appends, votes) runs on a
+    // runtime of its own: a node whose client-facing runtime is saturated
+    // still keeps its leaders' leases and its followers' elections timers.
+    let raft_net = NetRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("raft-net")
+            .enable_all()
+            .build()
+            .context("starting the raft network runtime")?,
+    ));
+    let raft_net_handle = raft_net.handle();
+    let transport = Arc::new(GrpcTransport::new(raft_net_handle.clone(), mailboxes.clone()));
     let node = Arc::new(Node {
-        parts: NodeParts { config: config.clone(), engine, mailboxes, transport },
-        replicas: RwLock::new(HashMap::new()),
+        parts: NodeParts {
+            oracle: config.federated().then(|| tessera_rpc::oracle::OracleClient::new(config.placement_endpoints.to_vec())),
+            config: config.clone(),
+            engine,
+            mailboxes,
+            transport,
+        },
+        replicas: RwLock::leaf("hosted replicas", HashMap::new()),
         lifecycle: tokio::sync::Mutex::new(()),
     });
 
     // Bind before any driver runs so peers reach us as soon as we campaign.
-    let peer_listener = TcpListener::bind(socket_addr(&split_urls(&config.listen_peer_urls)[0])?).await?;
+    // A std listener, registered with the raft runtime's reactor below.
+    let peer_listener = std::net::TcpListener::bind(config.listen_peer_urls.socket_addrs()?[0])?;
+    peer_listener.set_nonblocking(true)?;
     let peer_addr = peer_listener.local_addr()?;
     let mut client_listeners = vec![];
-    for u in split_urls(&config.listen_client_urls) {
-        client_listeners.push(TcpListener::bind(socket_addr(&u)?).await.with_context(|| format!("listening on {u}"))?);
+    for (u, addr) in config.listen_client_urls.iter().zip(config.listen_client_urls.socket_addrs()?) {
+        client_listeners.push(TcpListener::bind(addr).await.with_context(|| format!("listening on {u}"))?);
     }
     let client_addrs: Vec<SocketAddr> = client_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
 
@@ -165,17 +198,22 @@ pub async fn start_with(config: Config, extra: axum::Router) -> anyhow::Result<R
     };
 
     let peer_svc = PeerService { node: node.clone() };
-    let peer_server = tonic::transport::Server::builder()
-        .add_service(PeerServer::new(peer_svc).max_decoding_message_size(usize::MAX))
-        .serve_with_incoming_shutdown(
-            tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(peer_listener), |s| {
-                s.inspect(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                })
-            }),
-            stopped(stop_rx.clone()),
-        );
-    tasks.push(tokio::spawn(async move {
+    let peer_stop = stopped(stop_rx.clone());
+    tasks.push(raft_net_handle.spawn(async move {
+        let peer_listener = match TcpListener::from_std(peer_listener) {
+            Ok(l) => l,
+            Err(e) => return tracing::error!(error = %e, "peer listener"),
+        };
+        let peer_server = tonic::transport::Server::builder()
+            .add_service(PeerServer::new(peer_svc).max_decoding_message_size(usize::MAX))
+            .serve_with_incoming_shutdown(
+                tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(peer_listener), |s| {
+                    s.inspect(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    })
+                }),
+                peer_stop,
+            );
         if let Err(e) = peer_server.await {
             tracing::error!(error = %e, "peer server failed");
         }
@@ -195,11 +233,11 @@ pub async fn start_with(config: Config, extra: axum::Router) -> anyhow::Result<R
     }
 
     for l in client_listeners {
-        let app = crate::server::node_router(node.clone()).merge(extra.clone());
+        let app = crate::server::node_router(node.clone());
         let rx = stop_rx.clone();
-        let l = crate::server::authority::ClientListener(l);
+        let l = tessera_rpc::authority::ClientListener(l);
         tasks.push(tokio::spawn(async move {
-            crate::server::serve::serve(l, app, stopped(rx)).await;
+            tessera_rpc::serve::serve(l, app, stopped(rx)).await;
         }));
     }
     if config.federated() {
@@ -207,7 +245,7 @@ pub async fn start_with(config: Config, extra: axum::Router) -> anyhow::Result<R
     }
 
     tracing::info!(name = config.name, client = ?client_addrs, peer = %peer_addr, federated = config.federated(), "shard-node serving");
-    Ok(Running { client_addrs, peer_addr, node, stop: stop_tx, tasks })
+    Ok(Running { client_addrs, peer_addr, node, stop: stop_tx, tasks, _raft_net: raft_net })
 }
 
 /// Standalone mode: the group from etcd's --initial-cluster flags.
@@ -222,7 +260,7 @@ fn standalone_bootstrap(config: &Config) -> anyhow::Result<Bootstrap> {
         .iter()
         .map(|m| {
             let id = member_id(&m.peer_urls, token);
-            let client_urls = if id == my_id { config.advertise_client_urls() } else { vec![] };
+            let client_urls = if id == my_id { config.advertise_client_urls.to_vec() } else { vec![] };
             MemberContext { id, name: m.name.clone(), peer_urls: m.peer_urls.clone(), client_urls, is_learner: false }
         })
         .collect();

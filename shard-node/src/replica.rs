@@ -2,18 +2,18 @@
 //! run its driver thread and its background loops, and stop it. A node
 //! hosts any number of these over one engine and one transport (`node.rs`).
 
-use crate::apply::StateMachine;
 use crate::config::Config;
 use crate::engine::keys::{decode_u64, GroupKeys};
 use crate::engine::{Engine, WriteBatch};
-use crate::group::{Group, GroupSettings, Msg};
-use crate::hlc::Hlc;
+use crate::group::{Group, GroupSettings};
+use crate::locks::Mutex;
 use crate::raft::driver::{Driver, DriverSettings};
 use crate::raft::storage::RaftStorage;
-use crate::raft::transport::{Mailboxes, Transport};
+use crate::raft::transport::Mailboxes;
+use crate::raft::{Msg, RaftHandle, Transport};
 use crate::server::ClientApi;
+use crate::state::StateMachine;
 use anyhow::{bail, Context};
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_proto::tessera::command::{command::Op, MemberAttributes, MemberContext};
@@ -34,7 +34,9 @@ pub struct NodeParts {
     pub config: Config,
     pub engine: Arc<dyn Engine>,
     pub mailboxes: Mailboxes,
-    pub transport: Arc<Transport>,
+    pub transport: Arc<dyn Transport>,
+    /// The federation's revision oracle (None: a standalone node).
+    pub oracle: Option<Arc<tessera_rpc::oracle::OracleClient>>,
 }
 
 pub struct Replica {
@@ -91,9 +93,9 @@ pub async fn start(parts: &NodeParts, group_id: u64, boot: Bootstrap) -> anyhow:
                 batch.put(keys.identity("member_id"), member_id.to_be_bytes().to_vec());
                 batch.put(keys.identity("cluster_id"), cluster_id.to_be_bytes().to_vec());
                 engine.write(batch, true)?;
-                sm.reload_after_snapshot()?;
+                sm.reload()?;
                 if !restore_from.is_empty() {
-                    tracing::info!(from = restore_from, revision = sm.store.current_revision(), "restored from backup");
+                    tracing::info!(from = restore_from, revision = sm.current_revision(), "restored from backup");
                 }
                 tracing::info!(
                     group = group_id,
@@ -136,27 +138,26 @@ pub async fn start(parts: &NodeParts, group_id: u64, boot: Bootstrap) -> anyhow:
 
     let request_timeout = Duration::from_secs(5) + 2 * Duration::from_millis(config.election_timeout);
     let (mb_tx, mb_rx) = std::sync::mpsc::sync_channel::<Msg>(8192);
-    for id in sm.members.read().ids() {
-        if let Some(url) = sm.members.read().get(id).and_then(|m| m.peer_urls.first().cloned()) {
-            parts.transport.set_peer(id, url);
+    for m in sm.members().all() {
+        if let Some(url) = m.peer_urls.first() {
+            parts.transport.set_peer(m.id, url.clone());
         }
     }
+    let handle = Arc::new(RaftHandle::new(group_id, member_id, mb_tx.clone()));
     let group = Arc::new(Group::new(
-        group_id,
-        member_id,
         cluster_id,
         sm.clone(),
-        Hlc::new(config.hlc_revisions()),
+        parts.oracle.clone(),
         GroupSettings { request_timeout, max_request_bytes: config.max_request_bytes, quota_bytes: config.quota_bytes() },
-        mb_tx.clone(),
+        handle.clone(),
     ));
-    group.hlc.observe(sm.store.current_revision());
     parts.mailboxes.write().insert(group_id, mb_tx);
 
     let driver = Driver::new(
         node,
         storage,
-        group.clone(),
+        sm.clone(),
+        handle,
         mb_rx,
         parts.transport.clone(),
         DriverSettings {
@@ -174,20 +175,43 @@ pub async fn start(parts: &NodeParts, group_id: u64, boot: Bootstrap) -> anyhow:
     let api = ClientApi {
         group: group.clone(),
         max_txn_ops: config.max_txn_ops,
-        progress_interval: config.progress_notify_interval()?,
+        progress_interval: config.progress_notify_interval(),
         min_lease_ttl,
+        serve_oracle: config.revision_oracle,
     }
     .grpc_router();
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = vec![];
+    if let Some(oracle) = parts.oracle.clone() {
+        // Data written before this group joined the timeline (or by a
+        // version that counted revisions itself) must not be above it.
+        let rev = sm.current_revision();
+        tasks.push(tokio::spawn(async move {
+            while oracle.observe(rev).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }));
+    }
+    tasks.push(tokio::spawn(crate::compactor::run(sm.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(crate::server::lease::run_lease_loops(group.clone(), Duration::from_secs(300), stop_rx.clone())));
-    let corrupt_every = crate::config::parse_duration(&config.experimental_corrupt_check_time)?;
+    let corrupt_every = config.experimental_corrupt_check_time.get();
     if !corrupt_every.is_zero() {
         tasks.push(tokio::spawn(crate::corruption::run_periodic(group.clone(), corrupt_every, stop_rx.clone())));
     }
-    tasks.push(tokio::spawn(publish_attributes(group.clone(), config.name.clone(), config.advertise_client_urls(), stop_rx)));
-    Ok(Arc::new(Replica { group, api, stop, tasks: Mutex::new(tasks), driver: Mutex::new(Some(driver)) }))
+    tasks.push(tokio::spawn(publish_attributes(
+        group.clone(),
+        config.name.clone(),
+        config.advertise_client_urls.to_vec(),
+        stop_rx,
+    )));
+    Ok(Arc::new(Replica {
+        group,
+        api,
+        stop,
+        tasks: Mutex::leaf("replica tasks", tasks),
+        driver: Mutex::leaf("replica driver", Some(driver)),
+    }))
 }
 
 impl Replica {
@@ -303,7 +327,7 @@ async fn join_existing(
 /// data and leases, none of its members, alarms or log position.
 fn stage_restore(path: &str, keys: &GroupKeys, sm: &StateMachine, batch: &mut WriteBatch) -> anyhow::Result<()> {
     let file = std::fs::read(path).with_context(|| format!("reading {path}"))?;
-    let state = crate::raft::snapshot::decode_backup(&file)?;
+    let state = crate::snapshot::decode_backup(&file)?;
     sm.stage_snapshot(state, batch)?;
     let (start, end) = keys.table(b'n');
     batch.delete_range(start, end);

@@ -1,13 +1,12 @@
 //! A member whose stored data diverges is caught by the HashKV checks:
 //! refused at start, or marked CORRUPT by the leader's periodic check.
 
-mod common;
-use common::Cluster;
 use prost::Message;
 use shard_node::engine::keys::GroupKeys;
 use shard_node::engine::{Engine, RocksEngine, WriteBatch};
 use std::time::{Duration, Instant};
 use tessera_proto::mvccpb::KeyValue;
+use tessera_testkit::Cluster;
 
 /// Rewrites the value of the oldest stored revision in a stopped member's data.
 fn tamper(dir: &std::path::Path) {

@@ -2,10 +2,10 @@
 //! lost, and the killed member catches up from its data dir — by snapshot
 //! when the log was compacted meanwhile.
 
-mod common;
-use common::{assert_has_all, Cluster, LoadWriter};
 use etcd_client::GetOptions;
 use std::time::Duration;
+use tessera_testkit::load::{assert_has_all, LoadWriter};
+use tessera_testkit::Cluster;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn leader_kill_under_writes_loses_nothing_and_member_catches_up_by_snapshot() {

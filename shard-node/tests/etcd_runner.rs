@@ -1,25 +1,17 @@
-//! etcd's own client workloads (etcd-runner, built by
-//! ../shared/tools/etcd-peers.sh) against a 3-member group.
+//! etcd's own client workloads (etcd-runner, installed by
+//! scripts/etcd-tools.sh) against a 3-member group.
 
-mod common;
-use common::Cluster;
-use std::process::Command;
 use std::time::Duration;
-
-fn runner() -> String {
-    std::env::var("ETCD_RUNNER").unwrap_or_else(|_| {
-        format!("{}/.cache/etcd-peers/bin/etcd-runner", std::env::var("HOME").unwrap_or_default())
-    })
-}
+use tessera_testkit::{bins, Cluster};
 
 /// Runs a workload to completion; etcd-runner panics (exit 2) when a round
 /// makes no progress for a minute, and exits non-zero on a broken invariant.
 fn run(cluster: &Cluster, args: &[&str]) {
-    let out = Command::new(runner())
+    let out = bins::command(bins::etcd_tool("3.4", "etcd-runner"))
         .args(args)
         .arg(format!("--endpoints={}", cluster.endpoints().join(",")))
         .output()
-        .expect("etcd-runner is built by scripts/test.sh (../shared/tools/etcd-peers.sh)");
+        .expect("etcd-runner runs");
     assert!(out.status.success(), "etcd-runner {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -37,7 +29,7 @@ async fn election_lock_racer_and_watcher() {
 async fn lease_renewer_never_loses_its_lease() {
     let c = Cluster::start(3, &[]).await;
     // The renewer loops forever and exits non-zero on a lost or badly renewed lease.
-    let mut child = Command::new(runner())
+    let mut child = bins::command(bins::etcd_tool("3.4", "etcd-runner"))
         .args(["lease-renewer", "--ttl=4"])
         .arg(format!("--endpoints={}", c.endpoints().join(",")))
         .stdout(std::process::Stdio::piped())

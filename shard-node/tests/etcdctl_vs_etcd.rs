@@ -2,8 +2,8 @@
 //! group: outputs must match (lease ids normalised; revision numbers are not
 //! printed by these commands).
 
-mod common;
-use common::{etcdctl, etcdctl_stdin, Cluster, RealEtcd};
+use tessera_testkit::etcd::{etcdctl, etcdctl_stdin, RealEtcd};
+use tessera_testkit::Cluster;
 
 /// One step: etcdctl args, and stdin for `txn`.
 const SESSION: &[(&[&str], &str)] = &[
@@ -112,8 +112,20 @@ async fn lease_session_matches_real_etcd() {
             let text = text.replace(&id, "ID");
             let text: String = text
                 .split_inclusive('\n')
-                .map(|l| if l.contains("remaining(") { l.split("remaining(").next().unwrap().to_string() + "remaining(..)\n" } else { l.to_string() })
-                .map(|l| if l.contains(" keepalived with TTL(") { l.split(" keepalived").next().unwrap().to_string() + " keepalived\n" } else { l })
+                .map(|l| {
+                    if l.contains("remaining(") {
+                        l.split("remaining(").next().unwrap().to_string() + "remaining(..)\n"
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .map(|l| {
+                    if l.contains(" keepalived with TTL(") {
+                        l.split(" keepalived").next().unwrap().to_string() + " keepalived\n"
+                    } else {
+                        l
+                    }
+                })
                 .collect();
             out.push(format!("$ {}\n{text}", args.join(" ").replace(&id, "ID")));
         }
@@ -141,11 +153,7 @@ async fn maintenance_calls_with_scheme_endpoints_and_cluster_flag() {
             vec!["endpoint", "health", "--cluster"],
         ] {
             let out = etcdctl(&url, &args);
-            assert!(
-                out.status.success(),
-                "{ep}: etcdctl {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "{ep}: etcdctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         let cluster_status = String::from_utf8_lossy(&etcdctl(&url, &["endpoint", "status", "--cluster"]).stdout).to_string();
         let members = if ep == etcd.endpoint { 1 } else { 3 };

@@ -3,16 +3,32 @@
 //! names, which fields are present, types) and the same keys, values and
 //! etcd error texts. Revisions and ids are masked: they differ by design.
 
-mod common;
-use common::json_http::{b64, post, Stream};
-use common::{Cluster, RealEtcd};
 use serde_json::{json, Value};
+use tessera_testkit::etcd::RealEtcd;
+use tessera_testkit::json_http::{b64, post, Stream};
+use tessera_testkit::Cluster;
 
 /// Fields whose values differ between two correct servers.
 const MASKED: &[&str] = &[
-    "cluster_id", "member_id", "revision", "raft_term", "create_revision", "mod_revision", "compact_revision", "ID",
-    "dbSize", "dbSizeInUse", "leader", "raftIndex", "raftTerm", "raftAppliedIndex", "peerURLs", "clientURLs", "name",
-    "grantedTTL", "TTL",
+    "cluster_id",
+    "member_id",
+    "revision",
+    "raft_term",
+    "create_revision",
+    "mod_revision",
+    "compact_revision",
+    "ID",
+    "dbSize",
+    "dbSizeInUse",
+    "leader",
+    "raftIndex",
+    "raftTerm",
+    "raftAppliedIndex",
+    "peerURLs",
+    "clientURLs",
+    "name",
+    "grantedTTL",
+    "TTL",
 ];
 
 /// The comparable part of an answer: masked fields keep only their type;
@@ -51,6 +67,7 @@ fn revision(v: &Value) -> i64 {
 
 /// The session; `rev` is the server's own revision after the first put, so
 /// requests naming revisions mean the same thing on both.
+#[allow(clippy::disallowed_names)] // etcd's documentation's own key and value
 fn session(ep: &str) -> Vec<(String, u16, Value)> {
     let mut out = vec![];
     let mut call = |name: &str, path: &str, body: String| {
@@ -90,7 +107,11 @@ fn session(ep: &str) -> Vec<(String, u16, Value)> {
                            {"request_range": {"key": b64("t")}}, {"request_txn": {}}]})
         .to_string(),
     );
-    call("txn duplicate key", "/v3/kv/txn", json!({"success": [{"request_put": {"key": "YQ=="}}, {"request_put": {"key": "YQ=="}}]}).to_string());
+    call(
+        "txn duplicate key",
+        "/v3/kv/txn",
+        json!({"success": [{"request_put": {"key": "YQ=="}}, {"request_put": {"key": "YQ=="}}]}).to_string(),
+    );
     call("delete with prev_kv", "/v3/kv/deleterange", json!({"key": foo, "prev_kv": true}).to_string());
     call("put without key", "/v3/kv/put", json!({"value": bar}).to_string());
     call("future revision", "/v3/kv/range", json!({"key": foo, "revision": "4611686018427387903"}).to_string());
@@ -112,19 +133,18 @@ fn session(ep: &str) -> Vec<(String, u16, Value)> {
     call("compact", "/v3/kv/compaction", json!({"revision": rev.to_string()}).to_string());
     call("compact again", "/v3/kv/compaction", json!({"revision": rev.to_string()}).to_string());
     call("range compacted", "/v3/kv/range", json!({"key": foo, "revision": (rev - 1).max(1).to_string()}).to_string());
-    drop(call);
 
     // Streams: a watch from a past revision with prev_kv; a keepalive of a
     // live and of an unknown lease.
     let watch = json!({"create_request": {"key": foo, "start_revision": rev.to_string(), "prev_kv": true}}).to_string();
     let mut s = Stream::open(ep, "/v3/watch", &watch);
     for i in 0..2 {
-        out.push((format!("watch line {i}"), s.status, shape(&s.next().unwrap())));
+        out.push((format!("watch line {i}"), s.status, shape(&s.next_line().unwrap())));
     }
     post(ep, "/v3/lease/grant", &json!({"TTL": "60", "ID": "78"}).to_string());
     for (name, id) in [("keepalive", "78"), ("keepalive unknown", "79")] {
         let mut s = Stream::open(ep, "/v3/lease/keepalive", &json!({"ID": id}).to_string());
-        out.push((name.to_string(), s.status, shape(&s.next().unwrap())));
+        out.push((name.to_string(), s.status, shape(&s.next_line().unwrap())));
     }
     out
 }
@@ -140,10 +160,10 @@ fn progress_after_history(ep: &str) {
     let body = json!({"create_request": {"key": key, "start_revision": from.to_string()}}).to_string()
         + &json!({"progress_request": {}}).to_string();
     let mut s = Stream::open(ep, "/v3/watch", &body);
-    assert_eq!(s.next().unwrap()["result"]["created"], json!(true));
+    assert_eq!(s.next_line().unwrap()["result"]["created"], json!(true));
     let mut events = 0;
     loop {
-        let line = s.next().unwrap();
+        let line = s.next_line().unwrap();
         let r = &line["result"];
         if let Some(e) = r["events"].as_array() {
             events += e.len();
@@ -180,8 +200,8 @@ async fn json_gateway_matches_etcd() {
     // A malformed object in a stream ends it with an error line (etcd 3.4
     // stalls silently).
     let mut bad = Stream::open(&ep, "/v3/watch", r#"{"create_request":{"key":"Zm9v"}}{"create_request":{"start_revision":"x"}}"#);
-    assert_eq!(bad.next().unwrap()["result"]["created"], json!(true));
-    let err = bad.next().unwrap();
+    assert_eq!(bad.next_line().unwrap()["result"]["created"], json!(true));
+    let err = bad.next_line().unwrap();
     assert_eq!(err["error"]["grpc_code"], json!(3), "{err}");
-    assert_eq!(bad.next(), None, "the stream ends after its error");
+    assert_eq!(bad.next_line(), None, "the stream ends after its error");
 }

@@ -1,8 +1,7 @@
 //! The HTTP endpoints etcd serves on its client port, over plain HTTP/1.1.
 
-mod common;
-use common::Cluster;
 use std::io::{Read, Write};
+use tessera_testkit::Cluster;
 
 fn get(endpoint: &str, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(endpoint).unwrap();
@@ -21,18 +20,25 @@ async fn metrics_health_and_version() {
 
     let metrics = get(&ep, "/metrics");
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
-    for name in ["etcd_server_has_leader 1", "etcd_disk_wal_fsync_duration_seconds_count", "etcd_server_proposals_applied_total"] {
+    // A node's series of a group carry its label (a standalone group is group 0).
+    for name in [
+        "etcd_server_has_leader{group=\"0\"} 1",
+        "etcd_disk_wal_fsync_duration_seconds_count",
+        "etcd_server_proposals_applied_total{group=\"0\"}",
+        // etcd's client-facing gRPC series (go-grpc-prometheus names).
+        "grpc_server_started_total{grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 1",
+        "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 1",
+        "grpc_server_msg_received_total{grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 1",
+        "grpc_server_msg_sent_total{grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 1",
+    ] {
         assert!(metrics.contains(name), "missing {name} in:\n{metrics}");
     }
-    assert!(metrics.contains("etcd_debugging_mvcc_keys_total 1\n"), "one key was put:\n{metrics}");
+    assert!(metrics.contains("etcd_debugging_mvcc_keys_total{group=\"0\"} 1\n"), "one key was put:\n{metrics}");
     let size = metrics.lines().find_map(|l| l.strip_prefix("etcd_mvcc_db_total_size_in_bytes ")).unwrap();
     assert!(size.trim().parse::<u64>().unwrap() > 0, "db size is read at scrape time");
     // Exactly one member reports itself leader.
-    let leaders = c
-        .members
-        .iter()
-        .filter(|m| get(&m.endpoint(), "/metrics").contains("etcd_server_is_leader 1\n"))
-        .count();
+    let leaders =
+        c.members.iter().filter(|m| get(&m.endpoint(), "/metrics").contains("etcd_server_is_leader{group=\"0\"} 1\n")).count();
     assert_eq!(leaders, 1);
     let health = get(&ep, "/health");
     assert!(health.starts_with("HTTP/1.1 200") && health.contains(r#"{"health":"true"}"#), "{health}");
@@ -56,7 +62,7 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 /// call on it): grpc-go, and so etcd, does not.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_of_cancelled_calls_keeps_the_connection() {
-    let etcd = common::RealEtcd::start().await;
+    let etcd = tessera_testkit::etcd::RealEtcd::start().await;
     burst_of_resets_then_ping(&etcd.endpoint);
     let c = Cluster::start(1, &[]).await;
     burst_of_resets_then_ping(&c.members[0].endpoint());
@@ -68,7 +74,7 @@ fn burst_of_resets_then_ping(endpoint: &str) {
     s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
     let mut burst = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     burst.extend(frame(0x4, 0, 0, &[])); // SETTINGS
-    // :method POST, :scheme http, :path /, :authority "a:1" (not indexed).
+                                         // :method POST, :scheme http, :path /, :authority "a:1" (not indexed).
     let headers = [0x83, 0x86, 0x84, 0x01, 0x03, b'a', b':', b'1'];
     const END_HEADERS: u8 = 0x4;
     const CANCEL: [u8; 4] = [0, 0, 0, 8];
@@ -117,11 +123,15 @@ async fn many_streams_on_one_connection(endpoint: &str, n: usize) {
             let (tx, rx) = tokio::sync::mpsc::channel(1);
             let create = WatchCreateRequest { key: format!("many/{i}").into_bytes(), ..Default::default() };
             tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await.unwrap();
-            let mut s = WatchClient::new(ch.clone()).watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+            let mut s =
+                WatchClient::new(ch.clone()).watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
             assert!(s.message().await.unwrap().unwrap().created);
             open.push((tx, s));
         }
-        KvClient::new(ch.clone()).put(PutRequest { key: b"many/put".to_vec(), value: b"v".to_vec(), ..Default::default() }).await.unwrap();
+        KvClient::new(ch.clone())
+            .put(PutRequest { key: b"many/put".to_vec(), value: b"v".to_vec(), ..Default::default() })
+            .await
+            .unwrap();
         open.len()
     };
     let opened = tokio::time::timeout(std::time::Duration::from_secs(20), work).await;
@@ -130,7 +140,7 @@ async fn many_streams_on_one_connection(endpoint: &str, n: usize) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hundreds_of_watches_on_one_connection() {
-    let etcd = common::RealEtcd::start().await;
+    let etcd = tessera_testkit::etcd::RealEtcd::start().await;
     many_streams_on_one_connection(&etcd.endpoint, 300).await;
     let c = Cluster::start(1, &[]).await;
     many_streams_on_one_connection(&c.members[0].endpoint(), 300).await;

@@ -1,8 +1,7 @@
 //! etcd's KV semantics through the etcd-client crate against a 3-member group.
 
-mod common;
-use common::Cluster;
 use etcd_client::*;
+use tessera_testkit::Cluster;
 
 fn code_and_message(e: Error) -> (tonic::Code, String) {
     match e {
@@ -154,7 +153,10 @@ async fn errors_carry_etcd_codes_and_messages() {
     let rev = cl.put("e", "1", None).await.unwrap().header().unwrap().revision();
 
     let future = cl.get("e", Some(GetOptions::new().with_revision(rev + 1_000_000))).await.unwrap_err();
-    assert_eq!(code_and_message(future), (tonic::Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision".into()));
+    assert_eq!(
+        code_and_message(future),
+        (tonic::Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision".into())
+    );
 
     let big = cl.put("big", vec![0u8; 8192], None).await.unwrap_err();
     assert_eq!(code_and_message(big), (tonic::Code::InvalidArgument, "etcdserver: request is too large".into()));

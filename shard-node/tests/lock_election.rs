@@ -1,9 +1,9 @@
 //! etcd's server-side Lock and Election services, run the same way against
 //! real etcd and against Tessera.
 
-mod common;
-use common::recipes::{election_scenario, lock_scenario};
-use common::{Cluster, RealEtcd};
+use tessera_testkit::etcd::RealEtcd;
+use tessera_testkit::recipes::{election_scenario, lock_scenario};
+use tessera_testkit::Cluster;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lock_behaves_as_etcd() {

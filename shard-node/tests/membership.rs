@@ -2,10 +2,11 @@
 //! would: learners under load, promotion, removal, leader moves, backups,
 //! hashes and the space quota.
 
-mod common;
-use common::{assert_has_all, etcdctl, Cluster, LoadWriter};
 use etcd_client::{Client, GetOptions};
 use std::time::{Duration, Instant};
+use tessera_testkit::etcd::etcdctl;
+use tessera_testkit::load::{assert_has_all, LoadWriter};
+use tessera_testkit::Cluster;
 
 fn ok(out: std::process::Output) -> String {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -32,7 +33,8 @@ async fn learner_joins_under_load_then_is_promoted_and_replaces_a_voter() {
     // Add a learner with etcdctl and start it as `member add` says.
     let n4 = c.add_member_slot();
     let out = ok(c.etcdctl(0, &["member", "add", "n4", "--learner", &format!("--peer-urls={}", c.peer_url(n4))]));
-    let initial_cluster = out.lines().find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=")).unwrap().trim_matches('"').to_string();
+    let initial_cluster =
+        out.lines().find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=")).unwrap().trim_matches('"').to_string();
     c.spawn_joining(n4, &initial_cluster);
 
     // It catches up while the group keeps serving.

@@ -1,10 +1,9 @@
 //! Watch behaviour at the edges: fragments, periodic progress, and a
 //! watcher so far behind that it must catch up from history on disk.
 
-mod common;
-use common::Cluster;
 use etcd_client::*;
 use std::time::Duration;
+use tessera_testkit::Cluster;
 
 async fn next(stream: &mut WatchStream) -> WatchResponse {
     tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("watch response in time").unwrap().unwrap()

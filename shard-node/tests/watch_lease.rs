@@ -1,9 +1,8 @@
 //! Watch and lease behaviour through the etcd-client crate.
 
-mod common;
-use common::Cluster;
 use etcd_client::*;
 use std::time::Duration;
+use tessera_testkit::Cluster;
 
 async fn next(stream: &mut WatchStream) -> WatchResponse {
     tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("watch response in time").unwrap().unwrap()
@@ -25,10 +24,7 @@ async fn watch_replays_history_then_streams_live() {
         let r = next(&mut stream).await;
         events.extend(r.events().iter().map(|e| (e.event_type(), e.kv().unwrap().key_str().unwrap().to_string())));
     }
-    assert_eq!(
-        events,
-        [(EventType::Put, "w/a".into()), (EventType::Put, "w/b".into()), (EventType::Delete, "w/a".into())]
-    );
+    assert_eq!(events, [(EventType::Put, "w/a".into()), (EventType::Put, "w/b".into()), (EventType::Delete, "w/a".into())]);
 
     // Live: one txn's events arrive together, with prev_kv.
     cl.txn(Txn::new().and_then([TxnOp::put("w/x", "1", None), TxnOp::put("w/b", "3", None)])).await.unwrap();

@@ -12,23 +12,6 @@ pub mod watcher;
 pub use map::{GroupInfo, NodeInfo, Replica, ShardMap};
 pub use unit::placement_unit;
 
-/// gRPC metadata a request to a shard-node carries to name its group.
-pub const GROUP_HEADER: &str = "tessera-group";
-/// gRPC metadata: the shard-map epoch the router routed by.
-pub const EPOCH_HEADER: &str = "tessera-epoch";
-/// gRPC metadata on an `EpochNotMatch` error: the map epoch the call must
-/// be routed by (the router waits until its map has it, then routes again).
-pub const CURRENT_EPOCH_HEADER: &str = "tessera-current-epoch";
-/// gRPC metadata: the highest revision the router has seen; the group's
-/// revision clock is raised to it before proposing (the revision rule).
-pub const REVISION_HEADER: &str = "tessera-revision";
-/// A call to one group on a shard-node (client or peer port).
-pub fn group_request<T>(group: u64, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(GROUP_HEADER, group.into());
-    r
-}
-
 /// The key in placement's own store that holds the map (JSON).
 pub const MAP_KEY: &[u8] = b"/tessera/placement/map";
 

@@ -43,6 +43,10 @@ impl GroupInfo {
 pub struct ShardMap {
     /// Increases on every change.
     pub epoch: u64,
+    /// The federation's etcd cluster id, as every router's response header
+    /// carries it: its placement store's, recorded with the first map.
+    #[serde(default)]
+    pub cluster_id: u64,
     /// Placement units hold at most this many slashes.
     pub depth: usize,
     pub next_group: u64,
@@ -63,6 +67,7 @@ impl Default for ShardMap {
     fn default() -> Self {
         Self {
             epoch: 0,
+            cluster_id: 0,
             depth: DEFAULT_DEPTH,
             next_group: 1,
             nodes: BTreeMap::new(),

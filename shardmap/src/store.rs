@@ -1,6 +1,7 @@
-//! Changing the map in placement's store: read it, change a copy, write it
-//! back with a compare on its mod revision (retrying when another writer
-//! came first). Each change raises the epoch.
+//! The map in placement's store (any etcd API: a standalone Tessera group
+//! in `tessera dev`): read it, or change a copy and write it back with a
+//! compare on its mod revision, retrying when another writer came first.
+//! Each change raises the epoch.
 
 use crate::map::ShardMap;
 use crate::watcher::{channel, FetchError};
@@ -9,48 +10,96 @@ use tessera_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetU
 use tessera_proto::etcdserverpb::kv_client::KvClient;
 use tessera_proto::etcdserverpb::request_op::Request as OpRequest;
 use tessera_proto::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use tonic::transport::Channel;
 
 #[derive(Debug, thiserror::Error)]
-pub enum UpdateError {
+pub enum UpdateError<E> {
     #[error(transparent)]
-    Fetch(#[from] FetchError),
-    /// The change itself was refused (the reason is for the caller's user).
+    Store(#[from] FetchError),
+    /// The change itself was refused (the caller's reason).
     #[error("{0}")]
-    Refused(String),
+    Refused(E),
 }
 
-/// Applies `change` to the current map (a default map if none exists) and
-/// stores the result if `change` returned true. Returns the stored map.
-pub async fn update(url: &str, mut change: impl FnMut(&mut ShardMap) -> Result<bool, String>) -> Result<ShardMap, UpdateError> {
-    let mut kv = KvClient::new(channel(url).await?);
-    let unreachable = |e: tonic::Status| FetchError::Unreachable(format!("{url}: {}", e.message()));
-    loop {
-        let resp =
-            kv.range(RangeRequest { key: MAP_KEY.to_vec(), ..Default::default() }).await.map_err(unreachable)?.into_inner();
-        let (mut map, mod_rev) = match resp.kvs.into_iter().next() {
-            Some(kv) => (serde_json::from_slice::<ShardMap>(&kv.value).map_err(FetchError::Decode)?, kv.mod_revision),
+/// Placement's store, reached through any of its members.
+#[derive(Clone, Debug)]
+pub struct Store {
+    endpoints: Vec<String>,
+}
+
+impl Store {
+    pub fn new(endpoints: Vec<String>) -> Self {
+        Store { endpoints }
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    async fn kv(&self) -> Result<(KvClient<Channel>, &str), FetchError> {
+        let mut last = FetchError::Unreachable("no store endpoint given".into());
+        for url in &self.endpoints {
+            match channel(url).await {
+                Ok(ch) => return Ok((KvClient::new(ch), url)),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The current map (a default one if none is stored yet) and its mod
+    /// revision. A map without a cluster id takes the store's.
+    async fn current(&self, kv: &mut KvClient<Channel>, url: &str) -> Result<(ShardMap, i64), FetchError> {
+        let resp = kv
+            .range(RangeRequest { key: MAP_KEY.to_vec(), ..Default::default() })
+            .await
+            .map_err(|e| FetchError::Unreachable(format!("{url}: {}", e.message())))?
+            .into_inner();
+        let store_cluster = resp.header.map_or(0, |h| h.cluster_id);
+        let (mut map, rev) = match resp.kvs.into_iter().next() {
+            Some(kv) => (serde_json::from_slice::<ShardMap>(&kv.value)?, kv.mod_revision),
             None => (ShardMap::default(), 0),
         };
-        if !change(&mut map).map_err(UpdateError::Refused)? {
-            return Ok(map);
+        if map.cluster_id == 0 {
+            map.cluster_id = store_cluster;
         }
-        map.epoch += 1;
-        let value = serde_json::to_vec_pretty(&map).map_err(FetchError::Decode)?;
-        let txn = TxnRequest {
-            compare: vec![Compare {
-                result: CompareResult::Equal as i32,
-                target: CompareTarget::Mod as i32,
-                key: MAP_KEY.to_vec(),
-                target_union: Some(TargetUnion::ModRevision(mod_rev)),
-                ..Default::default()
-            }],
-            success: vec![RequestOp {
-                request: Some(OpRequest::RequestPut(PutRequest { key: MAP_KEY.to_vec(), value, ..Default::default() })),
-            }],
-            failure: vec![],
-        };
-        if kv.txn(txn).await.map_err(unreachable)?.into_inner().succeeded {
-            return Ok(map);
+        Ok((map, rev))
+    }
+
+    /// The map as the store has it now (linearizable).
+    pub async fn read(&self) -> Result<ShardMap, FetchError> {
+        let (mut kv, url) = self.kv().await?;
+        Ok(self.current(&mut kv, url).await?.0)
+    }
+
+    /// Applies `change` to the current map and stores the result if
+    /// `change` returned true. Returns the stored map.
+    pub async fn update<E>(&self, mut change: impl FnMut(&mut ShardMap) -> Result<bool, E>) -> Result<ShardMap, UpdateError<E>> {
+        let (mut kv, url) = self.kv().await?;
+        loop {
+            let (mut map, mod_rev) = self.current(&mut kv, url).await?;
+            if !change(&mut map).map_err(UpdateError::Refused)? {
+                return Ok(map);
+            }
+            map.epoch += 1;
+            let value = serde_json::to_vec_pretty(&map).map_err(FetchError::Decode)?;
+            let txn = TxnRequest {
+                compare: vec![Compare {
+                    result: CompareResult::Equal as i32,
+                    target: CompareTarget::Mod as i32,
+                    key: MAP_KEY.to_vec(),
+                    target_union: Some(TargetUnion::ModRevision(mod_rev)),
+                    ..Default::default()
+                }],
+                success: vec![RequestOp {
+                    request: Some(OpRequest::RequestPut(PutRequest { key: MAP_KEY.to_vec(), value, ..Default::default() })),
+                }],
+                failure: vec![],
+            };
+            let done = kv.txn(txn).await.map_err(|e| FetchError::Unreachable(format!("{url}: {}", e.message())))?;
+            if done.into_inner().succeeded {
+                return Ok(map);
+            }
         }
     }
 }

@@ -44,9 +44,14 @@ pub async fn fetch(url: &str) -> Result<(ShardMap, i64), FetchError> {
         .await
         .map_err(|e| FetchError::Unreachable(format!("{url}: {}", e.message())))?
         .into_inner();
-    let rev = resp.header.map(|h| h.revision).unwrap_or(0);
+    let (rev, store_cluster) = resp.header.map_or((0, 0), |h| (h.revision, h.cluster_id));
     let kv = resp.kvs.into_iter().next().ok_or(FetchError::Empty)?;
-    Ok((serde_json::from_slice(&kv.value)?, rev))
+    let mut map: ShardMap = serde_json::from_slice(&kv.value)?;
+    // A map stored before maps recorded it: the store's is the federation's.
+    if map.cluster_id == 0 {
+        map.cluster_id = store_cluster;
+    }
+    Ok((map, rev))
 }
 
 /// Starts following the map; the receiver holds None until the first map.

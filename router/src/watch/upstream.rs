@@ -3,28 +3,42 @@
 //! while its watcher is behind and resumed from there, ended when the group
 //! was fenced for a newer map (the watcher routes again).
 
-use crate::backends::{Backends, Lane, Prefer};
+use crate::backends::{watch_client, Backends, Lane, Prefer};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_proto::etcdserverpb::watch_request::RequestUnion;
 use tessera_proto::etcdserverpb::{WatchCreateRequest, WatchProgressRequest, WatchRequest};
 use tessera_proto::mvccpb::Event;
+use tessera_rpc::Refusal;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_stream::wrappers::ReceiverStream;
 
 /// What an upstream reports to its watcher.
 pub enum Up {
-    Created { group: u64, rev: i64 },
-    Events { group: u64, events: Vec<Event> },
-    Progress { group: u64, rev: i64 },
-    Compacted { compact_revision: i64 },
+    Created {
+        group: u64,
+        rev: i64,
+    },
+    Events {
+        group: u64,
+        events: Vec<Event>,
+    },
+    Progress {
+        group: u64,
+        rev: i64,
+    },
+    Compacted {
+        compact_revision: i64,
+    },
     /// The group ended its side after its last event up to a fence for map
     /// `epoch` (it no longer owns part of the range): route again.
-    Rerouted { group: u64, epoch: u64 },
+    Rerouted {
+        group: u64,
+        epoch: u64,
+    },
     Failed(String),
 }
-
 
 pub async fn upstream(
     b: Arc<Backends>,
@@ -51,9 +65,9 @@ pub async fn upstream(
             c.fragment = false; // merged responses hold whole revisions
             c.progress_notify = false; // the router asks for progress itself
             let _ = req_tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(c)) }).await;
-            let mut req = b.request(&routing, group, ReceiverStream::new(req_rx));
-            req.set_timeout(Duration::from_secs(365 * 24 * 3600));
-            let mut stream = match crate::backends::watch_client(ch).watch(req).await {
+            // A stream that lives as long as its watcher: no timeout.
+            let req = b.request(&routing, group, ReceiverStream::new(req_rx));
+            let mut stream = match watch_client(ch).watch(req).await {
                 Ok(s) => s.into_inner(),
                 Err(_) => continue,
             };
@@ -67,7 +81,8 @@ pub async fn upstream(
                         if p.is_none() { return; }
                         // Never wait here with the stream unread: a full queue
                         // already holds a progress request, whose answer serves.
-                        let _ = req_tx.try_send(WatchRequest { request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})) });
+                        let ask = RequestUnion::ProgressRequest(WatchProgressRequest {});
+                        let _ = req_tx.try_send(WatchRequest { request_union: Some(ask) });
                         continue;
                     }
                 };
@@ -82,8 +97,8 @@ pub async fn upstream(
                 } else if resp.canceled {
                     let up = if resp.compact_revision > 0 {
                         Up::Compacted { compact_revision: resp.compact_revision }
-                    } else if let Some(epoch) = shard_node::fence::epoch_in_cancel_reason(&resp.cancel_reason) {
-                        Up::Rerouted { group, epoch }
+                    } else if let Some(Refusal::EpochNotMatch { current }) = Refusal::from_cancel_reason(&resp.cancel_reason) {
+                        Up::Rerouted { group, epoch: current }
                     } else {
                         Up::Failed(resp.cancel_reason)
                     };

@@ -7,8 +7,12 @@
 //! durable, which is what lets apply skip the fsync.
 
 pub mod keys;
+#[cfg(test)]
+mod memory;
 mod rocks;
 
+#[cfg(test)]
+pub use memory::MemoryEngine;
 pub use rocks::RocksEngine;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +47,8 @@ impl WriteBatch {
     }
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
-    }}
+    }
+}
 
 pub trait Engine: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;

@@ -33,11 +33,7 @@ impl Engine for RocksEngine {
         let snap = self.db.snapshot();
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_snapshot(&snap);
-        self.db
-            .multi_get_opt(keys, &ro)
-            .into_iter()
-            .map(|r| r.map_err(err))
-            .collect()
+        self.db.multi_get_opt(keys, &ro).into_iter().map(|r| r.map_err(err)).collect()
     }
 
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {

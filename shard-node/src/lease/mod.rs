@@ -1,7 +1,10 @@
 //! Leases (etcd's lessor): the lease table is replicated state, changed only
-//! by applied raft entries; liveness (when a lease expires) is decided by the
-//! leader alone, which proposes the revoke through raft.
+//! by applied raft entries (`table`); liveness — when a lease expires — is
+//! decided by the leader alone, which proposes the revoke through raft
+//! (`liveness`).
 
-mod lessor;
+mod liveness;
+mod table;
 
-pub use lessor::{Lease, Lessor, MAX_LEASE_TTL};
+pub use liveness::Liveness;
+pub use table::{Lease, LeaseTable, MAX_LEASE_TTL};

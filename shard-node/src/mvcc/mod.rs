@@ -8,7 +8,9 @@ mod store;
 mod txn;
 
 pub use key_index::{Entry, KeyIndex};
+pub(crate) use range::read_revision;
 pub use range::{key_in_range, RangeBounds};
 pub use revision::{next_revision, Rev};
+pub(crate) use store::META_COMPACTED;
 pub use store::{MvccStore, State};
 pub use txn::{LeaseMove, TxnOutcome, WriteTxn};

@@ -5,10 +5,10 @@
 
 use super::{Entry, Rev, State};
 use crate::error::{Error, Result};
+use std::ops::Bound;
 use tessera_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use tessera_proto::etcdserverpb::{RangeRequest, RangeResponse};
 use tessera_proto::mvccpb::KeyValue;
-use std::ops::Bound;
 
 /// `[key, range_end)` as etcd reads it: an empty end is the single key, an
 /// end of `\0` is every key >= key.
@@ -120,7 +120,7 @@ pub(crate) fn range(
             match (target, order) {
                 (SortTarget::Key, SortOrder::Descend) => found.reverse(),
                 (SortTarget::Key, _) => {}
-                (_, SortOrder::Descend) => found.sort_by(|(_, a), (_, b)| field(b).cmp(&field(a))),
+                (_, SortOrder::Descend) => found.sort_by_key(|(_, e)| std::cmp::Reverse(field(e))),
                 _ => found.sort_by_key(|(_, e)| field(e)),
             }
         }

@@ -1,17 +1,18 @@
-//! The store of one group: key index in memory, values in the engine.
+//! The store of one group: key index in memory (`State`), values in the
+//! engine under their revision.
 //!
-//! Lock order: the state lock is taken by readers (shared, for the index walk
-//! and the value loads of one range) and by the applier (exclusive, for one
-//! raft entry at a time). Values under a revision are immutable until
-//! compaction deletes them; lookups outside the lock (prev_kv, history) treat
-//! a value compaction removed meanwhile as `Compacted`.
+//! `State` lives inside the group's state lock (`crate::state`): readers
+//! hold it shared for the index walk and the value loads of one range, the
+//! applier exclusively for one raft entry at a time. This type holds no lock
+//! of its own. Values under a revision are immutable until compaction
+//! deletes them; lookups outside the lock (history) treat a value that
+//! compaction removed meanwhile as `Compacted`.
 
 use super::range;
 use super::{KeyIndex, Rev};
 use crate::engine::keys::{decode_i64, GroupKeys};
 use crate::engine::{Engine, WriteBatch};
 use crate::error::{Error, Result};
-use parking_lot::RwLock;
 use prost::Message;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,8 +23,12 @@ pub struct State {
     pub(crate) index: BTreeMap<Vec<u8>, KeyIndex>,
     /// The group's current revision: its watermark once applied.
     pub rev: i64,
-    /// Reads below this revision answer `Compacted`.
+    /// Reads below this revision answer `Compacted` (set when a compaction
+    /// is applied; its history is removed later, in the background).
     pub compact_rev: i64,
+    /// History below this revision has been removed from the index and the
+    /// engine; below `compact_rev` a background compaction is due.
+    pub compacted_to: i64,
     /// Bytes of all stored revisions (etcd's "db size in use"; what the
     /// space quota counts).
     pub bytes: u64,
@@ -32,28 +37,38 @@ pub struct State {
 pub struct MvccStore {
     pub(crate) engine: Arc<dyn Engine>,
     pub(crate) keys: GroupKeys,
-    pub(crate) state: RwLock<State>,
 }
 
 pub(crate) const META_REV: &str = "rev";
 pub(crate) const META_COMPACT: &str = "compact_rev";
+pub(crate) const META_COMPACTED: &str = "compacted_to";
 
-impl MvccStore {
-    /// Loads the store of a group from the engine, rebuilding the key index
-    /// from the revisions on disk (as etcd does at start).
-    pub fn open(engine: Arc<dyn Engine>, keys: GroupKeys) -> Result<Self> {
-        let store = Self {
-            engine,
-            keys,
-            state: RwLock::new(State { index: BTreeMap::new(), rev: 0, compact_rev: 0, bytes: 0 }),
-        };
-        store.reload()?;
-        Ok(store)
+impl State {
+    /// Number of live keys (etcd_debugging_mvcc_keys_total).
+    pub fn key_count(&self) -> usize {
+        self.index.values().filter(|k| k.latest().is_some()).count()
     }
 
-    /// Re-reads everything from the engine (at open, and after a raft
+    /// (key, lease) of every live key attached to a lease.
+    pub fn attached_leases(&self) -> Vec<(Vec<u8>, i64)> {
+        self.index.iter().filter_map(|(k, ki)| ki.latest().filter(|e| e.lease != 0).map(|e| (k.clone(), e.lease))).collect()
+    }
+
+    /// The revision of the key's value just before the change at `rev`.
+    pub fn before(&self, key: &[u8], rev: Rev) -> Option<Rev> {
+        self.index.get(key).and_then(|k| k.before(rev)).map(|e| e.rev)
+    }
+}
+
+impl MvccStore {
+    pub fn new(engine: Arc<dyn Engine>, keys: GroupKeys) -> Self {
+        Self { engine, keys }
+    }
+
+    /// Loads the state of a group from the engine, rebuilding the key index
+    /// from the revisions on disk (as etcd does at start, and after a raft
     /// snapshot replaced the state machine).
-    pub fn reload(&self) -> Result<()> {
+    pub fn load(&self) -> Result<State> {
         let mut index: BTreeMap<Vec<u8>, KeyIndex> = BTreeMap::new();
         let (start, end) = self.keys.table(b'r');
         let mut bad = None;
@@ -77,31 +92,14 @@ impl MvccStore {
         if let Some(e) = bad {
             return Err(Error::Internal(format!("corrupt revision value: {e}")));
         }
-        let meta = |name, empty| -> Result<i64> {
-            Ok(self.engine.get(&self.keys.meta(name))?.map(|v| decode_i64(&v)).unwrap_or(empty))
-        };
-        let mut st = self.state.write();
+        let meta =
+            |name, empty| -> Result<i64> { Ok(self.engine.get(&self.keys.meta(name))?.map(|v| decode_i64(&v)).unwrap_or(empty)) };
         // As etcd, an empty store is at revision 1 (its first write is 2):
         // a list of nothing still returns a revision a watch can start from.
-        st.rev = meta(META_REV, 1)?;
-        st.compact_rev = meta(META_COMPACT, 0)?;
-        st.index = index;
-        st.bytes = bytes;
-        Ok(())
-    }
-
-    pub fn current_revision(&self) -> i64 {
-        self.state.read().rev
-    }
-
-    pub fn compact_revision(&self) -> i64 {
-        self.state.read().compact_rev
-    }
-
-    /// Number of live keys (etcd_debugging_mvcc_keys_total).
-    pub fn key_count(&self) -> usize {
-        let st = self.state.read();
-        st.index.values().filter(|k| k.latest().is_some()).count()
+        let compact_rev = meta(META_COMPACT, 0)?;
+        // Data written before compactions ran in the background was compacted at apply.
+        let compacted_to = self.engine.get(&self.keys.meta(META_COMPACTED))?.map_or(compact_rev, |v| decode_i64(&v));
+        Ok(State { index, rev: meta(META_REV, 1)?, compact_rev, compacted_to, bytes })
     }
 
     pub(crate) fn fetch(&self, revs: &[Rev]) -> Result<Vec<KeyValue>> {
@@ -118,39 +116,23 @@ impl MvccStore {
 
     /// Serves a read; also returns the current revision for the header
     /// (etcd reports the store's revision, not the one read at).
-    pub fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64)> {
-        let st = self.state.read();
-        let rev = range::read_revision(&st, req.revision)?;
-        let resp = range::range(&st, req, rev, &|revs| self.fetch(revs))?;
+    pub fn range(&self, st: &State, req: &RangeRequest) -> Result<(RangeResponse, i64)> {
+        let rev = range::read_revision(st, req.revision)?;
+        let resp = range::range(st, req, rev, &|revs| self.fetch(revs))?;
         Ok((resp, st.rev))
     }
 
-    /// The key as it was just before the change at `rev` (a watcher's prev_kv).
-    pub fn prev_of(&self, key: &[u8], rev: Rev) -> Result<Option<KeyValue>> {
-        let e = {
-            let st = self.state.read();
-            st.index.get(key).and_then(|k| k.before(rev)).map(|e| e.rev)
-        };
-        match e {
-            Some(r) => Ok(self.fetch(&[r]).ok().and_then(|mut v| v.pop())),
-            None => Ok(None),
-        }
+    /// The value stored at `rev`, if compaction has not removed it.
+    pub fn value_at(&self, rev: Rev) -> Option<KeyValue> {
+        self.fetch(&[rev]).ok().and_then(|mut v| v.pop())
     }
 
     /// Events of revisions `[from, to]` whose key passes `matches`, in
     /// revision order, reading at most `max_revs` distinct revisions (the
     /// last revision read is never cut, so a txn's events stay together).
     /// Returns the events and the highest revision read.
-    pub fn history(
-        &self,
-        from: i64,
-        to: i64,
-        max_revs: usize,
-        matches: &dyn Fn(&[u8]) -> bool,
-    ) -> Result<(Vec<Event>, i64)> {
-        if from < self.compact_revision() {
-            return Err(Error::Compacted);
-        }
+    /// The caller checks `from` against the compacted revision first.
+    pub fn history(&self, from: i64, to: i64, max_revs: usize, matches: &dyn Fn(&[u8]) -> bool) -> Result<(Vec<Event>, i64)> {
         let start = self.keys.revision(from, 0);
         let end = self.keys.revision(to.saturating_add(1), 0);
         let mut events = vec![];
@@ -181,18 +163,37 @@ impl MvccStore {
         Ok((events, upto))
     }
 
-    /// Removes history below `at` from the index; returns the revisions to
-    /// delete from the engine. Called by the applier under its write lock.
-    pub(crate) fn compact_index(st: &mut State, at: i64) -> Vec<Rev> {
+    /// Removes history below `at` from the index entries of up to `limit`
+    /// keys from `from` on; returns the revisions to delete from the engine
+    /// and the key to go on from (None: done). Under the state write lock,
+    /// one bounded step of a background compaction.
+    pub(crate) fn compact_keys(st: &mut State, at: i64, from: &[u8], limit: usize) -> (Vec<Rev>, Option<Vec<u8>>) {
         let mut dropped = vec![];
-        st.index.retain(|_, ki| !ki.compact(at, &mut dropped));
-        st.compact_rev = at;
+        let mut emptied = vec![];
+        let mut next = None;
+        for (n, (k, ki)) in
+            st.index.range_mut::<[u8], _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded)).enumerate()
+        {
+            if n == limit {
+                next = Some(k.clone());
+                break;
+            }
+            if ki.compact(at, &mut dropped) {
+                emptied.push(k.clone());
+            }
+        }
+        for k in emptied {
+            st.index.remove(&k);
+        }
         st.bytes = st.bytes.saturating_sub(dropped.iter().map(|e| e.size as u64).sum());
-        dropped.into_iter().map(|e| e.rev).collect()
+        (dropped.into_iter().map(|e| e.rev).collect(), next)
     }
 
-    pub fn size_in_use(&self) -> u64 {
-        self.state.read().bytes
+    /// The revisions at or below `at` that compacting at `at` keeps: each
+    /// key's value as of `at` (what HashKV covers besides newer history, so
+    /// members agree whatever their background compaction has removed).
+    pub(crate) fn kept_at(st: &State, at: i64) -> std::collections::HashSet<Rev> {
+        st.index.values().filter_map(|ki| ki.at(at).map(|e| e.rev)).collect()
     }
 
     pub(crate) fn write_meta(&self, batch: &mut WriteBatch, st: &State) {
@@ -200,33 +201,25 @@ impl MvccStore {
         batch.put(self.keys.meta(META_COMPACT), st.compact_rev.to_be_bytes().to_vec());
     }
 
-    /// etcd's HashKV: a CRC32 over every stored revision up to `rev` (0 =
-    /// current); members with the same history agree. Returns (hash, rev).
-    pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64)> {
-        let rev = {
-            let st = self.state.read();
-            range::read_revision(&st, rev)?
-        };
+    /// etcd's HashKV: a CRC32 over every stored revision up to `rev`
+    /// (already checked against the state) that a compaction at `compact`
+    /// keeps (`kept`, at or below it; all above it): members with the same
+    /// history agree, however far their background compaction has gone.
+    pub fn hash_kv(&self, rev: i64, compact: i64, kept: &std::collections::HashSet<Rev>) -> Result<u32> {
         let (start, _) = self.keys.table(b'r');
         let end = self.keys.revision(rev.saturating_add(1), 0);
         let mut h = crc32fast::Hasher::new();
         self.engine.scan(&start, &end, &mut |k, v| {
-            h.update(self.keys.suffix(k));
-            h.update(v);
+            let suffix = self.keys.suffix(k);
+            let r = Rev::new(decode_i64(&suffix[..8]), decode_i64(&suffix[8..16]));
+            if r.main > compact || kept.contains(&r) {
+                h.update(suffix);
+                h.update(v);
+            }
             true
         })?;
-        Ok((h.finalize(), rev))
+        Ok(h.finalize())
     }
-
-    /// (key, lease) of every live key attached to a lease.
-    pub fn attached_leases(&self) -> Vec<(Vec<u8>, i64)> {
-        let st = self.state.read();
-        st.index
-            .iter()
-            .filter_map(|(k, ki)| ki.latest().filter(|e| e.lease != 0).map(|e| (k.clone(), e.lease)))
-            .collect()
-    }
-
 }
 
 /// The watch event a stored revision stands for: a version of 0 is a tombstone.

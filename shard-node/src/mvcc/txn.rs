@@ -16,8 +16,8 @@ use tessera_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetU
 use tessera_proto::etcdserverpb::request_op::Request;
 use tessera_proto::etcdserverpb::response_op::Response;
 use tessera_proto::etcdserverpb::{
-    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    RequestOp, ResponseOp, TxnRequest, TxnResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    ResponseOp, TxnRequest, TxnResponse,
 };
 use tessera_proto::mvccpb::{event::EventType, Event, KeyValue};
 
@@ -72,6 +72,15 @@ impl<'s> WriteTxn<'s> {
             bumped: false,
             done: false,
         }
+    }
+
+    /// A txn that only reads, as of revision `at` (None: the current one).
+    pub fn read_at(store: &'s MvccStore, st: &'s mut State, at: Option<i64>) -> Self {
+        let mut txn = Self::begin(store, st, 0);
+        if let Some(at) = at {
+            txn.begin_rev = at.min(txn.begin_rev);
+        }
+        txn
     }
 
     /// The group's revision before this txn.
@@ -154,10 +163,8 @@ impl<'s> WriteTxn<'s> {
     }
 
     pub fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
-        let found: Vec<(Vec<u8>, Entry)> = entries_at(self.st, &req.key, &req.range_end, self.read_rev())
-            .into_iter()
-            .map(|(k, e)| (k.to_vec(), e))
-            .collect();
+        let found: Vec<(Vec<u8>, Entry)> =
+            entries_at(self.st, &req.key, &req.range_end, self.read_rev()).into_iter().map(|(k, e)| (k.to_vec(), e)).collect();
         let prev_kvs = if req.prev_kv { self.fetch(&found.iter().map(|(_, e)| e.rev).collect::<Vec<_>>())? } else { vec![] };
         for (key, e) in &found {
             self.delete_one(key, e.lease);
@@ -199,6 +206,14 @@ impl<'s> WriteTxn<'s> {
         self.choose_path(req, &mut path)?;
         self.check_requests(req, &path, &mut 0, lease_exists)?;
         self.exec(req, &path, &mut 0)
+    }
+
+    /// Whether the branches this txn's compares choose (nested txns
+    /// included) only read, against the state this txn reads.
+    pub fn chosen_branches_only_read(&self, req: &TxnRequest) -> Result<bool> {
+        let mut path = vec![];
+        self.choose_path(req, &mut path)?;
+        Ok(only_reads(req, &path, &mut 0))
     }
 
     fn choose_path(&self, req: &TxnRequest, path: &mut Vec<bool>) -> Result<()> {
@@ -339,6 +354,17 @@ impl Entry {
     fn zero() -> Self {
         Entry { rev: Rev::default(), create: 0, version: 0, lease: 0, size: 0 }
     }
+}
+
+/// Whether the ops `path` takes through `req` only read.
+fn only_reads(req: &TxnRequest, path: &[bool], at: &mut usize) -> bool {
+    let ok = path[*at];
+    *at += 1;
+    branch(req, ok).iter().all(|op| match &op.request {
+        Some(Request::RequestRange(_)) | None => true,
+        Some(Request::RequestTxn(t)) => only_reads(t, path, at),
+        Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => false,
+    })
 }
 
 fn branch(req: &TxnRequest, ok: bool) -> &[RequestOp] {

@@ -4,12 +4,12 @@
 //! machine never waits on the network or on tokio: the transport and the
 //! gRPC handlers only exchange messages with this loop.
 
+use super::handle::ReadWaiter;
+use super::{Msg, RaftHandle, StateMachine, Transport};
 use crate::engine::WriteBatch;
 use crate::error::Error;
-use crate::group::{Group, Msg};
 use crate::metrics;
 use crate::raft::storage::RaftStorage;
-use crate::raft::transport::Transport;
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, Message, ReadState};
 use raft::{RawNode, SnapshotStatus, StateRole};
@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
 
 pub struct DriverSettings {
     pub tick: Duration,
@@ -29,15 +28,16 @@ pub struct DriverSettings {
     pub request_timeout: Duration,
 }
 
-type ReadWaiters = Vec<oneshot::Sender<crate::error::Result<()>>>;
+type ReadWaiters = Vec<ReadWaiter>;
 
-pub struct Driver {
-    pub node: RawNode<RaftStorage>,
-    pub storage: RaftStorage,
-    pub group: Arc<Group>,
-    pub mailbox: Receiver<Msg>,
-    pub transport: Arc<Transport>,
-    pub settings: DriverSettings,
+pub struct Driver<S: StateMachine> {
+    node: RawNode<RaftStorage>,
+    storage: RaftStorage,
+    sm: Arc<S>,
+    handle: Arc<RaftHandle<S::Output>>,
+    mailbox: Receiver<Msg>,
+    transport: Arc<dyn Transport>,
+    settings: DriverSettings,
     next_read: u64,
     /// ReadIndex rounds sent to raft, by context: (waiters, tick sent).
     reads_in_flight: HashMap<Vec<u8>, (ReadWaiters, u64)>,
@@ -55,21 +55,25 @@ pub struct Driver {
     /// Members-table version the transport's peer addresses reflect.
     peers_version: Option<u64>,
     removed: bool,
+    metrics: metrics::GroupMetrics,
 }
 
-impl Driver {
+impl<S: StateMachine> Driver<S> {
     pub fn new(
         node: RawNode<RaftStorage>,
         storage: RaftStorage,
-        group: Arc<Group>,
+        sm: Arc<S>,
+        handle: Arc<RaftHandle<S::Output>>,
         mailbox: Receiver<Msg>,
-        transport: Arc<Transport>,
+        transport: Arc<dyn Transport>,
         settings: DriverSettings,
     ) -> Self {
         Self {
+            metrics: metrics::GroupMetrics::new(handle.group),
             node,
             storage,
-            group,
+            sm,
+            handle,
             mailbox,
             transport,
             settings,
@@ -119,7 +123,7 @@ impl Driver {
             self.handle_ready();
             if self.removed {
                 tracing::warn!("this member has been removed from the group; stopping");
-                let _ = self.group.removed.send(true);
+                self.handle.removed.send_replace(true);
                 break;
             }
         }
@@ -132,10 +136,8 @@ impl Driver {
         match msg {
             Msg::Propose { seq, data } => self.propose(seq, data, Instant::now()),
             Msg::ProposeConfChange { seq, cc, context } => {
-                if self.node.raft.leader_id == raft::INVALID_ID {
-                    self.group.fail(seq, Error::NoLeader);
-                } else if self.node.propose_conf_change(context, cc).is_err() {
-                    self.group.fail(seq, Error::NoLeader);
+                if self.node.raft.leader_id == raft::INVALID_ID || self.node.propose_conf_change(context, cc).is_err() {
+                    self.fail(seq, Error::NoLeader);
                 }
             }
             Msg::Raft(m) => {
@@ -211,13 +213,13 @@ impl Driver {
     }
 
     fn start_reads(&mut self) {
-        let waiters: ReadWaiters = std::mem::take(&mut *self.group.reads.lock());
+        let waiters: ReadWaiters = self.handle.take_reads();
         if waiters.is_empty() {
             return;
         }
         // Unique across members: the leader keys pending reads by context
         // and ignores a second request with the same one.
-        let mut ctx = self.group.member_id.to_be_bytes().to_vec();
+        let mut ctx = self.handle.member.to_be_bytes().to_vec();
         ctx.extend_from_slice(&self.next_read.to_be_bytes());
         self.next_read += 1;
         self.reads_in_flight.insert(ctx.clone(), (waiters, self.ticks));
@@ -231,7 +233,7 @@ impl Driver {
     }
 
     fn resolve_reads(&mut self) {
-        let applied = self.group.sm.applied_index();
+        let applied = self.sm.applied_index();
         self.reads_waiting.retain_mut(|(index, waiters)| {
             if *index > applied {
                 return true;
@@ -247,7 +249,7 @@ impl Driver {
         if msgs.is_empty() {
             return;
         }
-        for (to, snapshot) in self.transport.send(self.group.id, msgs) {
+        for (to, snapshot) in self.transport.send(self.handle.group, msgs) {
             self.node.report_unreachable(to);
             if snapshot {
                 self.node.report_snapshot(to, SnapshotStatus::Failure);
@@ -261,7 +263,7 @@ impl Driver {
         }
         let start = Instant::now();
         // Losing the raft log would break raft's promises: stop instead.
-        self.group.sm.engine.write(batch, sync).expect("raft log write failed");
+        self.storage.write(batch, sync).expect("raft log write failed");
         if sync {
             metrics::WAL_FSYNC_SECONDS.observe(start.elapsed().as_secs_f64());
         }
@@ -279,12 +281,12 @@ impl Driver {
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
             let mut batch = WriteBatch::default();
-            if let Err(e) = self.group.sm.stage_snapshot(snap.get_data(), &mut batch) {
+            if let Err(e) = self.sm.stage_restore(snap.get_data(), &mut batch) {
                 panic!("cannot install raft snapshot: {e}");
             }
             self.storage.reset_to_snapshot(&snap, &mut batch);
             self.persist(batch, true);
-            if let Err(e) = self.group.sm.reload_after_snapshot() {
+            if let Err(e) = self.sm.restored() {
                 panic!("cannot load installed snapshot: {e}");
             }
             tracing::info!(index = snap.get_metadata().get_index(), "installed snapshot");
@@ -322,81 +324,69 @@ impl Driver {
 
     fn apply(&mut self, entries: Vec<Entry>) {
         for e in entries {
-            let index = e.get_index();
-            match e.get_entry_type() {
-                EntryType::EntryNormal if e.get_data().is_empty() => self.group.sm.apply_noop(index, None),
-                EntryType::EntryNormal => {
-                    if let Some((member, seq, out)) = self.group.sm.apply_command(index, e.get_data()) {
-                        if member == self.group.member_id {
-                            self.group.resolve(seq, out);
-                        }
-                    }
-                    metrics::PROPOSALS_APPLIED.inc();
-                }
+            let out = match e.get_entry_type() {
+                EntryType::EntryNormal => self.sm.apply_entry(e.get_index(), e.get_data()),
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => self.apply_conf_change(&e),
+            };
+            if let Some((proposer, out)) = out {
+                if proposer.member == self.handle.member {
+                    self.handle.resolve(proposer.seq, out);
+                }
             }
         }
     }
 
-    fn apply_conf_change(&mut self, e: &Entry) {
-        let cc: ConfChangeV2 = if e.get_entry_type() == EntryType::EntryConfChange {
-            match ConfChange::parse_from_bytes(e.get_data()) {
-                Ok(c) => raft_proto::ConfChangeI::into_v2(c),
-                Err(err) => {
-                    tracing::error!(error = %err, "undecodable conf change skipped");
-                    return self.group.sm.apply_noop(e.get_index(), None);
-                }
-            }
+    /// A proposal of this member that failed before reaching the log.
+    fn fail(&self, seq: u64, e: Error) {
+        if let Some(tx) = self.handle.take_waiter(seq) {
+            let _ = tx.send(self.sm.failed(e));
+        }
+    }
+
+    fn apply_conf_change(&mut self, e: &Entry) -> Option<(super::Proposer, S::Output)> {
+        let decoded = if e.get_entry_type() == EntryType::EntryConfChange {
+            ConfChange::parse_from_bytes(e.get_data()).map(raft_proto::ConfChangeI::into_v2)
         } else {
-            match ConfChangeV2::parse_from_bytes(e.get_data()) {
-                Ok(c) => c,
-                Err(err) => {
-                    tracing::error!(error = %err, "undecodable conf change skipped");
-                    return self.group.sm.apply_noop(e.get_index(), None);
-                }
+            ConfChangeV2::parse_from_bytes(e.get_data())
+        };
+        let cc = match decoded {
+            Ok(cc) => cc,
+            Err(err) => {
+                tracing::error!(error = %err, "undecodable conf change skipped");
+                self.sm.apply_entry(e.get_index(), &[]);
+                return None;
             }
         };
         let mut batch = WriteBatch::default();
-        let result = match self.node.apply_conf_change(&cc) {
+        let accepted = match self.node.apply_conf_change(&cc) {
             Ok(cs) => {
                 self.storage.set_conf_state(&cs, &mut batch);
-                let me = self.group.member_id;
+                let me = self.handle.member;
                 let in_group = cs.get_voters().contains(&me) || cs.get_learners().contains(&me);
                 // A member that was part of the group and is no longer: removed.
                 self.removed |= !in_group && cc.get_changes().iter().any(|c| c.get_node_id() == me);
-                Ok(crate::apply::Applied::Done)
+                Ok(())
             }
             Err(err) => {
                 tracing::warn!(error = %err, "conf change rejected");
                 Err(Error::InvalidArgument(format!("conf change rejected: {err}")))
             }
         };
-        let proposer = crate::membership::apply_context(&self.group.sm, &cc, e.get_context(), &mut batch);
-        self.group.sm.apply_noop(e.get_index(), Some(batch));
-        if let Some((member, seq)) = proposer {
-            if member == self.group.member_id {
-                let rev = self.group.sm.store.current_revision();
-                self.group.resolve(seq, crate::apply::ApplyOutput { result, rev });
-            }
-        }
+        self.sm.apply_conf_change(e.get_index(), &cc, e.get_context(), accepted, batch)
     }
 
     /// Points the transport at every member's current peer URL.
     fn refresh_peers(&mut self) {
-        let members = self.group.sm.members.read();
-        if self.peers_version == Some(members.version()) {
-            return;
-        }
-        self.peers_version = Some(members.version());
-        for m in members.all() {
-            if let Some(url) = m.peer_urls.first() {
-                self.transport.set_peer(m.id, url.clone());
+        if let Some((version, peers)) = self.sm.peers_since(self.peers_version) {
+            self.peers_version = Some(version);
+            for (id, url) in peers {
+                self.transport.set_peer(id, url);
             }
         }
     }
 
     fn maybe_compact_log(&mut self) {
-        let applied = self.group.sm.applied_index();
+        let applied = self.sm.applied_index();
         let first = self.storage.first_log_index();
         if applied < first + self.settings.snapshot_count + self.settings.catchup_entries {
             return;
@@ -416,39 +406,34 @@ impl Driver {
         let r = &self.node.raft;
         let leader = r.leader_id;
         let role = r.state;
-        {
-            let mut st = self.group.status.write();
+        let me = self.handle.member;
+        let applied = self.sm.applied_index();
+        let last_index = self.storage.last_log_index();
+        self.handle.set_status(|st| {
             st.leader = leader;
             st.term = r.term;
             st.is_leader = role == StateRole::Leader;
-            st.is_learner = r.prs().conf().learners().contains(&self.group.member_id);
+            st.is_learner = r.prs().conf().learners().contains(&me);
             st.commit = r.raft_log.committed;
-            st.applied = self.group.sm.applied_index();
-            st.last_index = self.storage.last_log_index();
+            st.applied = applied;
+            st.last_index = last_index;
             let conf = r.prs().conf();
             st.voters = conf.voters().ids().iter().collect();
             st.learners = conf.learners().iter().copied().collect();
-            st.progress = if role == StateRole::Leader {
-                r.prs().iter().map(|(id, pr)| (*id, pr.matched)).collect()
-            } else {
-                vec![]
-            };
-        }
+            st.progress =
+                if role == StateRole::Leader { r.prs().iter().map(|(id, pr)| (*id, pr.matched)).collect() } else { vec![] };
+        });
+        let was_leader = self.role == StateRole::Leader;
         if role != self.role {
-            metrics::IS_LEADER.set(i64::from(role == StateRole::Leader));
-            let mut lessor = self.group.sm.lessor.lock();
-            if role == StateRole::Leader {
-                // Leases get the election on top, as etcd's Promote.
-                lessor.promote(self.settings.tick * self.settings.election_ticks as u32);
-            } else if self.role == StateRole::Leader {
-                lessor.demote();
-            }
             self.role = role;
+            if was_leader != (role == StateRole::Leader) {
+                self.sm.on_leadership(!was_leader, self.settings.tick * self.settings.election_ticks as u32);
+            }
         }
         if leader != self.leader {
             self.leader = leader;
-            metrics::LEADER_CHANGES.inc();
-            metrics::HAS_LEADER.set(i64::from(leader != raft::INVALID_ID));
+            self.metrics.leader_changes.inc();
+            self.metrics.has_leader.set(i64::from(leader != raft::INVALID_ID));
             self.retry_dropped();
         }
     }
@@ -459,3 +444,6 @@ fn fail_reads(waiters: ReadWaiters, e: Error) {
         let _ = w.send(Err(e.clone()));
     }
 }
+
+#[cfg(test)]
+mod tests;

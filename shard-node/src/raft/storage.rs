@@ -7,7 +7,7 @@
 
 use crate::engine::keys::GroupKeys;
 use crate::engine::{Engine, WriteBatch};
-use parking_lot::RwLock;
+use crate::locks::RwLock;
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
@@ -17,6 +17,12 @@ use std::sync::Arc;
 pub trait SnapshotSource: Send + Sync {
     /// (applied index, encoded state machine)
     fn build(&self) -> crate::error::Result<(u64, Vec<u8>)>;
+}
+
+impl<S: super::StateMachine> SnapshotSource for S {
+    fn build(&self) -> crate::error::Result<(u64, Vec<u8>)> {
+        self.snapshot()
+    }
 }
 
 /// Where a bootstrapped group's log starts (see `RaftStorage::bootstrap`).
@@ -64,10 +70,9 @@ impl RaftStorage {
             None => ConfState::default(),
         };
         let truncated = match get(keys.truncated_state())? {
-            Some(v) => Truncated {
-                index: crate::engine::keys::decode_u64(&v[..8]),
-                term: crate::engine::keys::decode_u64(&v[8..16]),
-            },
+            Some(v) => {
+                Truncated { index: crate::engine::keys::decode_u64(&v[..8]), term: crate::engine::keys::decode_u64(&v[8..16]) }
+            }
             None => Truncated::default(),
         };
         let (start, end) = keys.table(b'L');
@@ -82,7 +87,7 @@ impl RaftStorage {
         Ok(Self {
             engine,
             keys,
-            inner: Arc::new(RwLock::new(Inner { hard_state, conf_state, truncated, last_index })),
+            inner: Arc::new(RwLock::leaf("raft log", Inner { hard_state, conf_state, truncated, last_index })),
             snapshots,
         })
     }
@@ -103,6 +108,11 @@ impl RaftStorage {
         }
         self.put_truncated(t, batch);
         self.set_conf_state(cs, batch);
+    }
+
+    /// Writes a batch of log changes (`sync`: wait for the disk).
+    pub fn write(&self, batch: WriteBatch, sync: bool) -> crate::engine::Result<()> {
+        self.engine.write(batch, sync)
     }
 
     pub fn hard_state(&self) -> HardState {
@@ -196,7 +206,13 @@ impl raft::Storage for RaftStorage {
         Ok(RaftState::new(i.hard_state.clone(), i.conf_state.clone()))
     }
 
-    fn entries(&self, low: u64, high: u64, max_size: impl Into<Option<u64>>, _ctx: GetEntriesContext) -> raft::Result<Vec<Entry>> {
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _ctx: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
         let (first, last) = {
             let i = self.inner.read();
             (i.truncated.index + 1, i.last_index)
@@ -276,5 +292,94 @@ impl raft::Storage for RaftStorage {
         meta.set_term(term);
         meta.set_conf_state(self.conf_state());
         Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::MemoryEngine;
+    use raft::Storage as _;
+
+    struct NoSnapshots;
+    impl SnapshotSource for NoSnapshots {
+        fn build(&self) -> crate::error::Result<(u64, Vec<u8>)> {
+            Ok((INIT_INDEX + 3, b"state".to_vec()))
+        }
+    }
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.set_index(index);
+        e.set_term(term);
+        e.set_data(format!("e{index}").into_bytes().into());
+        e
+    }
+
+    fn open(engine: &Arc<dyn Engine>) -> RaftStorage {
+        RaftStorage::open(engine.clone(), GroupKeys::new(4), Arc::new(NoSnapshots)).unwrap()
+    }
+
+    /// Applies what a call staged, as the driver does.
+    fn staged(s: &RaftStorage, f: impl FnOnce(&RaftStorage, &mut WriteBatch)) {
+        let mut b = WriteBatch::default();
+        f(s, &mut b);
+        s.write(b, true).unwrap();
+    }
+
+    #[test]
+    fn the_log_survives_a_reopen_and_a_conflicting_tail_is_replaced() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::default());
+        let s = open(&engine);
+        let mut cs = ConfState::default();
+        cs.set_voters(vec![1, 2, 3]);
+        staged(&s, |s, b| s.bootstrap(&cs, b));
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (INIT_INDEX + 1, INIT_INDEX));
+        let (i1, i2, i3) = (INIT_INDEX + 1, INIT_INDEX + 2, INIT_INDEX + 3);
+        staged(&s, |s, b| s.append(&[entry(i1, 6), entry(i2, 6), entry(i3, 6)], b));
+        // A new leader overwrites from i2 with a newer term.
+        staged(&s, |s, b| s.append(&[entry(i2, 7)], b));
+        assert_eq!(s.last_index().unwrap(), i2, "the old tail beyond the conflict is gone");
+        assert_eq!(s.term(i2).unwrap(), 7);
+        let mut hs = s.hard_state();
+        hs.set_commit(i2);
+        hs.set_term(7);
+        staged(&s, |s, b| s.set_hard_state(&hs, b));
+
+        let again = open(&engine);
+        assert_eq!(again.initial_state().unwrap().hard_state, hs);
+        assert_eq!(again.conf_state().get_voters(), [1, 2, 3]);
+        let got = again.entries(i1, i2 + 1, None, GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(got.iter().map(|e| (e.get_index(), e.get_term())).collect::<Vec<_>>(), [(i1, 6), (i2, 7)]);
+        assert_eq!(again.term(INIT_INDEX).unwrap(), INIT_TERM, "the bootstrap truncation's term");
+        assert!(again.term(i3).is_err());
+    }
+
+    #[test]
+    fn compaction_and_snapshots_move_the_start_of_the_log() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::default());
+        let s = open(&engine);
+        staged(&s, |s, b| s.bootstrap(&ConfState::default(), b));
+        let entries: Vec<Entry> = (INIT_INDEX + 1..=INIT_INDEX + 5).map(|i| entry(i, 6)).collect();
+        staged(&s, |s, b| s.append(&entries, b));
+        staged(&s, |s, b| s.compact_to(INIT_INDEX + 3, b).unwrap());
+        assert_eq!(s.first_index().unwrap(), INIT_INDEX + 4);
+        assert!(matches!(
+            s.entries(INIT_INDEX + 2, INIT_INDEX + 4, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert_eq!(s.term(INIT_INDEX + 3).unwrap(), 6, "the compacted index keeps its term");
+        let snap = s.snapshot(0, 2).unwrap();
+        assert_eq!((snap.get_metadata().get_index(), snap.get_data()), (INIT_INDEX + 3, &b"state"[..]));
+
+        // Installing a later snapshot empties the log and starts it after.
+        let mut later = Snapshot::default();
+        later.mut_metadata().set_index(INIT_INDEX + 20);
+        later.mut_metadata().set_term(9);
+        staged(&s, |s, b| s.reset_to_snapshot(&later, b));
+        let again = open(&engine);
+        assert_eq!((again.first_index().unwrap(), again.last_index().unwrap()), (INIT_INDEX + 21, INIT_INDEX + 20));
+        assert_eq!(again.hard_state().get_commit(), INIT_INDEX + 20);
+        assert_eq!(again.term(INIT_INDEX + 20).unwrap(), 9);
     }
 }

@@ -3,8 +3,8 @@
 //! queue or an unknown peer is reported back at once as unreachable, and a
 //! broken stream is reported through the group's mailbox.
 
-use crate::group::Msg;
-use parking_lot::{Mutex, RwLock};
+use super::Msg;
+use crate::locks::{Mutex, RwLock};
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use std::collections::HashMap;
@@ -19,6 +19,11 @@ use tokio_stream::wrappers::ReceiverStream;
 /// Mailboxes of the groups hosted here, by group id.
 pub type Mailboxes = Arc<RwLock<HashMap<u64, SyncSender<Msg>>>>;
 
+/// A node's mailbox table (a leaf lock).
+pub fn mailboxes() -> Mailboxes {
+    Arc::new(RwLock::leaf("mailboxes", HashMap::new()))
+}
+
 struct Outgoing {
     group: u64,
     to: u64,
@@ -26,7 +31,7 @@ struct Outgoing {
     snapshot: bool,
 }
 
-pub struct Transport {
+pub struct GrpcTransport {
     runtime: tokio::runtime::Handle,
     urls: RwLock<HashMap<u64, String>>,
     /// One stream per node (peer URL), shared by every group: replicas of
@@ -37,18 +42,25 @@ pub struct Transport {
 
 const PEER_QUEUE: usize = 1024;
 
-impl Transport {
+impl GrpcTransport {
     pub fn new(runtime: tokio::runtime::Handle, mailboxes: Mailboxes) -> Self {
-        Self { runtime, urls: RwLock::new(HashMap::new()), peers: Mutex::new(HashMap::new()), mailboxes }
+        Self {
+            runtime,
+            urls: RwLock::leaf("peer urls", HashMap::new()),
+            peers: Mutex::leaf("peer streams", HashMap::new()),
+            mailboxes,
+        }
     }
+}
 
-    pub fn set_peer(&self, id: u64, url: String) {
+impl super::Transport for GrpcTransport {
+    fn set_peer(&self, id: u64, url: String) {
         self.urls.write().insert(id, url);
     }
 
     /// Queues messages; returns (peer, carried a snapshot) for each peer that
     /// cannot take them now.
-    pub fn send(&self, group: u64, msgs: Vec<Message>) -> Vec<(u64, bool)> {
+    fn send(&self, group: u64, msgs: Vec<Message>) -> Vec<(u64, bool)> {
         let mut by_peer: HashMap<u64, Outgoing> = HashMap::new();
         for m in msgs {
             let to = m.get_to();
@@ -70,7 +82,9 @@ impl Transport {
         }
         failed
     }
+}
 
+impl GrpcTransport {
     fn peer(&self, id: u64) -> Option<mpsc::Sender<Outgoing>> {
         let url = self.urls.read().get(&id)?.clone();
         let mut peers = self.peers.lock();
@@ -85,7 +99,8 @@ impl Transport {
 }
 
 fn report(mailboxes: &Mailboxes, group: u64, msg: Msg) {
-    if let Some(mb) = mailboxes.read().get(&group) {
+    let mailbox = mailboxes.read().get(&group).cloned();
+    if let Some(mb) = mailbox {
         let _ = mb.try_send(msg);
     }
 }

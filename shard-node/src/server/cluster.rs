@@ -3,7 +3,6 @@
 //! raft configuration change at the same log index.
 
 use crate::apply::Applied;
-use crate::config::socket_addr;
 use crate::error::Error;
 use crate::group::Group;
 use crate::members::member_id;
@@ -14,6 +13,7 @@ use tessera_proto::etcdserverpb::cluster_client::ClusterClient;
 use tessera_proto::etcdserverpb::cluster_server::Cluster;
 use tessera_proto::etcdserverpb::*;
 use tessera_proto::tessera::command::{command::Op, MemberContext};
+use tessera_rpc::flags::socket_addr;
 use tonic::{Request, Response, Status};
 
 #[derive(Clone)]
@@ -31,14 +31,14 @@ impl ClusterService {
     }
 
     fn members(&self) -> Vec<Member> {
-        self.group.sm.members.read().to_proto()
+        self.group.sm.members().to_proto()
     }
 
     fn check_peer_urls(&self, urls: &[String], except: Option<u64>) -> Result<(), Error> {
         if urls.is_empty() || urls.iter().any(|u| socket_addr(u).is_err()) {
             return Err(Error::MemberBadUrls);
         }
-        let members = self.group.sm.members.read();
+        let members = self.group.sm.members();
         let taken = members.all().any(|m| Some(m.id) != except && m.peer_urls.iter().any(|u| urls.contains(u)));
         if taken {
             return Err(Error::PeerUrlExist);
@@ -52,7 +52,7 @@ impl ClusterService {
         if leader == 0 {
             return Err(Error::NoLeader);
         }
-        self.group.sm.members.read().get(leader).and_then(|m| m.client_urls.first().cloned()).ok_or(Error::NotLeader)
+        self.group.sm.member(leader).and_then(|m| m.client_urls.first().cloned()).ok_or(Error::NotLeader)
     }
 }
 
@@ -79,14 +79,14 @@ impl Cluster for ClusterService {
 
     async fn member_remove(&self, req: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
         let id = req.into_inner().id;
-        let member = self.group.sm.members.read().get(id).cloned().ok_or(Error::MemberNotFound)?;
+        let member = self.group.sm.member(id).ok_or(Error::MemberNotFound)?;
         self.group.propose_conf_change(ConfChangeType::RemoveNode, member).await?.result?;
         Ok(Response::new(MemberRemoveResponse { header: self.header(), members: self.members() }))
     }
 
     async fn member_update(&self, req: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
         let r = req.into_inner();
-        let mut member = self.group.sm.members.read().get(r.id).cloned().ok_or(Error::MemberNotFound)?;
+        let mut member = self.group.sm.member(r.id).ok_or(Error::MemberNotFound)?;
         self.check_peer_urls(&r.peer_ur_ls, Some(r.id))?;
         member.peer_urls = r.peer_ur_ls;
         match self.group.propose(Op::UpdateMember(member)).await?.result? {
@@ -111,7 +111,7 @@ impl Cluster for ClusterService {
                 ClusterClient::connect(self.leader_client_url()?).await.map_err(|_| Status::from(Error::NoLeader))?;
             return leader.member_promote(self.group.request(MemberPromoteRequest { id })).await;
         }
-        let member = self.group.sm.members.read().get(id).cloned().ok_or(Error::MemberNotFound)?;
+        let member = self.group.sm.member(id).ok_or(Error::MemberNotFound)?;
         if !st.learners.contains(&id) {
             return Err(Error::MemberNotLearner.into());
         }

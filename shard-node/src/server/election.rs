@@ -14,15 +14,15 @@ pub struct ElectionService {
     pub group: Arc<Group>,
 }
 
-// etcd's own messages for these (its v3election package).
+// etcd's own errors for these (its v3election package).
 fn not_leader() -> Status {
-    Status::failed_precondition("election: not leader")
+    crate::error::Error::ElectionNotLeader.into()
 }
 fn no_leader() -> Status {
-    Status::not_found("election: no leader")
+    crate::error::Error::ElectionNoLeader.into()
 }
 fn missing_leader() -> Status {
-    Status::invalid_argument("\"leader\" field must be provided")
+    crate::error::Error::ElectionMissingLeader.into()
 }
 
 #[tonic::async_trait]

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::group::Group;
-use parking_lot::Mutex;
+use crate::locks::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_proto::tessera::transport::peer_client::PeerClient;
@@ -16,7 +16,7 @@ pub struct LeaderClient {
 
 impl LeaderClient {
     pub fn new(group: Arc<Group>) -> Self {
-        Self { group, cached: Mutex::new(None) }
+        Self { group, cached: Mutex::leaf("leader client", None) }
     }
 
     pub fn get(&self) -> Result<PeerClient<Channel>> {
@@ -24,32 +24,24 @@ impl LeaderClient {
         if leader == 0 {
             return Err(Error::NoLeader);
         }
-        let mut cached = self.cached.lock();
-        if let Some((id, c)) = cached.as_ref() {
+        if let Some((id, c)) = self.cached.lock().as_ref() {
             if *id == leader {
                 return Ok(c.clone());
             }
         }
-        let url = self
-            .group
-            .sm
-            .members
-            .read()
-            .get(leader)
-            .and_then(|m| m.peer_urls.first().cloned())
-            .ok_or(Error::NoLeader)?;
+        let url = self.group.sm.member(leader).and_then(|m| m.peer_urls.first().cloned()).ok_or(Error::NoLeader)?;
         let ep = tonic::transport::Endpoint::from_shared(url).map_err(|e| Error::Internal(e.to_string()))?;
         let client = PeerClient::new(ep.connect_timeout(Duration::from_secs(1)).connect_lazy());
-        *cached = Some((leader, client.clone()));
+        *self.cached.lock() = Some((leader, client.clone()));
         Ok(client)
     }
 }
 
-/// A peer-RPC failure as the error a client should see.
+/// A peer-RPC failure as the error a client should see: the leader's own
+/// answer, or "no leader" when it could not be reached.
 pub fn forward_error(s: tonic::Status) -> tonic::Status {
-    if s.code() == tonic::Code::Unavailable && !s.message().starts_with("etcdserver:") {
-        Error::NoLeader.into()
-    } else {
-        s
+    match Error::from_status(&s) {
+        Some(_) => s,
+        None => Error::NoLeader.into(),
     }
 }

@@ -7,6 +7,7 @@ use crate::apply::Applied;
 use crate::error::Error;
 use crate::group::Group;
 use crate::lease::MAX_LEASE_TTL;
+use crate::state::LeaseTtl;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,9 +30,9 @@ pub struct LeaseService {
 /// through raft so a later leader does not resurrect a stale one.
 pub async fn renew_local(group: &Arc<Group>, id: i64) -> Result<i64, Status> {
     if !group.status().is_leader {
-        return Err(Status::failed_precondition("etcdserver: not leader"));
+        return Err(Error::NotLeader.into());
     }
-    let renewed = group.sm.lessor.lock().renew(id);
+    let renewed = group.sm.lease_renew(id);
     match renewed {
         None => Ok(0), // etcd answers TTL 0 for an unknown lease
         Some((ttl, clear_checkpoint)) => {
@@ -48,20 +49,15 @@ pub async fn renew_local(group: &Arc<Group>, id: i64) -> Result<i64, Status> {
 }
 
 pub fn time_to_live_local(group: &Group, r: &LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse, Status> {
-    let st = group.status();
-    if !st.is_leader {
-        return Err(Status::failed_precondition("etcdserver: not leader"));
+    if !group.status().is_leader {
+        return Err(Error::NotLeader.into());
     }
-    let lessor = group.sm.lessor.lock();
-    let rev = group.sm.store.current_revision();
-    match (lessor.get(r.id), lessor.remaining(r.id)) {
-        (Some(l), Some(left)) => Ok(LeaseTimeToLiveResponse {
-            header: Some(group.header(rev)),
-            id: r.id,
-            ttl: left,
-            granted_ttl: l.ttl,
-            keys: if r.keys { l.keys.iter().cloned().collect() } else { vec![] },
-        }),
+    let lease = group.sm.lease_time_to_live(r.id, r.keys);
+    let rev = group.sm.current_revision();
+    match lease {
+        Some(LeaseTtl { granted_ttl, remaining: Some(left), keys }) => {
+            Ok(LeaseTimeToLiveResponse { header: Some(group.header(rev)), id: r.id, ttl: left, granted_ttl, keys })
+        }
         _ => Ok(LeaseTimeToLiveResponse { header: Some(group.header(rev)), id: r.id, ttl: -1, ..Default::default() }),
     }
 }
@@ -88,10 +84,9 @@ impl Lease for LeaseService {
         self.group.check_quota(64)?;
         if r.id == 0 {
             // The id is fixed before proposing, so every member applies the same.
-            let lessor = self.group.sm.lessor.lock();
             r.id = loop {
                 let id = rand::random::<i64>() & i64::MAX;
-                if id != 0 && !lessor.exists(id) {
+                if id != 0 && !self.group.sm.lease_exists(id) {
                     break id;
                 }
             };
@@ -123,7 +118,7 @@ impl Lease for LeaseService {
         tokio::spawn(async move {
             while let Ok(Some(r)) = input.message().await {
                 let resp = svc.renew(r.id).await.map(|ttl| LeaseKeepAliveResponse {
-                    header: Some(svc.group.header(svc.group.sm.store.current_revision())),
+                    header: Some(svc.group.header(svc.group.sm.current_revision())),
                     id: r.id,
                     ttl,
                 });
@@ -150,8 +145,8 @@ impl Lease for LeaseService {
 
     async fn lease_leases(&self, _req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
         self.group.read_index().await?;
-        let leases = self.group.sm.lessor.lock().ids().into_iter().map(|id| LeaseStatus { id }).collect();
-        let rev = self.group.sm.store.current_revision();
+        let leases = self.group.sm.lease_ids().into_iter().map(|id| LeaseStatus { id }).collect();
+        let rev = self.group.sm.current_revision();
         Ok(Response::new(LeaseLeasesResponse { header: Some(self.group.header(rev)), leases }))
     }
 }
@@ -167,11 +162,7 @@ pub async fn run_lease_loops(group: Arc<Group>, checkpoint_every: Duration, mut 
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let (primary, expired, checkpoints) = {
-            let l = group.sm.lessor.lock();
-            let cps = if last_checkpoint.elapsed() >= checkpoint_every { l.checkpoints() } else { vec![] };
-            (l.is_primary(), l.expired(), cps)
-        };
+        let (primary, expired, checkpoints) = group.sm.lease_clock(last_checkpoint.elapsed() >= checkpoint_every);
         if !primary {
             revoking.clear();
             continue;

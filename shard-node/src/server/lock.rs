@@ -25,12 +25,12 @@ impl Lock for LockService {
 
     async fn unlock(&self, req: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
         let key = req.into_inner().key;
-        let out = self
-            .group
-            .propose(tessera_proto::tessera::command::command::Op::DeleteRange(
-                tessera_proto::etcdserverpb::DeleteRangeRequest { key, ..Default::default() },
-            ))
-            .await?;
+        let out =
+            self.group
+                .propose(tessera_proto::tessera::command::command::Op::DeleteRange(
+                    tessera_proto::etcdserverpb::DeleteRangeRequest { key, ..Default::default() },
+                ))
+                .await?;
         out.result?;
         Ok(Response::new(UnlockResponse { header: Some(self.group.header(out.rev)) }))
     }

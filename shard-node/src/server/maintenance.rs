@@ -1,26 +1,21 @@
 //! etcd's Maintenance and Cluster services.
 
 use crate::apply::Applied;
-use crate::group::{Group, Msg};
-use crate::raft::snapshot;
-use tessera_proto::etcdserverpb::alarm_request::AlarmAction;
-use tessera_proto::tessera::command::command::Op;
+use crate::group::Group;
+use crate::raft::Msg;
+use crate::snapshot;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tessera_proto::etcdserverpb::alarm_request::AlarmAction;
 use tessera_proto::etcdserverpb::maintenance_server::Maintenance;
 use tessera_proto::etcdserverpb::*;
+use tessera_proto::tessera::command::command::Op;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 const SNAPSHOT_CHUNK: usize = 32 * 1024;
 
-/// The etcd API level we implement; Kubernetes checks it through Status.
-pub const ETCD_API_VERSION: &str = "3.5.17";
-
-/// The body of etcd's `/version` endpoint (shard-nodes and routers alike).
-pub fn version_json() -> String {
-    format!("{{\"etcdserver\":\"{ETCD_API_VERSION}\",\"etcdcluster\":\"3.5.0\"}}")
-}
+use tessera_rpc::endpoints::ETCD_API_VERSION;
 
 #[derive(Clone)]
 pub struct MaintenanceService {
@@ -29,7 +24,7 @@ pub struct MaintenanceService {
 
 impl MaintenanceService {
     fn header(&self) -> Option<ResponseHeader> {
-        Some(self.group.header(self.group.sm.store.current_revision()))
+        Some(self.group.header(self.group.sm.current_revision()))
     }
 }
 
@@ -72,7 +67,7 @@ impl Maintenance for MaintenanceService {
                     format!("memberID:{} alarm:{name} ", a.member_id)
                 })
                 .collect(),
-            db_size_in_use: self.group.sm.store.size_in_use() as i64,
+            db_size_in_use: self.group.sm.size_in_use() as i64,
             is_learner: st.is_learner,
             storage_version: String::new(),
             cluster_version: String::new(),
@@ -92,20 +87,18 @@ impl Maintenance for MaintenanceService {
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         // The whole store: every revision and lease.
-        let (hash, _) = self.group.sm.store.hash_kv(0)?;
+        let (hash, _, _) = self.group.sm.hash_kv(0)?;
         Ok(Response::new(HashResponse { header: self.header(), hash }))
     }
 
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         let r = req.into_inner();
-        let store = &self.group.sm.store;
-        let (hash, rev) = store.hash_kv(r.revision)?;
-        Ok(Response::new(HashKvResponse {
-            header: self.header(),
-            hash,
-            compact_revision: store.compact_revision(),
-            hash_revision: rev,
-        }))
+        if r.revision > 0 {
+            // A revision the federation handed out that this group has not reached yet.
+            self.group.reach(r.revision).await?;
+        }
+        let (hash, hash_revision, compact_revision) = self.group.sm.hash_kv(r.revision)?;
+        Ok(Response::new(HashKvResponse { header: self.header(), hash, compact_revision, hash_revision }))
     }
 
     type SnapshotStream = ReceiverStream<Result<SnapshotResponse, Status>>;
@@ -125,7 +118,7 @@ impl Maintenance for MaintenanceService {
             for chunk in file.chunks(SNAPSHOT_CHUNK) {
                 sent += chunk.len();
                 let resp = SnapshotResponse {
-                    header: header.clone(),
+                    header,
                     remaining_bytes: (total - sent) as u64,
                     blob: chunk.to_vec(),
                     version: ETCD_API_VERSION.into(),
@@ -143,7 +136,7 @@ impl Maintenance for MaintenanceService {
         if !self.group.status().is_leader {
             return Err(Status::failed_precondition("etcdserver: not leader"));
         }
-        if self.group.sm.members.read().get(target).is_none() {
+        if self.group.sm.member(target).is_none() {
             return Err(crate::error::Error::MemberNotFound.into());
         }
         self.group.send(Msg::TransferLeader(target))?;

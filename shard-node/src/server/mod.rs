@@ -2,11 +2,8 @@
 //! map error → fill header), served on the client port together with the
 //! HTTP endpoints etcd has there (/metrics, /health, /version).
 
-pub mod authority;
 pub mod cluster;
 pub mod election;
-pub mod errors;
-pub mod gateway;
 pub mod kv;
 pub mod leader;
 pub mod lease;
@@ -14,33 +11,28 @@ pub mod lock;
 pub mod maintenance;
 pub mod peer;
 pub mod recipes;
-pub mod serve;
 pub mod shard;
 pub mod validate;
 pub mod watch;
 
+use crate::error::Refusal;
 use crate::group::Group;
 use crate::node::{Node, STANDALONE_GROUP};
-use axum::routing::get;
 use std::sync::Arc;
 use std::time::Duration;
-use tessera_proto::etcdserverpb::cluster_server::{Cluster, ClusterServer};
-use tessera_proto::etcdserverpb::kv_server::{Kv, KvServer};
-use tessera_proto::etcdserverpb::lease_server::{Lease, LeaseServer};
-use tessera_proto::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
-use tessera_proto::etcdserverpb::watch_server::{Watch, WatchServer};
+use tessera_proto::tessera::shard::oracle_server::OracleServer;
 use tessera_proto::tessera::shard::shard_server::ShardServer;
-use tessera_proto::v3electionpb::election_server::{Election, ElectionServer};
-use tessera_proto::v3lockpb::lock_server::{Lock, LockServer};
-
-/// etcd's allowance for gRPC framing on top of --max-request-bytes.
-const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+use tessera_rpc::endpoints::GRPC_OVERHEAD_BYTES;
+use tessera_rpc::metadata::Routed;
+use tessera_rpc::EtcdServices;
 
 pub struct ClientApi {
     pub group: Arc<Group>,
     pub max_txn_ops: usize,
     pub progress_interval: Duration,
     pub min_lease_ttl: i64,
+    /// This group serves the federation's revision oracle.
+    pub serve_oracle: bool,
 }
 
 impl ClientApi {
@@ -58,122 +50,45 @@ impl ClientApi {
         let lock = lock::LockService { group: g.clone() };
         let election = election::ElectionService { group: g.clone() };
         let etcd = EtcdServices { kv, watch, lease, cluster, maintenance, lock, election, max_message: max };
-        etcd.router(|grpc| grpc.add_service(ShardServer::new(shard::ShardService { group: g })))
-    }
-}
-
-/// One implementation of each of etcd's services: a group's, or the router's
-/// over the federation.
-pub struct EtcdServices<K, W, L, C, M, Lk, E> {
-    pub kv: K,
-    pub watch: W,
-    pub lease: L,
-    pub cluster: C,
-    pub maintenance: M,
-    pub lock: Lk,
-    pub election: E,
-    /// The largest request message accepted (etcd's --max-request-bytes plus framing).
-    pub max_message: usize,
-}
-
-impl<K, W, L, C, M, Lk, E> EtcdServices<K, W, L, C, M, Lk, E>
-where
-    K: Kv + Clone,
-    W: Watch + Clone,
-    L: Lease + Clone,
-    C: Cluster + Clone,
-    M: Maintenance + Clone,
-    Lk: Lock + Clone,
-    E: Election + Clone,
-{
-    /// etcd's gRPC services (and those `more` adds) and its JSON gateway
-    /// over the same implementations.
-    pub fn router(self, more: impl FnOnce(tonic::service::Routes) -> tonic::service::Routes) -> axum::Router {
-        let max = self.max_message;
-        let json = gateway::kv(self.kv.clone())
-            .merge(gateway::watch(self.watch.clone()))
-            .merge(gateway::lease(self.lease.clone()))
-            .merge(gateway::cluster(self.cluster.clone()))
-            .merge(gateway::maintenance(self.maintenance.clone()))
-            .merge(gateway::lock(self.lock.clone()))
-            .merge(gateway::election(self.election.clone()));
-        let grpc = tonic::service::Routes::new(KvServer::new(self.kv).max_decoding_message_size(max))
-            .add_service(WatchServer::new(self.watch).max_decoding_message_size(max))
-            .add_service(LeaseServer::new(self.lease).max_decoding_message_size(max))
-            .add_service(ClusterServer::new(self.cluster))
-            .add_service(MaintenanceServer::new(self.maintenance))
-            .add_service(LockServer::new(self.lock))
-            .add_service(ElectionServer::new(self.election));
-        more(grpc).into_axum_router().merge(json)
+        let oracle = self.serve_oracle.then(|| OracleServer::new(crate::oracle::OracleService::new(g.clone())));
+        etcd.router(|grpc| {
+            let grpc = grpc.add_service(ShardServer::new(shard::ShardService { group: g }));
+            match oracle {
+                Some(o) => grpc.add_service(o),
+                None => grpc,
+            }
+        })
     }
 }
 
 /// The client port of a node: etcd's HTTP endpoints, and gRPC calls handed
 /// to the replica their `tessera-group` metadata names (group 0 without).
 pub fn node_router(node: Arc<Node>) -> axum::Router {
-    let metrics_node = node.clone();
-    let health_node = node.clone();
-    axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                // Gauges derived from the store are read when scraped.
-                let replicas = metrics_node.replicas();
-                crate::metrics::DB_TOTAL_SIZE.set(metrics_node.parts.engine.size_on_disk() as i64);
-                crate::metrics::KEYS_TOTAL.set(replicas.iter().map(|r| r.group.sm.store.key_count() as i64).sum());
-                async { crate::metrics::render() }
-            }),
-        )
-        .route(
-            "/health",
-            get(move || {
-                let replicas = health_node.replicas();
-                let ok = !replicas.is_empty() && replicas.iter().all(|r| r.group.status().leader != 0);
-                async move {
-                    let body = format!("{{\"health\":\"{ok}\"}}");
-                    let code = if ok { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
-                    (code, body)
-                }
-            }),
-        )
-        .route(
-            "/version",
-            get(|| async { maintenance::version_json() }),
-        )
-        .fallback(move |req: axum::extract::Request| dispatch(node.clone(), req))
-}
-
-/// The replica of `group` on this node, or the error a caller can act on.
-pub(crate) fn hosted(node: &Node, group: u64) -> Result<Arc<crate::replica::Replica>, tonic::Status> {
-    node.replica(group).ok_or_else(|| tonic::Status::unavailable(format!("tessera: group {group} is not hosted here")))
-}
-
-/// The replica a call names in its `tessera-group` metadata (the raw
-/// value); group 0, the standalone group, when it names none.
-pub(crate) fn named_replica(node: &Node, value: Option<&[u8]>) -> Result<Arc<crate::replica::Replica>, tonic::Status> {
-    let group = match value {
-        None => STANDALONE_GROUP,
-        Some(v) => std::str::from_utf8(v)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| tonic::Status::invalid_argument("tessera: bad tessera-group metadata"))?,
+    let (health_node, metrics_node) = (node.clone(), node.clone());
+    let healthy = move || {
+        let replicas = health_node.replicas();
+        std::future::ready(!replicas.is_empty() && replicas.iter().all(|r| r.group.status().leader != 0))
     };
-    hosted(node, group)
+    // Gauges derived from the store are read when scraped.
+    let refresh = move || crate::metrics::refresh(&metrics_node);
+    tessera_rpc::endpoints::routes(healthy, refresh).fallback(move |req: axum::extract::Request| dispatch(node.clone(), req))
+}
+
+/// The replica of `group` on this node, or the refusal a router acts on.
+pub(crate) fn hosted(node: &Node, group: u64) -> Result<Arc<crate::replica::Replica>, tonic::Status> {
+    node.replica(group).ok_or_else(|| Refusal::NotHosted { group }.into()).map_err(|e: crate::error::Error| e.into())
 }
 
 async fn dispatch(node: Arc<Node>, req: axum::extract::Request) -> axum::response::Response {
-    let headers = req.headers();
-    let replica = match named_replica(&node, headers.get(shardmap::GROUP_HEADER).map(|v| v.as_bytes())) {
+    let routed = match Routed::from_headers(req.headers()) {
+        Ok(r) => r,
+        Err(e) => return tonic::Status::invalid_argument(e.to_string()).into_http(),
+    };
+    let replica = match hosted(&node, routed.group.unwrap_or(STANDALONE_GROUP)) {
         Ok(r) => r,
         Err(s) => return s.into_http(),
     };
-    // The revision rule: the router's highest seen revision raises this
-    // group's clock, so revisions respect causality through the router.
-    if let Some(rev) = headers.get(shardmap::REVISION_HEADER).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<i64>().ok()) {
-        replica.group.hlc.observe(rev);
-    }
-    let epoch = headers.get(shardmap::EPOCH_HEADER).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    match crate::fence::routed(epoch, tower::ServiceExt::oneshot(replica.api.clone(), req)).await {
+    match crate::fence::routed(routed.epoch, tower::ServiceExt::oneshot(replica.api.clone(), req)).await {
         Ok(r) => r,
         Err(e) => match e {},
     }

@@ -2,8 +2,9 @@
 //! members forward to the leader.
 
 use super::lease::{renew_local, time_to_live_local};
-use crate::group::{Group, Msg};
+use crate::group::Group;
 use crate::node::Node;
+use crate::raft::Msg;
 use protobuf::Message as _;
 use std::sync::Arc;
 use tessera_proto::etcdserverpb::{
@@ -19,7 +20,9 @@ pub struct PeerService {
 
 impl PeerService {
     fn group<T>(&self, req: &Request<T>) -> Result<Arc<Group>, Status> {
-        Ok(super::named_replica(&self.node, req.metadata().get(shardmap::GROUP_HEADER).map(|v| v.as_bytes()))?.group.clone())
+        let routed = tessera_rpc::metadata::Routed::from_headers(req.metadata().as_ref())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(super::hosted(&self.node, routed.group.unwrap_or(crate::node::STANDALONE_GROUP))?.group.clone())
     }
 }
 
@@ -48,7 +51,7 @@ impl Peer for PeerService {
     async fn members(&self, req: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
         let id = req.get_ref().group_id;
         let group = super::hosted(&self.node, id)?.group.clone();
-        let members = group.sm.members.read().all().cloned().collect();
+        let members = group.sm.members().all().cloned().collect();
         Ok(Response::new(MembersResponse { cluster_id: group.cluster_id, members }))
     }
 
@@ -56,7 +59,7 @@ impl Peer for PeerService {
         let group = self.group(&req)?;
         let id = req.into_inner().id;
         let ttl = renew_local(&group, id).await?;
-        let rev = group.sm.store.current_revision();
+        let rev = group.sm.current_revision();
         Ok(Response::new(LeaseKeepAliveResponse { header: Some(group.header(rev)), id, ttl }))
     }
 

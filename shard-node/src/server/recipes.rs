@@ -87,7 +87,7 @@ pub async fn first_contender(group: &Group, prefix: &[u8]) -> Result<(Option<Key
         sort_target: SortTarget::Create as i32,
         ..Default::default()
     };
-    let (resp, rev) = group.sm.store.range(&r)?;
+    let (resp, rev) = group.sm.range(&r)?;
     Ok((resp.kvs.into_iter().next(), rev))
 }
 

@@ -4,10 +4,10 @@
 
 use crate::group::Group;
 use std::sync::Arc;
-use tessera_proto::tessera::command::{command::Op, Fence, RevisionBump};
+use tessera_proto::etcdserverpb::RangeRequest;
+use tessera_proto::tessera::command::{command::Op, Fence};
 use tessera_proto::tessera::shard::shard_server::Shard;
 use tessera_proto::tessera::shard::{BumpRequest, BumpResponse, FenceRequest, FenceResponse, StatsRequest, StatsResponse};
-use tessera_proto::etcdserverpb::RangeRequest;
 use tonic::{Request, Response, Status};
 
 pub struct ShardService {
@@ -19,12 +19,7 @@ impl Shard for ShardService {
     async fn bump(&self, req: Request<BumpRequest>) -> Result<Response<BumpResponse>, Status> {
         let want = req.into_inner().revision;
         let g = &self.group;
-        if g.sm.store.current_revision() < want {
-            // The proposal's hint is this clock's next reading, so > want.
-            g.hlc.observe(want);
-            g.propose(Op::Bump(RevisionBump {})).await?.result?;
-        }
-        let rev = g.sm.store.current_revision();
+        let rev = g.raise_to(want).await?;
         Ok(Response::new(BumpResponse { header: Some(g.header(rev)) }))
     }
 
@@ -37,24 +32,25 @@ impl Shard for ShardService {
         // Applied on this member: every write ordered before the fence is
         // counted, every later one routed by an older map is refused.
         g.propose(Op::Fence(Fence { prefix: prefix.clone(), epoch, revision: 0 })).await?.result?;
-        let count = RangeRequest { range_end: shardmap::prefix_end(&prefix), key: prefix, count_only: true, ..Default::default() };
-        let (resp, rev) = g.sm.store.range(&count)?;
+        let count =
+            RangeRequest { range_end: shardmap::prefix_end(&prefix), key: prefix, count_only: true, ..Default::default() };
+        let (resp, rev) = g.sm.range(&count)?;
         Ok(Response::new(FenceResponse { header: Some(g.header(rev)), keys: resp.count }))
     }
 
     async fn stats(&self, _req: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
         let g = &self.group;
         let st = g.status();
-        let rev = g.sm.store.current_revision();
+        let rev = g.sm.current_revision();
         Ok(Response::new(StatsResponse {
             header: Some(g.header(rev)),
             leader: st.leader,
             is_learner: st.is_learner,
-            keys: g.sm.store.key_count() as u64,
-            bytes_in_use: g.sm.store.size_in_use(),
+            keys: g.sm.key_count() as u64,
+            bytes_in_use: g.sm.size_in_use(),
             db_size: g.sm.engine.size_on_disk(),
             applied_index: g.sm.applied_index(),
-            compact_revision: g.sm.store.compact_revision(),
+            compact_revision: g.sm.compact_revision(),
         }))
     }
 }

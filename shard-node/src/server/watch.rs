@@ -6,7 +6,6 @@
 //! client, so a slow client slows only its own stream.
 
 use crate::group::Group;
-use crate::metrics;
 use crate::mvcc::{key_in_range, Rev};
 use prost::Message;
 use std::sync::Arc;
@@ -119,7 +118,7 @@ impl WatchStream {
                 break;
             }
         }
-        metrics::WATCHERS.sub(self.watchers.len() as i64);
+        self.group.sm.metrics.watchers.sub(self.watchers.len() as i64);
     }
 
     fn header(&self, rev: i64) -> Option<tessera_proto::etcdserverpb::ResponseHeader> {
@@ -131,7 +130,7 @@ impl WatchStream {
     }
 
     async fn on_request(&mut self, r: WatchRequest) -> Result<(), Gone> {
-        let current = self.group.sm.store.current_revision();
+        let current = self.group.sm.current_revision();
         match r.request_union {
             Some(RequestUnion::CreateRequest(c)) => self.create(c, current).await,
             Some(RequestUnion::CancelRequest(c)) => {
@@ -139,9 +138,14 @@ impl WatchStream {
                 let before = self.watchers.len();
                 self.watchers.retain(|w| w.id != c.watch_id);
                 if self.watchers.len() < before {
-                    metrics::WATCHERS.dec();
-                    self.send(WatchResponse { header: self.header(current), watch_id: c.watch_id, canceled: true, ..Default::default() })
-                        .await?;
+                    self.group.sm.metrics.watchers.dec();
+                    self.send(WatchResponse {
+                        header: self.header(current),
+                        watch_id: c.watch_id,
+                        canceled: true,
+                        ..Default::default()
+                    })
+                    .await?;
                 }
                 Ok(())
             }
@@ -179,7 +183,7 @@ impl WatchStream {
         }
         tracing::debug!(id, key = ?String::from_utf8_lossy(&c.key), end = ?String::from_utf8_lossy(&c.range_end), start = c.start_revision, current, "watch created");
         self.send(WatchResponse { header: self.header(current), watch_id: id, created: true, ..Default::default() }).await?;
-        metrics::WATCHERS.inc();
+        self.group.sm.metrics.watchers.inc();
         self.watchers.push(Watcher {
             id,
             key: c.key,
@@ -202,7 +206,7 @@ impl WatchStream {
         let mut fenced = vec![];
         for i in 0..self.watchers.len() {
             let w = &self.watchers[i];
-            let ending = self.group.sm.fences.read().ending_watch(self.epoch, &w.key, &w.range_end);
+            let ending = self.group.sm.ending_watch(self.epoch, &w.key, &w.range_end);
             let upto_here = ending.map_or(current, |(_, fence_rev)| current.min(fence_rev));
             if w.next_rev > upto_here {
                 if let Some((epoch, _)) = ending {
@@ -236,14 +240,13 @@ impl WatchStream {
             self.send_events(id, fragment, events, upto_here).await?;
         }
         for id in compacted {
-            let compact_revision = self.group.sm.store.compact_revision();
-            let reason = crate::error::Error::Compacted.to_string();
-            self.end(id, WatchResponse { header: self.header(current), compact_revision, cancel_reason: reason, ..Default::default() })
-                .await?;
+            // As etcd: the compacted revision, a header without a revision, no reason.
+            let compact_revision = self.group.sm.compact_revision();
+            self.end(id, WatchResponse { header: self.header(0), compact_revision, ..Default::default() }).await?;
         }
         for (id, current_epoch) in fenced {
             // The router routes the watch again from the last revision it got.
-            let reason = crate::error::Error::EpochNotMatch { current: current_epoch }.to_string();
+            let reason = crate::error::Refusal::EpochNotMatch { current: current_epoch }.to_string();
             self.end(id, WatchResponse { header: self.header(current), cancel_reason: reason, ..Default::default() }).await?;
         }
         Ok(behind)
@@ -252,23 +255,22 @@ impl WatchStream {
     /// Cancels watcher `id` with `resp` (its reason).
     async fn end(&mut self, id: i64, resp: WatchResponse) -> Result<(), Gone> {
         self.watchers.retain(|w| w.id != id);
-        metrics::WATCHERS.dec();
+        self.group.sm.metrics.watchers.dec();
         self.send(WatchResponse { watch_id: id, canceled: true, ..resp }).await
     }
 
     /// The watcher's events from its next revision: the ring if it still
     /// holds them, else history. Returns the events and the last revision covered.
     fn events_for(&self, w: &Watcher, current: i64) -> crate::error::Result<(Vec<Event>, i64)> {
-        let store = &self.group.sm.store;
-        if w.next_rev < store.compact_revision() {
+        let sm = &self.group.sm;
+        if w.next_rev < sm.compact_revision() {
             return Err(crate::error::Error::Compacted);
         }
         let mut events: Vec<Event> = match self.group.sm.hub.recent(w.next_rev, current) {
             Some(batches) => batches.iter().flat_map(|b| b.events.iter().filter(|e| w.wants(e)).cloned()).collect(),
             None => {
-                let (evs, upto) = store.history(w.next_rev, current, HISTORY_REVS_PER_ROUND, &|k| {
-                    key_in_range(k, &w.key, &w.range_end)
-                })?;
+                let (evs, upto) =
+                    sm.history(w.next_rev, current, HISTORY_REVS_PER_ROUND, &|k| key_in_range(k, &w.key, &w.range_end))?;
                 let evs: Vec<Event> = evs.into_iter().filter(|e| w.wants(e)).collect();
                 return self.with_prev(w, evs).map(|e| (e, upto));
             }
@@ -281,7 +283,7 @@ impl WatchStream {
         if w.prev_kv {
             for e in &mut events {
                 if let Some(kv) = &e.kv {
-                    e.prev_kv = self.group.sm.store.prev_of(&kv.key, Rev::new(kv.mod_revision, 0))?;
+                    e.prev_kv = self.group.sm.prev_of(&kv.key, Rev::new(kv.mod_revision, 0));
                 }
             }
         }
@@ -309,8 +311,14 @@ impl WatchStream {
         }
         let last = parts.len() - 1;
         for (i, events) in parts.into_iter().enumerate() {
-            self.send(WatchResponse { header: self.header(current), watch_id: id, events, fragment: i < last, ..Default::default() })
-                .await?;
+            self.send(WatchResponse {
+                header: self.header(current),
+                watch_id: id,
+                events,
+                fragment: i < last,
+                ..Default::default()
+            })
+            .await?;
         }
         Ok(())
     }
@@ -324,7 +332,7 @@ impl WatchStream {
 
     /// Periodic progress for watchers that asked for it and had no events.
     async fn progress_notify(&mut self) -> Result<(), Gone> {
-        let current = self.group.sm.store.current_revision();
+        let current = self.group.sm.current_revision();
         let mut due = vec![];
         for w in &mut self.watchers {
             if w.progress_notify && w.next_rev > current && !w.sent_since_progress {

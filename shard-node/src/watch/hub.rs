@@ -1,4 +1,4 @@
-use parking_lot::Mutex;
+use crate::locks::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tessera_proto::mvccpb::Event;
@@ -29,7 +29,7 @@ impl WatchHub {
     /// `capacity`: bytes of recent events to keep in memory.
     pub fn new(current_rev: i64, capacity: usize) -> Self {
         Self {
-            ring: Mutex::new(Ring { batches: VecDeque::new(), bytes: 0, covered_from: current_rev + 1 }),
+            ring: Mutex::leaf("watch ring", Ring { batches: VecDeque::new(), bytes: 0, covered_from: current_rev + 1 }),
             capacity,
             rev: watch::channel(current_rev).0,
         }

@@ -1,0 +1,364 @@
+//! Faults injected while the workload runs, chosen from a seed (the kinds
+//! take turns; targets and parameters are drawn at random). Each fault
+//! is a list of steps applied together, held for a while, then healed in
+//! reverse order; one fault heals before the next starts (a `multi` fault
+//! is several at once), and all heal before the final read.
+//!
+//! - kill: kill -9, then start again from the same command line and data;
+//! - pause: SIGSTOP, then SIGCONT;
+//! - isolate: every packet to and from one process dropped;
+//! - split: the processes split in two sides (the clients on one), no packet crosses;
+//! - cut: packets from one process (or the clients) to another dropped, one way only;
+//! - delay: one process's links, or one pair's, delayed 20–400 ms with jitter;
+//! - loss: one process's links, or one pair's, lose 5–40 % of packets;
+//! - skew: one process's clock (libfaketime, `clock`) runs 1.25–2× fast for
+//!   a while or jumps 1–4 s ahead, then runs at half speed until it is back
+//!   on true time (a clock left ahead would stretch the process's waits);
+//! - multi: two or three of the other enabled kinds at once.
+
+use super::cluster::Cluster;
+use super::net::Link;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    Kill,
+    Pause,
+    Isolate,
+    Split,
+    Cut,
+    Delay,
+    Loss,
+    Skew,
+    Multi,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 9] = [
+        FaultKind::Kill,
+        FaultKind::Pause,
+        FaultKind::Isolate,
+        FaultKind::Split,
+        FaultKind::Cut,
+        FaultKind::Delay,
+        FaultKind::Loss,
+        FaultKind::Skew,
+        FaultKind::Multi,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Isolate => "isolate",
+            FaultKind::Split => "split",
+            FaultKind::Cut => "cut",
+            FaultKind::Delay => "delay",
+            FaultKind::Loss => "loss",
+            FaultKind::Skew => "skew",
+            FaultKind::Multi => "multi",
+        }
+    }
+
+    /// Needs the run's own network (namespaces and the switch).
+    pub fn needs_network(self) -> bool {
+        matches!(self, FaultKind::Isolate | FaultKind::Split | FaultKind::Cut | FaultKind::Delay | FaultKind::Loss)
+    }
+}
+
+impl std::str::FromStr for FaultKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let names: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+        FaultKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown fault {s:?} (one of {})", names.join(", ")))
+    }
+}
+
+impl std::fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One injected fault, for the report.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Injected {
+    pub kind: FaultKind,
+    /// What was done to whom, e.g. "cut router-1→n2".
+    pub what: String,
+    /// Run clock (ms) when it started and when it healed.
+    pub at_ms: u64,
+    pub healed_ms: u64,
+}
+
+/// A small deterministic generator (xorshift), so a seed replays a run's choices.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next_u64() % n
+        }
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    /// Uniform in [lo, hi).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi.saturating_sub(lo))
+    }
+}
+
+/// One thing a fault does, and undoes when it heals.
+#[derive(Clone, Debug)]
+enum Step {
+    Kill(usize),
+    Pause(usize),
+    /// Links between hosts of the network, by host index.
+    Links(Vec<(usize, usize, Link)>),
+    Rate(usize, f64),
+    Jump(usize, f64),
+}
+
+/// Who can be faulted: the system's processes (their names and hosts) and the clients' host.
+struct Targets {
+    names: Vec<String>,
+    hosts: Vec<Option<usize>>,
+    client: Option<usize>,
+    /// The process whose clock can be skewed (clock::Skewable).
+    clocked: Option<usize>,
+}
+
+impl Targets {
+    fn of(c: &Cluster) -> Targets {
+        Targets {
+            names: c.procs.iter().map(|p| p.name.clone()).collect(),
+            hosts: c.procs.iter().map(|p| p.host).collect(),
+            client: c.net.as_ref().and_then(|n| n.index("client")),
+            clocked: c.procs.iter().position(|p| p.clock.is_some()),
+        }
+    }
+    fn host_name(&self, h: usize) -> String {
+        if Some(h) == self.client {
+            return "clients".into();
+        }
+        self.hosts.iter().position(|x| *x == Some(h)).map_or(format!("host {h}"), |i| self.names[i].clone())
+    }
+    /// Every host: processes', then the clients'.
+    fn all_hosts(&self) -> Vec<usize> {
+        self.hosts.iter().flatten().copied().chain(self.client).collect()
+    }
+}
+
+fn both_ways(a: &[usize], b: &[usize], link: Link) -> Vec<(usize, usize, Link)> {
+    let mut v = vec![];
+    for &x in a {
+        for &y in b {
+            v.push((x, y, link));
+            v.push((y, x, link));
+        }
+    }
+    v
+}
+
+/// Plans one fault of `kind`: its steps, how long it holds and what it is.
+fn plan(kind: FaultKind, t: &Targets, kinds: &[FaultKind], rng: &mut Rng) -> (Vec<Step>, Duration, String) {
+    let n = t.names.len() as u64;
+    let p = rng.below(n) as usize;
+    let name = t.names[p].clone();
+    let host = t.hosts[p];
+    let ms = |rng: &mut Rng, lo, hi| Duration::from_millis(rng.range(lo, hi));
+    // A process, or a pair of hosts, for delay and loss.
+    let links = |rng: &mut Rng, link: Link| -> (Vec<(usize, usize, Link)>, String) {
+        let all = t.all_hosts();
+        let h = host.unwrap_or(0);
+        if rng.chance(50) {
+            let others: Vec<usize> = all.iter().copied().filter(|&x| x != h).collect();
+            (both_ways(&[h], &others, link), name.clone())
+        } else {
+            let others: Vec<usize> = all.iter().copied().filter(|&x| x != h).collect();
+            let o = others[rng.below(others.len() as u64) as usize];
+            (both_ways(&[h], &[o], link), format!("{name}↔{}", t.host_name(o)))
+        }
+    };
+    match kind {
+        FaultKind::Kill => (vec![Step::Kill(p)], ms(rng, 500, 3000), format!("kill {name}")),
+        FaultKind::Pause => (vec![Step::Pause(p)], ms(rng, 500, 3000), format!("pause {name}")),
+        FaultKind::Isolate => {
+            let h = host.unwrap_or(0);
+            let others: Vec<usize> = t.all_hosts().into_iter().filter(|&x| x != h).collect();
+            let drop = Link { drop: true, ..Link::default() };
+            (vec![Step::Links(both_ways(&[h], &others, drop))], ms(rng, 1000, 5000), format!("isolate {name}"))
+        }
+        FaultKind::Split => {
+            let mut sides = (vec![], vec![]);
+            // A random non-trivial bipartition: bit i of the mask puts process i on side b.
+            let mask = 1 + rng.below((1u64 << n.min(20)) - 2);
+            for (i, h) in t.hosts.iter().enumerate() {
+                let side = if mask >> i & 1 == 1 { &mut sides.1 } else { &mut sides.0 };
+                side.extend(*h);
+            }
+            let with_clients = if rng.chance(50) { &mut sides.0 } else { &mut sides.1 };
+            with_clients.extend(t.client);
+            let drop = Link { drop: true, ..Link::default() };
+            let names = |side: &[usize]| side.iter().map(|&h| t.host_name(h)).collect::<Vec<_>>().join(",");
+            let what = format!("split {{{}}} | {{{}}}", names(&sides.0), names(&sides.1));
+            (vec![Step::Links(both_ways(&sides.0, &sides.1, drop))], ms(rng, 1000, 5000), what)
+        }
+        FaultKind::Cut => {
+            let all = t.all_hosts();
+            let from = all[rng.below(all.len() as u64) as usize];
+            let rest: Vec<usize> = all.iter().copied().filter(|&x| x != from).collect();
+            let to = rest[rng.below(rest.len() as u64) as usize];
+            let what = format!("cut {}→{}", t.host_name(from), t.host_name(to));
+            (vec![Step::Links(vec![(from, to, Link { drop: true, ..Link::default() })])], ms(rng, 1000, 5000), what)
+        }
+        FaultKind::Delay => {
+            let d = ms(rng, 20, 400);
+            let link = Link { delay: d, jitter: d / 4, ..Link::default() };
+            let (l, who) = links(rng, link);
+            (vec![Step::Links(l)], ms(rng, 1000, 5000), format!("delay {who} {}ms", d.as_millis()))
+        }
+        FaultKind::Loss => {
+            let pct = rng.range(5, 40);
+            let (l, who) = links(rng, Link { loss: pct as f64 / 100.0, ..Link::default() });
+            (vec![Step::Links(l)], ms(rng, 1000, 5000), format!("loss {who} {pct}%"))
+        }
+        FaultKind::Skew => {
+            let Some(p) = t.clocked else { return (vec![], Duration::ZERO, "skew (no clock to skew)".into()) };
+            let name = &t.names[p];
+            if rng.chance(40) {
+                let secs = rng.range(1, 5) as f64;
+                (vec![Step::Jump(p, secs)], ms(rng, 200, 1000), format!("skew {name} jump +{secs}s"))
+            } else {
+                let rates = [1.25, 1.5, 2.0];
+                let r = rates[rng.below(rates.len() as u64) as usize];
+                (vec![Step::Rate(p, r)], ms(rng, 1000, 2500), format!("skew {name} x{r}"))
+            }
+        }
+        FaultKind::Multi => {
+            let pool: Vec<FaultKind> = kinds.iter().copied().filter(|k| *k != FaultKind::Multi).collect();
+            let pool = if pool.is_empty() { vec![FaultKind::Kill, FaultKind::Pause] } else { pool };
+            let count = rng.range(2, 4);
+            let (mut steps, mut hold, mut what) = (vec![], Duration::ZERO, vec![]);
+            for _ in 0..count {
+                let k = pool[rng.below(pool.len() as u64) as usize];
+                let (s, h, w) = plan(k, t, kinds, rng);
+                steps.extend(s);
+                hold = hold.max(h);
+                what.push(w);
+            }
+            (steps, hold, what.join(" + "))
+        }
+    }
+}
+
+fn apply(c: &mut Cluster, id: u64, step: &Step) -> anyhow::Result<()> {
+    match *step {
+        Step::Kill(i) => c.kill(i),
+        Step::Pause(i) => c.signal(i, libc::SIGSTOP),
+        Step::Links(ref l) => c.net.as_ref().map_or((), |n| n.set(id, l.clone())),
+        Step::Rate(i, r) => c.procs[i].clock.as_mut().map_or(Ok(()), |k| k.set_rate(r))?,
+        Step::Jump(i, s) => c.procs[i].clock.as_mut().map_or(Ok(()), |k| k.jump(s))?,
+    }
+    Ok(())
+}
+
+/// Undoes a step; a skewed clock first runs slow for the time returned, then `settle`s.
+fn heal(c: &mut Cluster, id: u64, step: &Step) -> anyhow::Result<Duration> {
+    match *step {
+        Step::Kill(i) => c.start(i)?,
+        Step::Pause(i) => c.signal(i, libc::SIGCONT),
+        Step::Links(_) => c.net.as_ref().map_or((), |n| n.clear(id)),
+        Step::Rate(i, _) | Step::Jump(i, _) => {
+            return Ok(c.procs[i].clock.as_mut().map_or(Ok(Duration::ZERO), |k| k.recover())?)
+        }
+    }
+    Ok(Duration::ZERO)
+}
+
+fn settle(c: &mut Cluster, step: &Step) -> anyhow::Result<()> {
+    if let Step::Rate(i, _) | Step::Jump(i, _) = *step {
+        c.procs[i].clock.as_mut().map_or(Ok(()), |k| k.settle())?;
+    }
+    Ok(())
+}
+
+/// Injects faults of `kinds`, one every `every`, until `stop`.
+pub async fn inject(
+    cluster: Arc<Mutex<Cluster>>,
+    kinds: Vec<FaultKind>,
+    every: Duration,
+    mut rng: Rng,
+    clock: impl Fn() -> u64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<Injected> {
+    let mut done = vec![];
+    if kinds.is_empty() {
+        return done;
+    }
+    let lock = || cluster.lock().unwrap_or_else(|p| p.into_inner());
+    let targets = Targets::of(&lock());
+    // The kinds take turns (from a seeded start), so a short run still meets each.
+    let first = rng.below(kinds.len() as u64) as usize;
+    for id in 1u64.. {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => break,
+        }
+        let kind = kinds[(first + id as usize - 1) % kinds.len()];
+        let (steps, hold, what) = plan(kind, &targets, &kinds, &mut rng);
+        let at_ms = clock() / 1_000_000;
+        for s in &steps {
+            if let Err(e) = apply(&mut lock(), id, s) {
+                tracing::error!(fault = what, error = %e, "could not apply");
+            }
+        }
+        tracing::info!(fault = what, ?hold, "fault");
+        // Heals early when the run stops, so the final read sees a whole system.
+        tokio::select! {
+            _ = tokio::time::sleep(hold) => {}
+            _ = stop.changed() => {}
+        }
+        let mut recovery = Duration::ZERO;
+        for s in steps.iter().rev() {
+            match heal(&mut lock(), id, s) {
+                Ok(d) => recovery = recovery.max(d),
+                Err(e) => tracing::error!(fault = what, error = %e, "could not heal"),
+            }
+        }
+        if !recovery.is_zero() {
+            tokio::time::sleep(recovery).await;
+            for s in &steps {
+                if let Err(e) = settle(&mut lock(), s) {
+                    tracing::error!(fault = what, error = %e, "could not settle the clock");
+                }
+            }
+        }
+        done.push(Injected { kind, what, at_ms, healed_ms: clock() / 1_000_000 });
+        if *stop.borrow() {
+            break;
+        }
+    }
+    done
+}

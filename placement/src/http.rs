@@ -1,0 +1,72 @@
+//! The admin API as JSON over HTTP: each route decodes its request, calls
+//! one `Placement` operation and encodes the answer or the error (status
+//! from its kind, body `ErrorBody`).
+
+use crate::api::{ErrorBody, GroupAddRequest, InitRequest, LearnerAddRequest, PinRequest, SpreadRequest};
+use crate::error::{ErrorKind, PlacementError};
+use crate::ops::Placement;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use serde::Serialize;
+
+fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+impl IntoResponse for PlacementError {
+    fn into_response(self) -> Response {
+        (status_of(self.kind), Json(ErrorBody { error: self.message, kind: self.kind })).into_response()
+    }
+}
+
+fn reply<T: Serialize>(r: Result<T, PlacementError>) -> Response {
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The admin API's routes over `placement`.
+pub fn routes(placement: Placement) -> Router {
+    Router::new()
+        .route("/tessera/v1/map", get(|State(p): State<Placement>| async move { reply(p.map().await) }))
+        .route(
+            "/tessera/v1/init",
+            post(|State(p): State<Placement>, Json(r): Json<InitRequest>| async move { reply(p.init(&r).await) }),
+        )
+        .route(
+            "/tessera/v1/groups",
+            post(|State(p): State<Placement>, Json(r): Json<GroupAddRequest>| async move { reply(p.add_group(&r).await) }),
+        )
+        .route(
+            "/tessera/v1/groups/{id}/learners",
+            post(|State(p): State<Placement>, Path(group): Path<u64>, body: Option<Json<LearnerAddRequest>>| async move {
+                reply(p.add_learner(group, body.and_then(|b| b.0.node)).await)
+            }),
+        )
+        .route(
+            "/tessera/v1/groups/{id}/replicas/{node}",
+            delete(|State(p): State<Placement>, Path((group, node)): Path<(u64, String)>| async move {
+                reply(p.remove_replica(group, &node).await)
+            }),
+        )
+        .route(
+            "/tessera/v1/pins",
+            put(|State(p): State<Placement>, Json(r): Json<PinRequest>| async move { reply(p.pin(&r.prefix, r.group).await) }),
+        )
+        .route(
+            "/tessera/v1/spreads",
+            put(|State(p): State<Placement>, Json(r): Json<SpreadRequest>| async move {
+                reply(p.spread(&r.prefix, &r.groups).await)
+            }),
+        )
+        .with_state(placement)
+}

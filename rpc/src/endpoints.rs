@@ -1,0 +1,74 @@
+//! The HTTP endpoints etcd serves on its client port next to gRPC:
+//! `/version` (the API level Kubernetes checks), `/health`, `/metrics`.
+//! Shard-nodes and routers answer them the same way.
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus::{Encoder, TextEncoder};
+
+/// The etcd API level implemented (3.5's watch-progress semantics, which
+/// Kubernetes relies on); reported by `/version` and Maintenance.Status.
+pub const ETCD_API_VERSION: &str = "3.5.17";
+const ETCD_CLUSTER_VERSION: &str = "3.5.0";
+
+/// etcd's request limit (--max-request-bytes default).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1572864;
+/// etcd's allowance for gRPC framing on top of --max-request-bytes.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Whether the server at `url` (`http://host:port` or `host:port`) answers
+/// `/health` with `"health":"true"`, within 2 s (readiness waits use it).
+pub async fn probe_health(url: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hostport = url.trim_start_matches("http://");
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(hostport).await.ok()?;
+        let req = format!("GET /health HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = vec![];
+        s.read_to_end(&mut buf).await.ok()?;
+        Some(String::from_utf8_lossy(&buf).contains("\"health\":\"true\""))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), probe).await.ok().flatten().unwrap_or(false)
+}
+
+/// The body of `/version`.
+pub fn version_json() -> String {
+    format!("{{\"etcdserver\":\"{ETCD_API_VERSION}\",\"etcdcluster\":\"{ETCD_CLUSTER_VERSION}\"}}")
+}
+
+/// The text exposition of every metric registered in this process.
+pub fn metrics_text() -> String {
+    let mut buf = vec![];
+    let _ = TextEncoder::new().encode(&prometheus::gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// `/version`, `/health` (answered by `healthy`) and `/metrics` (after
+/// `refresh` updates the gauges read at scrape time).
+pub fn routes<H, F>(healthy: H, refresh: impl Fn() + Clone + Send + Sync + 'static) -> axum::Router
+where
+    H: Fn() -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = bool> + Send,
+{
+    axum::Router::new()
+        .route("/version", get(|| async { version_json() }))
+        .route(
+            "/health",
+            get(move || {
+                let ok = healthy();
+                async move {
+                    let ok = ok.await;
+                    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                    (code, format!("{{\"health\":\"{ok}\"}}"))
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                refresh();
+                async { metrics_text() }
+            }),
+        )
+}

@@ -1,0 +1,163 @@
+//! Typed values of etcd-style flags, parsed once (by clap from the command
+//! line, by serde from an etcd YAML config file) so no code downstream
+//! handles their text: comma-separated URL lists and Go-style durations.
+
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FlagError(pub String);
+
+/// A comma-separated list of `http://host:port` URLs (possibly empty).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Urls(Vec<String>);
+
+impl Urls {
+    pub fn new(urls: Vec<String>) -> Result<Self, FlagError> {
+        for u in &urls {
+            host_port(u)?;
+        }
+        Ok(Urls(urls))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn first(&self) -> Option<&str> {
+        self.0.first().map(String::as_str)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+
+    pub fn to_vec(&self) -> Vec<String> {
+        self.0.clone()
+    }
+
+    /// The addresses to bind or dial, one per URL.
+    pub fn socket_addrs(&self) -> Result<Vec<SocketAddr>, FlagError> {
+        self.iter().map(socket_addr).collect()
+    }
+}
+
+impl FromStr for Urls {
+    type Err = FlagError;
+    fn from_str(s: &str) -> Result<Self, FlagError> {
+        Urls::new(s.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect())
+    }
+}
+
+impl fmt::Display for Urls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+impl<'de> Deserialize<'de> for Urls {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn host_port(url: &str) -> Result<&str, FlagError> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| FlagError(format!("URL {url:?} must start with http:// (TLS is not supported yet)")))?;
+    let hostport = rest.trim_end_matches('/');
+    match hostport.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(hostport),
+        _ => Err(FlagError(format!("URL {url:?} must name a host and a port"))),
+    }
+}
+
+/// `http://host:port` → a socket address to bind or dial (IPv4 first).
+pub fn socket_addr(url: &str) -> Result<SocketAddr, FlagError> {
+    let hostport = host_port(url)?;
+    let addrs: Vec<SocketAddr> =
+        hostport.to_socket_addrs().map_err(|e| FlagError(format!("cannot resolve {url:?}: {e}")))?.collect();
+    addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied().ok_or_else(|| FlagError(format!("cannot resolve {url:?}")))
+}
+
+/// A Go-style duration as etcd's flags take it: "250ms", "5s", "10m", "1h".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Interval(pub Duration);
+
+impl Interval {
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl FromStr for Interval {
+    type Err = FlagError;
+    fn from_str(s: &str) -> Result<Self, FlagError> {
+        let bad = || FlagError(format!("invalid duration {s:?} (use e.g. 250ms, 5s, 10m, 1h)"));
+        let t = s.trim();
+        let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        Ok(Interval(match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => return Err(bad()),
+        }))
+    }
+}
+
+impl fmt::Display for Interval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        match ms {
+            0 => f.write_str("0s"),
+            _ if ms.is_multiple_of(3_600_000) => write!(f, "{}h", ms / 3_600_000),
+            _ if ms.is_multiple_of(60_000) => write!(f, "{}m", ms / 60_000),
+            _ if ms.is_multiple_of(1000) => write!(f, "{}s", ms / 1000),
+            _ => write!(f, "{ms}ms"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Interval {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_lists_parse_and_refuse_what_cannot_be_served() {
+        let u: Urls = " http://127.0.0.1:2379, http://localhost:22379/ ".parse().unwrap();
+        assert_eq!(u.to_vec(), vec!["http://127.0.0.1:2379", "http://localhost:22379/"]);
+        assert_eq!(u.to_string(), "http://127.0.0.1:2379,http://localhost:22379/");
+        assert!(u.socket_addrs().unwrap().iter().all(|a| a.ip().is_loopback()));
+        assert!("".parse::<Urls>().unwrap().is_empty());
+        assert!("https://127.0.0.1:2379".parse::<Urls>().is_err());
+        assert!("http://127.0.0.1".parse::<Urls>().is_err());
+        assert!("127.0.0.1:2379".parse::<Urls>().is_err());
+    }
+
+    #[test]
+    fn durations_as_etcd_writes_them() {
+        for (text, d) in
+            [("250ms", Duration::from_millis(250)), ("5s", Duration::from_secs(5)), ("10m", Duration::from_secs(600))]
+        {
+            let i: Interval = text.parse().unwrap();
+            assert_eq!(i.get(), d);
+            assert_eq!(i.to_string(), text);
+        }
+        assert_eq!("0s".parse::<Interval>().unwrap().get(), Duration::ZERO);
+        assert!("5".parse::<Interval>().is_err());
+        assert!("5d".parse::<Interval>().is_err());
+        assert!("ms".parse::<Interval>().is_err());
+    }
+}

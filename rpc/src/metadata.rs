@@ -1,0 +1,71 @@
+//! What a call to a shard-node carries besides etcd's message: the group
+//! it is for, the shard-map epoch it was routed by and the highest
+//! revision its router had seen. A call without them (any etcd client
+//! talking to a node directly) is for the standalone group 0, routed by no
+//! map.
+
+use http::HeaderMap;
+
+/// The group a call is for.
+pub const GROUP_HEADER: &str = "tessera-group";
+/// The shard-map epoch the router routed the call by.
+pub const EPOCH_HEADER: &str = "tessera-epoch";
+/// The highest revision the router has seen; the group's revision clock is
+/// raised to it before proposing (revisions respect causality through a router).
+pub const REVISION_HEADER: &str = "tessera-revision";
+
+/// A call to one group on a shard-node (client or peer port).
+pub fn group_request<T>(group: u64, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(GROUP_HEADER, group.into());
+    r
+}
+
+/// The routing metadata of an incoming call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Routed {
+    /// None: the call names no group (a plain etcd client).
+    pub group: Option<u64>,
+    /// 0: not routed by a map.
+    pub epoch: u64,
+    /// 0: none seen.
+    pub revision: i64,
+}
+
+/// A `tessera-group` value that is not a number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tessera: bad tessera-group metadata")]
+pub struct BadGroup;
+
+impl Routed {
+    pub fn from_headers(h: &HeaderMap) -> Result<Self, BadGroup> {
+        let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+        let group = match h.get(GROUP_HEADER) {
+            None => None,
+            Some(v) => Some(v.to_str().ok().and_then(|s| s.parse().ok()).ok_or(BadGroup)?),
+        };
+        Ok(Routed {
+            group,
+            epoch: text(EPOCH_HEADER).and_then(|s| s.parse().ok()).unwrap_or(0),
+            revision: text(REVISION_HEADER).and_then(|s| s.parse().ok()).unwrap_or(0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_of_a_routed_call_parse_back() {
+        let mut r = group_request(3, ());
+        r.metadata_mut().insert(EPOCH_HEADER, 9u64.into());
+        r.metadata_mut().insert(REVISION_HEADER, 1234i64.into());
+        let h = r.into_parts().0.into_headers();
+        assert_eq!(Routed::from_headers(&h), Ok(Routed { group: Some(3), epoch: 9, revision: 1234 }));
+        assert_eq!(Routed::from_headers(&HeaderMap::new()), Ok(Routed::default()));
+        let mut bad = HeaderMap::new();
+        bad.insert(GROUP_HEADER, "x".parse().unwrap());
+        assert_eq!(Routed::from_headers(&bad), Err(BadGroup));
+    }
+}

@@ -1,0 +1,83 @@
+//! Real etcd beside Tessera: a reference server for side-by-side
+//! comparisons, and etcdctl.
+
+use crate::net::fresh_host;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn etcdctl(endpoint: &str, args: &[&str]) -> Output {
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(args)
+        .output()
+        .expect("etcdctl is installed (scripts/prereqs.sh)")
+}
+
+/// A real etcd server, for side-by-side comparisons.
+pub struct RealEtcd {
+    child: Child,
+    pub endpoint: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl RealEtcd {
+    /// Debian's etcd 3.4.
+    pub async fn start() -> RealEtcd {
+        Self::start_binary("etcd".into()).await
+    }
+
+    /// etcd `version` as scripts/etcd-tools.sh installs it ("3.6", "3.7").
+    pub async fn start_version(version: &str) -> RealEtcd {
+        Self::start_binary(crate::bins::etcd_tool(version, "etcd")).await
+    }
+
+    async fn start_binary(etcd: std::path::PathBuf) -> RealEtcd {
+        let tmp = tempfile::tempdir().unwrap();
+        let host = fresh_host();
+        let (client, peer) = (format!("http://{host}:2379"), format!("http://{host}:2380"));
+        let child = crate::bins::command(etcd)
+            .args(["--name", "ref", "--data-dir", tmp.path().join("d").to_str().unwrap()])
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("ref={peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd is installed (scripts/prereqs.sh)");
+        let endpoint = format!("{host}:2379");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = etcd_client::Client::connect([endpoint.clone()], None).await {
+                if c.status().await.map(|s| s.leader() != 0).unwrap_or(false) {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "reference etcd did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        RealEtcd { child, endpoint, _tmp: tmp }
+    }
+}
+
+impl Drop for RealEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn etcdctl_stdin(endpoint: &str, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("etcdctl");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
