@@ -3,7 +3,8 @@
 //! under both workloads with a kill, a pause and (where this machine lets
 //! the run build network namespaces) a partition and a one-way cut; every
 //! checker must pass, and every mutation of the recorded history must be
-//! caught by its checker. The federation and the other fault kinds are
+//! caught by its checker; and a federation of three groups behind two
+//! routers under the same faults. The other fault kinds are
 //! scripts/chaos-smoke.sh's and scripts/chaos-soak.sh's.
 
 use chaos::mutate::Mutation;
@@ -11,9 +12,12 @@ use chaos::run::faults::FaultKind;
 use chaos::run::{net, prove, run, RunConfig, Target};
 use std::time::Duration;
 
-#[test]
-fn standalone_group_under_faults_passes_and_mutations_are_caught() {
-    let mut cfg = RunConfig::new(Target::Standalone { members: 3 }, 12, 7);
+/// Runs `target` for `seconds` under a kill, a pause, a partition and a
+/// one-way cut (where network namespaces can be built), with a light load;
+/// the run must pass every checker, with faults and load enough to mean
+/// it, and each mutation of its history must be caught.
+fn passing_run(target: Target, seconds: u64, seed: u64) {
+    let mut cfg = RunConfig::new(target, seconds, seed);
     cfg.faults = vec![FaultKind::Kill, FaultKind::Pause];
     if net::available() {
         cfg.faults.extend([FaultKind::Isolate, FaultKind::Cut]);
@@ -25,6 +29,16 @@ fn standalone_group_under_faults_passes_and_mutations_are_caught() {
     assert!(report.is_ok(), "{report}");
     assert!(!report.faults.is_empty(), "no fault was injected:\n{report}");
     assert!(report.check.ops > 1000, "too little load:\n{report}");
-    let proofs = prove::prove(&history, &report.check, &Mutation::ALL, 7);
+    let proofs = prove::prove(&history, &report.check, &Mutation::ALL, seed);
     assert!(proofs.iter().all(|p| p.caught), "{}", prove::render(&proofs));
+}
+
+#[test]
+fn standalone_group_under_faults_passes_and_mutations_are_caught() {
+    passing_run(Target::Standalone { members: 3 }, 12, 7);
+}
+
+#[test]
+fn federation_under_faults_passes_and_mutations_are_caught() {
+    passing_run(Target::Federation { groups: 3 }, 16, 11);
 }

@@ -5,10 +5,11 @@
 //! answering group's.
 
 use crate::backends::Backends;
+use crate::deadline::Deadline;
 use tessera_proto::etcdserverpb::*;
 use tessera_proto::v3electionpb::{CampaignResponse, LeaderResponse, ProclaimResponse, ResignResponse};
 use tessera_proto::v3lockpb::{LockResponse, UnlockResponse};
-use tonic::Response;
+use tonic::{Response, Status};
 
 /// A response with etcd's header.
 pub(crate) trait WithHeader {
@@ -71,5 +72,16 @@ impl Backends {
     pub(crate) fn answer<T: WithHeader>(&self, mut resp: T) -> Response<T> {
         self.stamp(resp.header_mut());
         Response::new(resp)
+    }
+
+    /// `resp` with the router's identity and a revision no lower than the
+    /// federation's current one: for answers whose group revision is no
+    /// point of the timeline (leases, compaction, status) but which must
+    /// still never go back below a revision a client was given.
+    pub(crate) async fn answer_now<T: WithHeader>(&self, mut resp: T, deadline: Deadline) -> Result<Response<T>, Status> {
+        let now = self.now(deadline).await?;
+        let h = resp.header_mut().get_or_insert_with(Default::default);
+        h.revision = h.revision.max(now);
+        Ok(self.answer(resp))
     }
 }

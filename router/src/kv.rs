@@ -293,7 +293,7 @@ impl Kv for KvService {
         }
         match failure {
             Some(e) => Err(e),
-            None => Ok(self.backends.answer(CompactionResponse { header })),
+            None => self.backends.answer_now(CompactionResponse { header }, deadline).await,
         }
     }
 }

@@ -142,10 +142,13 @@ async fn renew_everywhere(b: &Backends, id: i64) -> Result<LeaseKeepAliveRespons
             Err(e) => err = Some(e),
         }
     }
+    // TTL 0 says the lease is gone, so only when every group said so: a
+    // group that failed (its leader restarting) may be the one holding it,
+    // and the groups that never held it answer 0 too.
     match (best, err) {
-        (Some(b), _) => Ok(b),
-        (None, Some(e)) => Err(e),
-        (None, None) => Ok(LeaseKeepAliveResponse { id, ..Default::default() }),
+        (Some(b), _) if b.ttl > 0 => Ok(b),
+        (_, Some(e)) => Err(e),
+        (best, None) => Ok(best.unwrap_or(LeaseKeepAliveResponse { id, ..Default::default() })),
     }
 }
 
@@ -164,7 +167,7 @@ impl Lease for LeaseService {
             .call(home, Access::Write, deadline, req, |ch, r| async move { lease_client(ch).lease_grant(r).await })
             .await?;
         self.backends.observe(resp.header.as_ref());
-        Ok(self.backends.answer(resp))
+        self.backends.answer_now(resp, deadline).await
     }
 
     async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
@@ -196,7 +199,7 @@ impl Lease for LeaseService {
         match header {
             Some(h) => {
                 self.backends.observe(Some(&h));
-                Ok(self.backends.answer(LeaseRevokeResponse { header: Some(h) }))
+                self.backends.answer_now(LeaseRevokeResponse { header: Some(h) }, deadline).await
             }
             None => Err(Error::LeaseNotFound.into()),
         }
@@ -213,7 +216,10 @@ impl Lease for LeaseService {
         let b = self.backends.clone();
         tokio::spawn(async move {
             while let Ok(Some(r)) = input.message().await {
-                let resp = renew_everywhere(&b, r.id).await.map(|resp| b.answer(resp).into_inner());
+                let resp = match renew_everywhere(&b, r.id).await {
+                    Ok(resp) => b.answer_now(resp, Deadline::default_from_now()).await.map(Response::into_inner),
+                    Err(e) => Err(e),
+                };
                 let failed = resp.is_err();
                 if tx.send(resp).await.is_err() || failed {
                     break;
@@ -232,7 +238,10 @@ impl Lease for LeaseService {
         let found = ttl_everywhere(&self.backends, req, deadline).await?;
         if found.is_empty() {
             let header = ttl_in(&self.backends, home(&self.backends, req.id)?, req, deadline).await?.header;
-            return Ok(self.backends.answer(LeaseTimeToLiveResponse { header, id: req.id, ttl: -1, ..Default::default() }));
+            return self
+                .backends
+                .answer_now(LeaseTimeToLiveResponse { header, id: req.id, ttl: -1, ..Default::default() }, deadline)
+                .await;
         }
         let mut keys = BTreeSet::new();
         for (_, a) in &found {
@@ -240,7 +249,7 @@ impl Lease for LeaseService {
         }
         let (_, mut best) = found.into_iter().max_by_key(|(_, a)| a.ttl).expect("non-empty");
         best.keys = keys.into_iter().collect();
-        Ok(self.backends.answer(best))
+        self.backends.answer_now(best, deadline).await
     }
 
     async fn lease_leases(&self, req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
@@ -258,6 +267,8 @@ impl Lease for LeaseService {
             header = header.or(a.header);
             ids.extend(a.leases.iter().map(|l| l.id));
         }
-        Ok(self.backends.answer(LeaseLeasesResponse { header, leases: ids.into_iter().map(|id| LeaseStatus { id }).collect() }))
+        self.backends
+            .answer_now(LeaseLeasesResponse { header, leases: ids.into_iter().map(|id| LeaseStatus { id }).collect() }, deadline)
+            .await
     }
 }

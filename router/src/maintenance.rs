@@ -76,7 +76,7 @@ impl Maintenance for MaintenanceService {
             resp.errors.extend(a.errors);
         }
         resp.header = self.header();
-        Ok(Response::new(resp))
+        self.backends.answer_now(resp, deadline).await
     }
 
     async fn defragment(&self, req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {

@@ -16,3 +16,11 @@ pub static REROUTES: LazyLock<IntCounter> = LazyLock::new(|| {
 });
 pub(crate) static WATCH_EVENTS: LazyLock<IntCounter> =
     LazyLock::new(|| register_int_counter!("tessera_router_watch_events_total", "Events delivered to watchers.").unwrap());
+pub(crate) static WATCH_HOLD: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "tessera_router_watch_hold_seconds",
+        "How long a merged watch held events back until every group it merges had confirmed their revision.",
+        prometheus::exponential_buckets(0.0005, 2.0, 16).unwrap()
+    )
+    .unwrap()
+});

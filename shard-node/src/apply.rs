@@ -179,10 +179,8 @@ impl StateMachine {
                 }
                 Ok(Applied::Done)
             }
-            Op::Bump(_) => {
-                txn.bump();
-                Ok(Applied::Done)
-            }
+            // Raised to its hint when the txn finishes.
+            Op::Bump(_) => Ok(Applied::Done),
             Op::Publish(m) => {
                 if let Some(mut cur) = members.get(m.id).cloned() {
                     cur.name = m.name.clone();
@@ -203,8 +201,8 @@ impl StateMachine {
             Op::Fence(f) => {
                 let f = Fence { revision: txn.begin_revision(), ..f.clone() };
                 fences.raise(&f, &self.keys, txn.batch_mut());
-                // Also a revision bump: it wakes the watches the fence ends.
-                txn.bump();
+                // Also a revision bump (to its hint, when the txn finishes):
+                // it wakes the watches the fence ends.
                 Ok(Applied::Done)
             }
             Op::OracleLimit(l) => {

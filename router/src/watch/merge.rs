@@ -98,6 +98,8 @@ pub struct Merge<W> {
     /// Nothing above this is released while it is set: the client stream's
     /// progress answer is on its way, and no event after it may go first.
     cap: Option<i64>,
+    /// The revision the creation answers, if set (else the release point).
+    created_at: Option<i64>,
 }
 
 impl<W> Merge<W> {
@@ -115,12 +117,25 @@ impl<W> Merge<W> {
             bumps: BTreeMap::new(),
             held_since: None,
             cap: None,
+            created_at: None,
         }
+    }
+
+    /// The creation answers `rev` (as etcd's answers its current revision),
+    /// released once nothing holds the watch below it: a cap below it (a
+    /// progress answer on its way) holds it back as it would an event.
+    pub fn answer_creation_at(&mut self, rev: i64) {
+        self.created_at = Some(rev);
     }
 
     /// Holds back everything above `cap` (None: nothing).
     pub fn set_cap(&mut self, cap: Option<i64>) {
         self.cap = cap;
+    }
+
+    /// Whether the creation was released.
+    pub fn is_created(&self) -> bool {
+        self.created
     }
 
     /// Everything up to here has been released.
@@ -262,9 +277,12 @@ impl<W> Merge<W> {
         else {
             return out;
         };
+        if !self.created && self.created_at.is_some_and(|at| self.cap.is_some_and(|c| at > c)) {
+            return out; // nothing goes before the creation
+        }
         if !self.created {
             out.responses.push(WatchResponse {
-                header: header(point),
+                header: header(self.created_at.unwrap_or(point)),
                 watch_id: self.watch_id,
                 created: true,
                 ..Default::default()

@@ -14,7 +14,6 @@ use crate::backends::Backends;
 use crate::deadline::Deadline;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_proto::etcdserverpb::watch_request::RequestUnion;
@@ -58,7 +57,6 @@ impl Watch for WatchService {
 
 struct Handle {
     ctl: mpsc::Sender<Ctl>,
-    released: Arc<AtomicI64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -69,22 +67,30 @@ struct Handle {
 /// revision) and at least every event already sent on the stream.
 ///
 /// The stream first holds every watcher at the oracle's current revision
-/// (a cap: nothing above it is sent), reads what each has sent, takes the
-/// target R as the highest of those, holds them at R, and waits until each
-/// has sent everything up to R (their groups raised to R and asked for
-/// progress). The answer goes out before the cap is lifted, so no event
-/// after R precedes it. None: the oracle or a group could not be reached in time.
-async fn progress_round(
-    b: Arc<Backends>,
-    watchers: Vec<(mpsc::Sender<Ctl>, Arc<AtomicI64>)>,
-    cap: watch::Sender<Option<i64>>,
-) -> Option<i64> {
+/// (a cap: nothing above it is sent), asks each — once it took the cap —
+/// what it has sent up to, takes the target R as the highest of those,
+/// holds them at R, and waits until each has sent everything up to R (their
+/// groups raised to R and asked for progress). The answer goes out before
+/// the cap is lifted, so no event after R precedes it; a watcher created
+/// meanwhile holds its creation (and events) behind the cap too. None: the
+/// oracle or a group could not be reached in time.
+async fn progress_round(b: Arc<Backends>, watchers: Vec<mpsc::Sender<Ctl>>, cap: watch::Sender<Option<i64>>) -> Option<i64> {
     let now = b.now(Deadline::default_from_now()).await.ok()?;
     cap.send_replace(Some(now));
-    let target = watchers.iter().map(|(_, r)| r.load(Ordering::Acquire)).fold(now, i64::max);
+    // Each watcher takes the cap, then says what it has sent up to (what it
+    // sent before the cap may be past `now`).
+    let mut sent = vec![];
+    for ctl in &watchers {
+        let (reply, rx) = oneshot::channel();
+        if ctl.send(Ctl::Released { reply }).await.is_ok() {
+            sent.push(rx);
+        }
+    }
+    let sent = tokio::time::timeout(PROGRESS_WAIT, futures::future::join_all(sent)).await.ok()?;
+    let target = sent.into_iter().flatten().fold(now, i64::max);
     cap.send_replace(Some(target));
     let mut waits = vec![];
-    for (ctl, _) in watchers {
+    for ctl in watchers {
         let (reply, rx) = oneshot::channel();
         if ctl.send(Ctl::Progress { target, reply }).await.is_ok() {
             waits.push(rx);
@@ -103,12 +109,16 @@ async fn client_stream(b: Arc<Backends>, mut input: Streaming<WatchRequest>, out
     // Progress requests: those the running round answers, and those after it.
     let mut round: Option<(tokio::task::JoinHandle<Option<i64>>, usize)> = None;
     let mut queued = 0usize;
+    // The creation being answered: requests after it wait.
+    let mut creating: Option<oneshot::Receiver<()>> = None;
     // As in etcd, a client that half-closes its side keeps receiving until it leaves.
     let mut input_open = true;
     loop {
         tokio::select! {
             _ = out.closed() => break,
-            msg = input.message(), if input_open => {
+            // The next request waits until the last creation was answered.
+            _ = async { creating.as_mut().expect("guarded").await }, if creating.is_some() => creating = None,
+            msg = input.message(), if input_open && creating.is_none() => {
                 let msg = match msg {
                     Ok(Some(msg)) => msg,
                     Ok(None) => {
@@ -133,13 +143,14 @@ async fn client_stream(b: Arc<Backends>, mut input: Streaming<WatchRequest>, out
                         };
                         let (ctl_tx, ctl_rx) = mpsc::channel(4);
                         let (b, out, done) = (b.clone(), out.clone(), done_tx.clone());
-                        let released = Arc::new(AtomicI64::new(0));
-                        let shared = Shared { cap: cap.subscribe(), released: released.clone() };
+                        let (created, answered) = oneshot::channel();
+                        let shared = Shared { cap: cap.subscribe(), created };
                         let task = tokio::spawn(async move {
                             watcher(b, id, c, out, ctl_rx, shared, interval).await;
                             let _ = done.send(id);
                         });
-                        watchers.insert(id, Handle { ctl: ctl_tx, released, task });
+                        watchers.insert(id, Handle { ctl: ctl_tx, task });
+                        creating = Some(answered);
                     }
                     Some(RequestUnion::CancelRequest(c)) => {
                         if let Some(w) = watchers.remove(&c.watch_id) {
@@ -177,7 +188,7 @@ async fn client_stream(b: Arc<Backends>, mut input: Streaming<WatchRequest>, out
             }
         }
         if round.is_none() && queued > 0 {
-            let held = watchers.values().map(|w| (w.ctl.clone(), w.released.clone())).collect();
+            let held = watchers.values().map(|w| w.ctl.clone()).collect();
             round = Some((tokio::spawn(progress_round(b.clone(), held, cap.clone())), std::mem::take(&mut queued)));
         }
     }

@@ -10,7 +10,6 @@ use super::{header, Out};
 use crate::backends::Backends;
 use crate::deadline::Deadline;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_proto::etcdserverpb::{WatchCreateRequest, WatchResponse};
@@ -21,6 +20,9 @@ const STALL_WARNING: Duration = Duration::from_secs(5);
 
 /// What the client stream asks of a watcher.
 pub enum Ctl {
+    /// Say what everything has been sent up to, once held at the current
+    /// cap (nothing above it goes out after the answer).
+    Released { reply: oneshot::Sender<i64> },
     /// Say when everything up to `target` has been sent (the stream holds
     /// every watcher at the target meanwhile, so it can answer for all).
     Progress { target: i64, reply: oneshot::Sender<i64> },
@@ -30,8 +32,10 @@ pub enum Ctl {
 pub struct Shared {
     /// Nothing above it may be sent while set (a progress answer is due).
     pub cap: watch::Receiver<Option<i64>>,
-    /// What the watcher has sent everything up to.
-    pub released: Arc<AtomicI64>,
+    /// Dropped once the creation was answered (or the watch failed): the
+    /// stream takes its next request only then, so creations are answered
+    /// in the order they were asked, as clients match them.
+    pub created: oneshot::Sender<()>,
 }
 
 /// Who waits for a progress answer.
@@ -95,7 +99,8 @@ fn failed(b: &Backends, id: i64, reason: String) -> WatchResponse {
 /// federation's current revision. Each group is first raised to it (as far
 /// as the federation has gone), so no later write of a lagging group can
 /// land below it and go unseen.
-async fn start_revision(b: &Backends, groups: &[u64], create: &WatchCreateRequest) -> Result<i64, String> {
+/// Answers (start, the federation's current revision).
+async fn start_revision(b: &Backends, groups: &[u64], create: &WatchCreateRequest) -> Result<(i64, i64), String> {
     // Not a client's call: the router's own budget.
     let deadline = Deadline::default_from_now();
     let now = b.now(deadline).await.map_err(|e| e.message().to_string())?;
@@ -105,7 +110,7 @@ async fn start_revision(b: &Backends, groups: &[u64], create: &WatchCreateReques
     if let Some(Err(e)) = bumps.into_iter().find(Result::is_err) {
         return Err(e.message().to_string());
     }
-    Ok(start)
+    Ok((start, now))
 }
 
 pub async fn watcher(
@@ -117,7 +122,7 @@ pub async fn watcher(
     shared: Shared,
     interval: Duration,
 ) {
-    let Shared { mut cap, released } = shared;
+    let Shared { mut cap, created: creation } = shared;
     let groups = match b.routing() {
         Ok(r) => r.groups_for_range(&create.key, &create.range_end),
         Err(e) => {
@@ -126,8 +131,8 @@ pub async fn watcher(
         }
     };
     crate::metrics::WATCH_GROUPS.observe(groups.len() as f64);
-    let start = match start_revision(&b, &groups, &create).await {
-        Ok(start) => start,
+    let (start, now) = match start_revision(&b, &groups, &create).await {
+        Ok(started) => started,
         Err(reason) => {
             let _ = out.send(Ok(failed(&b, id, reason))).await;
             return;
@@ -140,15 +145,21 @@ pub async fn watcher(
         ups.spawn(*g, start);
     }
     let mut merge: Merge<Waiter> = Merge::new(id, &groups, start);
+    // As etcd: the creation answers the current revision.
+    merge.answer_creation_at(now);
     merge.set_cap(*cap.borrow_and_update());
     if !send(&out, id, merge.release()).await {
         return;
     }
+    // Held while the creation is (a cap below it); dropping it tells the stream.
+    let mut creation = (!merge.is_created()).then_some(creation);
     // Bumps this watcher started report here when done.
     let (bumped_tx, mut bumped_rx) = mpsc::unbounded_channel::<u64>();
     let mut notify = tokio::time::interval(interval);
     notify.tick().await;
     let mut bump_check = tokio::time::interval(super::merge::BUMP_GAP);
+    // When events came in, by their last revision (for the hold-time metric).
+    let mut arrivals: BTreeMap<i64, Instant> = BTreeMap::new();
 
     loop {
         tokio::select! {
@@ -157,6 +168,9 @@ pub async fn watcher(
                 match up {
                     Up::Created { group, rev } => merge.created(group, rev),
                     Up::Events { group, events } => {
+                        if let Some(last) = events.last().and_then(|e| e.kv.as_ref()) {
+                            arrivals.entry(last.mod_revision).or_insert_with(Instant::now);
+                        }
                         merge.events(group, events);
                         bump_laggards(&b, &mut merge, &ups, &bumped_tx);
                     }
@@ -198,6 +212,12 @@ pub async fn watcher(
             }
             Ok(()) = cap.changed() => merge.set_cap(*cap.borrow_and_update()),
             Some(c) = ctl.recv() => match c {
+                Ctl::Released { reply } => {
+                    // The cap is set before this is asked: take it first, so
+                    // nothing above it goes out after the answer.
+                    merge.set_cap(*cap.borrow_and_update());
+                    let _ = reply.send(merge.released());
+                }
                 Ctl::Progress { target, reply } => {
                     // Raise every group to the target, then ask each for
                     // progress: answered once everything up to it is sent.
@@ -234,7 +254,12 @@ pub async fn watcher(
         if !send(&out, id, merge.release()).await {
             return;
         }
-        released.store(merge.released(), Ordering::Release);
+        if merge.is_created() {
+            creation.take();
+        }
+        while let Some(entry) = arrivals.first_entry().filter(|e| *e.key() <= merge.released()) {
+            crate::metrics::WATCH_HOLD.observe(entry.remove().elapsed().as_secs_f64());
+        }
     }
 }
 

@@ -85,6 +85,20 @@ fn a_hint_raises_the_revision_and_a_bump_moves_it_without_data() {
     assert_eq!(f.put("k", "v", 0), Ok(2001), "a lower hint still moves past the current revision");
 }
 
+/// Its answer names the revision, so the group must be there: a delete of
+/// nothing answering below its hint let a client see the header go back.
+#[test]
+fn a_write_that_changes_nothing_still_raises_the_group_to_its_hint() {
+    let mut f = Fixture::new();
+    let del = f.apply_with(Op::DeleteRange(DeleteRangeRequest { key: "none".into(), ..Default::default() }), 500, 0);
+    assert!(matches!(del.result, Ok(Applied::DeleteRange(ref d)) if d.deleted == 0));
+    assert_eq!((del.rev, f.sm.current_revision()), (500, 500));
+    let standalone = f.apply(Op::DeleteRange(DeleteRangeRequest { key: "none".into(), ..Default::default() }));
+    assert_eq!(standalone.rev, 500, "no hint (a standalone group): no change, as etcd");
+    assert_eq!(f.reopen().current_revision(), 500);
+    assert_eq!(f.put("k", "v", 0), Ok(501));
+}
+
 #[test]
 fn a_failed_txn_leaves_no_trace_in_memory_or_on_disk() {
     let mut f = Fixture::new();

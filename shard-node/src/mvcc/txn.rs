@@ -50,7 +50,6 @@ pub struct WriteTxn<'s> {
     lease_moves: Vec<LeaseMove>,
     /// Keys whose index got an entry, for the undo on drop.
     touched: Vec<Vec<u8>>,
-    bumped: bool,
     done: bool,
 }
 
@@ -69,7 +68,6 @@ impl<'s> WriteTxn<'s> {
             events: vec![],
             lease_moves: vec![],
             touched: vec![],
-            bumped: false,
             done: false,
         }
     }
@@ -194,11 +192,6 @@ impl<'s> WriteTxn<'s> {
         }
     }
 
-    /// Raises the group's revision to the hint without a change.
-    pub fn bump(&mut self) {
-        self.bumped = true;
-    }
-
     pub fn txn(&mut self, req: &TxnRequest, lease_exists: &dyn Fn(i64) -> bool) -> Result<TxnResponse> {
         // As etcd: every compare of every nested txn is evaluated against the
         // state before the txn, then the chosen ops are checked, then run.
@@ -317,11 +310,14 @@ impl<'s> WriteTxn<'s> {
     /// Completes the txn: the group's revision moves to the txn's revision
     /// (or the hint, for a bump) and the meta joins the batch.
     pub fn finish(mut self) -> TxnOutcome {
-        if let Some(rev) = self.rev {
-            self.st.rev = rev;
-        } else if self.bumped {
-            self.st.rev = self.st.rev.max(self.hint);
-        }
+        // A command that wrote nothing (a bump, a delete that matched
+        // nothing, a txn whose branch only read) still raises the group to
+        // its hint: its answer names that revision, and a group must never
+        // be below a revision it answered (0 standalone: no change).
+        self.st.rev = match self.rev {
+            Some(rev) => rev,
+            None => self.st.rev.max(self.hint),
+        };
         let mut batch = std::mem::take(&mut self.batch);
         self.store.write_meta(&mut batch, self.st);
         self.done = true;

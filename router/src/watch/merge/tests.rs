@@ -261,3 +261,15 @@ fn a_cap_holds_everything_above_it_until_lifted() {
     assert_eq!(all_keys(&m.release()), ["b"]);
     assert_eq!(m.released(), 15);
 }
+
+#[test]
+fn a_creation_answers_its_own_revision_but_not_before_a_progress_answer_below_it() {
+    let mut m: Merge<&str> = Merge::new(7, &[1, 2], 21);
+    m.answer_creation_at(20);
+    m.set_cap(Some(18));
+    assert!(m.release().responses.is_empty(), "a progress answer at 18 is on its way: 20 would precede it");
+    m.set_cap(None);
+    let r = m.release();
+    assert!(r.responses[0].created);
+    assert_eq!(header_revs(&r), [20]);
+}
