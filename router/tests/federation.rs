@@ -669,3 +669,78 @@ async fn every_answer_names_one_cluster_and_the_router() {
         assert_eq!((h.cluster_id, h.member_id), (me.cluster_id, me.member_id), "{h:?}");
     }
 }
+
+/// Many watches created at once on one stream (as kube-apiserver opens
+/// them): each creation is answered in the order it was asked (clientv3
+/// matches a `created` to its oldest create), and each watch then sees the
+/// write made after all of them were created, from whichever group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_created_at_once_are_answered_in_order_and_see_later_writes() {
+    let f = Federation::start(3);
+    let ch = f.channel().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(KEYS.len() * 2);
+    let mut w = WatchClient::new(ch.clone()).watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    // Each key twice: alone, and as a prefix range (several groups for the short ones).
+    let mut asked = vec![];
+    for k in KEYS {
+        let prefix = k.split('/').take(2).collect::<Vec<_>>().join("/");
+        let mut end = prefix.as_bytes().to_vec();
+        *end.last_mut().unwrap() += 1;
+        asked.push((k.as_bytes().to_vec(), vec![]));
+        asked.push((prefix.into_bytes(), end));
+    }
+    for (id, (key, end)) in asked.iter().enumerate() {
+        let mut req = watch_create(key, end, 0, false, false);
+        if let Some(RequestUnion::CreateRequest(c)) = &mut req.request_union {
+            c.watch_id = id as i64 + 1;
+        }
+        tx.send(req).await.unwrap();
+    }
+    let mut created = vec![];
+    while created.len() < asked.len() {
+        let resp = w.message().await.unwrap().expect("the stream ended");
+        assert!(!resp.canceled, "{resp:?}");
+        if resp.created {
+            created.push(resp.watch_id);
+        }
+    }
+    assert_eq!(created, (1..=asked.len() as i64).collect::<Vec<_>>(), "creations answered out of order");
+    let mut kv = KvClient::new(ch);
+    for k in KEYS {
+        kv.put(PutRequest { key: k.as_bytes().to_vec(), value: b"after".to_vec(), ..Default::default() }).await.unwrap();
+    }
+    let mut seen: BTreeSet<(i64, Vec<u8>)> = BTreeSet::new();
+    let want: BTreeSet<(i64, Vec<u8>)> = asked
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (key, end))| {
+            KEYS.iter()
+                .map(|k| k.as_bytes().to_vec())
+                .filter(move |k| if end.is_empty() { k == key } else { k >= key && k < end })
+                .map(move |k| (i as i64 + 1, k))
+        })
+        .collect();
+    while !want.is_subset(&seen) {
+        let resp = tokio::time::timeout(Duration::from_secs(20), w.message()).await.expect("events missing").unwrap().unwrap();
+        seen.extend(resp.events.iter().map(|e| (resp.watch_id, e.kv.as_ref().unwrap().key.clone())));
+    }
+    assert_eq!(seen, want);
+
+    // As etcd, ids the router picks are never given twice on a stream: a
+    // client cancels an id it gets events for after its watch ended.
+    async fn next_created(w: &mut tonic::Streaming<WatchResponse>) -> i64 {
+        loop {
+            let resp = tokio::time::timeout(Duration::from_secs(20), w.message()).await.expect("no answer").unwrap().unwrap();
+            if resp.created {
+                return resp.watch_id;
+            }
+        }
+    }
+    tx.send(watch_create(b"idcheck", b"", 0, false, false)).await.unwrap();
+    let first = next_created(&mut w).await;
+    let cancel = WatchCancelRequest { watch_id: first };
+    tx.send(WatchRequest { request_union: Some(RequestUnion::CancelRequest(cancel)) }).await.unwrap();
+    tx.send(watch_create(b"idcheck", b"", 0, false, false)).await.unwrap();
+    let second = next_created(&mut w).await;
+    assert_ne!(first, second, "a watch id given twice");
+}

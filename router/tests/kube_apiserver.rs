@@ -605,7 +605,6 @@ async fn kube_apiserver_on_the_router() {
 /// configured (progress notifications every second). The tests that fail on real etcd
 /// too under this harness (tests/k8s/shared-endpoint-failures.txt) don't count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 11: 16 of TestWatch's WatchSemantics subtests miss their 150 ms per-event budget through a merged watch under the parallel load"]
 async fn kubernetes_storage_tests_on_the_router() {
     let f = Federation::start(3);
     let logs = Logs::new(&f);

@@ -136,10 +136,14 @@ async fn client_stream(b: Arc<Backends>, mut input: Streaming<WatchRequest>, out
                             }
                             c.watch_id
                         } else {
+                            // As etcd: never an id given before on this stream.
+                            // A client cancels an id it gets events for after its
+                            // watch ended; reused, that would end another watch.
                             while watchers.contains_key(&next_id) {
                                 next_id += 1;
                             }
-                            next_id
+                            next_id += 1;
+                            next_id - 1
                         };
                         let (ctl_tx, ctl_rx) = mpsc::channel(4);
                         let (b, out, done) = (b.clone(), out.clone(), done_tx.clone());
@@ -154,7 +158,10 @@ async fn client_stream(b: Arc<Backends>, mut input: Streaming<WatchRequest>, out
                     }
                     Some(RequestUnion::CancelRequest(c)) => {
                         if let Some(w) = watchers.remove(&c.watch_id) {
+                            // Stopped before the answer: no event of it may follow
+                            // the cancellation (the client would cancel its id again).
                             w.task.abort();
+                            let _ = w.task.await;
                             let resp = WatchResponse {
                                 header: header(b.max_revision()),
                                 watch_id: c.watch_id,

@@ -83,12 +83,13 @@ impl Drop for Upstreams {
     }
 }
 
-/// A watch that ended before it could start, with why.
-fn failed(b: &Backends, id: i64, reason: String) -> WatchResponse {
+/// A watch that ended with why: `created` if this is its creation's answer
+/// (it could not start), else the creation went out before.
+fn failed(b: &Backends, id: i64, reason: String, created: bool) -> WatchResponse {
     WatchResponse {
         header: header(b.max_revision()),
         watch_id: id,
-        created: true,
+        created,
         canceled: true,
         cancel_reason: reason,
         ..Default::default()
@@ -96,21 +97,28 @@ fn failed(b: &Backends, id: i64, reason: String) -> WatchResponse {
 }
 
 /// The one start revision of all groups: the client's, or just after the
-/// federation's current revision. Each group is first raised to it (as far
-/// as the federation has gone), so no later write of a lagging group can
-/// land below it and go unseen.
-/// Answers (start, the federation's current revision).
-async fn start_revision(b: &Backends, groups: &[u64], create: &WatchCreateRequest) -> Result<(i64, i64), String> {
+/// federation's current revision. Answers (start, the federation's current
+/// revision, which the creation answers).
+async fn start_revision(b: &Backends, create: &WatchCreateRequest) -> Result<(i64, i64), String> {
     // Not a client's call: the router's own budget.
-    let deadline = Deadline::default_from_now();
-    let now = b.now(deadline).await.map_err(|e| e.message().to_string())?;
+    let now = b.now(Deadline::default_from_now()).await.map_err(|e| e.message().to_string())?;
     let start = if create.start_revision > 0 { create.start_revision } else { now + 1 };
+    Ok((start, now))
+}
+
+/// Raises each group to the start (as far as the federation has gone), so
+/// no later write of a lagging group can land below it and go unseen: done
+/// before the upstreams start, after the creation was answered — a bump is
+/// a raft entry, and creations on a stream are answered one after another
+/// (kube-apiserver opens many watches on one stream at once).
+async fn raise_groups(b: &Backends, groups: &[u64], start: i64, now: i64) -> Result<(), String> {
+    let deadline = Deadline::default_from_now();
     let raise_to = (start - 1).min(now);
     let bumps = futures::future::join_all(groups.iter().map(|g| b.bump(*g, raise_to, deadline))).await;
-    if let Some(Err(e)) = bumps.into_iter().find(Result::is_err) {
-        return Err(e.message().to_string());
+    match bumps.into_iter().find(Result::is_err) {
+        Some(Err(e)) => Err(e.message().to_string()),
+        _ => Ok(()),
     }
-    Ok((start, now))
 }
 
 pub async fn watcher(
@@ -126,24 +134,19 @@ pub async fn watcher(
     let groups = match b.routing() {
         Ok(r) => r.groups_for_range(&create.key, &create.range_end),
         Err(e) => {
-            let _ = out.send(Ok(failed(&b, id, e.message().to_string()))).await;
+            let _ = out.send(Ok(failed(&b, id, e.message().to_string(), true))).await;
             return;
         }
     };
     crate::metrics::WATCH_GROUPS.observe(groups.len() as f64);
-    let (start, now) = match start_revision(&b, &groups, &create).await {
+    let (start, now) = match start_revision(&b, &create).await {
         Ok(started) => started,
         Err(reason) => {
-            let _ = out.send(Ok(failed(&b, id, reason))).await;
+            let _ = out.send(Ok(failed(&b, id, reason, true))).await;
             return;
         }
     };
 
-    let (up_tx, mut up_rx) = mpsc::channel::<Up>(256);
-    let mut ups = Upstreams { b: b.clone(), create: create.clone(), tx: up_tx, running: BTreeMap::new() };
-    for g in &groups {
-        ups.spawn(*g, start);
-    }
     let mut merge: Merge<Waiter> = Merge::new(id, &groups, start);
     // As etcd: the creation answers the current revision.
     merge.answer_creation_at(now);
@@ -153,6 +156,15 @@ pub async fn watcher(
     }
     // Held while the creation is (a cap below it); dropping it tells the stream.
     let mut creation = (!merge.is_created()).then_some(creation);
+    if let Err(reason) = raise_groups(&b, &groups, start, now).await {
+        let _ = out.send(Ok(failed(&b, id, reason, !merge.is_created()))).await;
+        return;
+    }
+    let (up_tx, mut up_rx) = mpsc::channel::<Up>(256);
+    let mut ups = Upstreams { b: b.clone(), create: create.clone(), tx: up_tx, running: BTreeMap::new() };
+    for g in &groups {
+        ups.spawn(*g, start);
+    }
     // Bumps this watcher started report here when done.
     let (bumped_tx, mut bumped_rx) = mpsc::unbounded_channel::<u64>();
     let mut notify = tokio::time::interval(interval);
@@ -187,7 +199,7 @@ pub async fn watcher(
                         return;
                     }
                     Up::Failed(reason) => {
-                        let _ = out.send(Ok(failed(&b, id, reason))).await;
+                        let _ = out.send(Ok(failed(&b, id, reason, !merge.is_created()))).await;
                         return;
                     }
                     Up::Rerouted { group, epoch } => {
@@ -195,7 +207,7 @@ pub async fn watcher(
                             Ok(r) => r.groups_for_range(&create.key, &create.range_end),
                             Err(_) => {
                                 let reason = format!("tessera: shard map epoch {epoch} not received from placement");
-                                let _ = out.send(Ok(failed(&b, id, reason))).await;
+                                let _ = out.send(Ok(failed(&b, id, reason, !merge.is_created()))).await;
                                 return;
                             }
                         };
