@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 if ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then
   apt-get install -y faketime >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y faketime >/dev/null; }
 fi
-cargo build --workspace --bins --features shard-node/deadlock-detection
+cargo build --workspace --bins --features "$TESSERA_TEST_FEATURES"
 
 out="${CHAOS_SMOKE_DIR:-$(mktemp -d /tmp/chaos-smoke.XXXXXX)}"
 mkdir -p "$out/reports" "$out/runs"
@@ -31,6 +31,8 @@ runs=(
   "3 103 22 loss,skew,multi"
   "0 104 14 kill,pause,isolate,loss --mutate all"
   "0 105 14 skew,multi,cut"
+  "3 106 16 crash,disk,kill"
+  "0 107 14 crash,disk"
 )
 failed=0
 i=0

@@ -20,14 +20,14 @@ targets="${CHAOS_SOAK_TARGETS:-both}"
 if ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then
   apt-get install -y faketime >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y faketime >/dev/null; }
 fi
-cargo build --workspace --bins --features shard-node/deadlock-detection >&2
+cargo build --workspace --bins --features "$TESSERA_TEST_FEATURES" >&2
 
 out="${CHAOS_SOAK_DIR:-$(mktemp -d /tmp/chaos-soak.XXXXXX)}"
 mkdir -p "$out/reports" "$out/runs"
 echo "chaos soak: $n runs of ${seconds}s from seed $base; reports and failing runs under $out" >&2
 
 # Each kind alone, then everything at once; each kind meets both targets in turn.
-kinds=(kill pause isolate split cut delay loss skew multi all)
+kinds=(kill pause isolate split cut delay loss skew crash disk multi all)
 failed=0
 incomplete=()
 for i in $(seq 1 "$n"); do

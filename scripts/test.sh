@@ -15,9 +15,10 @@ scripts/kube-tools.sh "$HOME/.cache/tessera/tools" >/dev/null
 . scripts/env.sh
 # The house style: rustfmt.toml's width, and clippy with warnings as errors.
 cargo fmt --all --check
-# Test builds run with parking_lot's deadlock detector: a lock cycle aborts
-# the process that hit it, and the test that ran it fails.
-features=(--features shard-node/deadlock-detection)
+# Test builds run with parking_lot's deadlock detector (a lock cycle aborts
+# the process that hit it, and the test that ran it fails) and with the
+# failpoints chaos arms (scripts/env.sh).
+features=(--features "$TESSERA_TEST_FEATURES")
 cargo clippy --workspace --all-targets "${features[@]}" -- -D warnings
 cargo build --workspace --bins "${features[@]}"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -68,8 +68,10 @@ impl StateMachine {
     }
 
     fn commit(&self, index: u64, batch: WriteBatch) {
+        fail::fail_point!("apply::before_commit");
         // A failed engine write leaves memory ahead of disk: stop, as etcd does.
         self.engine.write(batch, false).expect("state machine write failed");
+        fail::fail_point!("apply::after_commit");
         self.set_applied(index);
     }
 
@@ -95,7 +97,7 @@ impl StateMachine {
             self.apply_noop(index, None);
             return Some((proposer, ApplyOutput { result: Ok(Applied::Done), rev: self.current_revision() }));
         };
-        let (result, events, rev) = {
+        let (result, rev) = {
             let mut guard = self.tables.write();
             let t = &mut *guard;
             let refusal = refused(&t.alarms, op).or_else(|| t.fences.check_op(cmd.epoch, op).err());
@@ -135,11 +137,15 @@ impl StateMachine {
             };
             self.mark_applied(index, &mut batch);
             // Still under the state lock: values land before readers can
-            // see the index entries that point at them.
+            // see the index entries that point at them, and the watch hub
+            // knows the revision before any reader can answer it (as etcd
+            // notifies watchers before a write txn ends): a progress answer
+            // after a read must not be below the read's revision.
             self.commit(index, batch);
-            (result, events, t.mvcc.rev)
+            let rev = t.mvcc.rev;
+            self.hub.publish(rev, events);
+            (result, rev)
         };
-        self.hub.publish(rev, events);
         Some((proposer, ApplyOutput { result, rev }))
     }
 
@@ -199,6 +205,7 @@ impl StateMachine {
             },
             Op::Alarm(a) => Ok(self.apply_alarm(alarms, a, txn.batch_mut())),
             Op::Fence(f) => {
+                fail::fail_point!("apply::fence");
                 let f = Fence { revision: txn.begin_revision(), ..f.clone() };
                 fences.raise(&f, &self.keys, txn.batch_mut());
                 // Also a revision bump (to its hint, when the txn finishes):

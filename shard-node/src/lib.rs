@@ -12,6 +12,7 @@ pub mod config;
 pub mod corruption;
 pub mod engine;
 pub mod error;
+pub mod failpoints;
 pub mod federation;
 pub mod fence;
 pub mod group;

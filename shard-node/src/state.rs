@@ -231,7 +231,9 @@ impl StateMachine {
         };
         // Values no read can reach any more: their deletion needs no fsync
         // (after a crash the pass runs again over the index rebuilt from disk).
+        fail::fail_point!("compact::before_delete");
         self.engine.write(batch, false)?;
+        fail::fail_point!("compact::after_delete");
         Ok(next)
     }
 

@@ -293,6 +293,11 @@ impl Cluster {
 
     /// Starts process `i` (again) from its command line, in its namespace, on its clock.
     pub fn start(&mut self, i: usize) -> anyhow::Result<()> {
+        self.start_with(i, &[])
+    }
+
+    /// `start` with more environment (a shard-node's `FAILPOINTS`).
+    pub fn start_with(&mut self, i: usize, env: &[(&str, &str)]) -> anyhow::Result<()> {
         let log_path = self.dir.path().join("logs").join(format!("{}.log", self.procs[i].name));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path)?;
         let ns = match (&self.net, self.procs[i].host) {
@@ -302,6 +307,7 @@ impl Cluster {
         let p = &mut self.procs[i];
         let mut cmd = Command::new(&p.args[0]);
         cmd.args(&p.args[1..]).stdin(Stdio::null()).stdout(Stdio::from(log.try_clone()?)).stderr(log);
+        cmd.envs(env.iter().copied());
         if let (Some(clock), Some(skew)) = (&mut p.clock, &self.skew) {
             clock.restarted()?;
             cmd.envs(clock.env(&skew.lib));

@@ -33,11 +33,16 @@ pub enum FaultKind {
     Delay,
     Loss,
     Skew,
+    /// A shard-node restarted with a failpoint that crashes it at one step
+    /// (raft persist, apply, snapshot, fence, compaction, fsync).
+    Crash,
+    /// A shard-node restarted with a slow disk (every fsync delayed).
+    Disk,
     Multi,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Isolate,
@@ -46,6 +51,8 @@ impl FaultKind {
         FaultKind::Delay,
         FaultKind::Loss,
         FaultKind::Skew,
+        FaultKind::Crash,
+        FaultKind::Disk,
         FaultKind::Multi,
     ];
 
@@ -59,6 +66,8 @@ impl FaultKind {
             FaultKind::Delay => "delay",
             FaultKind::Loss => "loss",
             FaultKind::Skew => "skew",
+            FaultKind::Crash => "crash",
+            FaultKind::Disk => "disk",
             FaultKind::Multi => "multi",
         }
     }
@@ -138,7 +147,27 @@ enum Step {
     Links(Vec<(usize, usize, Link)>),
     Rate(usize, f64),
     Jump(usize, f64),
+    /// Restarted with these failpoints armed (`FAILPOINTS`); healed by a clean restart.
+    Failpoints(usize, String),
 }
+
+/// shard-node's failpoints (shard-node/src/failpoints.rs; a test checks the
+/// lists agree), with the action that crashes there: the steps every write
+/// passes crash at a few percent of passes, so soon after the restart;
+/// the rare ones (snapshots, fences, compaction) the first time.
+const CRASH_POINTS: &[(&str, &str)] = &[
+    ("raft::before_persist", "3%panic"),
+    ("raft::after_persist", "3%panic"),
+    ("raft::before_snapshot_install", "panic"),
+    ("raft::after_snapshot_install", "panic"),
+    ("raft::before_snapshot_send", "panic"),
+    ("apply::before_commit", "3%panic"),
+    ("apply::after_commit", "3%panic"),
+    ("apply::fence", "panic"),
+    ("compact::before_delete", "panic"),
+    ("compact::after_delete", "panic"),
+    ("engine::before_sync", "3%panic"),
+];
 
 /// Who can be faulted: the system's processes (their names and hosts) and the clients' host.
 struct Targets {
@@ -147,6 +176,8 @@ struct Targets {
     client: Option<usize>,
     /// The process whose clock can be skewed (clock::Skewable).
     clocked: Option<usize>,
+    /// The shard-nodes (placement's store included): failpoints are theirs.
+    nodes: Vec<usize>,
 }
 
 impl Targets {
@@ -156,6 +187,7 @@ impl Targets {
             hosts: c.procs.iter().map(|p| p.host).collect(),
             client: c.net.as_ref().and_then(|n| n.index("client")),
             clocked: c.procs.iter().position(|p| p.clock.is_some()),
+            nodes: (0..c.procs.len()).filter(|&i| c.procs[i].args[0].ends_with("shard-node")).collect(),
         }
     }
     fn host_name(&self, h: usize) -> String {
@@ -256,6 +288,20 @@ fn plan(kind: FaultKind, t: &Targets, kinds: &[FaultKind], rng: &mut Rng) -> (Ve
                 (vec![Step::Rate(p, r)], ms(rng, 1000, 2500), format!("skew {name} x{r}"))
             }
         }
+        FaultKind::Crash | FaultKind::Disk => {
+            if t.nodes.is_empty() {
+                return (vec![], Duration::ZERO, format!("{kind} (no shard-node)"));
+            }
+            let p = t.nodes[rng.below(t.nodes.len() as u64) as usize];
+            let spec = if kind == FaultKind::Crash {
+                let (point, action) = CRASH_POINTS[rng.below(CRASH_POINTS.len() as u64) as usize];
+                format!("{point}={action}")
+            } else {
+                format!("engine::before_sync=sleep({})", rng.range(20, 300))
+            };
+            let what = format!("{kind} {} ({spec})", t.names[p]);
+            (vec![Step::Failpoints(p, spec)], ms(rng, 1000, 4000), what)
+        }
         FaultKind::Multi => {
             let pool: Vec<FaultKind> = kinds.iter().copied().filter(|k| *k != FaultKind::Multi).collect();
             let pool = if pool.is_empty() { vec![FaultKind::Kill, FaultKind::Pause] } else { pool };
@@ -280,6 +326,10 @@ fn apply(c: &mut Cluster, id: u64, step: &Step) -> anyhow::Result<()> {
         Step::Links(ref l) => c.net.as_ref().map_or((), |n| n.set(id, l.clone())),
         Step::Rate(i, r) => c.procs[i].clock.as_mut().map_or(Ok(()), |k| k.set_rate(r))?,
         Step::Jump(i, s) => c.procs[i].clock.as_mut().map_or(Ok(()), |k| k.jump(s))?,
+        Step::Failpoints(i, ref spec) => {
+            c.kill(i);
+            c.start_with(i, &[("FAILPOINTS", spec)])?;
+        }
     }
     Ok(())
 }
@@ -288,6 +338,11 @@ fn apply(c: &mut Cluster, id: u64, step: &Step) -> anyhow::Result<()> {
 fn heal(c: &mut Cluster, id: u64, step: &Step) -> anyhow::Result<Duration> {
     match *step {
         Step::Kill(i) => c.start(i)?,
+        // Down by its failpoint or not: restarted without it.
+        Step::Failpoints(i, _) => {
+            c.kill(i);
+            c.start(i)?;
+        }
         Step::Pause(i) => c.signal(i, libc::SIGCONT),
         Step::Links(_) => c.net.as_ref().map_or((), |n| n.clear(id)),
         Step::Rate(i, _) | Step::Jump(i, _) => {
@@ -361,4 +416,16 @@ pub async fn inject(
         }
     }
     done
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_crash_points_are_shard_nodes_failpoints() {
+        let mut ours: Vec<&str> = super::CRASH_POINTS.iter().map(|(p, _)| *p).collect();
+        let mut theirs = shard_node::failpoints::ALL.to_vec();
+        ours.sort();
+        theirs.sort();
+        assert_eq!(ours, theirs);
+    }
 }

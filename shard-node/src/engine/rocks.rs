@@ -45,6 +45,9 @@ impl Engine for RocksEngine {
                 BatchOp::DeleteRange(s, e) => wb.delete_range(s, e),
             }
         }
+        if sync {
+            fail::fail_point!("engine::before_sync");
+        }
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(sync);
         self.db.write_opt(wb, &wo).map_err(err)

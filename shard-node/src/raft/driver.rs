@@ -280,12 +280,14 @@ impl<S: StateMachine> Driver<S> {
 
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
+            fail::fail_point!("raft::before_snapshot_install");
             let mut batch = WriteBatch::default();
             if let Err(e) = self.sm.stage_restore(snap.get_data(), &mut batch) {
                 panic!("cannot install raft snapshot: {e}");
             }
             self.storage.reset_to_snapshot(&snap, &mut batch);
             self.persist(batch, true);
+            fail::fail_point!("raft::after_snapshot_install");
             if let Err(e) = self.sm.restored() {
                 panic!("cannot load installed snapshot: {e}");
             }
@@ -299,7 +301,14 @@ impl<S: StateMachine> Driver<S> {
         if let Some(hs) = ready.hs() {
             self.storage.set_hard_state(hs, &mut batch);
         }
+        if !batch.is_empty() {
+            fail::fail_point!("raft::before_persist");
+        }
+        let persisting = !batch.is_empty();
         self.persist(batch, true);
+        if persisting {
+            fail::fail_point!("raft::after_persist");
+        }
         self.send(ready.take_persisted_messages());
         for rs in ready.take_read_states() {
             self.on_read_state(rs);

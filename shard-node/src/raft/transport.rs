@@ -65,6 +65,9 @@ impl super::Transport for GrpcTransport {
         for m in msgs {
             let to = m.get_to();
             let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            if snapshot {
+                fail::fail_point!("raft::before_snapshot_send");
+            }
             let out = by_peer.entry(to).or_insert_with(|| Outgoing { group, to, msgs: vec![], snapshot: false });
             out.snapshot |= snapshot;
             match m.write_to_bytes() {
