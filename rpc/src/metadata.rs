@@ -1,8 +1,8 @@
 //! What a call to a shard-node carries besides etcd's message: the group
-//! it is for, the shard-map epoch it was routed by and the highest
-//! revision its router had seen. A call without them (any etcd client
-//! talking to a node directly) is for the standalone group 0, routed by no
-//! map.
+//! it is for and the shard-map epoch it was routed by. A call without them
+//! (any etcd client talking to a node directly) is for the standalone group
+//! 0, routed by no map. (Revisions need nothing here: every group takes
+//! them from the revision oracle.)
 
 use http::HeaderMap;
 
@@ -10,9 +10,6 @@ use http::HeaderMap;
 pub const GROUP_HEADER: &str = "tessera-group";
 /// The shard-map epoch the router routed the call by.
 pub const EPOCH_HEADER: &str = "tessera-epoch";
-/// The highest revision the router has seen; the group's revision clock is
-/// raised to it before proposing (revisions respect causality through a router).
-pub const REVISION_HEADER: &str = "tessera-revision";
 
 /// A call to one group on a shard-node (client or peer port).
 pub fn group_request<T>(group: u64, msg: T) -> tonic::Request<T> {
@@ -28,8 +25,6 @@ pub struct Routed {
     pub group: Option<u64>,
     /// 0: not routed by a map.
     pub epoch: u64,
-    /// 0: none seen.
-    pub revision: i64,
 }
 
 /// A `tessera-group` value that is not a number.
@@ -44,11 +39,7 @@ impl Routed {
             None => None,
             Some(v) => Some(v.to_str().ok().and_then(|s| s.parse().ok()).ok_or(BadGroup)?),
         };
-        Ok(Routed {
-            group,
-            epoch: text(EPOCH_HEADER).and_then(|s| s.parse().ok()).unwrap_or(0),
-            revision: text(REVISION_HEADER).and_then(|s| s.parse().ok()).unwrap_or(0),
-        })
+        Ok(Routed { group, epoch: text(EPOCH_HEADER).and_then(|s| s.parse().ok()).unwrap_or(0) })
     }
 }
 
@@ -60,9 +51,8 @@ mod tests {
     fn headers_of_a_routed_call_parse_back() {
         let mut r = group_request(3, ());
         r.metadata_mut().insert(EPOCH_HEADER, 9u64.into());
-        r.metadata_mut().insert(REVISION_HEADER, 1234i64.into());
         let h = r.into_parts().0.into_headers();
-        assert_eq!(Routed::from_headers(&h), Ok(Routed { group: Some(3), epoch: 9, revision: 1234 }));
+        assert_eq!(Routed::from_headers(&h), Ok(Routed { group: Some(3), epoch: 9 }));
         assert_eq!(Routed::from_headers(&HeaderMap::new()), Ok(Routed::default()));
         let mut bad = HeaderMap::new();
         bad.insert(GROUP_HEADER, "x".parse().unwrap());
