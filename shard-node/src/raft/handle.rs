@@ -65,13 +65,15 @@ pub struct RaftHandle<O> {
 }
 
 impl<O> RaftHandle<O> {
-    pub fn new(group: u64, member: u64, mailbox: SyncSender<Msg>) -> Self {
+    /// `first_seq`: where this start numbers its proposals (never a number
+    /// an earlier start of the member used: see `replica::next_incarnation`).
+    pub fn new(group: u64, member: u64, mailbox: SyncSender<Msg>, first_seq: u64) -> Self {
         Self {
             group,
             member,
             mailbox,
             waiters: Mutex::leaf("proposal waiters", HashMap::new()),
-            seq: AtomicU64::new(1),
+            seq: AtomicU64::new(first_seq.max(1)),
             reads: Mutex::leaf("queued reads", vec![]),
             status: RwLock::leaf("raft status", RaftStatus::default()),
             removed: tokio::sync::watch::channel(false).0,

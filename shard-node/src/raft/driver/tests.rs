@@ -174,7 +174,7 @@ fn start(net: &Arc<MemNet>, id: u64, voters: &[u64]) -> Member {
     let node = RawNode::new(&cfg, storage.clone(), &crate::raft::logger::logger(1, id)).unwrap();
     let (tx, rx) = std::sync::mpsc::sync_channel(1024);
     net.boxes.lock().insert(id, tx.clone());
-    let handle = Arc::new(RaftHandle::new(1, id, tx));
+    let handle = Arc::new(RaftHandle::new(1, id, tx, 1));
     let driver = Driver::new(node, storage, sm.clone(), handle.clone(), rx, net.clone(), s);
     let thread = std::thread::spawn(move || driver.run());
     Member { sm, handle, thread: Some(thread) }
