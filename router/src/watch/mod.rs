@@ -142,8 +142,9 @@ async fn client_stream(b: Arc<Backends>, mut input: Streaming<WatchRequest>, out
                             while watchers.contains_key(&next_id) {
                                 next_id += 1;
                             }
+                            let id = next_id;
                             next_id += 1;
-                            next_id - 1
+                            id
                         };
                         let (ctl_tx, ctl_rx) = mpsc::channel(4);
                         let (b, out, done) = (b.clone(), out.clone(), done_tx.clone());

@@ -301,10 +301,10 @@ impl<S: StateMachine> Driver<S> {
         if let Some(hs) = ready.hs() {
             self.storage.set_hard_state(hs, &mut batch);
         }
-        if !batch.is_empty() {
+        let persisting = !batch.is_empty();
+        if persisting {
             fail::fail_point!("raft::before_persist");
         }
-        let persisting = !batch.is_empty();
         self.persist(batch, true);
         if persisting {
             fail::fail_point!("raft::after_persist");
