@@ -55,6 +55,9 @@ struct RunArgs {
     /// Clients of the etcd load.
     #[arg(long, default_value_t = 6)]
     etcd_clients: usize,
+    /// Percent of the etcd load's txns that span placement units (so groups).
+    #[arg(long, default_value_t = 30)]
+    cross_unit_txns: u64,
     /// auto (namespaces when root), loopback (no network faults) or netns.
     #[arg(long, default_value = "auto")]
     net: chaos::run::NetChoice,
@@ -102,6 +105,7 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
     cfg.workload = a.workload;
     cfg.kube = KubeConfig { writers_per_resource: a.writers, ..KubeConfig::default() };
     cfg.etcd.clients = a.etcd_clients;
+    cfg.etcd.cross_unit_txns = a.cross_unit_txns;
     cfg.net = a.net;
     cfg.routers = a.routers;
     cfg.learners = a.learners;

@@ -1,7 +1,7 @@
 //! etcd's KV service over the groups: a request whose keys fall in one
 //! group goes there; a range over several groups is read at one revision
-//! in each and merged; DeleteRange over several groups deletes in each
-//! (atomic per group); a txn spanning groups is refused.
+//! in each and merged; a DeleteRange or txn over several groups runs as one
+//! atomic txn across them (`cross_txn`).
 
 use crate::backends::{kv_client, Access, Backends};
 use crate::deadline::Deadline;
@@ -12,9 +12,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use tessera_proto::etcdserverpb::kv_server::Kv;
 use tessera_proto::etcdserverpb::request_op::Request as OpRequest;
+use tessera_proto::etcdserverpb::response_op::Response as OpResponse;
 use tessera_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, RangeStreamResponse, ResponseHeader, TxnRequest, TxnResponse,
+    RangeResponse, RangeStreamResponse, RequestOp, ResponseHeader, TxnRequest, TxnResponse,
 };
 use tessera_rpc::Error;
 use tonic::{Request, Response, Status};
@@ -110,15 +111,6 @@ fn txn_leases(t: &TxnRequest, out: &mut BTreeSet<i64>) {
     }
 }
 
-pub fn spans_groups(groups: &BTreeSet<u64>) -> Status {
-    let names: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
-    Status::failed_precondition(format!(
-        "tessera: transaction spans groups [{}]; a transaction must keep its keys in one group \
-         (one placement unit, or prefixes pinned together)",
-        names.join(", ")
-    ))
-}
-
 /// Each call routes by the map it finds; `Backends::rerouting` runs it
 /// again when a group refuses it for an older one, within the request's deadline.
 impl KvService {
@@ -150,14 +142,17 @@ impl KvService {
         match groups.as_slice() {
             [] => Err(Status::unavailable("tessera: the shard map has no groups yet")),
             [g] => self.delete_in(*g, req.clone(), deadline).await,
+            // Over several groups: one atomic delete at one revision, as a
+            // txn across them.
             _ => {
-                // Atomic within each group, not across them (documented).
-                let parts = try_join_all(groups.iter().map(|g| self.delete_in(*g, req.clone(), deadline))).await?;
-                let header = parts.iter().filter_map(|p| p.header).max_by_key(|h| h.revision);
-                let deleted = parts.iter().map(|p| p.deleted).sum();
-                let mut prev_kvs: Vec<_> = parts.into_iter().flat_map(|p| p.prev_kvs).collect();
-                prev_kvs.sort_by(|a, b| a.key.cmp(&b.key));
-                Ok(DeleteRangeResponse { header, deleted, prev_kvs })
+                let op = RequestOp { request: Some(OpRequest::RequestDeleteRange(req.clone())) };
+                let txn = TxnRequest { compare: vec![], success: vec![op], failure: vec![] };
+                let mut resp = crate::cross_txn::run(&self.backends, &txn, deadline).await?;
+                self.backends.observe(resp.header.as_ref());
+                match resp.responses.pop().and_then(|r| r.response) {
+                    Some(OpResponse::ResponseDeleteRange(d)) => Ok(DeleteRangeResponse { header: resp.header, ..d }),
+                    _ => Err(Status::internal("tessera: a delete across groups answered no delete")),
+                }
             }
         }
     }
@@ -167,7 +162,9 @@ impl KvService {
         let mut groups = BTreeSet::new();
         txn_groups(&r, req, &mut groups);
         if groups.len() > 1 {
-            return Err(spans_groups(&groups));
+            let resp = crate::cross_txn::run(&self.backends, req, deadline).await?;
+            self.backends.observe(resp.header.as_ref());
+            return Ok(resp);
         }
         // A txn without keys touches nothing: any group answers it.
         let group = match groups.first() {

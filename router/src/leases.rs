@@ -66,7 +66,7 @@ async fn ttl_everywhere(
 }
 
 /// Copies lease `id` onto `group` from a group that holds it.
-async fn replicate(b: &Backends, id: i64, group: u64, deadline: Deadline) -> Result<(), Status> {
+pub(crate) async fn replicate(b: &Backends, id: i64, group: u64, deadline: Deadline) -> Result<(), Status> {
     let found = ttl_everywhere(b, LeaseTimeToLiveRequest { id, keys: false }, deadline).await?;
     let Some((_, src)) = found.iter().max_by_key(|(_, a)| a.ttl) else {
         return Err(Error::LeaseNotFound.into());

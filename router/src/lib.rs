@@ -9,6 +9,7 @@
 
 mod backends;
 mod config;
+mod cross_txn;
 mod deadline;
 mod headers;
 mod kv;
@@ -69,7 +70,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         is_learner: false,
     };
     let backends = Backends::new(member.id, maps, oracle);
-    let poller = tokio::spawn(backends.clone().poll());
+    // The poller also finishes cross-group txns groups report in doubt.
+    let polled = backends.clone();
+    let poller = tokio::spawn(async move {
+        tokio::join!(polled.clone().poll(), cross_txn::recover(polled));
+    });
     let progress_interval = config.experimental_watch_progress_notify_interval.get();
     let maintenance = maintenance::MaintenanceService { backends: backends.clone(), member: member.clone() };
     let kv = kv::KvService { backends: backends.clone() };

@@ -24,3 +24,20 @@ pub(crate) static WATCH_HOLD: LazyLock<Histogram> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub(crate) static CROSS_TXNS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("tessera_router_cross_group_txns_total", "Transactions across groups committed.").unwrap()
+});
+pub(crate) static CROSS_TXN_CONFLICTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tessera_router_cross_group_txn_conflicts_total",
+        "Attempts of transactions across groups aborted because another held a group."
+    )
+    .unwrap()
+});
+pub(crate) static CROSS_TXNS_FINISHED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tessera_router_cross_group_txns_recovered_total",
+        "Transactions across groups left in doubt by a lost coordinator and finished by this router."
+    )
+    .unwrap()
+});

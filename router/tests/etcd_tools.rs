@@ -26,25 +26,6 @@ fn assert_clean_benchmark(out: &str, total: usize) {
     assert_eq!(histogram, total, "every request answered:\n{out}");
 }
 
-/// Waits until the router routes a Mutex-style txn over `prefix` to one group
-/// (it follows placement's map by watch).
-async fn wait_single_group_txn(f: &Federation, prefix: &[u8]) {
-    use tessera_proto::etcdserverpb::{request_op::Request, RangeRequest, RequestOp, TxnRequest};
-    let mut kv = f.kv().await;
-    let range = RangeRequest { key: prefix.to_vec(), range_end: shardmap::prefix_end(prefix), limit: 1, ..Default::default() };
-    let txn = TxnRequest { success: vec![RequestOp { request: Some(Request::RequestRange(range)) }], ..Default::default() };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match kv.txn(txn.clone()).await {
-            Ok(_) => return,
-            Err(e) if e.code() == tonic::Code::FailedPrecondition && std::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            Err(e) => panic!("the pin did not reach the router: {e}"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_benchmark_and_runner_through_the_router() {
     let f = Federation::start(3);
@@ -69,12 +50,8 @@ async fn etcd_benchmark_and_runner_through_the_router() {
 
     // Fresh names: a runner leaves its last holder's key until its lease expires.
     run(&f, "etcd-runner", &["election", "fed-election", "--rounds=5", "--req-rate=100"]);
-    // etcd's client-side Mutex reads its whole prefix inside its txn; a
-    // prefix shallower than the unit depth may span groups, so (as the
-    // router's error says) the lock's prefix is pinned to one group first.
-    let out = f.tessera(&["pin", "fed-lock/", "2"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_single_group_txn(&f, b"fed-lock/").await;
+    // etcd's client-side Mutex reads its whole prefix inside its txn, and
+    // its contenders' keys spread over the groups: a txn across groups.
     run(&f, "etcd-runner", &["lock-racer", "fed-lock", "--rounds=5", "--req-rate=100"]);
     run(&f, "etcd-runner", &["watcher", "--rounds=1", "--req-rate=200"]);
     let mut renewer = bins::command(tool("etcd-runner"))

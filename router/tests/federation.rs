@@ -96,23 +96,6 @@ async fn etcdctl_through_the_router_across_groups() {
         f.etcdctl(&["get", "/registry", "--prefix", "--order", "DESCEND", "--sort-by", "KEY", "--keys-only", "--limit", "1"]);
     assert_eq!(out.trim(), "/registry/services/specs/ns1/s");
 
-    // A txn in one group runs; one spanning groups is refused, naming them.
-    let mut txn_in = std::process::Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", f.endpoint()))
-        .args(["txn"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    txn_in.stdin.take().unwrap().write_all(b"\nput /registry/pods/ns1/z 1\nput foo 2\n\n\n").unwrap();
-    let out = txn_in.wait_with_output().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("FailedPrecondition") && err.contains("spans groups"), "{err}");
-
     // Every event exactly once, in revision order, across groups.
     let mut w = WatchClient::new(f.channel().await);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -130,6 +113,52 @@ async fn etcdctl_through_the_router_across_groups() {
     let keys: Vec<&str> = seen.iter().map(|(_, k)| k.as_str()).collect();
     assert_eq!(keys, KEYS, "events in write order, each once");
 
+    // A txn over several groups is one txn: its compares see every group,
+    // its writes take one revision, and the merged watch delivers them in
+    // one response, as etcd does.
+    let (a, b) = ("/registry/pods/ns1/a", "foo");
+    let routing = shardmap::watcher::fetch(&f.store_url()).await.unwrap().0.routing();
+    assert_ne!(routing.group_of(a.as_bytes()), routing.group_of(b.as_bytes()), "the test needs two groups");
+    let value_is = |k: &str, v: &str| Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Value as i32,
+        key: k.into(),
+        target_union: Some(TargetUnion::Value(v.into())),
+        ..Default::default()
+    };
+    let txn = |cmp: Vec<Compare>| TxnRequest {
+        compare: cmp,
+        success: vec![put(a, "t1", 0), put(b, "t2", 0), get(b)],
+        failure: vec![get(a), get(b)],
+    };
+    let lost = kv.txn(txn(vec![value_is(a, &format!("v-{a}")), value_is(b, "nope")])).await.unwrap().into_inner();
+    assert!(!lost.succeeded, "one compare failed on its group");
+    let values: Vec<Vec<u8>> = lost
+        .responses
+        .iter()
+        .map(|r| match &r.response {
+            Some(OpResp::ResponseRange(g)) => g.kvs[0].value.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(values, vec![format!("v-{a}").into_bytes(), format!("v-{b}").into_bytes()]);
+    let won = kv.txn(txn(vec![value_is(a, &format!("v-{a}")), value_is(b, &format!("v-{b}"))])).await.unwrap().into_inner();
+    assert!(won.succeeded);
+    let rev = won.header.unwrap().revision;
+    let Some(OpResp::ResponseRange(after)) = &won.responses[2].response else { panic!("{won:?}") };
+    assert_eq!((after.kvs[0].value.as_slice(), after.kvs[0].mod_revision), (&b"t2"[..], rev), "a get after the put sees it");
+    let r = tokio::time::timeout(Duration::from_secs(10), s.message()).await.expect("watch stalled").unwrap().unwrap();
+    let mut got: Vec<(String, i64)> = r
+        .events
+        .iter()
+        .map(|e| e.kv.as_ref().unwrap())
+        .map(|kv| (String::from_utf8_lossy(&kv.key).into(), kv.mod_revision))
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![(a.to_string(), rev), (b.to_string(), rev)], "both writes, one revision, one response");
+    let (_, out) = f.etcdctl(&["get", a, "--print-value-only"]);
+    assert_eq!(out.trim(), "t1");
+
     // DeleteRange across groups deletes in each.
     let (ok, out) = f.etcdctl(&["del", "", "--from-key"]);
     assert!(ok, "{out}");
@@ -140,7 +169,7 @@ async fn etcdctl_through_the_router_across_groups() {
 }
 
 /// etcd's JSON gateway on the router: the same cross-group semantics as
-/// gRPC (one sorted range, merged watch, spanning txn refused, leases).
+/// gRPC (one sorted range, merged watch, a txn over groups, leases).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_gateway_through_the_router() {
     use serde_json::json;
@@ -167,12 +196,6 @@ async fn json_gateway_through_the_router() {
         post(&ep, "/v3/kv/range", &json!({"key": "AA==", "range_end": "AA==", "limit": 2, "keys_only": true}).to_string());
     assert_eq!((v["kvs"].as_array().unwrap().len(), &v["more"]), (2, &json!(true)));
 
-    // A txn over two groups is refused with etcd's HTTP mapping of FailedPrecondition.
-    let span = json!({"success": [{"request_put": {"key": b64("/registry/pods/ns1/z")}}, {"request_put": {"key": b64("foo")}}]});
-    let (status, v) = post(&ep, "/v3/kv/txn", &span.to_string());
-    assert_eq!((status, &v["code"]), (412, &json!(9)), "{v}");
-    assert!(v["error"].as_str().unwrap().contains("spans groups"), "{v}");
-
     // The merged watch streams every event once, in revision order.
     let watch = json!({"create_request": {"key": "AA==", "range_end": "AA==", "start_revision": (start + 1).to_string()}});
     let mut w = Stream::open(&ep, "/v3/watch", &watch.to_string());
@@ -187,6 +210,18 @@ async fn json_gateway_through_the_router() {
     }
     assert!(seen.windows(2).all(|p| p[0].0 < p[1].0), "not in revision order: {seen:?}");
     assert_eq!(seen.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>(), KEYS.iter().map(|k| b64(k)).collect::<Vec<_>>());
+
+    // A txn over two groups runs as one, answered as etcd's gateway does.
+    let span = json!({
+        "compare": [{"key": b64("foo"), "target": "VERSION", "result": "GREATER", "version": "0"}],
+        "success": [{"request_put": {"key": b64("/registry/pods/ns1/a"), "value": b64("t")}}, {"request_put": {"key": b64("foo"), "value": b64("t")}}]
+    });
+    let (status, v) = post(&ep, "/v3/kv/txn", &span.to_string());
+    assert_eq!((status, &v["succeeded"]), (200, &json!(true)), "{v}");
+    let line = w.next_line().expect("watch stream ended");
+    let events = line["result"]["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "one response holds the txn's writes: {line}");
+    assert_eq!(events[0]["kv"]["mod_revision"], v["header"]["revision"]);
 
     // A lease used on two groups: keepalive renews it, revoke deletes both keys.
     let (_, grant) = post(&ep, "/v3/lease/grant", &json!({"TTL": "30"}).to_string());

@@ -21,6 +21,8 @@ pub const CURRENT_EPOCH_HEADER: &str = "tessera-current-epoch";
 pub const LEADER_HEADER: &str = "tessera-leader";
 /// Metadata on `Refusal::NotHosted`: the group the call named.
 pub const REFUSED_GROUP_HEADER: &str = "tessera-refused-group";
+/// Metadata on `Refusal::TxnConflict` and `Refusal::TxnAborted`: the cross-group txn.
+pub const TXN_HEADER: &str = "tessera-txn";
 
 macro_rules! etcd_errors {
     ($($(#[$doc:meta])* $variant:ident => $code:ident, $text:literal;)*) => {
@@ -207,6 +209,12 @@ pub enum Refusal {
     EpochNotMatch { current: u64 },
     /// Only the group's leader answers this; `leader` is its member id (0: none known).
     NotLeader { leader: u64 },
+    /// A cross-group txn's prepare met another prepared txn `holder` on the
+    /// group: the coordinator aborts its txn and tries again.
+    TxnConflict { holder: i64 },
+    /// Cross-group txn `txn` was aborted here (by its coordinator, or by a
+    /// router finishing it for a lost one): its prepare or commit came late.
+    TxnAborted { txn: i64 },
 }
 
 impl Refusal {
@@ -214,6 +222,7 @@ impl Refusal {
         match self {
             Refusal::NotHosted { .. } | Refusal::NotLeader { .. } => Code::Unavailable,
             Refusal::EpochNotMatch { .. } => Code::FailedPrecondition,
+            Refusal::TxnConflict { .. } | Refusal::TxnAborted { .. } => Code::Aborted,
         }
     }
 
@@ -222,6 +231,8 @@ impl Refusal {
             Refusal::NotHosted { .. } => "NotHosted",
             Refusal::EpochNotMatch { .. } => "EpochNotMatch",
             Refusal::NotLeader { .. } => "NotLeaderOfGroup",
+            Refusal::TxnConflict { .. } => "TxnConflict",
+            Refusal::TxnAborted { .. } => "TxnAborted",
         }
     }
 
@@ -230,15 +241,19 @@ impl Refusal {
             Refusal::NotHosted { group } => md.insert(REFUSED_GROUP_HEADER, (*group).into()),
             Refusal::EpochNotMatch { current } => md.insert(CURRENT_EPOCH_HEADER, (*current).into()),
             Refusal::NotLeader { leader } => md.insert(LEADER_HEADER, (*leader).into()),
+            Refusal::TxnConflict { holder: txn } | Refusal::TxnAborted { txn } => md.insert(TXN_HEADER, (*txn).into()),
         };
     }
 
     fn read(name: &str, md: &MetadataMap) -> Option<Refusal> {
         let num = |h: &str| md.get(h)?.to_str().ok()?.parse::<u64>().ok();
+        let txn = || md.get(TXN_HEADER)?.to_str().ok()?.parse::<i64>().ok();
         match name {
             "NotHosted" => Some(Refusal::NotHosted { group: num(REFUSED_GROUP_HEADER)? }),
             "EpochNotMatch" => Some(Refusal::EpochNotMatch { current: num(CURRENT_EPOCH_HEADER)? }),
             "NotLeaderOfGroup" => Some(Refusal::NotLeader { leader: num(LEADER_HEADER).unwrap_or(0) }),
+            "TxnConflict" => Some(Refusal::TxnConflict { holder: txn()? }),
+            "TxnAborted" => Some(Refusal::TxnAborted { txn: txn()? }),
             _ => None,
         }
     }
@@ -268,6 +283,8 @@ impl fmt::Display for Refusal {
             Refusal::NotHosted { group } => write!(f, "tessera: group {group} is not hosted here"),
             Refusal::EpochNotMatch { current } => write!(f, "{EPOCH_NOT_MATCH}{current})"),
             Refusal::NotLeader { leader } => write!(f, "tessera: not the group's leader (leader {leader:x})"),
+            Refusal::TxnConflict { holder } => write!(f, "tessera: the group holds another cross-group txn ({holder})"),
+            Refusal::TxnAborted { txn } => write!(f, "tessera: cross-group txn {txn} was aborted"),
         }
     }
 }
@@ -285,6 +302,8 @@ mod tests {
             Error::Refused(Refusal::NotHosted { group: 7 }),
             Error::Refused(Refusal::EpochNotMatch { current: 12 }),
             Error::Refused(Refusal::NotLeader { leader: 0xabc }),
+            Error::Refused(Refusal::TxnConflict { holder: 1 << 40 }),
+            Error::Refused(Refusal::TxnAborted { txn: 17 }),
         ]);
         for e in all {
             let s = Status::from(e.clone());

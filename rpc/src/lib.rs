@@ -12,6 +12,8 @@
 //! - `endpoints`: `/version`, `/health`, `/metrics`; `grpc_metrics`: etcd's
 //!   `grpc_server_*` series for every call.
 //! - `range_stream`: etcd 3.7's RangeStream rules (refusals, chunk sizes).
+//! - `txn_tree`: a txn's compares and ops by index, decided by the compares
+//!   (what a router and the groups of a cross-group txn share).
 //! - `flags`: typed flag values (URL lists, durations).
 //! - `process`: logging and shutdown signals.
 
@@ -28,6 +30,7 @@ pub mod process;
 pub mod range_stream;
 pub mod serve;
 pub mod services;
+pub mod txn_tree;
 
 pub use errors::{Error, Refusal};
 pub use services::EtcdServices;

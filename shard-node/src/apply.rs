@@ -22,7 +22,8 @@ use tessera_proto::etcdserverpb::request_op::Request;
 use tessera_proto::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DeleteRangeResponse, PutResponse, TxnRequest, TxnResponse,
 };
-use tessera_proto::tessera::command::{command::Op, Command, Fence};
+use tessera_proto::tessera::command::{command::Op, Command, Fence, TxnCommit};
+use tessera_proto::tessera::shard::CompareOutcome;
 
 /// What applying a command produced, for the client that proposed it.
 #[derive(Debug)]
@@ -36,6 +37,20 @@ pub enum Applied {
     },
     /// The alarms an Alarm request changed.
     Alarms(Vec<AlarmMember>),
+    /// A cross-group txn prepared here: its compares' outcomes on this
+    /// group and the failures of its ops' checks.
+    Prepared {
+        revision: i64,
+        compares: Vec<CompareOutcome>,
+        failures: Vec<(u32, Error)>,
+    },
+    /// A cross-group txn's part committed here (None: it had before).
+    Committed(Option<TxnResponse>),
+    /// A cross-group txn's part could not run at commit (nothing of it
+    /// was written; on the primary the txn is aborted).
+    CommitFailed(Error),
+    /// A cross-group txn aborted here, or (asked of its primary) its commit.
+    Aborted(Option<TxnCommit>),
     Done,
 }
 
@@ -100,7 +115,8 @@ impl StateMachine {
         let (result, rev) = {
             let mut guard = self.tables.write();
             let t = &mut *guard;
-            let refusal = refused(&t.alarms, op).or_else(|| t.fences.check_op(cmd.epoch, op).err());
+            let refusal =
+                refused(&t.alarms, op).or_else(|| t.fences.check_op(cmd.epoch, op).err()).or_else(|| t.cross.check_op(op).err());
             if let Op::Compact(c) = op {
                 let mut batch = WriteBatch::default();
                 let result = match refusal {
@@ -117,9 +133,16 @@ impl StateMachine {
                 }
                 return Some((proposer, ApplyOutput { result, rev }));
             }
-            let mut txn = WriteTxn::begin(&self.store, &mut t.mvcc, cmd.revision_hint);
+            let hint = match op {
+                Op::TxnCommit(c) => c.revision,
+                _ => cmd.revision_hint,
+            };
+            let mut txn = WriteTxn::begin(&self.store, &mut t.mvcc, hint);
             let result = match refusal {
                 Some(e) => Err(e),
+                None if matches!(op, Op::TxnPrepare(_) | Op::TxnCommit(_) | Op::TxnAbort(_)) => {
+                    self.apply_cross(op, cmd.epoch, &mut txn, &t.leases, &mut t.cross, &t.fences)
+                }
                 None => self.apply_op(op, &mut txn, &mut t.leases, &mut t.members, &mut t.alarms, &mut t.fences, &mut t.oracle),
             };
             let (result, events, mut batch) = match result {
@@ -144,6 +167,10 @@ impl StateMachine {
             self.commit(index, batch);
             let rev = t.mvcc.rev;
             self.hub.publish(rev, events);
+            self.cross_holder.send_if_modified(|h| {
+                let now = t.cross.prepared().map(|p| p.id);
+                std::mem::replace(h, now) != now
+            });
             (result, rev)
         };
         Some((proposer, ApplyOutput { result, rev }))
@@ -217,6 +244,7 @@ impl StateMachine {
                 Ok(Applied::Done)
             }
             Op::Compact(_) => Ok(Applied::Done), // applied above, outside a txn
+            Op::TxnPrepare(_) | Op::TxnCommit(_) | Op::TxnAbort(_) => unreachable!("applied by apply_cross"),
         }
     }
 
@@ -338,6 +366,8 @@ pub fn txn_has_put(t: &TxnRequest) -> bool {
         _ => false,
     })
 }
+
+mod cross;
 
 #[cfg(test)]
 mod tests;

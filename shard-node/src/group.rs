@@ -9,7 +9,7 @@
 //! timeline (docs/architecture.md, "One revision timeline").
 
 use crate::apply::ApplyOutput;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::raft::{Msg, RaftHandle, RaftStatus};
 use crate::state::StateMachine;
 use prost::Message as _;
@@ -122,6 +122,20 @@ impl Group {
         Ok(Some(rev))
     }
 
+    /// A revision this member is about to answer without the oracle (a
+    /// serializable read's: its own applied revision), made known to the
+    /// oracle first when it may not be. A group applies a write above its
+    /// hint when another write took the hint first, and only the write's
+    /// proposer tells the oracle, after applying it; a client that saw that
+    /// revision here before then could see a later write elsewhere take a
+    /// lower one (chaos found a header going back that way).
+    pub async fn published(&self, rev: i64) -> Result<i64> {
+        if let Some(o) = self.oracle.as_ref().filter(|o| rev > o.issued()) {
+            o.observe(rev).await?;
+        }
+        Ok(rev)
+    }
+
     /// Checks an explicit read or compaction revision against the group:
     /// one the federation handed out that this group has not reached is
     /// raised to (standalone, or never handed out: etcd's future-revision error).
@@ -135,23 +149,45 @@ impl Group {
         }
     }
 
+    /// Proposes `op` with revision `hint`. While the group holds a
+    /// cross-group txn prepared, what it would refuse waits for the txn to
+    /// end first (`crate::cross`), within the request timeout — a prepare
+    /// only if its coordinator asked (it prepares in group order), else the
+    /// coordinator aborts and tries again.
     async fn propose_at(&self, op: Op, hint: i64) -> Result<ApplyOutput> {
-        let seq = self.raft.next_seq();
+        let started = tokio::time::Instant::now();
+        let timeout = self.settings.request_timeout;
+        let held_back = crate::cross::held_back(&op);
+        let waits = || match &op {
+            Op::TxnPrepare(p) => p.wait,
+            _ => held_back,
+        };
         let epoch = crate::fence::routed_epoch();
-        let cmd = Command { member_id: self.member_id, seq, revision_hint: hint, epoch, op: Some(op) };
-        let data = cmd.encode_to_vec();
-        // As etcd: the limit applies to the request as it goes into the log.
-        if data.len() > self.settings.max_request_bytes {
-            return Err(Error::RequestTooLarge);
+        let data_of = |seq| Command { member_id: self.member_id, seq, revision_hint: hint, epoch, op: Some(op.clone()) };
+        loop {
+            if held_back && waits() {
+                self.sm.wait_unheld(timeout.saturating_sub(started.elapsed())).await?;
+            }
+            let seq = self.raft.next_seq();
+            let data = data_of(seq).encode_to_vec();
+            // As etcd: the limit applies to the request as it goes into the log.
+            if data.len() > self.settings.max_request_bytes {
+                return Err(Error::RequestTooLarge);
+            }
+            let m = &self.sm.metrics;
+            m.proposals_pending.inc();
+            let left = timeout.saturating_sub(started.elapsed());
+            let out = self.raft.propose(seq, Msg::Propose { seq, data }, left).await;
+            m.proposals_pending.dec();
+            if let Err(Error::Timeout) = &out {
+                m.proposals_failed.inc();
+            }
+            match out {
+                // Refused, not applied: a cross-group txn was prepared first.
+                Ok(ApplyOutput { result: Err(Error::Refused(Refusal::TxnConflict { .. })), .. }) if waits() => continue,
+                out => return out,
+            }
         }
-        let m = &self.sm.metrics;
-        m.proposals_pending.inc();
-        let out = self.raft.propose(seq, Msg::Propose { seq, data }, self.settings.request_timeout).await;
-        m.proposals_pending.dec();
-        if let Err(Error::Timeout) = &out {
-            m.proposals_failed.inc();
-        }
-        out
     }
 
     /// Proposes a membership change and waits for this member to apply it.

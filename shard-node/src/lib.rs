@@ -10,6 +10,7 @@ pub mod apply;
 pub mod compactor;
 pub mod config;
 pub mod corruption;
+mod cross;
 pub mod engine;
 pub mod error;
 pub mod failpoints;

@@ -8,6 +8,7 @@
 //! Lock order: `tables` (level State) before `liveness` (level Liveness);
 //! the watch hub's ring is a leaf and is never taken under `tables`.
 
+use crate::cross::CrossTxns;
 use crate::engine::keys::{decode_u64, GroupKeys};
 use crate::engine::{Engine, WriteBatch};
 use crate::error::{Error, Result};
@@ -41,6 +42,8 @@ pub(crate) struct Tables {
     pub fences: Fences,
     /// The revision oracle's reservation (only the oracle's group uses it).
     pub oracle: Reservation,
+    /// Transactions across groups this group takes part in (`crate::cross`).
+    pub cross: CrossTxns,
 }
 
 /// A lease as TimeToLive reports it.
@@ -61,6 +64,8 @@ pub struct StateMachine {
     pub metrics: crate::metrics::GroupMetrics,
     /// Wakes the background compactor when a compaction is applied.
     pub compaction: tokio::sync::Notify,
+    /// The cross-group txn the group holds prepared (writes wait for it).
+    pub(crate) cross_holder: tokio::sync::watch::Sender<Option<i64>>,
     applied: AtomicU64,
 }
 
@@ -74,6 +79,7 @@ impl StateMachine {
             alarms: vec![],
             fences: Fences::default(),
             oracle: Reservation::default(),
+            cross: CrossTxns::default(),
         };
         let hub = WatchHub::new(tables.mvcc.rev, watch_ring);
         let sm = Self {
@@ -82,6 +88,7 @@ impl StateMachine {
             applied: AtomicU64::new(0),
             metrics: crate::metrics::GroupMetrics::new(keys.group()),
             compaction: tokio::sync::Notify::new(),
+            cross_holder: tokio::sync::watch::Sender::new(None),
             engine,
             keys,
             store,
@@ -104,11 +111,13 @@ impl StateMachine {
         };
         let fences = Fences::load(self.engine.as_ref(), &self.keys)?;
         let oracle = Reservation::load(self.engine.as_ref(), &self.keys)?;
+        let cross = CrossTxns::load(self.engine.as_ref(), &self.keys)?;
         let applied = self.engine.get(&self.keys.meta(META_APPLIED))?.map(|v| decode_u64(&v)).unwrap_or(0);
         let rev = mvcc.rev;
         {
             let mut t = self.tables.write();
-            *t = Tables { mvcc, leases, members, alarms, fences, oracle };
+            *t = Tables { mvcc, leases, members, alarms, fences, oracle, cross };
+            self.cross_holder.send_replace(t.cross.prepared().map(|p| p.id));
             let mut live = self.liveness.lock();
             if live.is_primary() {
                 live.promote(&t.leases, Duration::ZERO);
@@ -321,6 +330,24 @@ impl StateMachine {
     }
 
     /// Refuses `[key, range_end)` to a call routed by map `epoch` older than a fence on it.
+    /// Waits until the group holds no cross-group txn prepared (writes
+    /// would be refused until then), at most `timeout`.
+    pub async fn wait_unheld(&self, timeout: Duration) -> Result<()> {
+        let mut rx = self.cross_holder.subscribe();
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|h| h.is_none())).await.map(|r| r.map(|_| ()));
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// The cross-group txn this member has held prepared for `after` (its
+    /// coordinator may be gone: a router finishes it).
+    pub fn cross_in_doubt(&self, after: Duration) -> Option<tessera_proto::tessera::command::TxnPrepared> {
+        self.tables.read().cross.in_doubt(after)
+    }
+
     pub fn check_fences(&self, epoch: u64, key: &[u8], range_end: &[u8]) -> Result<()> {
         self.tables.read().fences.check_range(epoch, key, range_end)
     }

@@ -1,14 +1,15 @@
 //! etcd's own traffic (as etcd's robustness `etcd` profile): clients doing
 //! gets (linearizable and serializable), ranges (at the latest revision and
 //! at an older one, over one placement unit and over all of them), puts
-//! (some with prev_kv), deletes, range deletes, multi-key txns within one
-//! placement unit, leases with keys attached (kept alive, then revoked or
+//! (some with prev_kv), deletes, range deletes, multi-key txns (within one
+//! placement unit, or over several: across groups), leases with keys attached (kept alive, then revoked or
 //! left to expire and read back), compaction, and a watch over the whole
 //! key space resumed when it breaks.
 //!
 //! Keys are `/app/u<unit>/k<i>`: each `/app/u<unit>/` is a placement unit
-//! (3 slashes), so a txn over one unit's keys stays in one group, and
-//! ranges over `/app/` cross groups. Lease keys are `/app/u<unit>/l<client>`.
+//! (3 slashes), so a txn over one unit's keys stays in one group, one over
+//! several units' keys is a txn across groups, and ranges over `/app/`
+//! cross groups. Lease keys are `/app/u<unit>/l<client>`.
 //! Values are unique per write (`c<client>-<seq>`), as the checkers want.
 
 use super::client::Client;
@@ -35,11 +36,21 @@ pub struct EtcdConfig {
     pub keys_per_unit: u64,
     pub lease_ttl: i64,
     pub compact_every: Duration,
+    /// Percent of txns over several units' keys (across groups in a
+    /// federation); the rest stay in one unit.
+    pub cross_unit_txns: u64,
 }
 
 impl Default for EtcdConfig {
     fn default() -> Self {
-        EtcdConfig { clients: 6, units: 8, keys_per_unit: 3, lease_ttl: 5, compact_every: Duration::from_secs(5) }
+        EtcdConfig {
+            clients: 6,
+            units: 8,
+            keys_per_unit: 3,
+            lease_ttl: 5,
+            compact_every: Duration::from_secs(5),
+            cross_unit_txns: 30,
+        }
     }
 }
 
@@ -257,17 +268,25 @@ impl Worker {
         r
     }
 
-    /// A txn over 2–3 keys of one unit: if the first is as last seen, write
-    /// the others (and it), else read them.
+    /// A txn over 2–3 keys, of one unit or (`cross_unit_txns` percent of
+    /// them) of several, so across groups: if the first is as last seen,
+    /// write the others (and it), else read them.
     async fn txn(&mut self, unit: u64) -> Option<Response> {
         self.n.txns.fetch_add(1, Ordering::Relaxed);
         let mut keys: Vec<Bytes> = (0..self.cfg.keys_per_unit).map(|i| key(unit, i)).collect();
         let take = self.rng.range(2, keys.len() as u64 + 1) as usize;
+        if self.rng.chance(self.cfg.cross_unit_txns) {
+            for k in keys.iter_mut().skip(1) {
+                *k = key(self.rng.below(self.cfg.units), self.rng.below(self.cfg.keys_per_unit));
+            }
+            keys.sort();
+            keys.dedup();
+        }
         for i in 0..keys.len() {
             let j = i + self.rng.below((keys.len() - i) as u64) as usize;
             keys.swap(i, j);
         }
-        keys.truncate(take);
+        keys.truncate(take.min(keys.len()));
         let first = keys[0].clone();
         let compare = if self.rng.chance(80) {
             CompareTarget::ModRev(self.known.get(&first).copied().unwrap_or(0))

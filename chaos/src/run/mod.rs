@@ -130,9 +130,10 @@ impl RunConfig {
             Workload::Etcd => "etcd",
             Workload::Both => "both",
         };
+        let cross = format!(" --cross-unit-txns {}", self.etcd.cross_unit_txns);
         format!(
             "chaos run --groups {groups} --seconds {} --seed {} --faults '{}' --fault-every {} --workload {workload} \
-             --routers {}",
+             --routers {}{cross}",
             self.duration.as_secs(),
             self.seed,
             faults.join(","),
@@ -261,6 +262,7 @@ async fn run_on(
     let final_read = final_read(&channels, &rec).await;
     let mut history = rec.take();
     history.final_read = final_read;
+    history.shared_revisions = matches!(cfg.target, Target::Federation { .. });
     let check = check_all(&history);
     let switch = network.as_ref().map(|n| n.stats());
     let net_text = match mode {

@@ -103,6 +103,37 @@ fn cas(client: u32, t: (u64, u64), key: &str, expect: i64, value: &str, outcome:
     }
 }
 
+/// Two groups of a federation may give two writes one revision; a txn over
+/// both keys ties them into one partition, which must still linearize.
+#[test]
+fn a_federation_may_give_writes_of_different_keys_one_revision_not_one_key() {
+    let both = |rev: i64| {
+        let call = Call::Txn {
+            compares: vec![],
+            success: vec![
+                TxnOp::Put { key: "x".into(), value: format!("x{rev}").into(), lease: 0 },
+                TxnOp::Put { key: "y".into(), value: format!("y{rev}").into(), lease: 0 },
+            ],
+            failure: vec![],
+        };
+        Op::ok(3, 0, 5, call, Response::Txn { header_rev: rev, succeeded: true, results: vec![TxnResult::Put, TxnResult::Put] })
+    };
+    let shared = |ops: Vec<Op>, shared_revisions: bool| History { ops, shared_revisions, ..History::default() };
+    let ops = || {
+        vec![
+            both(2),
+            put(1, (10, 40), "x", "a", 7),
+            put(2, (20, 50), "y", "b", 7),
+            get(4, (60, 70), "y", 7, Some(kv("b", 7, 2, 2))),
+            get(4, (80, 90), "x", 7, Some(kv("a", 7, 2, 2))),
+        ]
+    };
+    assert!(check_all(&shared(ops(), true)).is_ok(), "{}", check_all(&shared(ops(), true)));
+    assert_eq!(check_all(&shared(ops(), false)).count(Checker::Linearizable), 1, "one etcd never shares a revision");
+    let one_key = vec![both(2), put(1, (10, 40), "x", "a", 7), put(2, (20, 50), "x", "b", 7)];
+    assert_eq!(check_all(&shared(one_key, true)).count(Checker::Linearizable), 1, "not two writes of one key");
+}
+
 #[test]
 fn compare_and_swap_follows_mod_revisions() {
     let ok = history(vec![

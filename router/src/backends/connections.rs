@@ -8,6 +8,7 @@ use std::time::Duration;
 use tessera_proto::etcdserverpb::kv_client::KvClient;
 use tessera_proto::etcdserverpb::lease_client::LeaseClient;
 use tessera_proto::etcdserverpb::watch_client::WatchClient;
+use tessera_proto::tessera::shard::shard_client::ShardClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
@@ -24,6 +25,10 @@ pub fn watch_client(ch: Channel) -> WatchClient<Channel> {
 
 pub fn lease_client(ch: Channel) -> LeaseClient<Channel> {
     LeaseClient::new(ch).max_decoding_message_size(usize::MAX)
+}
+
+pub fn shard_client(ch: Channel) -> ShardClient<Channel> {
+    ShardClient::new(ch).max_decoding_message_size(usize::MAX)
 }
 
 /// Which connection to a node a call uses. Long-lived streams (watches,

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tessera_proto::tessera::command::TxnPrepared;
 use tessera_proto::tessera::shard::shard_client::ShardClient;
 use tessera_proto::tessera::shard::StatsRequest;
 use tonic::transport::Channel;
@@ -40,6 +41,8 @@ pub(super) struct Health {
     down: RwLock<HashMap<String, Instant>>,
     /// Every group answered (through some replica, with a leader) in the last poll.
     healthy: AtomicBool,
+    /// Cross-group txns groups reported in doubt in their last poll, by group.
+    in_doubt: RwLock<HashMap<u64, TxnPrepared>>,
 }
 
 impl Health {
@@ -108,6 +111,12 @@ impl Backends {
         self.health.healthy.load(Ordering::Relaxed)
     }
 
+    /// The cross-group txns groups held prepared for long at their last
+    /// poll (their coordinator may be gone), by group.
+    pub(crate) fn in_doubt(&self) -> Vec<(u64, TxnPrepared)> {
+        self.health.in_doubt.read().iter().map(|(g, t)| (*g, *t)).collect()
+    }
+
     /// Keeps leader hints, down marks and revisions fresh, forever.
     pub(crate) async fn poll(self: Arc<Self>) {
         loop {
@@ -142,6 +151,11 @@ impl Backends {
                         self.health.mark_leader(group, &leader.node);
                     }
                     self.health.mark_up(&rep.node);
+                    let mut in_doubt = self.health.in_doubt.write();
+                    match s.in_doubt {
+                        Some(t) => in_doubt.insert(group, t),
+                        None => in_doubt.remove(&group),
+                    };
                     return s.leader != 0; // one answer per group is enough
                 }
                 Err(_) => self.health.mark_down(&rep.node),

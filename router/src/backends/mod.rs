@@ -20,7 +20,7 @@ mod rerouting;
 mod revisions;
 
 pub use call::Access;
-pub use connections::{kv_client, lease_client, watch_client, Lane};
+pub use connections::{kv_client, lease_client, shard_client, watch_client, Lane};
 pub use health::Prefer;
 
 use connections::Connections;

@@ -60,6 +60,22 @@ impl Backends {
         Ok(now)
     }
 
+    /// A fresh timestamp of the timeline, above every revision handed out so
+    /// far (a cross-group txn's id and its commit revision).
+    pub(crate) async fn fresh(&self, deadline: Deadline) -> Result<i64, Status> {
+        let ts = deadline.run(async { self.revisions.oracle.next().await.map_err(Status::from) }).await?;
+        self.revisions.max.fetch_max(ts, Ordering::Relaxed);
+        Ok(ts)
+    }
+
+    /// Tells the oracle of a revision about to be answered that it did not
+    /// hand out itself, so every later timestamp is above it.
+    pub(crate) async fn tell(&self, rev: i64, deadline: Deadline) -> Result<(), Status> {
+        deadline.run(async { self.revisions.oracle.observe(rev).await.map_err(Status::from) }).await?;
+        self.revisions.max.fetch_max(rev, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Takes note of an answer's revision.
     pub(crate) fn observe(&self, header: Option<&ResponseHeader>) {
         if let Some(h) = header {

@@ -9,6 +9,7 @@ use shardmap::ShardMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tessera_proto::etcdserverpb::ResponseHeader;
+use tessera_proto::tessera::command::{TxnAbort, TxnCommit, TxnPrepare};
 use tessera_proto::tessera::shard::shard_server::{Shard, ShardServer};
 use tessera_proto::tessera::shard::*;
 use tessera_rpc::{Error, Refusal};
@@ -149,6 +150,18 @@ impl Shard for SlowGroup {
 
     async fn fence(&self, _req: Request<FenceRequest>) -> Result<Response<FenceResponse>, Status> {
         Err(Status::unimplemented("fence"))
+    }
+
+    async fn txn_prepare(&self, _req: Request<TxnPrepare>) -> Result<Response<TxnPrepareResponse>, Status> {
+        Err(Status::unimplemented("txn"))
+    }
+
+    async fn txn_commit(&self, _req: Request<TxnCommit>) -> Result<Response<TxnCommitResponse>, Status> {
+        Err(Status::unimplemented("txn"))
+    }
+
+    async fn txn_abort(&self, _req: Request<TxnAbort>) -> Result<Response<TxnAbortResponse>, Status> {
+        Err(Status::unimplemented("txn"))
     }
 }
 

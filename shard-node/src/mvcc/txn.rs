@@ -231,29 +231,44 @@ impl<'s> WriteTxn<'s> {
         *at += 1;
         for op in branch(req, ok) {
             match &op.request {
-                Some(Request::RequestRange(r)) => {
-                    if r.revision > self.begin_rev {
-                        return Err(Error::FutureRev);
-                    }
-                    if r.revision > 0 && r.revision < self.st.compact_rev {
-                        return Err(Error::Compacted);
-                    }
-                }
-                Some(Request::RequestPut(p)) => {
-                    if p.lease != 0 && !lease_exists(p.lease) {
-                        return Err(Error::LeaseNotFound);
-                    }
-                    if (p.ignore_value || p.ignore_lease)
-                        && self.st.index.get(&p.key).and_then(|k| k.at(self.begin_rev)).is_none()
-                    {
-                        return Err(Error::KeyNotFound);
-                    }
-                }
                 Some(Request::RequestTxn(t)) => self.check_requests(t, path, at, lease_exists)?,
-                _ => {}
+                _ => self.check_op(op, lease_exists)?,
             }
         }
         Ok(())
+    }
+
+    /// What etcd checks of one op before it runs any of a txn's: range
+    /// revisions, leases, and keys an ignore_value/ignore_lease put needs.
+    pub fn check_op(&self, op: &RequestOp, lease_exists: &dyn Fn(i64) -> bool) -> Result<()> {
+        match &op.request {
+            Some(Request::RequestRange(r)) => {
+                if r.revision > self.begin_rev {
+                    return Err(Error::FutureRev);
+                }
+                if r.revision > 0 && r.revision < self.st.compact_rev {
+                    return Err(Error::Compacted);
+                }
+            }
+            Some(Request::RequestPut(p)) => {
+                if p.lease != 0 && !lease_exists(p.lease) {
+                    return Err(Error::LeaseNotFound);
+                }
+                if (p.ignore_value || p.ignore_lease) && self.st.index.get(&p.key).and_then(|k| k.at(self.begin_rev)).is_none() {
+                    return Err(Error::KeyNotFound);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// One compare of a cross-group txn, on this group's part of its range:
+    /// whether the group holds a key there, and whether the compare holds
+    /// for each (for none: as etcd compares a missing key).
+    pub fn compare_part(&self, c: &Compare) -> Result<(bool, bool)> {
+        let found = !entries_at(self.st, &c.key, &c.range_end, self.read_rev()).is_empty();
+        Ok((found, self.compare(c)?))
     }
 
     fn exec(&mut self, req: &TxnRequest, path: &[bool], at: &mut usize) -> Result<TxnResponse> {

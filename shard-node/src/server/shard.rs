@@ -2,13 +2,29 @@
 //! moves an idle group's watermark past a revision), fences (placement,
 //! before a map change moves a prefix) and replica stats.
 
+use crate::apply::Applied;
+use crate::error::Error;
 use crate::group::Group;
 use std::sync::Arc;
+use std::time::Duration;
 use tessera_proto::etcdserverpb::RangeRequest;
 use tessera_proto::tessera::command::{command::Op, Fence};
+use tessera_proto::tessera::command::{TxnAbort, TxnCommit, TxnPrepare};
 use tessera_proto::tessera::shard::shard_server::Shard;
-use tessera_proto::tessera::shard::{BumpRequest, BumpResponse, FenceRequest, FenceResponse, StatsRequest, StatsResponse};
+use tessera_proto::tessera::shard::{
+    BumpRequest, BumpResponse, FenceRequest, FenceResponse, OpFailure, StatsRequest, StatsResponse, TxnAbortResponse,
+    TxnCommitResponse, TxnPrepareResponse,
+};
 use tonic::{Request, Response, Status};
+
+/// How long a member holds a cross-group txn prepared before it reports it
+/// in doubt (its coordinator is likely gone; a router then finishes it).
+/// Writes to the group wait meanwhile.
+const IN_DOUBT_AFTER: Duration = Duration::from_secs(2);
+
+fn unexpected() -> Status {
+    Error::Internal("unexpected outcome of a cross-group txn entry".into()).into()
+}
 
 pub struct ShardService {
     pub group: Arc<Group>,
@@ -51,6 +67,44 @@ impl Shard for ShardService {
             db_size: g.sm.engine.size_on_disk(),
             applied_index: g.sm.applied_index(),
             compact_revision: g.sm.compact_revision(),
+            in_doubt: g.sm.cross_in_doubt(IN_DOUBT_AFTER),
         }))
+    }
+
+    async fn txn_prepare(&self, req: Request<TxnPrepare>) -> Result<Response<TxnPrepareResponse>, Status> {
+        let g = &self.group;
+        let out = g.propose(Op::TxnPrepare(req.into_inner())).await?;
+        let Applied::Prepared { revision, compares, failures } = out.result? else {
+            return Err(unexpected());
+        };
+        let failures = failures
+            .into_iter()
+            .map(|(op, e)| {
+                let s = Status::from(e);
+                let name = s.metadata().get(tessera_rpc::errors::ERROR_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+                OpFailure { op, code: s.code() as i32, message: s.message().to_string(), name: name.to_string() }
+            })
+            .collect();
+        Ok(Response::new(TxnPrepareResponse { header: Some(g.header(out.rev)), revision, compares, failures }))
+    }
+
+    async fn txn_commit(&self, req: Request<TxnCommit>) -> Result<Response<TxnCommitResponse>, Status> {
+        let g = &self.group;
+        let out = g.propose(Op::TxnCommit(req.into_inner())).await?;
+        let response = match out.result? {
+            Applied::Committed(r) => r,
+            Applied::CommitFailed(e) => return Err(e.into()),
+            _ => return Err(unexpected()),
+        };
+        Ok(Response::new(TxnCommitResponse { header: Some(g.header(out.rev)), response }))
+    }
+
+    async fn txn_abort(&self, req: Request<TxnAbort>) -> Result<Response<TxnAbortResponse>, Status> {
+        let g = &self.group;
+        let out = g.propose(Op::TxnAbort(req.into_inner())).await?;
+        let Applied::Aborted(committed) = out.result? else {
+            return Err(unexpected());
+        };
+        Ok(Response::new(TxnAbortResponse { header: Some(g.header(out.rev)), committed }))
     }
 }

@@ -1,0 +1,290 @@
+//! Transactions across groups through the router: etcdctl's txn and lock
+//! answer as etcd 3.4 does with keys on several groups; concurrent
+//! transfers between accounts on different groups keep their sum in every
+//! read and every watched revision; a txn left behind by a lost
+//! coordinator is finished by the router — aborted, or committed on the
+//! groups its primary decided for.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tessera_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use tessera_proto::etcdserverpb::request_op::Request as Op;
+use tessera_proto::etcdserverpb::watch_request::RequestUnion;
+use tessera_proto::etcdserverpb::*;
+use tessera_proto::tessera::command::{TxnCommit, TxnPart, TxnPrepare};
+use tessera_proto::tessera::shard::shard_client::ShardClient;
+use tessera_rpc::{Error, Refusal};
+use tessera_testkit::etcd::{etcdctl, etcdctl_stdin, RealEtcd};
+use tessera_testkit::Federation;
+use tonic::transport::Channel;
+
+fn put(k: &str, v: &str) -> RequestOp {
+    RequestOp { request: Some(Op::RequestPut(PutRequest { key: k.into(), value: v.into(), ..Default::default() })) }
+}
+
+fn mod_is(k: &str, rev: i64) -> Compare {
+    Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Mod as i32,
+        key: k.into(),
+        target_union: Some(TargetUnion::ModRevision(rev)),
+        ..Default::default()
+    }
+}
+
+/// etcdctl's output with what legitimately differs between two servers (lease ids) masked.
+fn session(endpoint: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut record = |o: std::process::Output| {
+        let mut s = String::from_utf8_lossy(&o.stdout).to_string();
+        s.push_str(&String::from_utf8_lossy(&o.stderr));
+        out.push(format!("{} {}", o.status.success(), s));
+    };
+    // Keys of four placement units (3 levels deep), so on several groups.
+    for (k, v) in [("/t/a/k", "1"), ("/t/b/k", "2"), ("/t/c/k", "3"), ("/t/d/k", "4"), ("/t/e/x/y", "5")] {
+        record(etcdctl(endpoint, &["put", k, v]));
+    }
+    // Compares on three keys, writes and reads after them.
+    let txn = concat!(
+        "val(\"/t/a/k\") = \"1\"\nval(\"/t/b/k\") = \"2\"\nversion(\"/t/zz/k\") = \"0\"\n\n",
+        "put /t/c/k 30\ndel /t/a/k\nput /t/d/k 40\nget /t/b/k\nget /t/c/k\n\n",
+        "get /t/c/k\nget /t/d/k\n\n"
+    );
+    record(etcdctl_stdin(endpoint, &["txn"], txn));
+    // Now `a` is gone: the else branch.
+    record(etcdctl_stdin(endpoint, &["txn"], txn));
+    record(etcdctl_stdin(endpoint, &["txn", "-w", "json"], "mod(\"/t/b/k\") > \"0\"\n\nget /t/ --prefix --keys-only\n\n\n"));
+    record(etcdctl(endpoint, &["lock", "cr/lock", "--", "echo", "held"]));
+    record(etcdctl(endpoint, &["lock", "cr/lock", "--", "echo", "held again"]));
+    record(etcdctl(endpoint, &["del", "", "--from-key"]));
+    record(etcdctl(endpoint, &["get", "", "--from-key"]));
+    // Revisions and ids differ between servers; the shapes must not.
+    out.into_iter().map(|s| mask_numbers(&s)).collect()
+}
+
+/// `"revision":123` (and the other numbers that differ between servers) as `"revision":N`.
+fn mask_numbers(s: &str) -> String {
+    let mut out = s.to_string();
+    for field in ["revision", "cluster_id", "member_id", "raft_term", "create_revision", "mod_revision"] {
+        let pat = format!("\"{field}\":");
+        let mut at = 0;
+        while let Some(i) = out[at..].find(&pat) {
+            let start = at + i + pat.len();
+            let end = start + out[start..].chars().take_while(|c| c.is_ascii_digit()).count();
+            out.replace_range(start..end, "N");
+            at = start;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_txn_and_lock_over_groups_answer_as_etcd() {
+    let etcd = RealEtcd::start().await;
+    let expected = session(&etcd.endpoint);
+    let f = Federation::start(3);
+    let routing = shardmap::watcher::fetch(&f.store_url()).await.unwrap().0.routing();
+    let groups: std::collections::BTreeSet<u64> =
+        ["/t/a/k", "/t/b/k", "/t/c/k", "/t/d/k"].iter().filter_map(|k| routing.group_of(k.as_bytes())).collect();
+    assert!(groups.len() >= 2, "the keys should be on several groups");
+    let got = session(&f.endpoint());
+    assert_eq!(got.len(), expected.len());
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(g, e);
+    }
+}
+
+/// Transfers between accounts spread over the groups: every read of all
+/// accounts, at any revision, sees the same total, and the watch delivers
+/// each transfer's two writes at one revision in one response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_transfers_across_groups_are_atomic_to_reads_and_watches() {
+    const ACCOUNTS: usize = 8;
+    const START: i64 = 100;
+    let f = Federation::start(3);
+    let mut kv = f.kv().await;
+    // Keys of different placement units (3 levels deep), so on several groups.
+    let key = |i: usize| format!("acct/{i}/a/v");
+    for i in 0..ACCOUNTS {
+        kv.put(PutRequest { key: key(i).into(), value: START.to_string().into(), ..Default::default() }).await.unwrap();
+    }
+    let (holding, status) = f.groups_with_keys();
+    assert!(holding >= 2, "accounts on one group: {status}");
+    let all = RangeRequest { key: b"acct/".to_vec(), range_end: b"acct0".to_vec(), ..Default::default() };
+    let first = kv.range(all.clone()).await.unwrap().into_inner();
+    let from = first.header.unwrap().revision + 1;
+
+    let mut watch = tessera_proto::etcdserverpb::watch_client::WatchClient::new(f.channel().await);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let create =
+        WatchCreateRequest { key: all.key.clone(), range_end: all.range_end.clone(), start_revision: from, ..Default::default() };
+    tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await.unwrap();
+    let mut events = watch.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    events.message().await.unwrap().unwrap(); // created
+
+    let total = |kvs: &[tessera_proto::mvccpb::KeyValue]| -> i64 {
+        kvs.iter().map(|kv| std::str::from_utf8(&kv.value).unwrap().parse::<i64>().unwrap()).sum()
+    };
+    let mut workers = vec![];
+    for w in 0..3usize {
+        let mut kv = f.kv().await;
+        let all = all.clone();
+        workers.push(tokio::spawn(async move {
+            let mut done = 0;
+            let mut n = w;
+            while done < 15 {
+                n = (n * 7 + 3) % 64;
+                let (a, b) = (n % ACCOUNTS, (n / ACCOUNTS + 1 + n % ACCOUNTS) % ACCOUNTS);
+                if a == b {
+                    continue;
+                }
+                let now = kv.range(all.clone()).await.unwrap().into_inner();
+                let name = |i: usize| format!("acct/{i}/a/v");
+                let find = |i: usize| now.kvs.iter().find(|kv| kv.key == name(i).as_bytes()).unwrap().clone();
+                let (ka, kb) = (find(a), find(b));
+                let value =
+                    |kv: &tessera_proto::mvccpb::KeyValue| std::str::from_utf8(&kv.value).unwrap().parse::<i64>().unwrap();
+                let t = TxnRequest {
+                    compare: vec![mod_is(&name(a), ka.mod_revision), mod_is(&name(b), kb.mod_revision)],
+                    success: vec![put(&name(a), &(value(&ka) - 1).to_string()), put(&name(b), &(value(&kb) + 1).to_string())],
+                    failure: vec![],
+                };
+                if kv.txn(t).await.unwrap().into_inner().succeeded {
+                    done += 1;
+                }
+            }
+            done
+        }));
+    }
+    // Reads while they run: the current state and past revisions.
+    let mut reads = 0;
+    let mut last = from - 1;
+    while !workers.iter().all(|w| w.is_finished()) {
+        let now = kv.range(all.clone()).await.unwrap().into_inner();
+        assert_eq!(total(&now.kvs), START * ACCOUNTS as i64, "a read saw half a transfer: {now:?}");
+        let rev = now.header.unwrap().revision;
+        for at in [(rev - 1).max(from - 1), (last + rev) / 2] {
+            let past = kv.range(RangeRequest { revision: at, ..all.clone() }).await.unwrap().into_inner();
+            assert_eq!(total(&past.kvs), START * ACCOUNTS as i64, "a read at {at} saw half a transfer");
+        }
+        last = rev;
+        reads += 1;
+    }
+    let mut transfers = 0;
+    for w in workers {
+        transfers += w.await.unwrap();
+    }
+    assert_eq!(transfers, 45);
+    assert!(reads > 0);
+
+    // Every transfer: two events, one revision, one response.
+    let mut seen = 0;
+    let mut last_rev = 0;
+    while seen < transfers {
+        let r = tokio::time::timeout(Duration::from_secs(10), events.message()).await.expect("watch stalled").unwrap().unwrap();
+        let mut by_rev: BTreeMap<i64, usize> = BTreeMap::new();
+        for e in &r.events {
+            *by_rev.entry(e.kv.as_ref().unwrap().mod_revision).or_default() += 1;
+        }
+        for (rev, n) in by_rev {
+            assert_eq!(n, 2, "revision {rev}: a transfer's writes split: {r:?}");
+            assert!(rev > last_rev);
+            last_rev = rev;
+            seen += 1;
+        }
+    }
+    let end = kv.range(all).await.unwrap().into_inner();
+    assert_eq!(total(&end.kvs), START * ACCOUNTS as i64);
+}
+
+/// A client of one group's Shard service, on its first replica.
+async fn shard(f: &Federation, group: u64) -> (ShardClient<Channel>, u64) {
+    let (map, _) = shardmap::watcher::fetch(&f.store_url()).await.unwrap();
+    let node = &map.nodes[&map.groups[&group].replicas[0].node];
+    (ShardClient::connect(node.client_url.clone()).await.unwrap(), group)
+}
+
+fn to<T>(group: u64, msg: T) -> tonic::Request<T> {
+    tessera_rpc::metadata::group_request(group, msg)
+}
+
+/// Two keys on different groups, the first one's group first.
+async fn keys_on_two_groups(f: &Federation) -> ((String, u64), (String, u64)) {
+    let routing = shardmap::watcher::fetch(&f.store_url()).await.unwrap().0.routing();
+    let mut found: Vec<(String, u64)> = vec![];
+    for i in 0..1000 {
+        let k = format!("orphan/{i}/a/v");
+        let g = routing.group_of(k.as_bytes()).unwrap();
+        if found.iter().all(|(_, h)| *h != g) {
+            found.push((k, g));
+        }
+        if found.len() == 2 {
+            break;
+        }
+    }
+    (found[0].clone(), found[1].clone())
+}
+
+/// Prepares a txn that puts `x` and `y` on their groups, as a coordinator
+/// would, the primary (x's group) first; answers the groups' revisions.
+async fn prepare(f: &Federation, id: i64, x: &(String, u64), y: &(String, u64)) -> i64 {
+    let request = TxnRequest { compare: vec![], success: vec![put(&x.0, "from-txn"), put(&y.0, "from-txn")], failure: vec![] };
+    let mut highest = 0;
+    for (i, (_, g)) in [x, y].into_iter().enumerate() {
+        let (mut c, g) = shard(f, *g).await;
+        let msg =
+            TxnPrepare { id, primary: x.1, request: Some(request.clone()), compares: vec![], ops: vec![i as u32], wait: false };
+        let resp = c.txn_prepare(to(g, msg)).await.unwrap().into_inner();
+        assert!(resp.failures.is_empty());
+        highest = highest.max(resp.revision);
+    }
+    highest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_txn_its_coordinator_left_is_finished_by_the_router() {
+    let f = Federation::start(3);
+    let mut kv = f.kv().await;
+    let (x, y) = keys_on_two_groups(&f).await;
+    let get = |k: &str| RangeRequest { key: k.into(), ..Default::default() };
+
+    // Left after prepare: the groups hold their revisions (a write there
+    // waits), until a router aborts the txn at its primary and here.
+    prepare(&f, 1 << 50, &x, &y).await;
+    let started = std::time::Instant::now();
+    let w = kv.put(PutRequest { key: y.0.clone().into(), value: b"after".to_vec(), ..Default::default() }).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(1), "the write waited for the prepared txn: {:?}", started.elapsed());
+    let now = kv.range(get(&y.0)).await.unwrap().into_inner();
+    assert_eq!(now.kvs[0].value, b"after");
+    assert!(kv.range(get(&x.0)).await.unwrap().into_inner().kvs.is_empty(), "the aborted txn wrote nothing");
+    let (mut c, g) = shard(&f, y.1).await;
+    let late = TxnCommit { id: 1 << 50, revision: w.into_inner().header.unwrap().revision + 1, parts: vec![] };
+    let refused = c.txn_commit(to(g, late)).await.unwrap_err();
+    assert_eq!(Error::from_status(&refused), Some(Error::Refused(Refusal::TxnAborted { txn: 1 << 50 })));
+
+    // Left after the primary committed: the router commits the other group's
+    // part at the same revision.
+    let id = (1 << 50) + 1;
+    let highest = prepare(&f, id, &x, &y).await;
+    let part = |k: &(String, u64)| TxnPart {
+        group: k.1,
+        ops: Some(TxnRequest { success: vec![put(&k.0, "from-txn")], ..Default::default() }),
+    };
+    let (mut p, pg) = shard(&f, x.1).await;
+    // A revision of the timeline, as a coordinator takes it.
+    let oracle = tessera_rpc::oracle::OracleClient::new(f.store().split(',').map(String::from).collect());
+    let revision = oracle.next().await.unwrap().max(highest + 1);
+    let decision = TxnCommit { id, revision, parts: vec![part(&x), part(&y)] };
+    p.txn_commit(to(pg, decision)).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let finished = loop {
+        let r = kv.range(get(&y.0)).await.unwrap().into_inner();
+        if r.kvs[0].value == b"from-txn" {
+            break r.kvs[0].mod_revision;
+        }
+        assert!(std::time::Instant::now() < deadline, "the participant was never finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(finished, revision);
+    assert_eq!(kv.range(get(&x.0)).await.unwrap().into_inner().kvs[0].mod_revision, revision);
+}
