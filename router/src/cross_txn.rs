@@ -262,7 +262,21 @@ async fn attempt_once(b: &Arc<Backends>, plan: &Plan<'_>, in_order: bool, deadli
     let parts: Vec<TxnPart> = plan.groups.iter().map(|g| TxnPart { group: *g, ops: Some(plan.part(&decided, *g)) }).collect();
     let decision = TxnCommit { id, revision, parts: parts.clone() };
     let mut answers: BTreeMap<u64, VecDeque<ResponseOp>> = BTreeMap::new();
+    // From here on the txn may have committed: a failure is answered as
+    // etcd answers a write whose outcome it could not learn (a request
+    // timeout), never with an inner call's error, which could read as "not
+    // applied" (a connect failure on the last replica tried, a refusal).
+    let unknown = || Retry::Fail(Error::Timeout.into());
+    // A group that had committed its part before (a commit sent again after
+    // its answer was lost) no longer has the part's results.
+    let lost = |resp: &TxnCommitResponse, g: u64| {
+        resp.response.is_none() && parts.iter().any(|p| p.group == g && p.ops.as_ref().is_some_and(|o| !o.success.is_empty()))
+    };
     let raft_term = match commit(b, primary, decision, deadline).await {
+        Ok(resp) if lost(&resp, primary) => {
+            finish_others(b, plan, id, revision, &parts, deadline).await;
+            return Err(unknown());
+        }
         Ok(resp) => {
             answers.insert(primary, resp.response.unwrap_or_default().responses.into());
             resp.header.map_or(0, |h| h.raft_term)
@@ -271,22 +285,21 @@ async fn attempt_once(b: &Arc<Backends>, plan: &Plan<'_>, in_order: bool, deadli
             // Not committed for sure only if refused; otherwise ask.
             let committed = match Refusal::from_status(&s) {
                 Some(Refusal::TxnAborted { .. }) => None,
-                _ => abort(b, primary, id, true, deadline).await.map_err(Retry::Fail)?,
+                _ => abort(b, primary, id, true, deadline).await.map_err(|_| unknown())?,
             };
             if committed.is_none() {
                 abort_all(b, plan, id, deadline).await;
                 return Err(Retry::Conflict);
             }
-            // Committed, but its answer was lost: the primary's part's
-            // results are gone; answer as etcd does a write whose outcome
-            // it could not learn.
+            // Committed, but its answer was lost with the primary's results.
             finish_others(b, plan, id, revision, &parts, deadline).await;
-            return Err(Retry::Fail(Error::Timeout.into()));
+            return Err(unknown());
         }
     };
     let results = finish_others(b, plan, id, revision, &parts, deadline).await;
     for (g, r) in results {
         match r {
+            Ok(resp) if lost(&resp, g) => return Err(unknown()),
             Ok(resp) => {
                 answers.insert(g, resp.response.unwrap_or_default().responses.into());
             }
@@ -294,7 +307,7 @@ async fn attempt_once(b: &Arc<Backends>, plan: &Plan<'_>, in_order: bool, deadli
             // recovery; this client cannot be given its part's results.
             Err(s) => {
                 tracing::warn!(txn = id, group = g, error = %s, "cross-group txn committed; a participant's commit failed");
-                return Err(Retry::Fail(Error::Timeout.into()));
+                return Err(unknown());
             }
         }
     }

@@ -287,4 +287,10 @@ async fn a_txn_its_coordinator_left_is_finished_by_the_router() {
     };
     assert_eq!(finished, revision);
     assert_eq!(kv.range(get(&x.0)).await.unwrap().into_inner().kvs[0].mod_revision, revision);
+    // A commit sent again (its answer lost) is answered without the part's
+    // results, which are gone: the router then answers "timed out", never
+    // made-up results (chaos found a delete reported as deleting nothing).
+    let (mut c, g) = shard(&f, y.1).await;
+    let again = c.txn_commit(to(g, TxnCommit { id, revision, parts: vec![part(&y)] })).await.unwrap().into_inner();
+    assert!(again.response.is_none(), "{again:?}");
 }

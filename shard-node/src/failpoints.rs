@@ -22,6 +22,10 @@ pub const ALL: &[&str] = &[
     "apply::after_commit",
     // apply.rs: a fence raised (a map change on its way).
     "apply::fence",
+    // apply/cross.rs: a cross-group txn's prepare and commit (its part, or
+    // on the primary the decision), before they are applied.
+    "apply::txn_prepare",
+    "apply::txn_commit",
     // compactor.rs: history below the compaction revision, before and after its deletion.
     "compact::before_delete",
     "compact::after_delete",

@@ -164,6 +164,8 @@ const CRASH_POINTS: &[(&str, &str)] = &[
     ("apply::before_commit", "3%panic"),
     ("apply::after_commit", "3%panic"),
     ("apply::fence", "panic"),
+    ("apply::txn_prepare", "20%panic"),
+    ("apply::txn_commit", "20%panic"),
     ("compact::before_delete", "panic"),
     ("compact::after_delete", "panic"),
     ("engine::before_sync", "3%panic"),

@@ -47,6 +47,7 @@ impl StateMachine {
         cross: &mut CrossTxns,
         fences: &Fences,
     ) -> Result<Applied> {
+        fail::fail_point!("apply::txn_prepare");
         cross.may_prepare(p.id)?;
         let request = p.request.as_ref().ok_or_else(|| Error::InvalidArgument("cross-group txn without a request".into()))?;
         fences.check_txn(epoch, request)?;
@@ -71,6 +72,7 @@ impl StateMachine {
     }
 
     fn commit_part(&self, c: &TxnCommit, txn: &mut WriteTxn<'_>, leases: &LeaseTable, cross: &mut CrossTxns) -> Result<Applied> {
+        fail::fail_point!("apply::txn_commit");
         if !cross.may_commit(c.id)? {
             return Ok(Applied::Committed(None));
         }
