@@ -138,7 +138,8 @@ fn failure_status(f: &OpFailure) -> Status {
 
 /// Why an attempt did not commit, and what comes next.
 enum Retry {
-    /// Another txn held a group: abort, pause, try again.
+    /// Another txn held a group, or a router finishing in-doubt txns
+    /// aborted this one: try again (preparing in group order).
     Conflict,
     /// A put names a lease the group does not hold yet: copy it, try again.
     Lease { lease: i64, group: u64 },
