@@ -167,10 +167,10 @@ impl StateMachine {
             self.commit(index, batch);
             let rev = t.mvcc.rev;
             self.hub.publish(rev, events);
-            self.cross_holder.send_if_modified(|h| {
-                let now = t.cross.prepared().map(|p| p.id);
-                std::mem::replace(h, now) != now
-            });
+            // Only these change what the group holds (waiting writers watch it).
+            if matches!(op, Op::TxnPrepare(_) | Op::TxnCommit(_) | Op::TxnAbort(_)) {
+                self.cross_holder.send_replace(t.cross.prepared().map(|p| p.id));
+            }
             (result, rev)
         };
         Some((proposer, ApplyOutput { result, rev }))

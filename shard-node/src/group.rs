@@ -157,19 +157,19 @@ impl Group {
     async fn propose_at(&self, op: Op, hint: i64) -> Result<ApplyOutput> {
         let started = tokio::time::Instant::now();
         let timeout = self.settings.request_timeout;
-        let held_back = crate::cross::held_back(&op);
-        let waits = || match &op {
+        let waits = match &op {
             Op::TxnPrepare(p) => p.wait,
-            _ => held_back,
+            op => crate::cross::held_back(op),
         };
         let epoch = crate::fence::routed_epoch();
-        let data_of = |seq| Command { member_id: self.member_id, seq, revision_hint: hint, epoch, op: Some(op.clone()) };
+        let mut cmd = Command { member_id: self.member_id, seq: 0, revision_hint: hint, epoch, op: Some(op) };
         loop {
-            if held_back && waits() {
+            if waits {
                 self.sm.wait_unheld(timeout.saturating_sub(started.elapsed())).await?;
             }
             let seq = self.raft.next_seq();
-            let data = data_of(seq).encode_to_vec();
+            cmd.seq = seq;
+            let data = cmd.encode_to_vec();
             // As etcd: the limit applies to the request as it goes into the log.
             if data.len() > self.settings.max_request_bytes {
                 return Err(Error::RequestTooLarge);
@@ -184,7 +184,7 @@ impl Group {
             }
             match out {
                 // Refused, not applied: a cross-group txn was prepared first.
-                Ok(ApplyOutput { result: Err(Error::Refused(Refusal::TxnConflict { .. })), .. }) if waits() => continue,
+                Ok(ApplyOutput { result: Err(Error::Refused(Refusal::TxnConflict { .. })), .. }) if waits => continue,
                 out => return out,
             }
         }
