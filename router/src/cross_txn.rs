@@ -39,8 +39,9 @@ use tessera_rpc::txn_tree::{self, Decided, Step};
 use tessera_rpc::{Error, Refusal};
 use tonic::{Code, Status};
 
-/// Which groups each compare and leaf op of a txn touches (shared order).
-struct Plan<'a> {
+/// Which groups each compare and leaf op of a txn touches (shared order):
+/// how the router decides whether a txn spans groups, and how it runs one.
+pub(crate) struct Plan<'a> {
     req: &'a TxnRequest,
     ops: Vec<&'a RequestOp>,
     op_groups: Vec<Vec<u64>>,
@@ -59,12 +60,17 @@ fn op_groups(r: &Routing, op: &RequestOp) -> Vec<u64> {
 }
 
 impl<'a> Plan<'a> {
-    fn new(r: &Routing, req: &'a TxnRequest) -> Self {
+    pub(crate) fn new(r: &Routing, req: &'a TxnRequest) -> Self {
         let flat = txn_tree::flatten(req);
         let compare_groups: Vec<Vec<u64>> = flat.compares.iter().map(|c| r.groups_for_range(&c.key, &c.range_end)).collect();
         let op_groups: Vec<Vec<u64>> = flat.ops.iter().map(|op| op_groups(r, op)).collect();
         let groups: BTreeSet<u64> = compare_groups.iter().chain(&op_groups).flatten().copied().collect();
         Plan { req, ops: flat.ops, op_groups, compare_groups, groups: groups.into_iter().collect() }
+    }
+
+    /// Every group the txn touches, in id order (the primary first).
+    pub(crate) fn groups(&self) -> &[u64] {
+        &self.groups
     }
 
     fn primary(&self) -> u64 {
@@ -147,18 +153,20 @@ enum Retry {
     Fail(Status),
 }
 
-/// Runs `req`, which spans several groups, as one atomic txn.
-pub async fn run(b: &Arc<Backends>, req: &TxnRequest, deadline: Deadline) -> Result<TxnResponse, Status> {
-    let r = b.routing()?;
-    let plan = Plan::new(&r, req);
+/// Runs the txn `plan` was made for, which spans several groups, as one
+/// atomic txn.
+pub(crate) async fn run(b: &Arc<Backends>, plan: &Plan<'_>, deadline: Deadline) -> Result<TxnResponse, Status> {
     // The first attempt prepares every group at once; after a conflict,
     // one group at a time in id order, waiting where another txn holds one
     // (all waiting coordinators take groups in the same order, so none
     // waits for another that waits for it): contended txns queue instead
     // of aborting each other over and over.
     for attempt in 0u32.. {
-        match attempt_once(b, &plan, attempt > 0, deadline).await {
-            Ok(resp) => return Ok(resp),
+        match attempt_once(b, plan, attempt > 0, deadline).await {
+            Ok(resp) => {
+                b.observe(resp.header.as_ref());
+                return Ok(resp);
+            }
             Err(Retry::Fail(s)) => return Err(s),
             Err(Retry::Lease { lease, group }) if attempt < 3 => leases::replicate(b, lease, group, deadline).await?,
             Err(Retry::Lease { .. }) => return Err(Error::LeaseNotFound.into()),

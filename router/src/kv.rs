@@ -4,10 +4,10 @@
 //! atomic txn across them (`cross_txn`).
 
 use crate::backends::{kv_client, Access, Backends};
+use crate::cross_txn;
 use crate::deadline::Deadline;
 use crate::leases;
 use futures::future::try_join_all;
-use shardmap::map::Routing;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use tessera_proto::etcdserverpb::kv_server::Kv;
@@ -82,22 +82,6 @@ impl KvService {
     }
 }
 
-/// Every group a txn touches (compares and ops, nested txns included).
-fn txn_groups(r: &Routing, t: &TxnRequest, out: &mut BTreeSet<u64>) {
-    for c in &t.compare {
-        out.extend(r.groups_for_range(&c.key, &c.range_end));
-    }
-    for op in t.success.iter().chain(&t.failure) {
-        match &op.request {
-            Some(OpRequest::RequestRange(x)) => out.extend(r.groups_for_range(&x.key, &x.range_end)),
-            Some(OpRequest::RequestPut(x)) => out.extend(r.group_of(&x.key)),
-            Some(OpRequest::RequestDeleteRange(x)) => out.extend(r.groups_for_range(&x.key, &x.range_end)),
-            Some(OpRequest::RequestTxn(x)) => txn_groups(r, x, out),
-            None => {}
-        }
-    }
-}
-
 /// Leases named by a txn's puts.
 fn txn_leases(t: &TxnRequest, out: &mut BTreeSet<i64>) {
     for op in t.success.iter().chain(&t.failure) {
@@ -147,8 +131,8 @@ impl KvService {
             _ => {
                 let op = RequestOp { request: Some(OpRequest::RequestDeleteRange(req.clone())) };
                 let txn = TxnRequest { compare: vec![], success: vec![op], failure: vec![] };
-                let mut resp = crate::cross_txn::run(&self.backends, &txn, deadline).await?;
-                self.backends.observe(resp.header.as_ref());
+                let r = self.backends.routing()?;
+                let mut resp = cross_txn::run(&self.backends, &cross_txn::Plan::new(&r, &txn), deadline).await?;
                 match resp.responses.pop().and_then(|r| r.response) {
                     Some(OpResponse::ResponseDeleteRange(d)) => Ok(DeleteRangeResponse { header: resp.header, ..d }),
                     _ => Err(Status::internal("tessera: a delete across groups answered no delete")),
@@ -159,17 +143,12 @@ impl KvService {
 
     async fn txn_routed(&self, req: &TxnRequest, deadline: Deadline) -> Result<TxnResponse, Status> {
         let r = self.backends.routing()?;
-        let mut groups = BTreeSet::new();
-        txn_groups(&r, req, &mut groups);
-        if groups.len() > 1 {
-            let resp = crate::cross_txn::run(&self.backends, req, deadline).await?;
-            self.backends.observe(resp.header.as_ref());
-            return Ok(resp);
-        }
-        // A txn without keys touches nothing: any group answers it.
-        let group = match groups.first() {
-            Some(g) => *g,
-            None => *r.map.groups.keys().next().ok_or_else(|| Status::unavailable("tessera: the shard map has no groups yet"))?,
+        let plan = cross_txn::Plan::new(&r, req);
+        let group = match plan.groups() {
+            [g] => *g,
+            // A txn without keys touches nothing: any group answers it.
+            [] => *r.map.groups.keys().next().ok_or_else(|| Status::unavailable("tessera: the shard map has no groups yet"))?,
+            _ => return cross_txn::run(&self.backends, &plan, deadline).await,
         };
         let mut ls = BTreeSet::new();
         txn_leases(req, &mut ls);

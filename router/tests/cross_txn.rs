@@ -7,30 +7,15 @@
 
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tessera_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
-use tessera_proto::etcdserverpb::request_op::Request as Op;
 use tessera_proto::etcdserverpb::watch_request::RequestUnion;
 use tessera_proto::etcdserverpb::*;
 use tessera_proto::tessera::command::{TxnCommit, TxnPart, TxnPrepare};
 use tessera_proto::tessera::shard::shard_client::ShardClient;
 use tessera_rpc::{Error, Refusal};
 use tessera_testkit::etcd::{etcdctl, etcdctl_stdin, RealEtcd};
+use tessera_testkit::txn::{mod_is, put};
 use tessera_testkit::Federation;
 use tonic::transport::Channel;
-
-fn put(k: &str, v: &str) -> RequestOp {
-    RequestOp { request: Some(Op::RequestPut(PutRequest { key: k.into(), value: v.into(), ..Default::default() })) }
-}
-
-fn mod_is(k: &str, rev: i64) -> Compare {
-    Compare {
-        result: CompareResult::Equal as i32,
-        target: CompareTarget::Mod as i32,
-        key: k.into(),
-        target_union: Some(TargetUnion::ModRevision(rev)),
-        ..Default::default()
-    }
-}
 
 /// etcdctl's output with what legitimately differs between two servers (lease ids) masked.
 fn session(endpoint: &str) -> Vec<String> {
@@ -146,7 +131,10 @@ async fn concurrent_transfers_across_groups_are_atomic_to_reads_and_watches() {
                     |kv: &tessera_proto::mvccpb::KeyValue| std::str::from_utf8(&kv.value).unwrap().parse::<i64>().unwrap();
                 let t = TxnRequest {
                     compare: vec![mod_is(&name(a), ka.mod_revision), mod_is(&name(b), kb.mod_revision)],
-                    success: vec![put(&name(a), &(value(&ka) - 1).to_string()), put(&name(b), &(value(&kb) + 1).to_string())],
+                    success: vec![
+                        put(&name(a), &(value(&ka) - 1).to_string(), 0),
+                        put(&name(b), &(value(&kb) + 1).to_string(), 0),
+                    ],
                     failure: vec![],
                 };
                 if kv.txn(t).await.unwrap().into_inner().succeeded {
@@ -228,7 +216,8 @@ async fn keys_on_two_groups(f: &Federation) -> ((String, u64), (String, u64)) {
 /// Prepares a txn that puts `x` and `y` on their groups, as a coordinator
 /// would, the primary (x's group) first; answers the groups' revisions.
 async fn prepare(f: &Federation, id: i64, x: &(String, u64), y: &(String, u64)) -> i64 {
-    let request = TxnRequest { compare: vec![], success: vec![put(&x.0, "from-txn"), put(&y.0, "from-txn")], failure: vec![] };
+    let request =
+        TxnRequest { compare: vec![], success: vec![put(&x.0, "from-txn", 0), put(&y.0, "from-txn", 0)], failure: vec![] };
     let mut highest = 0;
     for (i, (_, g)) in [x, y].into_iter().enumerate() {
         let (mut c, g) = shard(f, *g).await;
@@ -268,7 +257,7 @@ async fn a_txn_its_coordinator_left_is_finished_by_the_router() {
     let highest = prepare(&f, id, &x, &y).await;
     let part = |k: &(String, u64)| TxnPart {
         group: k.1,
-        ops: Some(TxnRequest { success: vec![put(&k.0, "from-txn")], ..Default::default() }),
+        ops: Some(TxnRequest { success: vec![put(&k.0, "from-txn", 0)], ..Default::default() }),
     };
     let (mut p, pg) = shard(&f, x.1).await;
     // A revision of the timeline, as a coordinator takes it.

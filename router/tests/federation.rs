@@ -10,6 +10,7 @@ use tessera_proto::etcdserverpb::response_op::Response as OpResp;
 use tessera_proto::etcdserverpb::watch_client::WatchClient;
 use tessera_proto::etcdserverpb::watch_request::RequestUnion;
 use tessera_proto::etcdserverpb::*;
+use tessera_testkit::txn::{get, mod_is, put};
 use tessera_testkit::Federation;
 use tonic::Request;
 
@@ -248,24 +249,6 @@ async fn json_gateway_through_the_router() {
     let (status, v) = post(&ep, "/v3/maintenance/status", "{}");
     assert_eq!(status, 200);
     assert!(v["version"].as_str().unwrap().starts_with("3."), "{v}");
-}
-
-fn put(k: &str, v: &str, lease: i64) -> RequestOp {
-    RequestOp { request: Some(Op::RequestPut(PutRequest { key: k.into(), value: v.into(), lease, ..Default::default() })) }
-}
-
-fn get(k: &str) -> RequestOp {
-    RequestOp { request: Some(Op::RequestRange(RangeRequest { key: k.into(), ..Default::default() })) }
-}
-
-fn mod_is(k: &str, rev: i64) -> Compare {
-    Compare {
-        result: CompareResult::Equal as i32,
-        target: CompareTarget::Mod as i32,
-        key: k.into(),
-        target_union: Some(TargetUnion::ModRevision(rev)),
-        ..Default::default()
-    }
 }
 
 /// kube-apiserver's storage calls (k8s.io/apiserver/pkg/storage/etcd3).

@@ -21,6 +21,7 @@ pub mod net;
 pub mod proxy;
 pub mod range_stream;
 pub mod recipes;
+pub mod txn;
 pub mod wait;
 
 pub use federation::Federation;
