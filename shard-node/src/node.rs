@@ -82,7 +82,7 @@ pub struct Running {
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The runtime of raft's network traffic (peer server, peer streams).
-    _raft_net: NetRuntime,
+    raft_net: NetRuntime,
 }
 
 /// A runtime owned by async code: shut down without blocking when dropped.
@@ -125,6 +125,15 @@ impl Running {
             self.node.stop_replica(r.group.id).await;
         }
         self.node.parts.mailboxes.write().clear();
+        // Raft's network runtime may still run a peer stream that holds the
+        // node (and so the engine): let it finish, off this runtime's workers.
+        if let Some(rt) = self.raft_net.0.take() {
+            let _ = tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(2))).await;
+        }
+        // The engine may outlive this call in a task that has not noticed
+        // the stop yet: its background threads must not (the process exits
+        // next, and rocksdb aborts if they run while it tears down).
+        self.node.parts.engine.stop_background_work();
     }
 }
 
@@ -245,7 +254,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
 
     tracing::info!(name = config.name, client = ?client_addrs, peer = %peer_addr, federated = config.federated(), "shard-node serving");
-    Ok(Running { client_addrs, peer_addr, node, stop: stop_tx, tasks, _raft_net: raft_net })
+    Ok(Running { client_addrs, peer_addr, node, stop: stop_tx, tasks, raft_net })
 }
 
 /// Standalone mode: the group from etcd's --initial-cluster flags.

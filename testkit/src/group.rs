@@ -145,7 +145,12 @@ impl Cluster {
             // SAFETY: signalling a child this cluster started and has not reaped.
             unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
             let status = c.wait().unwrap();
-            assert!(status.success(), "member exited with {status} after SIGTERM");
+            if !status.success() {
+                let log = self.log(i);
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!("member exited with {status} after SIGTERM; its log ends:\n{}", tail.join("\n"));
+            }
         }
         start.elapsed()
     }

@@ -34,6 +34,8 @@ impl LoadWriter {
                     Ok(Err(e)) => {
                         eprintln!("write failed: {e}");
                         f.fetch_add(1, Ordering::Relaxed);
+                        // A refused connection fails at once: do not spin on it.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                     Err(_) => {
                         eprintln!("write timed out");
@@ -61,9 +63,9 @@ impl LoadWriter {
     }
 
     /// Stops writing; returns the acknowledged keys and the number of failures.
-    pub async fn stop(self) -> (Vec<String>, usize) {
+    pub async fn stop(mut self) -> (Vec<String>, usize) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.task.await.unwrap();
+        (&mut self.task).await.unwrap();
         let acked = self.acked.lock().unwrap().clone();
         (acked, self.failures.load(std::sync::atomic::Ordering::Relaxed))
     }
@@ -75,4 +77,12 @@ pub async fn assert_has_all(c: &mut etcd_client::Client, acked: &[String]) {
     let have: std::collections::HashSet<&[u8]> = got.kvs().iter().map(|k| k.key()).collect();
     let lost: Vec<&String> = acked.iter().filter(|k| !have.contains(k.as_bytes())).collect();
     assert!(lost.is_empty(), "{} acknowledged writes lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
+}
+
+impl Drop for LoadWriter {
+    /// A test that fails while writing stops its writer too (it would spin on a dead member).
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.abort();
+    }
 }

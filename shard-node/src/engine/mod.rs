@@ -63,4 +63,9 @@ pub trait Engine: Send + Sync + 'static {
     fn size_on_disk(&self) -> u64;
     /// Rewrites `[start, end)` to reclaim the space of deleted data.
     fn compact_range(&self, start: &[u8], end: &[u8]);
+    /// Stops the engine's background work (and waits for what runs) before
+    /// the process exits: background threads still running when the
+    /// process's static destructors run abort it. Reads and writes still
+    /// work afterwards; nothing more happens in the background.
+    fn stop_background_work(&self) {}
 }

@@ -25,6 +25,10 @@ impl RocksEngine {
 }
 
 impl Engine for RocksEngine {
+    fn stop_background_work(&self) {
+        self.db.cancel_all_background_work(true);
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.db.get(key).map_err(err)
     }
