@@ -12,6 +12,8 @@ scripts/prereqs.sh
 scripts/etcd-tools.sh "$HOME/.cache/tessera/tools" >/dev/null
 # kube-apiserver and kubectl, for the Kubernetes-on-the-router tests.
 scripts/kube-tools.sh "$HOME/.cache/tessera/tools" >/dev/null
+# npm etcd3, whose Lock, Election and STM run through the router.
+scripts/npm-tools.sh "$HOME/.cache/tessera/tools"
 . scripts/env.sh
 # The house style: rustfmt.toml's width, and clippy with warnings as errors.
 cargo fmt --all --check

@@ -2,23 +2,26 @@
 //! "Transactions across groups"), run by whichever router the client
 //! called; the groups keep everything that must survive it.
 //!
-//! 1. Prepare on every group at once (the first is the primary): each
-//!    evaluates its compares and checks its ops, and holds its revision
-//!    still (writes there wait) until the txn ends.
+//! 1. Prepare on every group at once: each evaluates its compares and
+//!    checks its ops, and holds its revision still (writes there wait)
+//!    until the txn ends. Once every group has prepared, the txn is
+//!    committed.
 //! 2. Decide the branches from every group's compare outcomes, as etcd
 //!    evaluates a txn's compares against the state before it.
 //! 3. Take the commit revision from the oracle, above every group's
-//!    revision at prepare; commit on the primary (the decision, durable in
-//!    its log), then on the others. Each runs its part — the chosen ops on
-//!    its keys, in order — at exactly that revision.
-//! 4. Answer the merged responses; the primary forgets the decision later.
+//!    revision at prepare; send every group the commit (all parts) at once.
+//!    Each runs its part — the chosen ops on its keys, in order — at
+//!    exactly that revision, and keeps the commit until forgotten.
+//! 4. Answer the merged responses; the groups forget the commit later.
 //!
-//! A conflict (another txn prepared on a group) aborts and tries again,
-//! then preparing one group at a time in id order and waiting where one is
-//! held; any other failure before the decision aborts and answers it. A
-//! router that dies leaves prepared groups, which report themselves in
-//! doubt; any router's poller finishes them (`finish_in_doubt`) with the
-//! primary's outcome, aborting there if it had not committed.
+//! Two raft rounds on each group, side by side across groups. A conflict
+//! (another txn prepared on a group) aborts and tries again, then preparing
+//! one group at a time in id order and waiting where one is held; any other
+//! failure before the commits go out aborts and answers it. A router that
+//! dies leaves prepared groups, which report themselves in doubt; any
+//! router's poller finishes them (`finish_in_doubt`): it fences the txn on
+//! every group, then commits it everywhere if any group had committed, or
+//! else aborts it.
 
 use crate::backends::{shard_client, Access, Backends};
 use crate::deadline::Deadline;
@@ -34,7 +37,7 @@ use tessera_proto::etcdserverpb::{
     DeleteRangeResponse, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use tessera_proto::tessera::command::{TxnAbort, TxnCommit, TxnPart, TxnPrepare, TxnPrepared};
-use tessera_proto::tessera::shard::{OpFailure, TxnCommitResponse, TxnPrepareResponse};
+use tessera_proto::tessera::shard::{OpFailure, TxnAbortResponse, TxnCommitResponse, TxnPrepareResponse};
 use tessera_rpc::txn_tree::{self, Decided, Step};
 use tessera_rpc::{Error, Refusal};
 use tonic::{Code, Status};
@@ -46,7 +49,7 @@ pub(crate) struct Plan<'a> {
     ops: Vec<&'a RequestOp>,
     op_groups: Vec<Vec<u64>>,
     compare_groups: Vec<Vec<u64>>,
-    /// Every group, the primary first.
+    /// Every group, in id order.
     groups: Vec<u64>,
 }
 
@@ -68,13 +71,9 @@ impl<'a> Plan<'a> {
         Plan { req, ops: flat.ops, op_groups, compare_groups, groups: groups.into_iter().collect() }
     }
 
-    /// Every group the txn touches, in id order (the primary first).
+    /// Every group the txn touches, in id order.
     pub(crate) fn groups(&self) -> &[u64] {
         &self.groups
-    }
-
-    fn primary(&self) -> u64 {
-        self.groups[0]
     }
 
     fn prepare_for(&self, id: i64, wait: bool, g: u64) -> TxnPrepare {
@@ -82,11 +81,11 @@ impl<'a> Plan<'a> {
             |lists: &[Vec<u64>]| lists.iter().enumerate().filter(|(_, gs)| gs.contains(&g)).map(|(i, _)| i as u32).collect();
         TxnPrepare {
             id,
-            primary: self.primary(),
             request: Some(self.req.clone()),
             compares: having(&self.compare_groups),
             ops: having(&self.op_groups),
             wait,
+            groups: self.groups.clone(),
         }
     }
 
@@ -145,7 +144,8 @@ fn failure_status(f: &OpFailure) -> Status {
 /// Why an attempt did not commit, and what comes next.
 enum Retry {
     /// Another txn held a group, or a router finishing in-doubt txns
-    /// aborted this one: try again (preparing in group order).
+    /// fenced this one before it prepared everywhere: try again
+    /// (preparing in group order).
     Conflict,
     /// A put names a lease the group does not hold yet: copy it, try again.
     Lease { lease: i64, group: u64 },
@@ -186,23 +186,24 @@ async fn prepare(b: &Backends, g: u64, msg: TxnPrepare, deadline: Deadline) -> R
     b.call(g, Access::Read, deadline, msg, |ch, r| async move { shard_client(ch).txn_prepare(r).await }).await
 }
 
-async fn abort(b: &Backends, g: u64, id: i64, decide: bool, deadline: Deadline) -> Result<Option<TxnCommit>, Status> {
-    let msg = TxnAbort { id, decide, forget: false };
-    let resp = b.call(g, Access::Read, deadline, msg, |ch, r| async move { shard_client(ch).txn_abort(r).await }).await?;
-    Ok(resp.committed)
+/// Ends txn `id` on group `g` (see `TxnAbort`): aborts it, fences it, or
+/// forgets its commit.
+async fn end(b: &Backends, g: u64, msg: TxnAbort, deadline: Deadline) -> Result<TxnAbortResponse, Status> {
+    b.call(g, Access::Read, deadline, msg, |ch, r| async move { shard_client(ch).txn_abort(r).await }).await
+}
+
+fn abort_msg(id: i64) -> TxnAbort {
+    TxnAbort { id, ..Default::default() }
 }
 
 async fn commit(b: &Backends, g: u64, msg: TxnCommit, deadline: Deadline) -> Result<TxnCommitResponse, Status> {
     b.call(g, Access::Read, deadline, msg, |ch, r| async move { shard_client(ch).txn_commit(r).await }).await
 }
 
-/// Aborts on every group (the primary deciding), best effort: a group left
+/// Aborts on every group (no commit went out), best effort: a group left
 /// prepared reports itself in doubt and is finished by a router's poller.
 async fn abort_all(b: &Backends, plan: &Plan<'_>, id: i64, deadline: Deadline) {
-    if abort(b, plan.primary(), id, true, deadline).await.is_err() {
-        return; // the primary's outcome is unknown: leave the rest to recovery
-    }
-    join_all(plan.groups[1..].iter().map(|g| abort(b, *g, id, false, deadline))).await;
+    join_all(plan.groups.iter().map(|g| end(b, *g, abort_msg(id), deadline))).await;
 }
 
 fn conflict_or(s: Status) -> Retry {
@@ -213,13 +214,9 @@ fn conflict_or(s: Status) -> Retry {
 }
 
 async fn attempt_once(b: &Arc<Backends>, plan: &Plan<'_>, in_order: bool, deadline: Deadline) -> Result<TxnResponse, Retry> {
-    // Unique per attempt (an aborted one's id stays refused at its primary);
-    // random rather than the oracle's: one round trip less.
+    // Unique per attempt (an aborted one's id stays refused where it was
+    // aborted); random rather than the oracle's: one round trip less.
     let id = rand::random::<i64>() & i64::MAX;
-    let primary = plan.primary();
-    // A router finishing an in-doubt group asks the primary, which — if
-    // its own prepare has not arrived yet — aborts the txn for good there,
-    // so that prepare is refused when it comes.
     let prepares = async {
         if in_order {
             let mut answers = vec![];
@@ -262,65 +259,58 @@ async fn attempt_once(b: &Arc<Backends>, plan: &Plan<'_>, in_order: bool, deadli
     // One revision for every group: fresh, and above each one's revision
     // at prepare (a write may have landed there after the timestamp was
     // taken, or passed the oracle; the oracle then learns of the raise).
-    let mut revision = fresh.map_err(Retry::Fail)?;
-    let highest = prepared.values().map(|p| p.revision).max().unwrap_or(0);
-    if revision <= highest {
-        revision = highest + 1;
-        b.tell(revision, deadline).await.map_err(Retry::Fail)?;
-    }
-    let parts: Vec<TxnPart> = plan.groups.iter().map(|g| TxnPart { group: *g, ops: Some(plan.part(&decided, *g)) }).collect();
-    let decision = TxnCommit { id, revision, parts: parts.clone() };
-    let mut answers: BTreeMap<u64, VecDeque<ResponseOp>> = BTreeMap::new();
-    // From here on the txn may have committed: a failure is answered as
-    // etcd answers a write whose outcome it could not learn (a request
-    // timeout), never with an inner call's error, which could read as "not
-    // applied" (a connect failure on the last replica tried, a refusal).
-    let unknown = || Retry::Fail(Error::Timeout.into());
-    // A group that had committed its part before (a commit sent again after
-    // its answer was lost) no longer has the part's results.
-    let lost = |resp: &TxnCommitResponse, g: u64| {
-        resp.response.is_none() && parts.iter().any(|p| p.group == g && p.ops.as_ref().is_some_and(|o| !o.success.is_empty()))
-    };
-    let raft_term = match commit(b, primary, decision, deadline).await {
-        Ok(resp) if lost(&resp, primary) => {
-            finish_others(b, plan, id, revision, &parts, deadline).await;
-            return Err(unknown());
-        }
-        Ok(resp) => {
-            answers.insert(primary, resp.response.unwrap_or_default().responses.into());
-            resp.header.map_or(0, |h| h.raft_term)
-        }
+    let revision = match fresh {
+        Ok(r) => r,
         Err(s) => {
-            // Not committed for sure only if refused; otherwise ask.
-            let committed = match Refusal::from_status(&s) {
-                Some(Refusal::TxnAborted { .. }) => None,
-                _ => abort(b, primary, id, true, deadline).await.map_err(|_| unknown())?,
-            };
-            if committed.is_none() {
-                abort_all(b, plan, id, deadline).await;
-                return Err(Retry::Conflict);
-            }
-            // Committed, but its answer was lost with the primary's results.
-            finish_others(b, plan, id, revision, &parts, deadline).await;
-            return Err(unknown());
+            abort_all(b, plan, id, deadline).await;
+            return Err(Retry::Fail(s));
         }
     };
-    let results = finish_others(b, plan, id, revision, &parts, deadline).await;
-    for (g, r) in results {
+    let highest = prepared.values().map(|p| p.revision).max().unwrap_or(0);
+    let revision = if revision <= highest {
+        if let Err(s) = b.tell(highest + 1, deadline).await {
+            abort_all(b, plan, id, deadline).await;
+            return Err(Retry::Fail(s));
+        }
+        highest + 1
+    } else {
+        revision
+    };
+    // Every group prepared: the txn is committed. Any failure from here on
+    // is answered as etcd answers a write whose outcome it could not learn
+    // (a request timeout), never with an inner call's error, which could
+    // read as "not applied"; a group left prepared is finished by recovery.
+    fail::fail_point!("cross_txn::after_prepare");
+    let parts: Vec<TxnPart> = plan.groups.iter().map(|g| TxnPart { group: *g, ops: Some(plan.part(&decided, *g)) }).collect();
+    let decision = TxnCommit { id, revision, parts, recover: false };
+    let results = join_all(plan.groups.iter().map(|g| {
+        let decision = decision.clone();
+        async move {
+            fail::fail_point!("cross_txn::before_commit");
+            commit(b, *g, decision, deadline).await
+        }
+    }))
+    .await;
+    let mut answers: BTreeMap<u64, VecDeque<ResponseOp>> = BTreeMap::new();
+    let mut raft_term = 0;
+    for (g, r) in plan.groups.iter().zip(results) {
         match r {
-            Ok(resp) if lost(&resp, g) => return Err(unknown()),
-            Ok(resp) => {
-                answers.insert(g, resp.response.unwrap_or_default().responses.into());
+            // A group that had committed its part before (a commit sent
+            // again after its answer was lost) no longer has its results.
+            Ok(resp) if resp.response.is_none() && !plan.part(&decided, *g).success.is_empty() => {
+                return Err(Retry::Fail(Error::Timeout.into()));
             }
-            // Committed (the primary decided): the group is finished by
-            // recovery; this client cannot be given its part's results.
+            Ok(resp) => {
+                raft_term = raft_term.max(resp.header.as_ref().map_or(0, |h| h.raft_term));
+                answers.insert(*g, resp.response.unwrap_or_default().responses.into());
+            }
             Err(s) => {
-                tracing::warn!(txn = id, group = g, error = %s, "cross-group txn committed; a participant's commit failed");
-                return Err(unknown());
+                tracing::warn!(txn = id, group = g, error = %s, "a cross-group txn's commit failed; recovery finishes it");
+                return Err(Retry::Fail(Error::Timeout.into()));
             }
         }
     }
-    forget_later(b, primary, id);
+    forget_later(b, &plan.groups, id);
     crate::metrics::CROSS_TXNS.inc();
     let mut written = false;
     let mut resp = assemble(plan, &decided, &mut answers, revision, &mut written);
@@ -328,29 +318,16 @@ async fn attempt_once(b: &Arc<Backends>, plan: &Plan<'_>, in_order: bool, deadli
     Ok(resp)
 }
 
-async fn finish_others(
-    b: &Backends,
-    plan: &Plan<'_>,
-    id: i64,
-    revision: i64,
-    parts: &[TxnPart],
-    deadline: Deadline,
-) -> Vec<(u64, Result<TxnCommitResponse, Status>)> {
-    let others = &plan.groups[1..];
-    let own = |g: u64| TxnCommit { id, revision, parts: parts.iter().filter(|p| p.group == g).cloned().collect() };
-    let results = join_all(others.iter().map(|g| commit(b, *g, own(*g), deadline))).await;
-    others.iter().copied().zip(results).collect()
+/// Every group drops the commit once all have committed (in the
+/// background: the client has its answer).
+fn forget_later(b: &Arc<Backends>, groups: &[u64], id: i64) {
+    let (b, groups) = (b.clone(), groups.to_vec());
+    tokio::spawn(async move { forget_all(&b, &groups, id, Deadline::default_from_now()).await });
 }
 
-/// The primary drops the decision once every group has committed (in the
-/// background: the client has its answer).
-fn forget_later(b: &Arc<Backends>, primary: u64, id: i64) {
-    let b = b.clone();
-    tokio::spawn(async move {
-        let msg = TxnAbort { id, decide: false, forget: true };
-        let deadline = Deadline::default_from_now();
-        let _ = b.call(primary, Access::Read, deadline, msg, |ch, r| async move { shard_client(ch).txn_abort(r).await }).await;
-    });
+/// Best effort: a commit record left behind costs its bytes, nothing else.
+async fn forget_all(b: &Backends, groups: &[u64], id: i64, deadline: Deadline) {
+    join_all(groups.iter().map(|g| end(b, *g, TxnAbort { id, forget: true, ..Default::default() }, deadline))).await;
 }
 
 /// The client's answer: each chosen op's results from the groups it
@@ -414,21 +391,49 @@ fn merge_op(op: &Option<OpRequest>, parts: Vec<OpResponse>, header: Option<Respo
 }
 
 /// Finishes a txn a group has held prepared for a while (its coordinator is
-/// likely gone): the primary's outcome — aborting it there unless it
-/// committed — applied to the group. Safe to run alongside a live
-/// coordinator: the primary's log orders its commit against this abort.
+/// likely gone). First fences it on every group: a prepared one stays
+/// prepared but refuses the coordinator's commit, one that had not
+/// prepared aborts it (so no commit ever went out). Then only recovery
+/// ends it: committed everywhere if a group had committed (its record has
+/// every part), else aborted everywhere. Several routers may run this for
+/// one txn at once, and a live coordinator too: each group's log orders
+/// their calls, and every recoverer reaches the same outcome.
 pub async fn finish_in_doubt(b: &Backends, group: u64, txn: TxnPrepared) -> Result<(), Status> {
     let deadline = Deadline::default_from_now();
-    tracing::info!(txn = txn.id, group, primary = txn.primary, "finishing a cross-group txn left in doubt");
-    match abort(b, txn.primary, txn.id, true, deadline).await? {
-        Some(decision) => {
-            let parts = decision.parts.into_iter().filter(|p| p.group == group).collect();
-            commit(b, group, TxnCommit { id: txn.id, revision: decision.revision, parts }, deadline).await?;
+    let id = txn.id;
+    tracing::info!(txn = id, group, groups = ?txn.groups, "finishing a cross-group txn left in doubt");
+    let fence = TxnAbort { id, fence: true, ..Default::default() };
+    let answers = join_all(txn.groups.iter().map(|g| end(b, *g, fence, deadline))).await;
+    let mut held = vec![];
+    let mut decision = None;
+    let mut aborted = vec![];
+    for (g, a) in txn.groups.iter().zip(answers) {
+        let a = a?;
+        if a.prepared {
+            held.push(*g);
+        } else if a.committed.is_none() {
+            aborted.push(*g);
         }
-        None if group != txn.primary => {
-            abort(b, group, txn.id, false, deadline).await?;
+        decision = decision.or(a.committed);
+    }
+    if decision.is_some() && !aborted.is_empty() {
+        // Commits go out only once every group has prepared, and a group
+        // aborts a fenced txn only when none committed: a bug if seen.
+        tracing::error!(txn = id, ?aborted, "a cross-group txn committed on some groups was aborted on others");
+    }
+    match decision {
+        Some(c) => {
+            let c = TxnCommit { recover: true, ..c };
+            for r in join_all(held.iter().map(|g| commit(b, *g, c.clone(), deadline))).await {
+                r?;
+            }
+            forget_all(b, &txn.groups, id, deadline).await;
         }
-        None => {}
+        None => {
+            for r in join_all(held.iter().map(|g| end(b, *g, abort_msg(id), deadline))).await {
+                r?;
+            }
+        }
     }
     crate::metrics::CROSS_TXNS_FINISHED.inc();
     Ok(())

@@ -11,6 +11,7 @@ mod backends;
 mod config;
 mod cross_txn;
 mod deadline;
+pub mod failpoints;
 mod headers;
 mod kv;
 mod leases;

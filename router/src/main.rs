@@ -7,6 +7,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     let config = router::Config::parse();
     tessera_rpc::process::init_logging(&config.log_level);
+    tessera_rpc::process::arm_failpoints(router::failpoints::ALL, router::failpoints::COMPILED_IN)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let running = router::start(config).await?;

@@ -1,6 +1,6 @@
 //! The router's Prometheus metrics.
 
-use prometheus::{register_histogram, register_int_counter, Histogram, IntCounter};
+use prometheus::{register_histogram, register_int_counter, register_int_gauge, Histogram, IntCounter, IntGauge};
 use std::sync::LazyLock;
 
 pub(crate) static RANGE_GROUPS: LazyLock<Histogram> = LazyLock::new(|| {
@@ -38,6 +38,14 @@ pub(crate) static CROSS_TXNS_FINISHED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "tessera_router_cross_group_txns_recovered_total",
         "Transactions across groups left in doubt by a lost coordinator and finished by this router."
+    )
+    .unwrap()
+});
+/// chaos/ reads it after a run: nothing may stay in doubt once recovery ran.
+pub static CROSS_TXNS_IN_DOUBT: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "tessera_router_cross_group_txns_in_doubt",
+        "Groups that, at their last poll, held a transaction across groups prepared for long (its coordinator may be gone)."
     )
     .unwrap()
 });

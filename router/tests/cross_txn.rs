@@ -2,8 +2,8 @@
 //! answer as etcd 3.4 does with keys on several groups; concurrent
 //! transfers between accounts on different groups keep their sum in every
 //! read and every watched revision; a txn left behind by a lost
-//! coordinator is finished by the router — aborted, or committed on the
-//! groups its primary decided for.
+//! coordinator is finished by the router — aborted if it had committed
+//! nowhere, else committed on every group at its revision.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -77,6 +77,45 @@ async fn etcdctl_txn_and_lock_over_groups_answer_as_etcd() {
     for (g, e) in got.iter().zip(&expected) {
         assert_eq!(g, e);
     }
+}
+
+/// npm etcd3's recipes (router/tests/npm/recipes.js) through one endpoint.
+async fn npm_recipes(endpoint: String) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/npm/recipes.js");
+    let out = tokio::task::spawn_blocking(move || {
+        tessera_testkit::bins::command("node")
+            .arg(script)
+            .arg(&endpoint)
+            .env("NODE_PATH", tessera_testkit::bins::npm_etcd3_modules())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    eprintln!("npm etcd3 recipes: {stderr}");
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+/// npm etcd3's Lock keeps mutual exclusion among contenders, its Election
+/// elects, and its STM keeps the total of transfers between accounts on
+/// several groups: through the router as on etcd 3.4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_etcd3_lock_election_and_stm_work_over_groups() {
+    let etcd = RealEtcd::start().await;
+    let expected = npm_recipes(etcd.endpoint.clone()).await;
+    let want = serde_json::json!({
+        "done": 12, "maxInside": 1, "leader": "candidate-1", "stmSerializable": 600, "stmRepeatableReads": 600
+    });
+    assert_eq!(expected, want, "etcd 3.4 itself");
+    let f = Federation::start(3);
+    let routing = shardmap::watcher::fetch(&f.store_url()).await.unwrap().0.routing();
+    let groups: std::collections::BTreeSet<u64> =
+        (0..6).filter_map(|i| routing.group_of(format!("npm/acct/{i}/balance").as_bytes())).collect();
+    assert!(groups.len() >= 2, "the accounts should be on several groups");
+    assert_eq!(npm_recipes(f.endpoint()).await, want, "through the router");
 }
 
 /// Transfers between accounts spread over the groups: every read of all
@@ -214,15 +253,22 @@ async fn keys_on_two_groups(f: &Federation) -> ((String, u64), (String, u64)) {
 }
 
 /// Prepares a txn that puts `x` and `y` on their groups, as a coordinator
-/// would, the primary (x's group) first; answers the groups' revisions.
+/// would; answers the groups' highest revision.
 async fn prepare(f: &Federation, id: i64, x: &(String, u64), y: &(String, u64)) -> i64 {
     let request =
         TxnRequest { compare: vec![], success: vec![put(&x.0, "from-txn", 0), put(&y.0, "from-txn", 0)], failure: vec![] };
     let mut highest = 0;
+    let groups = vec![x.1.min(y.1), x.1.max(y.1)];
     for (i, (_, g)) in [x, y].into_iter().enumerate() {
         let (mut c, g) = shard(f, *g).await;
-        let msg =
-            TxnPrepare { id, primary: x.1, request: Some(request.clone()), compares: vec![], ops: vec![i as u32], wait: false };
+        let msg = TxnPrepare {
+            id,
+            request: Some(request.clone()),
+            compares: vec![],
+            ops: vec![i as u32],
+            wait: false,
+            groups: groups.clone(),
+        };
         let resp = c.txn_prepare(to(g, msg)).await.unwrap().into_inner();
         assert!(resp.failures.is_empty());
         highest = highest.max(resp.revision);
@@ -238,7 +284,8 @@ async fn a_txn_its_coordinator_left_is_finished_by_the_router() {
     let get = |k: &str| RangeRequest { key: k.into(), ..Default::default() };
 
     // Left after prepare: the groups hold their revisions (a write there
-    // waits), until a router aborts the txn at its primary and here.
+    // waits), until a router fences the txn on both, finds it committed
+    // nowhere and aborts it.
     prepare(&f, 1 << 50, &x, &y).await;
     let started = std::time::Instant::now();
     let w = kv.put(PutRequest { key: y.0.clone().into(), value: b"after".to_vec(), ..Default::default() }).await.unwrap();
@@ -247,11 +294,11 @@ async fn a_txn_its_coordinator_left_is_finished_by_the_router() {
     assert_eq!(now.kvs[0].value, b"after");
     assert!(kv.range(get(&x.0)).await.unwrap().into_inner().kvs.is_empty(), "the aborted txn wrote nothing");
     let (mut c, g) = shard(&f, y.1).await;
-    let late = TxnCommit { id: 1 << 50, revision: w.into_inner().header.unwrap().revision + 1, parts: vec![] };
+    let late = TxnCommit { id: 1 << 50, revision: w.into_inner().header.unwrap().revision + 1, parts: vec![], recover: false };
     let refused = c.txn_commit(to(g, late)).await.unwrap_err();
     assert_eq!(Error::from_status(&refused), Some(Error::Refused(Refusal::TxnAborted { txn: 1 << 50 })));
 
-    // Left after the primary committed: the router commits the other group's
+    // Left after one group committed: the router commits the other group's
     // part at the same revision.
     let id = (1 << 50) + 1;
     let highest = prepare(&f, id, &x, &y).await;
@@ -263,8 +310,14 @@ async fn a_txn_its_coordinator_left_is_finished_by_the_router() {
     // A revision of the timeline, as a coordinator takes it.
     let oracle = tessera_rpc::oracle::OracleClient::new(f.store().split(',').map(String::from).collect());
     let revision = oracle.next().await.unwrap().max(highest + 1);
-    let decision = TxnCommit { id, revision, parts: vec![part(&x), part(&y)] };
-    p.txn_commit(to(pg, decision)).await.unwrap();
+    let decision = TxnCommit { id, revision, parts: vec![part(&x), part(&y)], recover: false };
+    let first = p.txn_commit(to(pg, decision.clone())).await.unwrap().into_inner();
+    assert!(first.response.is_some());
+    // A commit sent again (its answer lost) is answered without the part's
+    // results, which are gone: the router then answers "timed out", never
+    // made-up results (chaos found a delete reported as deleting nothing).
+    let again = p.txn_commit(to(pg, decision)).await.unwrap().into_inner();
+    assert!(again.response.is_none(), "{again:?}");
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let finished = loop {
         let r = kv.range(get(&y.0)).await.unwrap().into_inner();
@@ -276,10 +329,4 @@ async fn a_txn_its_coordinator_left_is_finished_by_the_router() {
     };
     assert_eq!(finished, revision);
     assert_eq!(kv.range(get(&x.0)).await.unwrap().into_inner().kvs[0].mod_revision, revision);
-    // A commit sent again (its answer lost) is answered without the part's
-    // results, which are gone: the router then answers "timed out", never
-    // made-up results (chaos found a delete reported as deleting nothing).
-    let (mut c, g) = shard(&f, y.1).await;
-    let again = c.txn_commit(to(g, TxnCommit { id, revision, parts: vec![part(&y)] })).await.unwrap().into_inner();
-    assert!(again.response.is_none(), "{again:?}");
 }

@@ -19,17 +19,23 @@ pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// Whether the server at `url` (`http://host:port` or `host:port`) answers
 /// `/health` with `"health":"true"`, within 2 s (readiness waits use it).
 pub async fn probe_health(url: &str) -> bool {
+    http_get(url, "/health").await.is_some_and(|body| body.contains("\"health\":\"true\""))
+}
+
+/// The response (status line, headers, body) to `GET path` on the server at
+/// `url` (`http://host:port` or `host:port`), within 2 s.
+pub async fn http_get(url: &str, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let hostport = url.trim_start_matches("http://");
-    let probe = async {
+    let fetch = async {
         let mut s = tokio::net::TcpStream::connect(hostport).await.ok()?;
-        let req = format!("GET /health HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.ok()?;
         let mut buf = vec![];
         s.read_to_end(&mut buf).await.ok()?;
-        Some(String::from_utf8_lossy(&buf).contains("\"health\":\"true\""))
+        Some(String::from_utf8_lossy(&buf).into_owned())
     };
-    tokio::time::timeout(std::time::Duration::from_secs(2), probe).await.ok().flatten().unwrap_or(false)
+    tokio::time::timeout(std::time::Duration::from_secs(2), fetch).await.ok().flatten()
 }
 
 /// The body of `/version`.

@@ -22,7 +22,7 @@ use tessera_proto::etcdserverpb::request_op::Request;
 use tessera_proto::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DeleteRangeResponse, PutResponse, TxnRequest, TxnResponse,
 };
-use tessera_proto::tessera::command::{command::Op, Command, Fence, TxnCommit};
+use tessera_proto::tessera::command::{command::Op, Command, Fence};
 use tessera_proto::tessera::shard::CompareOutcome;
 
 /// What applying a command produced, for the client that proposed it.
@@ -47,10 +47,11 @@ pub enum Applied {
     /// A cross-group txn's part committed here (None: it had before).
     Committed(Option<TxnResponse>),
     /// A cross-group txn's part could not run at commit (nothing of it
-    /// was written; on the primary the txn is aborted).
+    /// was written; the txn counts as committed here all the same, as the
+    /// other groups may have committed theirs).
     CommitFailed(Error),
-    /// A cross-group txn aborted here, or (asked of its primary) its commit.
-    Aborted(Option<TxnCommit>),
+    /// What ending (aborting, fencing) a cross-group txn here found.
+    Ended(crate::cross::Ended),
     Done,
 }
 

@@ -22,8 +22,8 @@ pub const ALL: &[&str] = &[
     "apply::after_commit",
     // apply.rs: a fence raised (a map change on its way).
     "apply::fence",
-    // apply/cross.rs: a cross-group txn's prepare and commit (its part, or
-    // on the primary the decision), before they are applied.
+    // apply/cross.rs: a cross-group txn's prepare and commit (its part),
+    // before they are applied.
     "apply::txn_prepare",
     "apply::txn_commit",
     // compactor.rs: history below the compaction revision, before and after its deletion.
@@ -33,38 +33,14 @@ pub const ALL: &[&str] = &[
     "engine::before_sync",
 ];
 
-/// Configures the failpoints named in `$FAILPOINTS` (`name=action;...`, the
-/// `fail` crate's syntax) and makes any panic abort the process: a node
-/// that hits a `panic` failpoint in one thread is down as a whole, as after
-/// a crash. Does nothing without the `failpoints` feature.
-pub fn setup() -> anyhow::Result<()> {
-    #[cfg(feature = "failpoints")]
-    if let Ok(spec) = std::env::var("FAILPOINTS") {
-        for part in spec.split(';').filter(|p| !p.trim().is_empty()) {
-            let (name, actions) =
-                part.split_once('=').ok_or_else(|| anyhow::anyhow!("FAILPOINTS: {part:?} is not name=action"))?;
-            if !ALL.contains(&name.trim()) {
-                anyhow::bail!("FAILPOINTS: no failpoint {name:?} (one of {})", ALL.join(", "));
-            }
-            fail::cfg(name.trim(), actions.trim()).map_err(|e| anyhow::anyhow!("FAILPOINTS: {name}: {e}"))?;
-        }
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            default(info);
-            std::process::abort();
-        }));
-        tracing::warn!(failpoints = %spec, "failpoints armed");
-    }
-    Ok(())
-}
+/// Whether this build has them (the `failpoints` feature): the binary
+/// passes it with `ALL` to `tessera_rpc::process::arm_failpoints`.
+pub const COMPILED_IN: bool = cfg!(feature = "failpoints");
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn names_are_unique() {
-        let mut names = super::ALL.to_vec();
-        names.sort();
-        names.dedup();
-        assert_eq!(names.len(), super::ALL.len());
+        assert!(tessera_rpc::process::all_distinct(super::ALL));
     }
 }

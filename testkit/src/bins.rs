@@ -20,14 +20,24 @@ pub fn path(name: &str) -> PathBuf {
     p
 }
 
+fn tools_dir() -> PathBuf {
+    std::env::var_os("TESSERA_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/tessera/tools"))
+}
+
 /// etcd's own tools (`benchmark`, `etcd-runner`) for etcd `version`
 /// ("3.4", "3.6"), as scripts/etcd-tools.sh installs them.
 pub fn etcd_tool(version: &str, name: &str) -> PathBuf {
-    let root = std::env::var_os("TESSERA_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/tessera/tools"));
-    let p = root.join(format!("etcd-{version}/bin/{name}"));
+    let p = tools_dir().join(format!("etcd-{version}/bin/{name}"));
     assert!(p.exists(), "{} is missing: scripts/test.sh installs it (scripts/etcd-tools.sh)", p.display());
+    p
+}
+
+/// npm etcd3's `node_modules`, as scripts/npm-tools.sh installs it.
+pub fn npm_etcd3_modules() -> PathBuf {
+    let p = tools_dir().join("npm-etcd3/node_modules");
+    assert!(p.join("etcd3").exists(), "{} is missing: scripts/test.sh installs it (scripts/npm-tools.sh)", p.display());
     p
 }
 

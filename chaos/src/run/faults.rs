@@ -34,7 +34,9 @@ pub enum FaultKind {
     Loss,
     Skew,
     /// A shard-node restarted with a failpoint that crashes it at one step
-    /// (raft persist, apply, snapshot, fence, compaction, fsync).
+    /// (raft persist, apply, snapshot, fence, compaction, fsync, a cross-group
+    /// txn's prepare or commit), or a router at a step of a cross-group txn
+    /// it coordinates.
     Crash,
     /// A shard-node restarted with a slow disk (every fsync delayed).
     Disk,
@@ -171,6 +173,10 @@ const CRASH_POINTS: &[(&str, &str)] = &[
     ("engine::before_sync", "3%panic"),
 ];
 
+/// A router's crash points: steps of a cross-group txn it coordinates.
+const ROUTER_CRASH_POINTS: &[(&str, &str)] =
+    &[("cross_txn::after_prepare", "20%panic"), ("cross_txn::before_commit", "20%panic")];
+
 /// Who can be faulted: the system's processes (their names and hosts) and the clients' host.
 struct Targets {
     names: Vec<String>,
@@ -178,8 +184,10 @@ struct Targets {
     client: Option<usize>,
     /// The process whose clock can be skewed (clock::Skewable).
     clocked: Option<usize>,
-    /// The shard-nodes (placement's store included): failpoints are theirs.
+    /// The shard-nodes (placement's store included), with failpoints.
     nodes: Vec<usize>,
+    /// The routers, with failpoints of their own (crash only).
+    routers: Vec<usize>,
 }
 
 impl Targets {
@@ -190,6 +198,7 @@ impl Targets {
             client: c.net.as_ref().and_then(|n| n.index("client")),
             clocked: c.procs.iter().position(|p| p.clock.is_some()),
             nodes: (0..c.procs.len()).filter(|&i| c.procs[i].args[0].ends_with("shard-node")).collect(),
+            routers: (0..c.procs.len()).filter(|&i| c.procs[i].args[0].ends_with("router")).collect(),
         }
     }
     fn host_name(&self, h: usize) -> String {
@@ -293,6 +302,13 @@ fn plan(kind: FaultKind, t: &Targets, kinds: &[FaultKind], rng: &mut Rng) -> (Ve
         FaultKind::Crash | FaultKind::Disk => {
             if t.nodes.is_empty() {
                 return (vec![], Duration::ZERO, format!("{kind} (no shard-node)"));
+            }
+            if kind == FaultKind::Crash && !t.routers.is_empty() && rng.chance(25) {
+                let p = t.routers[rng.below(t.routers.len() as u64) as usize];
+                let (point, action) = ROUTER_CRASH_POINTS[rng.below(ROUTER_CRASH_POINTS.len() as u64) as usize];
+                let spec = format!("{point}={action}");
+                let what = format!("{kind} {} ({spec})", t.names[p]);
+                return (vec![Step::Failpoints(p, spec)], ms(rng, 1000, 4000), what);
             }
             let p = t.nodes[rng.below(t.nodes.len() as u64) as usize];
             let spec = if kind == FaultKind::Crash {

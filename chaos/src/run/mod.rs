@@ -271,6 +271,9 @@ async fn run_on(
     };
     let mut report = RunReport::new(&cfg, net_text, injected, kube, etcd, check, switch);
     report.workload_violations.extend(rec.take_violations().into_iter().map(|v| format!("protocol: {v}")));
+    if matches!(cfg.target, Target::Federation { .. }) {
+        report.workload_violations.extend(left_in_doubt(&endpoints).await);
+    }
     {
         let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
         for (i, p) in c.procs.iter().enumerate().filter(|(_, p)| p.clock.is_some()) {
@@ -305,6 +308,31 @@ fn connect(endpoint: &str) -> anyhow::Result<tonic::transport::Channel> {
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .connect_lazy())
+}
+
+/// Cross-group txns a lost coordinator left prepared must be finished by
+/// recovery: once the system is healed, every router must soon see no
+/// group holding one for long (its `tessera_router_cross_group_txns_in_doubt`).
+async fn left_in_doubt(routers: &[String]) -> Option<String> {
+    const GAUGE: &str = "tessera_router_cross_group_txns_in_doubt ";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut stuck = vec![];
+        for r in routers {
+            let body = tessera_rpc::endpoints::http_get(r, "/metrics").await.unwrap_or_default();
+            let held = body.lines().find_map(|l| l.strip_prefix(GAUGE)).and_then(|v| v.trim().parse::<f64>().ok());
+            if held != Some(0.0) {
+                stuck.push(format!("{r}: {}", held.map_or("no answer".into(), |h| format!("{h} groups"))));
+            }
+        }
+        if stuck.is_empty() {
+            return None;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Some(format!("recovery: cross-group txns still in doubt 30 s after the run ({})", stuck.join(", ")));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// The whole key space at the latest revision, from the first endpoint that answers.

@@ -114,7 +114,7 @@ impl Backends {
     /// The cross-group txns groups held prepared for long at their last
     /// poll (their coordinator may be gone), by group.
     pub(crate) fn in_doubt(&self) -> Vec<(u64, TxnPrepared)> {
-        self.health.in_doubt.read().iter().map(|(g, t)| (*g, *t)).collect()
+        self.health.in_doubt.read().iter().map(|(g, t)| (*g, t.clone())).collect()
     }
 
     /// Keeps leader hints, down marks and revisions fresh, forever.
@@ -156,6 +156,7 @@ impl Backends {
                         Some(t) => in_doubt.insert(group, t),
                         None => in_doubt.remove(&group),
                     };
+                    crate::metrics::CROSS_TXNS_IN_DOUBT.set(in_doubt.len() as i64);
                     return s.leader != 0; // one answer per group is enough
                 }
                 Err(_) => self.health.mark_down(&rep.node),

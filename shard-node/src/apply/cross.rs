@@ -1,10 +1,11 @@
 //! Applying the entries of a transaction across groups (`crate::cross` has
 //! the record and its invariants): prepare evaluates this group's compares
 //! and checks its ops on the state it then holds still; commit runs this
-//! group's part at the txn's one revision; abort lets the group go.
+//! group's part at the txn's one revision; abort lets the group go (or,
+//! fencing, holds it for recovery).
 
 use super::Applied;
-use crate::cross::CrossTxns;
+use crate::cross::{CrossTxns, Ended};
 use crate::error::{Error, Result};
 use crate::fence::Fences;
 use crate::lease::LeaseTable;
@@ -31,9 +32,9 @@ impl StateMachine {
             Op::TxnCommit(c) => self.commit_part(c, txn, leases, cross),
             Op::TxnAbort(TxnAbort { id, forget: true, .. }) => {
                 cross.forget(*id, &self.keys, txn.batch_mut());
-                Ok(Applied::Aborted(None))
+                Ok(Applied::Ended(Ended::Aborted))
             }
-            Op::TxnAbort(a) => Ok(Applied::Aborted(cross.abort(a.id, a.decide, &self.keys, txn.batch_mut()))),
+            Op::TxnAbort(a) => Ok(Applied::Ended(cross.end(a.id, a.fence, &self.keys, txn.batch_mut()))),
             _ => unreachable!("not a cross-group txn entry"),
         }
     }
@@ -67,13 +68,14 @@ impl StateMachine {
             }
         }
         let revision = txn.begin_revision();
-        cross.prepare(TxnPrepared { id: p.id, primary: p.primary, revision }, &self.keys, txn.batch_mut());
+        let prepared = TxnPrepared { id: p.id, groups: p.groups.clone(), revision, fenced: false };
+        cross.prepare(prepared, &self.keys, txn.batch_mut());
         Ok(Applied::Prepared { revision, compares, failures })
     }
 
     fn commit_part(&self, c: &TxnCommit, txn: &mut WriteTxn<'_>, leases: &LeaseTable, cross: &mut CrossTxns) -> Result<Applied> {
         fail::fail_point!("apply::txn_commit");
-        if !cross.may_commit(c.id)? {
+        if !cross.may_commit(c)? {
             return Ok(Applied::Committed(None));
         }
         let group = self.keys.group();
@@ -90,19 +92,16 @@ impl StateMachine {
         let part = c.parts.iter().find(|p| p.group == group).and_then(|p| p.ops.clone()).unwrap_or_default();
         match txn.txn(&part, &|id| leases.exists(id)) {
             Ok(resp) => {
-                cross.committed(c, group, &self.keys, txn.batch_mut());
+                cross.committed(c, &self.keys, txn.batch_mut());
                 Ok(Applied::Committed(Some(resp)))
             }
             // Its checks passed at prepare on this same state, so this does
-            // not happen; if it did, nothing of the part was written.
+            // not happen; if it did, nothing of the part was written, and
+            // the txn still counts as committed (other groups may have
+            // committed theirs: recovery must finish them, not abort).
             Err(e) => {
                 tracing::error!(txn = c.id, error = %e, "a cross-group txn's part failed at commit");
-                let primary = cross.prepared().is_some_and(|p| p.primary == group);
-                if primary {
-                    cross.abort(c.id, true, &self.keys, txn.batch_mut());
-                } else {
-                    cross.committed(c, group, &self.keys, txn.batch_mut());
-                }
+                cross.committed(c, &self.keys, txn.batch_mut());
                 Ok(Applied::CommitFailed(e))
             }
         }

@@ -3,6 +3,7 @@
 //! before a map change moves a prefix) and replica stats.
 
 use crate::apply::Applied;
+use crate::cross::Ended;
 use crate::error::Error;
 use crate::group::Group;
 use std::sync::Arc;
@@ -102,9 +103,14 @@ impl Shard for ShardService {
     async fn txn_abort(&self, req: Request<TxnAbort>) -> Result<Response<TxnAbortResponse>, Status> {
         let g = &self.group;
         let out = g.propose(Op::TxnAbort(req.into_inner())).await?;
-        let Applied::Aborted(committed) = out.result? else {
+        let Applied::Ended(ended) = out.result? else {
             return Err(unexpected());
         };
-        Ok(Response::new(TxnAbortResponse { header: Some(g.header(out.rev)), committed }))
+        let (committed, prepared) = match ended {
+            Ended::Committed(c) => (Some(c), false),
+            Ended::Prepared => (None, true),
+            Ended::Aborted => (None, false),
+        };
+        Ok(Response::new(TxnAbortResponse { header: Some(g.header(out.rev)), committed, prepared }))
     }
 }
