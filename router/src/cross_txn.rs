@@ -51,7 +51,12 @@ pub(crate) struct Plan<'a> {
     compare_groups: Vec<Vec<u64>>,
     /// Every group, in id order.
     groups: Vec<u64>,
+    /// A lease every group revokes with its part (0: none).
+    revoke_lease: i64,
 }
+
+/// What a lease revoke runs as its txn: nothing but the revoke.
+static NO_OPS: TxnRequest = TxnRequest { compare: Vec::new(), success: Vec::new(), failure: Vec::new() };
 
 fn op_groups(r: &Routing, op: &RequestOp) -> Vec<u64> {
     match &op.request {
@@ -68,7 +73,12 @@ impl<'a> Plan<'a> {
         let compare_groups: Vec<Vec<u64>> = flat.compares.iter().map(|c| r.groups_for_range(&c.key, &c.range_end)).collect();
         let op_groups: Vec<Vec<u64>> = flat.ops.iter().map(|op| op_groups(r, op)).collect();
         let groups: BTreeSet<u64> = compare_groups.iter().chain(&op_groups).flatten().copied().collect();
-        Plan { req, ops: flat.ops, op_groups, compare_groups, groups: groups.into_iter().collect() }
+        Plan { req, ops: flat.ops, op_groups, compare_groups, groups: groups.into_iter().collect(), revoke_lease: 0 }
+    }
+
+    /// Revoking `lease` on `groups`: its keys there go at one revision.
+    fn revoke(lease: i64, groups: Vec<u64>) -> Plan<'static> {
+        Plan { req: &NO_OPS, ops: vec![], op_groups: vec![], compare_groups: vec![], groups, revoke_lease: lease }
     }
 
     /// Every group the txn touches, in id order.
@@ -156,6 +166,23 @@ enum Retry {
 /// Runs the txn `plan` was made for, which spans several groups, as one
 /// atomic txn.
 pub(crate) async fn run(b: &Arc<Backends>, plan: &Plan<'_>, deadline: Deadline) -> Result<TxnResponse, Status> {
+    Ok(run_plan(b, plan, deadline).await?.0)
+}
+
+/// Revokes `lease` on every group at once (one revision for all of its
+/// keys, as etcd deletes them): the router's LeaseRevoke, and how an
+/// expired lease ends. Answers the header, or None if no group held it.
+pub(crate) async fn revoke_lease(b: &Arc<Backends>, lease: i64, deadline: Deadline) -> Result<Option<ResponseHeader>, Status> {
+    let groups: Vec<u64> = b.routing()?.map.groups.keys().copied().collect();
+    if groups.is_empty() {
+        return Err(Status::unavailable("tessera: the shard map has no groups yet"));
+    }
+    let (resp, revoked) = run_plan(b, &Plan::revoke(lease, groups), deadline).await?;
+    Ok(revoked.then_some(resp.header.unwrap_or_default()))
+}
+
+/// Runs `plan`'s txn; answers it and whether a group revoked its lease.
+async fn run_plan(b: &Arc<Backends>, plan: &Plan<'_>, deadline: Deadline) -> Result<(TxnResponse, bool), Status> {
     // The first attempt prepares every group at once; after a conflict,
     // one group at a time in id order, waiting where another txn holds one
     // (all waiting coordinators take groups in the same order, so none
@@ -163,9 +190,9 @@ pub(crate) async fn run(b: &Arc<Backends>, plan: &Plan<'_>, deadline: Deadline) 
     // of aborting each other over and over.
     for attempt in 0u32.. {
         match attempt_once(b, plan, attempt > 0, deadline).await {
-            Ok(resp) => {
+            Ok((resp, revoked)) => {
                 b.observe(resp.header.as_ref());
-                return Ok(resp);
+                return Ok((resp, revoked));
             }
             Err(Retry::Fail(s)) => return Err(s),
             Err(Retry::Lease { lease, group }) if attempt < 3 => leases::replicate(b, lease, group, deadline).await?,
@@ -213,7 +240,12 @@ fn conflict_or(s: Status) -> Retry {
     }
 }
 
-async fn attempt_once(b: &Arc<Backends>, plan: &Plan<'_>, in_order: bool, deadline: Deadline) -> Result<TxnResponse, Retry> {
+async fn attempt_once(
+    b: &Arc<Backends>,
+    plan: &Plan<'_>,
+    in_order: bool,
+    deadline: Deadline,
+) -> Result<(TxnResponse, bool), Retry> {
     // Unique per attempt (an aborted one's id stays refused where it was
     // aborted); random rather than the oracle's: one round trip less.
     let id = rand::random::<i64>() & i64::MAX;
@@ -281,7 +313,11 @@ async fn attempt_once(b: &Arc<Backends>, plan: &Plan<'_>, in_order: bool, deadli
     // (a request timeout), never with an inner call's error, which could
     // read as "not applied"; a group left prepared is finished by recovery.
     fail::fail_point!("cross_txn::after_prepare");
-    let parts: Vec<TxnPart> = plan.groups.iter().map(|g| TxnPart { group: *g, ops: Some(plan.part(&decided, *g)) }).collect();
+    let parts: Vec<TxnPart> = plan
+        .groups
+        .iter()
+        .map(|g| TxnPart { group: *g, ops: Some(plan.part(&decided, *g)), revoke_lease: plan.revoke_lease })
+        .collect();
     let decision = TxnCommit { id, revision, parts, recover: false };
     let results = join_all(plan.groups.iter().map(|g| {
         let decision = decision.clone();
@@ -292,16 +328,18 @@ async fn attempt_once(b: &Arc<Backends>, plan: &Plan<'_>, in_order: bool, deadli
     }))
     .await;
     let mut answers: BTreeMap<u64, VecDeque<ResponseOp>> = BTreeMap::new();
-    let mut raft_term = 0;
+    let (mut raft_term, mut revoked) = (0, false);
     for (g, r) in plan.groups.iter().zip(results) {
         match r {
             // A group that had committed its part before (a commit sent
-            // again after its answer was lost) no longer has its results.
-            Ok(resp) if resp.response.is_none() && !plan.part(&decided, *g).success.is_empty() => {
+            // again after its answer was lost) no longer has its results
+            // (nor whether it revoked the lease).
+            Ok(resp) if resp.response.is_none() && (!plan.part(&decided, *g).success.is_empty() || plan.revoke_lease != 0) => {
                 return Err(Retry::Fail(Error::Timeout.into()));
             }
             Ok(resp) => {
                 raft_term = raft_term.max(resp.header.as_ref().map_or(0, |h| h.raft_term));
+                revoked |= resp.lease_revoked;
                 answers.insert(*g, resp.response.unwrap_or_default().responses.into());
             }
             Err(s) => {
@@ -310,24 +348,22 @@ async fn attempt_once(b: &Arc<Backends>, plan: &Plan<'_>, in_order: bool, deadli
             }
         }
     }
-    forget_later(b, &plan.groups, id);
+    b.forget_later(&plan.groups, id);
     crate::metrics::CROSS_TXNS.inc();
     let mut written = false;
     let mut resp = assemble(plan, &decided, &mut answers, revision, &mut written);
     resp.header = Some(ResponseHeader { revision, raft_term, ..Default::default() });
-    Ok(resp)
+    Ok((resp, revoked))
 }
 
-/// Every group drops the commit once all have committed (in the
-/// background: the client has its answer).
-fn forget_later(b: &Arc<Backends>, groups: &[u64], id: i64) {
-    let (b, groups) = (b.clone(), groups.to_vec());
-    tokio::spawn(async move { forget_all(&b, &groups, id, Deadline::default_from_now()).await });
-}
-
+/// Every group drops the commits of txns all of whose groups committed,
+/// in one entry per group for all the txns queued since the last time
+/// (one entry per txn would cost each group a third raft round per txn).
 /// Best effort: a commit record left behind costs its bytes, nothing else.
-async fn forget_all(b: &Backends, groups: &[u64], id: i64, deadline: Deadline) {
-    join_all(groups.iter().map(|g| end(b, *g, TxnAbort { id, forget: true, ..Default::default() }, deadline))).await;
+async fn send_forgets(b: &Backends) {
+    let deadline = Deadline::default_from_now();
+    let batches = b.take_forgets();
+    join_all(batches.into_iter().map(|(g, ids)| end(b, g, TxnAbort { forget: ids, ..Default::default() }, deadline))).await;
 }
 
 /// The client's answer: each chosen op's results from the groups it
@@ -403,7 +439,7 @@ pub async fn finish_in_doubt(b: &Backends, group: u64, txn: TxnPrepared) -> Resu
     let id = txn.id;
     tracing::info!(txn = id, group, groups = ?txn.groups, "finishing a cross-group txn left in doubt");
     let fence = TxnAbort { id, fence: true, ..Default::default() };
-    let answers = join_all(txn.groups.iter().map(|g| end(b, *g, fence, deadline))).await;
+    let answers = join_all(txn.groups.iter().map(|g| end(b, *g, fence.clone(), deadline))).await;
     let mut held = vec![];
     let mut decision = None;
     let mut aborted = vec![];
@@ -427,7 +463,7 @@ pub async fn finish_in_doubt(b: &Backends, group: u64, txn: TxnPrepared) -> Resu
             for r in join_all(held.iter().map(|g| commit(b, *g, c.clone(), deadline))).await {
                 r?;
             }
-            forget_all(b, &txn.groups, id, deadline).await;
+            b.forget_later(&txn.groups, id);
         }
         None => {
             for r in join_all(held.iter().map(|g| end(b, *g, abort_msg(id), deadline))).await {
@@ -439,13 +475,23 @@ pub async fn finish_in_doubt(b: &Backends, group: u64, txn: TxnPrepared) -> Resu
     Ok(())
 }
 
-/// Finishes, once a second, the txns the groups report in doubt.
+/// Once a second: finishes the txns the groups report in doubt, revokes
+/// the leases they report expired (on every group at once), and sends the
+/// groups the committed txns they may forget.
 pub async fn recover(b: Arc<Backends>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        send_forgets(&b).await;
         for (group, txn) in b.in_doubt() {
             if let Err(e) = finish_in_doubt(&b, group, txn).await {
                 tracing::warn!(group, error = %e, "could not finish a cross-group txn left in doubt yet");
+            }
+        }
+        for lease in b.expired_leases() {
+            match revoke_lease(&b, lease, Deadline::default_from_now()).await {
+                Ok(Some(_)) => crate::metrics::LEASES_EXPIRED.inc(),
+                Ok(None) => {} // another router revoked it first
+                Err(e) => tracing::warn!(lease, error = %e, "could not revoke an expired lease yet"),
             }
         }
     }

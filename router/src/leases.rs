@@ -1,9 +1,12 @@
 //! Leases across groups. A lease is granted on its home group (chosen from
 //! its id). A key on another group that names it makes the router copy the
 //! lease there (same id, the home's remaining TTL) before the write, so
-//! every group that holds keys of a lease holds the lease itself and
-//! deletes them when it expires. Keepalive, revoke, TimeToLive and Leases
-//! go to every group; a lease's copies therefore live and die together.
+//! every group that holds keys of a lease holds the lease itself.
+//! Keepalive, TimeToLive and Leases go to every group. A revoke — the
+//! client's, or a router's once any copy's time ran out (groups report
+//! expired leases; they do not revoke them alone) — is one txn across all
+//! groups (`cross_txn::revoke_lease`): every copy and every key of the
+//! lease goes at one revision, as on etcd.
 
 use crate::backends::{lease_client, Access, Backends};
 use crate::deadline::Deadline;
@@ -172,35 +175,10 @@ impl Lease for LeaseService {
 
     async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
         let deadline = Deadline::of(&req);
-        let req = req.into_inner();
-        let groups = all_groups(&self.backends)?;
-        let answers = join_all(groups.iter().map(|g| {
-            self.backends.call(*g, Access::Write, deadline, req, |ch, r| async move { lease_client(ch).lease_revoke(r).await })
-        }))
-        .await;
-        let mut header = None;
-        let mut other_err = None;
-        for a in answers {
-            match a {
-                Ok(r) => {
-                    if header.as_ref().is_none_or(|h: &tessera_proto::etcdserverpb::ResponseHeader| {
-                        r.header.as_ref().is_some_and(|x| x.revision > h.revision)
-                    }) {
-                        header = r.header;
-                    }
-                }
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => other_err = Some(e),
-            }
-        }
-        if let Some(e) = other_err {
-            return Err(e);
-        }
-        match header {
-            Some(h) => {
-                self.backends.observe(Some(&h));
-                self.backends.answer_now(LeaseRevokeResponse { header: Some(h) }, deadline).await
-            }
+        let id = req.into_inner().id;
+        // On every group at once: all of the lease's keys go at one revision.
+        match crate::cross_txn::revoke_lease(&self.backends, id, deadline).await? {
+            Some(h) => self.backends.answer_now(LeaseRevokeResponse { header: Some(h) }, deadline).await,
             None => Err(Error::LeaseNotFound.into()),
         }
     }

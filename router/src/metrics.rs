@@ -49,3 +49,7 @@ pub static CROSS_TXNS_IN_DOUBT: LazyLock<IntGauge> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub(crate) static LEASES_EXPIRED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("tessera_router_leases_expired_total", "Expired leases this router revoked on every group at once.")
+        .unwrap()
+});

@@ -305,6 +305,7 @@ async fn a_txn_its_coordinator_left_is_finished_by_the_router() {
     let part = |k: &(String, u64)| TxnPart {
         group: k.1,
         ops: Some(TxnRequest { success: vec![put(&k.0, "from-txn", 0)], ..Default::default() }),
+        revoke_lease: 0,
     };
     let (mut p, pg) = shard(&f, x.1).await;
     // A revision of the timeline, as a coordinator takes it.
@@ -329,4 +330,58 @@ async fn a_txn_its_coordinator_left_is_finished_by_the_router() {
     };
     assert_eq!(finished, revision);
     assert_eq!(kv.range(get(&x.0)).await.unwrap().into_inner().kvs[0].mod_revision, revision);
+}
+
+/// A lease with keys on several groups ends at one revision on all of
+/// them, as etcd deletes a lease's keys: when it expires (each group only
+/// reports its copy's expiry; a router revokes the lease everywhere at
+/// once) and when a client revokes it. A watch gets all the deletes in one
+/// response, and a revoke after the expiry answers "lease not found".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_on_several_groups_ends_at_one_revision_on_all() {
+    let f = Federation::start(3);
+    let mut kv = f.kv().await;
+    let mut lease = tessera_proto::etcdserverpb::lease_client::LeaseClient::new(f.channel().await);
+    let keys = |l: &str| -> Vec<String> { ["a", "b", "c", "d", "e"].iter().map(|u| format!("lease-{l}/{u}/x/k")).collect() };
+    let routing = shardmap::watcher::fetch(&f.store_url()).await.unwrap().0.routing();
+    let groups: std::collections::BTreeSet<u64> = keys("1").iter().filter_map(|k| routing.group_of(k.as_bytes())).collect();
+    assert!(groups.len() >= 2, "the keys should be on several groups");
+
+    let mut watch = tessera_proto::etcdserverpb::watch_client::WatchClient::new(f.channel().await);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut events = watch.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    for (name, ttl, expire) in [("1", 2, true), ("2", 60, false)] {
+        let id = lease.lease_grant(LeaseGrantRequest { ttl, id: 0 }).await.unwrap().into_inner().id;
+        for k in keys(name) {
+            kv.put(PutRequest { key: k.into(), value: b"v".to_vec(), lease: id, ..Default::default() }).await.unwrap();
+        }
+        let prefix = format!("lease-{name}/");
+        let create = WatchCreateRequest {
+            key: prefix.clone().into(),
+            range_end: shardmap::prefix_end(prefix.as_bytes()),
+            filters: vec![0], // no puts: deletes only
+            ..Default::default()
+        };
+        tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await.unwrap();
+        let created = events.message().await.unwrap().unwrap();
+        assert!(created.created);
+        if !expire {
+            let revoked = lease.lease_revoke(LeaseRevokeRequest { id }).await.unwrap().into_inner();
+            assert!(revoked.header.unwrap().revision > 0);
+        }
+        let deletes = tokio::time::timeout(Duration::from_secs(20), events.message()).await.unwrap().unwrap().unwrap();
+        assert_eq!(deletes.watch_id, created.watch_id);
+        assert_eq!(deletes.events.len(), 5, "every key's delete in one response: {deletes:?}");
+        let revisions: std::collections::BTreeSet<i64> =
+            deletes.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect();
+        assert_eq!(revisions.len(), 1, "one revision for all of the lease's keys: {deletes:?}");
+        let after = kv.range(RangeRequest {
+            key: prefix.clone().into(),
+            range_end: shardmap::prefix_end(prefix.as_bytes()),
+            ..Default::default()
+        });
+        assert!(after.await.unwrap().into_inner().kvs.is_empty());
+        let again = lease.lease_revoke(LeaseRevokeRequest { id }).await.unwrap_err();
+        assert_eq!(again.message(), "etcdserver: requested lease not found");
+    }
 }

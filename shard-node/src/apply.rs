@@ -44,8 +44,9 @@ pub enum Applied {
         compares: Vec<CompareOutcome>,
         failures: Vec<(u32, Error)>,
     },
-    /// A cross-group txn's part committed here (None: it had before).
-    Committed(Option<TxnResponse>),
+    /// A cross-group txn's part committed here (None: it had before), and
+    /// whether it revoked a lease held here.
+    Committed(Option<TxnResponse>, bool),
     /// A cross-group txn's part could not run at commit (nothing of it
     /// was written; the txn counts as committed here all the same, as the
     /// other groups may have committed theirs).
@@ -142,7 +143,7 @@ impl StateMachine {
             let result = match refusal {
                 Some(e) => Err(e),
                 None if matches!(op, Op::TxnPrepare(_) | Op::TxnCommit(_) | Op::TxnAbort(_)) => {
-                    self.apply_cross(op, cmd.epoch, &mut txn, &t.leases, &mut t.cross, &t.fences)
+                    self.apply_cross(op, cmd.epoch, &mut txn, &mut t.leases, &mut t.cross, &t.fences)
                 }
                 None => self.apply_op(op, &mut txn, &mut t.leases, &mut t.members, &mut t.alarms, &mut t.fences, &mut t.oracle),
             };

@@ -30,9 +30,8 @@ use crate::error::{Error, Refusal, Result};
 use prost::Message;
 use std::collections::VecDeque;
 use std::time::Instant;
-use tessera_proto::tessera::command::{command::Op, CrossTxns as Record, TxnCommit, TxnPrepared};
+use tessera_proto::tessera::command::{command::Op, TxnCommit, TxnPrepared};
 
-const META_CROSS: &str = "cross-txns";
 /// How many aborted txn ids are kept to refuse a late prepare or commit:
 /// they come within a request's deadline, and a group ends at most a few
 /// hundred txns a second.
@@ -74,27 +73,49 @@ pub enum Ended {
     Aborted,
 }
 
+/// Where the records live (the meta table, so snapshots carry them): the
+/// prepared txn under one key, each committed txn and each remembered
+/// abort under its own (an entry rewrites only what it changes).
+const PREPARED: &str = "cross-prepared";
+const COMMITTED: &str = "cross-committed/";
+const ABORTED: &str = "cross-aborted/";
+
+fn item(kind: &str, id: i64) -> String {
+    format!("{kind}{:016x}", id as u64)
+}
+
+/// The values stored under `kind`'s keys, in key order.
+fn scan(engine: &dyn Engine, keys: &GroupKeys, kind: &str) -> Result<Vec<Vec<u8>>> {
+    let (start, mut end) = (keys.meta(kind), keys.meta(kind));
+    *end.last_mut().expect("a kind ends with '/'") += 1;
+    let mut out = vec![];
+    engine.scan(&start, &end, &mut |_, v| {
+        out.push(v.to_vec());
+        true
+    })?;
+    Ok(out)
+}
+
+fn decode<M: Message + Default>(v: &[u8]) -> Result<M> {
+    M::decode(v).map_err(|e| Error::Internal(e.to_string()))
+}
+
 impl CrossTxns {
     pub fn load(engine: &dyn Engine, keys: &GroupKeys) -> Result<Self> {
-        let Some(v) = engine.get(&keys.meta(META_CROSS))? else {
-            return Ok(Self::default());
-        };
-        let r = Record::decode(v.as_slice()).map_err(|e| Error::Internal(e.to_string()))?;
-        Ok(Self {
-            prepared_at: r.prepared.as_ref().map(|_| Instant::now()),
-            prepared: r.prepared,
-            committed: r.committed,
-            aborted: r.aborted.into(),
-        })
+        let prepared: Option<TxnPrepared> = engine.get(&keys.meta(PREPARED))?.map(|v| decode(&v)).transpose()?;
+        let committed = scan(engine, keys, COMMITTED)?.iter().map(|v| decode(v)).collect::<Result<Vec<TxnCommit>>>()?;
+        let aborted = scan(engine, keys, ABORTED)?
+            .iter()
+            .map(|v| v.as_slice().try_into().map(i64::from_be_bytes).map_err(|_| Error::Internal("bad aborted txn id".into())))
+            .collect::<Result<VecDeque<i64>>>()?;
+        Ok(Self { prepared_at: prepared.as_ref().map(|_| Instant::now()), prepared, committed, aborted })
     }
 
-    fn save(&self, keys: &GroupKeys, batch: &mut WriteBatch) {
-        let r = Record {
-            prepared: self.prepared.clone(),
-            committed: self.committed.clone(),
-            aborted: self.aborted.iter().copied().collect(),
-        };
-        batch.put(keys.meta(META_CROSS), r.encode_to_vec());
+    fn save_prepared(&self, keys: &GroupKeys, batch: &mut WriteBatch) {
+        match &self.prepared {
+            Some(p) => batch.put(keys.meta(PREPARED), p.encode_to_vec()),
+            None => batch.delete(keys.meta(PREPARED)),
+        }
     }
 
     /// The prepared txn, if any.
@@ -139,7 +160,7 @@ impl CrossTxns {
             _ => self.prepared_at = Some(Instant::now()),
         }
         self.prepared = Some(p);
-        self.save(keys, batch);
+        self.save_prepared(keys, batch);
     }
 
     /// What commit `c` finds: Ok(true) it is prepared here (and, if fenced,
@@ -160,8 +181,10 @@ impl CrossTxns {
     pub fn committed(&mut self, c: &TxnCommit, keys: &GroupKeys, batch: &mut WriteBatch) {
         self.prepared = None;
         self.prepared_at = None;
-        self.committed.push(TxnCommit { recover: false, ..c.clone() });
-        self.save(keys, batch);
+        self.save_prepared(keys, batch);
+        let c = TxnCommit { recover: false, ..c.clone() };
+        batch.put(keys.meta(&item(COMMITTED, c.id)), c.encode_to_vec());
+        self.committed.push(c);
     }
 
     /// Ends txn `id` here unless it committed: aborts it for good, or with
@@ -174,32 +197,33 @@ impl CrossTxns {
             Some(p) if p.id == id && fence => {
                 if !p.fenced {
                     p.fenced = true;
-                    self.save(keys, batch);
+                    self.save_prepared(keys, batch);
                 }
                 return Ended::Prepared;
             }
             Some(p) if p.id == id => {
                 self.prepared = None;
                 self.prepared_at = None;
+                self.save_prepared(keys, batch);
             }
             _ => {}
         }
         if !self.aborted.contains(&id) {
             self.aborted.push_back(id);
+            batch.put(keys.meta(&item(ABORTED, id)), id.to_be_bytes().to_vec());
             if self.aborted.len() > REMEMBERED {
-                self.aborted.pop_front();
+                let oldest = self.aborted.pop_front().expect("over the limit");
+                batch.delete(keys.meta(&item(ABORTED, oldest)));
             }
         }
-        self.save(keys, batch);
         Ended::Aborted
     }
 
-    /// Drops a committed txn's record (every group committed).
-    pub fn forget(&mut self, id: i64, keys: &GroupKeys, batch: &mut WriteBatch) {
-        let before = self.committed.len();
-        self.committed.retain(|c| c.id != id);
-        if self.committed.len() != before {
-            self.save(keys, batch);
+    /// Drops committed txns' records (every group of each committed).
+    pub fn forget(&mut self, ids: &[i64], keys: &GroupKeys, batch: &mut WriteBatch) {
+        self.committed.retain(|c| !ids.contains(&c.id));
+        for id in ids {
+            batch.delete(keys.meta(&item(COMMITTED, *id)));
         }
     }
 }
@@ -245,7 +269,7 @@ mod tests {
         assert_eq!(x.may_commit(&commit(7, false)), Ok(false), "a repeated commit is answered");
         assert_eq!(x.end(7, true, &keys, &mut b), Ended::Committed(commit(7, false)), "recovery learns the commit");
         assert_eq!(x.end(7, false, &keys, &mut b), Ended::Committed(commit(7, false)), "a commit is never aborted");
-        x.forget(7, &keys, &mut b);
+        x.forget(&[7], &keys, &mut b);
         assert!(x.committed.is_empty());
         // An abort (or a fence) before the prepare arrives refuses it.
         assert_eq!(x.end(9, true, &keys, &mut b), Ended::Aborted);
@@ -256,6 +280,27 @@ mod tests {
         }
         assert_eq!(x.aborted.len(), REMEMBERED);
         assert!(x.may_prepare(9).is_ok(), "the oldest ids go first");
+    }
+
+    #[test]
+    fn the_records_survive_a_reload() {
+        let engine = crate::engine::MemoryEngine::default();
+        let (keys, mut b) = (GroupKeys::new(3), WriteBatch::default());
+        let mut x = CrossTxns::default();
+        x.prepare(prepared(7), &keys, &mut b);
+        x.committed(&commit(7, true), &keys, &mut b);
+        x.prepare(prepared(8), &keys, &mut b);
+        x.committed(&commit(8, false), &keys, &mut b);
+        x.forget(&[8], &keys, &mut b);
+        x.end(9, false, &keys, &mut b);
+        x.prepare(prepared(10), &keys, &mut b);
+        x.end(10, true, &keys, &mut b);
+        engine.write(b, true).unwrap();
+        let y = CrossTxns::load(&engine, &keys).unwrap();
+        assert_eq!(y.committed, vec![commit(7, false)], "kept as a plain commit, the forgotten one gone");
+        assert_eq!(y.aborted, VecDeque::from([9]));
+        assert_eq!(y.prepared, Some(TxnPrepared { fenced: true, ..prepared(10) }));
+        assert!(CrossTxns::load(&engine, &GroupKeys::new(4)).unwrap().prepared.is_none(), "per group");
     }
 
     #[test]

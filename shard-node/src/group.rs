@@ -38,6 +38,9 @@ pub struct Group {
     pub raft: Arc<RaftHandle<ApplyOutput>>,
     /// One revision bump at a time; those waiting for it find it done.
     raising: tokio::sync::Mutex<()>,
+    /// In a federation, on the leader: leases whose time ran out, which a
+    /// router revokes on every group at once (`Shard.Stats`).
+    expired_leases: tokio::sync::watch::Sender<Vec<i64>>,
 }
 
 impl Group {
@@ -49,7 +52,26 @@ impl Group {
         raft: Arc<RaftHandle<ApplyOutput>>,
     ) -> Self {
         let raising = tokio::sync::Mutex::new(());
-        Self { id: raft.group, member_id: raft.member, cluster_id, sm, oracle, settings, raft, raising }
+        let expired_leases = tokio::sync::watch::Sender::new(vec![]);
+        Self { id: raft.group, member_id: raft.member, cluster_id, sm, oracle, settings, raft, raising, expired_leases }
+    }
+
+    /// Whether the group is part of a federation (it has the oracle).
+    pub fn federated(&self) -> bool {
+        self.oracle.is_some()
+    }
+
+    /// See `expired_leases`.
+    pub fn expired_leases(&self) -> Vec<i64> {
+        self.expired_leases.borrow().clone()
+    }
+
+    pub(crate) fn set_expired_leases(&self, ids: Vec<i64>) {
+        self.expired_leases.send_if_modified(|cur| {
+            let changed = *cur != ids;
+            *cur = ids;
+            changed
+        });
     }
 
     /// A request to this group on another member: it names the group, as

@@ -265,11 +265,16 @@ impl StateMachine {
 
     /// Restarts a lease's clock (on the leader); answers its TTL and
     /// whether a checkpoint must be cleared through raft (so a later leader
-    /// does not resurrect a stale one). None: no such lease.
+    /// does not resurrect a stale one). None: no such lease, or its time
+    /// has run out (its revoke is on its way).
     pub fn lease_renew(&self, id: i64) -> Option<(i64, bool)> {
         let t = self.tables.read();
         let l = t.leases.get(id)?;
-        self.liveness.lock().renew(id, l.ttl);
+        let mut live = self.liveness.lock();
+        if live.has_expired(id) {
+            return None;
+        }
+        live.renew(id, l.ttl);
         Some((l.ttl, l.remaining_ttl > 0))
     }
 

@@ -43,6 +43,8 @@ pub(super) struct Health {
     healthy: AtomicBool,
     /// Cross-group txns groups reported in doubt in their last poll, by group.
     in_doubt: RwLock<HashMap<u64, TxnPrepared>>,
+    /// Leases groups reported expired in their last poll, by group.
+    expired_leases: RwLock<HashMap<u64, Vec<i64>>>,
 }
 
 impl Health {
@@ -117,6 +119,12 @@ impl Backends {
         self.health.in_doubt.read().iter().map(|(g, t)| (*g, t.clone())).collect()
     }
 
+    /// The leases groups reported expired at their last poll (each is
+    /// revoked on every group at once).
+    pub(crate) fn expired_leases(&self) -> std::collections::BTreeSet<i64> {
+        self.health.expired_leases.read().values().flatten().copied().collect()
+    }
+
     /// Keeps leader hints, down marks and revisions fresh, forever.
     pub(crate) async fn poll(self: Arc<Self>) {
         loop {
@@ -157,6 +165,13 @@ impl Backends {
                         None => in_doubt.remove(&group),
                     };
                     crate::metrics::CROSS_TXNS_IN_DOUBT.set(in_doubt.len() as i64);
+                    drop(in_doubt);
+                    let mut expired = self.health.expired_leases.write();
+                    if s.expired_leases.is_empty() {
+                        expired.remove(&group);
+                    } else {
+                        expired.insert(group, s.expired_leases);
+                    }
                     return s.leader != 0; // one answer per group is enough
                 }
                 Err(_) => self.health.mark_down(&rep.node),

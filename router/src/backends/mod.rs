@@ -40,6 +40,8 @@ pub struct Backends {
     connections: Connections,
     health: Health,
     revisions: Revisions,
+    /// Committed cross-group txns each group may forget, sent in batches.
+    forgets: parking_lot::Mutex<std::collections::BTreeMap<u64, Vec<i64>>>,
 }
 
 impl Backends {
@@ -47,7 +49,21 @@ impl Backends {
     /// the federation's revision `oracle` (placement's store serves it).
     pub(crate) fn new(member_id: u64, maps: MapRx, oracle: Arc<OracleClient>) -> Arc<Self> {
         let (connections, health, revisions) = (Connections::default(), Health::default(), Revisions::new(oracle));
-        Arc::new(Self { member_id, maps, connections, health, revisions })
+        let forgets = Default::default();
+        Arc::new(Self { member_id, maps, connections, health, revisions, forgets })
+    }
+
+    /// Queues forgetting committed cross-group txn `id` on `groups`.
+    pub(crate) fn forget_later(&self, groups: &[u64], id: i64) {
+        let mut f = self.forgets.lock();
+        for g in groups {
+            f.entry(*g).or_default().push(id);
+        }
+    }
+
+    /// The queued forgets, by group (taken: sent once, best effort).
+    pub(crate) fn take_forgets(&self) -> std::collections::BTreeMap<u64, Vec<i64>> {
+        std::mem::take(&mut *self.forgets.lock())
     }
 
     pub(crate) fn member_id(&self) -> u64 {

@@ -23,15 +23,15 @@ impl StateMachine {
         op: &Op,
         epoch: u64,
         txn: &mut WriteTxn<'_>,
-        leases: &LeaseTable,
+        leases: &mut LeaseTable,
         cross: &mut CrossTxns,
         fences: &Fences,
     ) -> Result<Applied> {
         match op {
             Op::TxnPrepare(p) => self.prepare(p, epoch, txn, leases, cross, fences),
             Op::TxnCommit(c) => self.commit_part(c, txn, leases, cross),
-            Op::TxnAbort(TxnAbort { id, forget: true, .. }) => {
-                cross.forget(*id, &self.keys, txn.batch_mut());
+            Op::TxnAbort(TxnAbort { forget, .. }) if !forget.is_empty() => {
+                cross.forget(forget, &self.keys, txn.batch_mut());
                 Ok(Applied::Ended(Ended::Aborted))
             }
             Op::TxnAbort(a) => Ok(Applied::Ended(cross.end(a.id, a.fence, &self.keys, txn.batch_mut()))),
@@ -73,10 +73,29 @@ impl StateMachine {
         Ok(Applied::Prepared { revision, compares, failures })
     }
 
-    fn commit_part(&self, c: &TxnCommit, txn: &mut WriteTxn<'_>, leases: &LeaseTable, cross: &mut CrossTxns) -> Result<Applied> {
+    /// Revokes `lease` if held here, deleting its keys in the commit's write
+    /// txn (so at the txn's revision); whether it was held.
+    fn revoke_at_commit(&self, lease: i64, txn: &mut WriteTxn<'_>, leases: &mut LeaseTable) -> bool {
+        match leases.revoke(lease, txn.batch_mut()) {
+            Some(keys) => {
+                self.liveness.lock().revoked(lease);
+                txn.delete_keys(&keys);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn commit_part(
+        &self,
+        c: &TxnCommit,
+        txn: &mut WriteTxn<'_>,
+        leases: &mut LeaseTable,
+        cross: &mut CrossTxns,
+    ) -> Result<Applied> {
         fail::fail_point!("apply::txn_commit");
         if !cross.may_commit(c)? {
-            return Ok(Applied::Committed(None));
+            return Ok(Applied::Committed(None, false));
         }
         let group = self.keys.group();
         if txn.begin_revision() >= c.revision {
@@ -89,11 +108,16 @@ impl StateMachine {
                 "cross-group txn committed below the group's revision"
             );
         }
-        let part = c.parts.iter().find(|p| p.group == group).and_then(|p| p.ops.clone()).unwrap_or_default();
+        let mine = c.parts.iter().find(|p| p.group == group);
+        let part = mine.and_then(|p| p.ops.clone()).unwrap_or_default();
         match txn.txn(&part, &|id| leases.exists(id)) {
             Ok(resp) => {
+                let revoked = match mine.map_or(0, |p| p.revoke_lease) {
+                    0 => false,
+                    lease => self.revoke_at_commit(lease, txn, leases),
+                };
                 cross.committed(c, &self.keys, txn.batch_mut());
-                Ok(Applied::Committed(Some(resp)))
+                Ok(Applied::Committed(Some(resp), revoked))
             }
             // Its checks passed at prepare on this same state, so this does
             // not happen; if it did, nothing of the part was written, and

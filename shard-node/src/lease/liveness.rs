@@ -62,6 +62,12 @@ impl Liveness {
         Some(left.as_millis().div_ceil(1000) as i64)
     }
 
+    /// Whether the lease's time has run out (it is revoked soon): a renewal
+    /// must not bring it back, as etcd refuses to renew an expired lease.
+    pub fn has_expired(&self, id: i64) -> bool {
+        self.expiry.get(&id).is_some_and(|at| *at <= Instant::now())
+    }
+
     pub fn expired(&self) -> Vec<i64> {
         let now = Instant::now();
         self.expiry.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect()

@@ -151,8 +151,14 @@ impl Lease for LeaseService {
     }
 }
 
-/// On the leader: revokes expired leases through raft, and checkpoints
-/// remaining TTLs so a leader change cannot extend them indefinitely.
+/// On the leader: revokes expired leases through raft (in a federation it
+/// lists them for a router, which revokes each on every group holding it
+/// at one revision), and checkpoints remaining TTLs so a leader change
+/// cannot extend them indefinitely.
+/// How many expired leases a federated group lists at once (the rest come
+/// as those are revoked).
+const MAX_EXPIRED_LISTED: usize = 64;
+
 pub async fn run_lease_loops(group: Arc<Group>, checkpoint_every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut revoking: HashMap<i64, Instant> = HashMap::new();
@@ -165,17 +171,22 @@ pub async fn run_lease_loops(group: Arc<Group>, checkpoint_every: Duration, mut 
         let (primary, expired, checkpoints) = group.sm.lease_clock(last_checkpoint.elapsed() >= checkpoint_every);
         if !primary {
             revoking.clear();
+            group.set_expired_leases(vec![]);
             continue;
         }
-        revoking.retain(|_, at| at.elapsed() < Duration::from_secs(3));
-        for id in expired {
-            if revoking.insert(id, Instant::now()).is_some() {
-                continue;
+        if group.federated() {
+            group.set_expired_leases(expired.into_iter().take(MAX_EXPIRED_LISTED).collect());
+        } else {
+            revoking.retain(|_, at| at.elapsed() < Duration::from_secs(3));
+            for id in expired {
+                if revoking.insert(id, Instant::now()).is_some() {
+                    continue;
+                }
+                let g = group.clone();
+                tokio::spawn(async move {
+                    let _ = g.propose(Op::LeaseRevoke(LeaseRevokeRequest { id })).await;
+                });
             }
-            let g = group.clone();
-            tokio::spawn(async move {
-                let _ = g.propose(Op::LeaseRevoke(LeaseRevokeRequest { id })).await;
-            });
         }
         if last_checkpoint.elapsed() >= checkpoint_every {
             last_checkpoint = Instant::now();

@@ -69,6 +69,7 @@ impl Shard for ShardService {
             applied_index: g.sm.applied_index(),
             compact_revision: g.sm.compact_revision(),
             in_doubt: g.sm.cross_in_doubt(IN_DOUBT_AFTER),
+            expired_leases: g.expired_leases(),
         }))
     }
 
@@ -92,12 +93,12 @@ impl Shard for ShardService {
     async fn txn_commit(&self, req: Request<TxnCommit>) -> Result<Response<TxnCommitResponse>, Status> {
         let g = &self.group;
         let out = g.propose(Op::TxnCommit(req.into_inner())).await?;
-        let response = match out.result? {
-            Applied::Committed(r) => r,
+        let (response, lease_revoked) = match out.result? {
+            Applied::Committed(r, revoked) => (r, revoked),
             Applied::CommitFailed(e) => return Err(e.into()),
             _ => return Err(unexpected()),
         };
-        Ok(Response::new(TxnCommitResponse { header: Some(g.header(out.rev)), response }))
+        Ok(Response::new(TxnCommitResponse { header: Some(g.header(out.rev)), response, lease_revoked }))
     }
 
     async fn txn_abort(&self, req: Request<TxnAbort>) -> Result<Response<TxnAbortResponse>, Status> {
