@@ -47,20 +47,8 @@ apiserver=$TESSERA_TOOLS/kube-$KUBE/bin/kube-apiserver
 etcd=$TESSERA_TOOLS/etcd-3.6/bin/etcd
 
 # --- The load tool, built once per version of its sources.
-src=$root/tests/k8s/bench
-key=$(cat "$src/go.mod" "$src/go.sum" "$src"/*.go | sha256sum | cut -c1-16)
-kb=$TESSERA_TOOLS/kube-bench/$key/kube-bench
-if ! [ -x "$kb" ]; then
-  say "building the load tool into $kb"
-  rm -rf "$TESSERA_TOOLS/kube-bench" && mkdir -p "$(dirname "$kb")"   # older builds go
-  (
-    cd "$src"
-    export PATH=/usr/local/go/bin:$PATH GOTOOLCHAIN=${GOTOOLCHAIN:-local} GOPROXY=${GOPROXY:-https://proxy.golang.org}
-    export GOPATH=$TESSERA_TOOLS/go GOMODCACHE=$TESSERA_TOOLS/go/pkg/mod GOCACHE=$TESSERA_TOOLS/go/cache
-    export GOFLAGS="-mod=readonly -p=1 -trimpath" CGO_ENABLED=0
-    nice -n 15 go build -o "$kb.tmp" . && mv "$kb.tmp" "$kb"
-  ) || { say "building the load tool failed"; exit 1; }
-fi
+say "the load tool (tests/k8s/bench)"
+kb=$("$root/scripts/go-tool.sh" "$root/tests/k8s/bench" kube-bench "$TESSERA_TOOLS") || { say "building the load tool failed"; exit 1; }
 
 # --- Tessera's binaries: one cargo at a time on this machine.
 if [[ " $systems " == *" tessera"* ]] && [ "${BENCH_KUBE_NO_BUILD:-0}" != 1 ]; then

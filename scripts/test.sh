@@ -12,8 +12,9 @@ scripts/prereqs.sh
 scripts/etcd-tools.sh "$HOME/.cache/tessera/tools" >/dev/null
 # kube-apiserver and kubectl, for the Kubernetes-on-the-router tests.
 scripts/kube-tools.sh "$HOME/.cache/tessera/tools" >/dev/null
-# npm etcd3, whose Lock, Election and STM run through the router.
+# npm etcd3's and clientv3's Lock, Election and STM, run through the router.
 scripts/npm-tools.sh "$HOME/.cache/tessera/tools"
+scripts/go-tool.sh tests/go-recipes go-recipes "$HOME/.cache/tessera/tools" >/dev/null
 . scripts/env.sh
 # The house style: rustfmt.toml's width, and clippy with warnings as errors.
 cargo fmt --all --check

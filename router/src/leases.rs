@@ -116,10 +116,15 @@ pub struct LeaseService {
 
 type KeepAliveStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
 
-/// Renews lease `id` on every group. Each renewal is its own request with
-/// the default deadline: the keepalive stream itself lives as long as its client.
+/// Renews lease `id` on every group (every copy's clock restarts). Each
+/// renewal is its own request with the default deadline: the keepalive
+/// stream itself lives as long as its client. The answer is the home
+/// group's, which granted the lease: TTL 0 there means it is gone (never
+/// granted, or revoked — on every group at once, an expired one only after
+/// its keys are deleted), whatever copies elsewhere answered before that.
 async fn renew_everywhere(b: &Backends, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
     let groups = all_groups(b)?;
+    let home = home(b, id)?;
     let deadline = Deadline::default_from_now();
     let answers = join_all(groups.iter().map(|g| {
         b.call(*g, Access::Read, deadline, LeaseKeepAliveRequest { id }, |ch, r| async move {
@@ -133,26 +138,12 @@ async fn renew_everywhere(b: &Backends, id: i64) -> Result<LeaseKeepAliveRespons
         })
     }))
     .await;
-    let mut best: Option<LeaseKeepAliveResponse> = None;
-    let mut err = None;
-    for a in answers {
-        match a {
-            Ok(a) => {
-                if best.as_ref().is_none_or(|x| a.ttl > x.ttl) {
-                    best = Some(a);
-                }
-            }
-            Err(e) => err = Some(e),
-        }
-    }
-    // TTL 0 says the lease is gone, so only when every group said so: a
-    // group that failed (its leader restarting) may be the one holding it,
-    // and the groups that never held it answer 0 too.
-    match (best, err) {
-        (Some(b), _) if b.ttl > 0 => Ok(b),
-        (_, Some(e)) => Err(e),
-        (best, None) => Ok(best.unwrap_or(LeaseKeepAliveResponse { id, ..Default::default() })),
-    }
+    groups
+        .iter()
+        .zip(answers)
+        .find(|(g, _)| **g == home)
+        .map(|(_, a)| a)
+        .unwrap_or_else(|| Err(Status::unavailable("tessera: the lease's home group is not in the shard map")))
 }
 
 #[tonic::async_trait]

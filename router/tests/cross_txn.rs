@@ -79,24 +79,41 @@ async fn etcdctl_txn_and_lock_over_groups_answer_as_etcd() {
     }
 }
 
-/// npm etcd3's recipes (router/tests/npm/recipes.js) through one endpoint.
-async fn npm_recipes(endpoint: String) -> serde_json::Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/npm/recipes.js");
-    let out = tokio::task::spawn_blocking(move || {
-        tessera_testkit::bins::command("node")
-            .arg(script)
-            .arg(&endpoint)
-            .env("NODE_PATH", tessera_testkit::bins::npm_etcd3_modules())
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+/// Runs a recipes client (it prints one JSON object) against `endpoint`.
+async fn recipes(mut cmd: std::process::Command, endpoint: String) -> serde_json::Value {
+    let out = tokio::task::spawn_blocking(move || cmd.arg(&endpoint).output().unwrap()).await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
-    eprintln!("npm etcd3 recipes: {stderr}");
+    eprintln!("{stderr}");
     serde_json::from_str(stdout.trim()).unwrap()
+}
+
+/// npm etcd3's recipes (router/tests/npm/recipes.js) through one endpoint.
+async fn npm_recipes(endpoint: String) -> serde_json::Value {
+    let mut cmd = tessera_testkit::bins::command("node");
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/npm/recipes.js"));
+    cmd.env("NODE_PATH", tessera_testkit::bins::npm_etcd3_modules());
+    recipes(cmd, endpoint).await
+}
+
+/// clientv3's Mutex, Election and STM (tests/go-recipes): through the
+/// router as on etcd 3.4, with the accounts on several groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clientv3_mutex_election_and_stm_work_over_groups() {
+    let go = || tessera_testkit::bins::command(tessera_testkit::bins::go_recipes());
+    let etcd = RealEtcd::start().await;
+    let want = serde_json::json!({
+        "mutexDone": 12, "mutexMaxInside": 1, "leader": "candidate-1",
+        "stmSerializableSnapshot": 600, "stmSerializable": 600, "stmRepeatableReads": 600
+    });
+    assert_eq!(recipes(go(), etcd.endpoint.clone()).await, want, "etcd 3.4 itself");
+    let f = Federation::start(3);
+    let routing = shardmap::watcher::fetch(&f.store_url()).await.unwrap().0.routing();
+    let groups: std::collections::BTreeSet<u64> =
+        (0..6).filter_map(|i| routing.group_of(format!("go/acct/{i}/balance").as_bytes())).collect();
+    assert!(groups.len() >= 2, "the accounts should be on several groups");
+    assert_eq!(recipes(go(), f.endpoint()).await, want, "through the router");
 }
 
 /// npm etcd3's Lock keeps mutual exclusion among contenders, its Election

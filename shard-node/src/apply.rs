@@ -66,14 +66,26 @@ pub struct ApplyOutput {
 /// etcd's capped applier: what an active alarm refuses.
 fn refused(alarms: &[AlarmMember], op: &Op) -> Option<Error> {
     let has = |t: AlarmType| alarms.iter().any(|a| a.alarm == t as i32);
-    let writes =
-        matches!(op, Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::LeaseGrant(_) | Op::LeaseRevoke(_) | Op::Compact(_));
+    // A cross-group txn is refused at prepare (so on every group, as the
+    // coordinator aborts it); its commit must go through once prepared.
+    let writes = matches!(
+        op,
+        Op::Put(_)
+            | Op::DeleteRange(_)
+            | Op::Txn(_)
+            | Op::LeaseGrant(_)
+            | Op::LeaseRevoke(_)
+            | Op::Compact(_)
+            | Op::TxnPrepare(_)
+    );
     if writes && has(AlarmType::Corrupt) {
         return Some(Error::Corrupt);
     }
     let grows = match op {
         Op::Put(_) | Op::LeaseGrant(_) => true,
         Op::Txn(t) => txn_has_put(t),
+        // As etcd refuses a whole txn with a put, wherever its keys are.
+        Op::TxnPrepare(p) => p.request.as_ref().is_some_and(txn_has_put),
         _ => false,
     };
     (grows && has(AlarmType::Nospace)).then_some(Error::NoSpace)

@@ -54,6 +54,21 @@ pub struct LeaseTtl {
     pub keys: Vec<Vec<u8>>,
 }
 
+/// What renewing a lease found.
+#[derive(Debug, PartialEq)]
+pub enum Renewal {
+    /// Its clock restarted at `ttl`; `clear_checkpoint`: a checkpointed
+    /// remaining TTL must be cleared through raft (so a later leader does
+    /// not resurrect a stale one).
+    Renewed {
+        ttl: i64,
+        clear_checkpoint: bool,
+    },
+    /// Its time ran out; it is revoked soon.
+    Expired,
+    NotFound,
+}
+
 pub struct StateMachine {
     pub(crate) engine: Arc<dyn Engine>,
     pub(crate) keys: GroupKeys,
@@ -263,19 +278,17 @@ impl StateMachine {
         self.tables.read().leases.ids()
     }
 
-    /// Restarts a lease's clock (on the leader); answers its TTL and
-    /// whether a checkpoint must be cleared through raft (so a later leader
-    /// does not resurrect a stale one). None: no such lease, or its time
-    /// has run out (its revoke is on its way).
-    pub fn lease_renew(&self, id: i64) -> Option<(i64, bool)> {
+    /// Restarts a lease's clock (on the leader), unless its time has run
+    /// out (its revoke is on its way: a renewal must not bring it back).
+    pub fn lease_renew(&self, id: i64) -> Renewal {
         let t = self.tables.read();
-        let l = t.leases.get(id)?;
+        let Some(l) = t.leases.get(id) else { return Renewal::NotFound };
         let mut live = self.liveness.lock();
         if live.has_expired(id) {
-            return None;
+            return Renewal::Expired;
         }
         live.renew(id, l.ttl);
-        Some((l.ttl, l.remaining_ttl > 0))
+        Renewal::Renewed { ttl: l.ttl, clear_checkpoint: l.remaining_ttl > 0 }
     }
 
     pub fn lease_time_to_live(&self, id: i64, with_keys: bool) -> Option<LeaseTtl> {

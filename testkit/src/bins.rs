@@ -41,6 +41,14 @@ pub fn npm_etcd3_modules() -> PathBuf {
     p
 }
 
+/// tests/go-recipes (clientv3's concurrency recipes), as scripts/test.sh
+/// builds it (scripts/go-tool.sh).
+pub fn go_recipes() -> PathBuf {
+    let p = tools_dir().join("go-recipes/current/go-recipes");
+    assert!(p.exists(), "{} is missing: scripts/test.sh builds it (scripts/go-tool.sh)", p.display());
+    p
+}
+
 /// A command that dies with the test process however that ends, so no
 /// process a test started outlives it.
 pub fn command(program: impl Into<PathBuf>) -> Command {

@@ -7,11 +7,12 @@ use crate::engine::keys::GroupKeys;
 use crate::engine::{Engine, MemoryEngine};
 use std::sync::Arc;
 use tessera_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use tessera_proto::etcdserverpb::request_op::Request;
 use tessera_proto::etcdserverpb::{
     AlarmRequest, CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest,
     RangeRequest, RequestOp,
 };
-use tessera_proto::tessera::command::RevisionBump;
+use tessera_proto::tessera::command::{RevisionBump, TxnAbort, TxnPrepare};
 
 struct Fixture {
     engine: Arc<dyn Engine>,
@@ -177,6 +178,15 @@ fn alarms_refuse_what_etcd_refuses() {
     assert_eq!(f.put("a", "1", 0), Err(Error::NoSpace));
     let del = f.apply(Op::DeleteRange(DeleteRangeRequest { key: "a".into(), ..Default::default() }));
     assert!(del.result.is_ok(), "deletes still work under NOSPACE");
+    let prepare = |f: &mut Fixture, id, success| {
+        let request = Some(TxnRequest { success, ..Default::default() });
+        f.apply(Op::TxnPrepare(TxnPrepare { id, request, groups: vec![1, 2], ..Default::default() })).result.map(|_| ())
+    };
+    let put = RequestOp { request: Some(Request::RequestPut(PutRequest { key: "b".into(), ..Default::default() })) };
+    assert_eq!(prepare(&mut f, 7, vec![put]), Err(Error::NoSpace), "a cross-group txn with a put, as etcd's txn");
+    let get = RequestOp { request: Some(Request::RequestRange(RangeRequest { key: "b".into(), ..Default::default() })) };
+    assert!(prepare(&mut f, 8, vec![get]).is_ok(), "a read-only one is not refused");
+    f.apply(Op::TxnAbort(TxnAbort { id: 8, ..Default::default() })).result.unwrap();
     assert!(f.reopen().has_alarm(AlarmType::Nospace), "alarms are replicated state");
     let disarm = AlarmRequest { action: AlarmAction::Deactivate as i32, ..raise };
     f.apply(Op::Alarm(disarm));

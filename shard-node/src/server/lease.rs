@@ -7,7 +7,7 @@ use crate::apply::Applied;
 use crate::error::Error;
 use crate::group::Group;
 use crate::lease::MAX_LEASE_TTL;
-use crate::state::LeaseTtl;
+use crate::state::{LeaseTtl, Renewal};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,15 +27,27 @@ pub struct LeaseService {
 }
 
 /// Renews on the leader; a renewal clears a checkpointed remaining TTL
-/// through raft so a later leader does not resurrect a stale one.
+/// through raft so a later leader does not resurrect a stale one. An
+/// expired lease is answered only once its revoke has deleted its keys (as
+/// etcd's lessor waits for the revoke): a client told its lease is gone
+/// must not read a key of it afterwards.
 pub async fn renew_local(group: &Arc<Group>, id: i64) -> Result<i64, Status> {
     if !group.status().is_leader {
         return Err(Error::NotLeader.into());
     }
-    let renewed = group.sm.lease_renew(id);
-    match renewed {
-        None => Ok(0), // etcd answers TTL 0 for an unknown lease
-        Some((ttl, clear_checkpoint)) => {
+    match group.sm.lease_renew(id) {
+        Renewal::NotFound => Ok(0), // etcd answers TTL 0 for an unknown lease
+        Renewal::Expired => {
+            let deadline = tokio::time::Instant::now() + group.settings.request_timeout;
+            while group.sm.lease_exists(id) {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::Timeout.into());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(0)
+        }
+        Renewal::Renewed { ttl, clear_checkpoint } => {
             if clear_checkpoint {
                 let g = group.clone();
                 tokio::spawn(async move {
