@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_proto::tessera::command::TxnPrepared;
 use tessera_proto::tessera::shard::shard_client::ShardClient;
-use tessera_proto::tessera::shard::StatsRequest;
+use tessera_proto::tessera::shard::{StatsRequest, StatsResponse};
 use tonic::transport::Channel;
 use tonic::Status;
 
@@ -139,43 +139,55 @@ impl Backends {
         }
     }
 
-    /// Asks `group`'s replicas in turn until one answers; whether the group has a leader.
+    /// One replica's Stats, within the poll's timeout.
+    async fn stats(&self, r: &Routing, group: u64, rep: &Replica) -> Option<StatsResponse> {
+        let n = r.map.nodes.get(&rep.node)?;
+        let ch = self.connections.channel(&n.client_url, Lane::Calls).ok()?;
+        let mut req = self.request(r, group, StatsRequest {});
+        req.set_timeout(POLL_TIMEOUT);
+        match ShardClient::new(ch).stats(req).await {
+            Ok(s) => Some(s.into_inner()),
+            Err(_) => {
+                self.health.mark_down(&rep.node);
+                None
+            }
+        }
+    }
+
+    /// Asks `group`'s replicas in turn until one answers; whether the group
+    /// has a leader. Expired leases are the leader's to report (it keeps the
+    /// leases' time): asked of the leader when another replica answered.
     async fn poll_group(&self, r: &Routing, group: u64) -> bool {
         let info = &r.map.groups[&group];
         for rep in &info.replicas {
-            let Some(n) = r.map.nodes.get(&rep.node) else {
-                continue;
-            };
-            let Ok(ch) = self.connections.channel(&n.client_url, Lane::Calls) else {
-                continue;
-            };
-            let mut req = self.request(r, group, StatsRequest {});
-            req.set_timeout(POLL_TIMEOUT);
-            match ShardClient::new(ch).stats(req).await {
-                Ok(s) => {
-                    let s = s.into_inner();
-                    self.observe(s.header.as_ref());
-                    if let Some(leader) = info.replicas.iter().find(|x| x.member_id == s.leader) {
-                        self.health.mark_leader(group, &leader.node);
-                    }
-                    self.health.mark_up(&rep.node);
-                    let mut in_doubt = self.health.in_doubt.write();
-                    match s.in_doubt {
-                        Some(t) => in_doubt.insert(group, t),
-                        None => in_doubt.remove(&group),
-                    };
-                    crate::metrics::CROSS_TXNS_IN_DOUBT.set(in_doubt.len() as i64);
-                    drop(in_doubt);
-                    let mut expired = self.health.expired_leases.write();
-                    if s.expired_leases.is_empty() {
-                        expired.remove(&group);
-                    } else {
-                        expired.insert(group, s.expired_leases);
-                    }
-                    return s.leader != 0; // one answer per group is enough
-                }
-                Err(_) => self.health.mark_down(&rep.node),
+            let Some(s) = self.stats(r, group, rep).await else { continue };
+            self.observe(s.header.as_ref());
+            let leader = info.replicas.iter().find(|x| x.member_id == s.leader);
+            if let Some(leader) = leader {
+                self.health.mark_leader(group, &leader.node);
             }
+            self.health.mark_up(&rep.node);
+            {
+                let mut in_doubt = self.health.in_doubt.write();
+                match s.in_doubt {
+                    Some(t) => in_doubt.insert(group, t),
+                    None => in_doubt.remove(&group),
+                };
+                crate::metrics::CROSS_TXNS_IN_DOUBT.set(in_doubt.len() as i64);
+            }
+            let expired_leases = match leader {
+                Some(l) if l.member_id != rep.member_id => {
+                    self.stats(r, group, l).await.map(|s| s.expired_leases).unwrap_or_default()
+                }
+                _ => s.expired_leases,
+            };
+            let mut expired = self.health.expired_leases.write();
+            if expired_leases.is_empty() {
+                expired.remove(&group);
+            } else {
+                expired.insert(group, expired_leases);
+            }
+            return s.leader != 0; // one answer per group is enough
         }
         false
     }
