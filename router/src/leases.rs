@@ -50,7 +50,8 @@ async fn ttl_in(
     b.call(group, Access::Read, deadline, req, |ch, r| async move { lease_client(ch).lease_time_to_live(r).await }).await
 }
 
-/// Every group's answer for a lease, those that hold it.
+/// Every group's answer for a lease, those that hold it (an expired one
+/// too, answered TTL 0, until its revoke: only then is it gone).
 async fn ttl_everywhere(
     b: &Backends,
     req: LeaseTimeToLiveRequest,
@@ -61,7 +62,7 @@ async fn ttl_everywhere(
     let mut found = vec![];
     for (g, a) in groups.into_iter().zip(answers) {
         let a = a?;
-        if a.ttl > 0 {
+        if a.ttl >= 0 {
             found.push((g, a));
         }
     }
@@ -71,7 +72,8 @@ async fn ttl_everywhere(
 /// Copies lease `id` onto `group` from a group that holds it.
 pub(crate) async fn replicate(b: &Backends, id: i64, group: u64, deadline: Deadline) -> Result<(), Status> {
     let found = ttl_everywhere(b, LeaseTimeToLiveRequest { id, keys: false }, deadline).await?;
-    let Some((_, src)) = found.iter().max_by_key(|(_, a)| a.ttl) else {
+    // An expired lease (TTL 0, its revoke on the way) is not copied.
+    let Some((_, src)) = found.iter().filter(|(_, a)| a.ttl > 0).max_by_key(|(_, a)| a.ttl) else {
         return Err(Error::LeaseNotFound.into());
     };
     let grant = LeaseGrantRequest { id, ttl: src.ttl };
