@@ -291,22 +291,13 @@ async fn attempt_once(
     // One revision for every group: fresh, and above each one's revision
     // at prepare (a write may have landed there after the timestamp was
     // taken, or passed the oracle; the oracle then learns of the raise).
-    let revision = match fresh {
+    let highest = prepared.values().map(|p| p.revision).max().unwrap_or(0);
+    let revision = match commit_revision(b, fresh, highest, deadline).await {
         Ok(r) => r,
         Err(s) => {
             abort_all(b, plan, id, deadline).await;
             return Err(Retry::Fail(s));
         }
-    };
-    let highest = prepared.values().map(|p| p.revision).max().unwrap_or(0);
-    let revision = if revision <= highest {
-        if let Err(s) = b.tell(highest + 1, deadline).await {
-            abort_all(b, plan, id, deadline).await;
-            return Err(Retry::Fail(s));
-        }
-        highest + 1
-    } else {
-        revision
     };
     // Every group prepared: the txn is committed. Any failure from here on
     // is answered as etcd answers a write whose outcome it could not learn
@@ -318,6 +309,10 @@ async fn attempt_once(
         .iter()
         .map(|g| TxnPart { group: *g, ops: Some(plan.part(&decided, *g)), revoke_lease: plan.revoke_lease })
         .collect();
+    // Whether a group's part has results to answer (a commit sent again
+    // after its answer was lost has them no more).
+    let answers_due: Vec<bool> =
+        parts.iter().map(|p| p.ops.as_ref().is_some_and(|o| !o.success.is_empty()) || p.revoke_lease != 0).collect();
     let decision = TxnCommit { id, revision, parts, recover: false };
     let results = join_all(plan.groups.iter().map(|g| {
         let decision = decision.clone();
@@ -329,12 +324,12 @@ async fn attempt_once(
     .await;
     let mut answers: BTreeMap<u64, VecDeque<ResponseOp>> = BTreeMap::new();
     let (mut raft_term, mut revoked) = (0, false);
-    for (g, r) in plan.groups.iter().zip(results) {
+    for ((g, r), due) in plan.groups.iter().zip(results).zip(answers_due) {
         match r {
             // A group that had committed its part before (a commit sent
             // again after its answer was lost) no longer has its results
             // (nor whether it revoked the lease).
-            Ok(resp) if resp.response.is_none() && (!plan.part(&decided, *g).success.is_empty() || plan.revoke_lease != 0) => {
+            Ok(resp) if resp.response.is_none() && due => {
                 return Err(Retry::Fail(Error::Timeout.into()));
             }
             Ok(resp) => {
@@ -354,6 +349,18 @@ async fn attempt_once(
     let mut resp = assemble(plan, &decided, &mut answers, revision, &mut written);
     resp.header = Some(ResponseHeader { revision, raft_term, ..Default::default() });
     Ok((resp, revoked))
+}
+
+/// The one revision a txn commits at on every group: `fresh` (a timestamp
+/// issued after the txn began), or above `highest`, every group's revision
+/// at prepare, if a write landed there after it (the oracle is told).
+async fn commit_revision(b: &Backends, fresh: Result<i64, Status>, highest: i64, deadline: Deadline) -> Result<i64, Status> {
+    let fresh = fresh?;
+    if fresh > highest {
+        return Ok(fresh);
+    }
+    b.tell(highest + 1, deadline).await?;
+    Ok(highest + 1)
 }
 
 /// Every group drops the commits of txns all of whose groups committed,

@@ -67,11 +67,7 @@ impl Group {
     }
 
     pub(crate) fn set_expired_leases(&self, ids: Vec<i64>) {
-        self.expired_leases.send_if_modified(|cur| {
-            let changed = *cur != ids;
-            *cur = ids;
-            changed
-        });
+        self.expired_leases.send_replace(ids);
     }
 
     /// A request to this group on another member: it names the group, as
