@@ -31,7 +31,7 @@ runs=(
   "3 103 22 loss,skew,multi"
   "0 104 14 kill,pause,isolate,loss --mutate all"
   "0 105 14 skew,multi,cut"
-  "3 106 16 crash,disk,kill"
+  "3 106 16 crash,disk,kill,move"
   "0 107 14 crash,disk"
 )
 failed=0

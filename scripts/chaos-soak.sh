@@ -27,7 +27,7 @@ mkdir -p "$out/reports" "$out/runs"
 echo "chaos soak: $n runs of ${seconds}s from seed $base; reports and failing runs under $out" >&2
 
 # Each kind alone, then everything at once; each kind meets both targets in turn.
-kinds=(kill pause isolate split cut delay loss skew crash disk multi all)
+kinds=(kill pause isolate split cut delay loss skew crash disk move multi all)
 failed=0
 incomplete=()
 for i in $(seq 1 "$n"); do

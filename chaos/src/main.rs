@@ -40,7 +40,7 @@ struct RunArgs {
     seconds: u64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Comma-separated: kill, pause, isolate, split, cut, delay, loss, skew, multi; or all (empty: none).
+    /// Comma-separated: kill, pause, isolate, split, cut, delay, loss, skew, crash, disk, move, multi; or all (empty: none).
     #[arg(long, default_value = "")]
     faults: String,
     /// Seconds between faults.

@@ -49,6 +49,14 @@ pub struct DevArgs {
 
 pub const DEFAULT_DATA_DIR: &str = ".tessera-dev";
 
+/// Where `tessera dev` records the endpoints of the last federation it started.
+fn last_started() -> Option<std::path::PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))?;
+    Some(cache.join("tessera").join("dev-endpoints.json"))
+}
+
 /// Where each process of a dev federation listens (`endpoints.json`).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
@@ -70,7 +78,19 @@ impl Endpoints {
 
     fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
         std::fs::write(data_dir.join("endpoints.json"), serde_json::to_vec_pretty(self)?)?;
+        // The last one started on this machine, for a CLI run elsewhere.
+        if let Some(last) = last_started() {
+            let _ = std::fs::create_dir_all(last.parent().unwrap_or(Path::new("/")));
+            let _ = std::fs::write(last, serde_json::to_vec_pretty(self)?);
+        }
         Ok(())
+    }
+
+    /// The dev federation the CLI talks to: the one started from this
+    /// directory (`.tessera-dev`), else the last one started on this machine.
+    pub fn find() -> Option<Endpoints> {
+        Endpoints::load(Path::new(DEFAULT_DATA_DIR))
+            .or_else(|| serde_json::from_slice(&std::fs::read(last_started()?).ok()?).ok())
     }
 
     /// The store's client URLs, as nodes and routers take them.

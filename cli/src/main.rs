@@ -1,8 +1,9 @@
 //! `tessera`: a local federation in one command (`tessera dev`) and the
-//! admin CLI over placement (status, pin, spread, group add, learner add,
-//! replica remove).
+//! admin CLI over placement (status, pin, spread, move, moves, where,
+//! group add, learner add, replica remove).
 
 mod dev;
+mod moves;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -11,8 +12,9 @@ use placement::PlacementClient;
 #[derive(Parser)]
 #[command(name = "tessera", version, about = "Tessera: one etcd endpoint over a federation of raft groups")]
 struct Cli {
-    /// Placement's admin URL. Default: $TESSERA_PLACEMENT, else the one a
-    /// `tessera dev` started from this directory wrote, else http://127.0.0.1:12381.
+    /// Placement's admin URL. Default: $TESSERA_PLACEMENT, else that of the
+    /// `tessera dev` started from this directory, else of the last one
+    /// started on this machine (whatever its --client-port), else http://127.0.0.1:12381.
     #[arg(long, global = true, env = "TESSERA_PLACEMENT")]
     placement: Option<String>,
     /// Print the answer as JSON (for scripts) instead of a summary.
@@ -24,11 +26,10 @@ struct Cli {
 
 impl Cli {
     fn placement(&self) -> PlacementClient {
-        let url = self.placement.clone().unwrap_or_else(|| {
-            dev::Endpoints::load(std::path::Path::new(dev::DEFAULT_DATA_DIR))
-                .map(|e| e.placement)
-                .unwrap_or_else(|| "http://127.0.0.1:12381".into())
-        });
+        let url = self
+            .placement
+            .clone()
+            .unwrap_or_else(|| dev::Endpoints::find().map(|e| e.placement).unwrap_or_else(|| "http://127.0.0.1:12381".into()));
         PlacementClient::new(url)
     }
 }
@@ -39,13 +40,41 @@ enum Cmd {
     Dev(dev::DevArgs),
     /// Groups, replicas (roles, leaders), shard map, keys and bytes per group.
     Status,
-    /// Pin a prefix (and its subtree) to a group. Only for prefixes without data yet.
-    Pin { prefix: String, group: u64 },
+    /// Pin a prefix (and its subtree) to a group, moving its data there (as `move`).
+    Pin {
+        /// The prefix, ending with '/' (e.g. /registry/pods/).
+        prefix: String,
+        /// The group to own it.
+        group: u64,
+    },
     /// Spread a prefix's keys over groups by their next segment. Only for prefixes without data yet.
     Spread {
+        /// The prefix, ending with '/'.
         prefix: String,
         /// Comma-separated group ids.
         groups: String,
+    },
+    /// Move a prefix (and its subtree) with its data to a group, online:
+    /// writes under it pause only for the cutover. Waits until it is done.
+    Move {
+        /// The prefix, ending with '/' (e.g. /registry/pods/).
+        prefix: String,
+        /// The group to move it to.
+        group: u64,
+        /// Copy at most this many MB per second (0: no limit).
+        #[arg(long, default_value_t = 0.0)]
+        rate_mb: f64,
+    },
+    /// Moves in flight and the most recent ones.
+    Moves {
+        /// Stop the move of this prefix (it rolls back, unless its cutover committed).
+        #[arg(long)]
+        cancel: Option<String>,
+    },
+    /// Which placement unit and group hold a key.
+    Where {
+        /// The key (e.g. /registry/pods/default/web-0).
+        key: String,
     },
     /// Manage groups.
     Group {
@@ -129,6 +158,22 @@ async fn main() {
                 Ok(())
             }
             Cmd::Pin { prefix, group } => show(json, &p.pin(&prefix, group).await?, ownership),
+            Cmd::Move { prefix, group, rate_mb } => {
+                let req = placement::api::MoveRequest { prefix, group, rate_bytes: (rate_mb * 1e6) as u64 };
+                let report = moves::run(&p, &req, json).await?;
+                show(json, &report, moves::summary)
+            }
+            Cmd::Moves { cancel: Some(prefix) } => {
+                p.cancel_move(&prefix).await?;
+                show(json, &serde_json::json!({ "cancelled": prefix }), |_| {
+                    format!("move of {prefix} cancelled (it rolls back unless its cutover committed)")
+                })
+            }
+            Cmd::Moves { cancel: None } => show(json, &p.moves().await?, moves::list),
+            Cmd::Where { key } => {
+                let map = p.map().await?;
+                show(json, &moves::locate(&map, &key), moves::located)
+            }
             Cmd::Spread { prefix, groups } => {
                 let groups: Vec<u64> = groups.split(',').map(|g| g.trim().parse()).collect::<Result<_, _>>()?;
                 show(json, &p.spread(&prefix, &groups).await?, ownership)

@@ -78,3 +78,73 @@ pub struct ErrorBody {
     pub error: String,
     pub kind: crate::error::ErrorKind,
 }
+
+/// Move a prefix (and its subtree) with its data to one group.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct MoveRequest {
+    pub prefix: String,
+    pub group: u64,
+    /// Copy at most this many bytes per second (0: as fast as it goes).
+    #[serde(default)]
+    pub rate_bytes: u64,
+}
+
+/// One phase of a move and how long it took.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct PhaseTime {
+    pub phase: String,
+    pub ms: u64,
+}
+
+/// What a move did.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct MoveReport {
+    pub prefix: String,
+    pub to: u64,
+    pub from: Vec<u64>,
+    /// "moved", "already" (the map said so), "rolled_back" (with `error`).
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The map epoch that gave the prefix to `to`.
+    pub epoch: u64,
+    /// Live keys moved, stored revisions copied and their bytes.
+    pub keys: i64,
+    pub revisions: u64,
+    pub bytes: u64,
+    pub phases: Vec<PhaseTime>,
+    /// From the sources' fences to the target's adoption: how long writes
+    /// (and reads) under the prefix waited.
+    pub write_pause_ms: u64,
+    pub copy_mb_per_s: f64,
+}
+
+/// A move in flight, as far as its driver has got.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct MoveProgress {
+    pub prefix: String,
+    pub to: u64,
+    pub from: Vec<u64>,
+    pub phase: String,
+    pub revisions: u64,
+    pub bytes: u64,
+    /// Live keys staged on the target so far.
+    pub keys: i64,
+    pub passes: u32,
+    pub elapsed_ms: u64,
+    /// Driven by this placement (false: recorded in the map, its driver gone).
+    pub driven_here: bool,
+}
+
+/// Moves in flight and the most recent ones done.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct MovesList {
+    pub in_flight: Vec<MoveProgress>,
+    pub recent: Vec<MoveReport>,
+}
+
+/// Cancel a move (before its cutover committed: it rolls back).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct MoveCancelRequest {
+    pub prefix: String,
+}

@@ -48,6 +48,19 @@ impl PlacementClient {
         self.call("PUT", "/tessera/v1/spreads", Some(&SpreadRequest { prefix: prefix.into(), groups: groups.to_vec() })).await
     }
 
+    /// Moves a prefix with its data (returns when the move is done).
+    pub async fn move_prefix(&self, req: &MoveRequest) -> Result<MoveReport> {
+        self.call("POST", "/tessera/v1/moves", Some(req)).await
+    }
+
+    pub async fn moves(&self) -> Result<MovesList> {
+        self.call::<(), _>("GET", "/tessera/v1/moves", None).await
+    }
+
+    pub async fn cancel_move(&self, prefix: &str) -> Result<()> {
+        self.call("POST", "/tessera/v1/moves/cancel", Some(&MoveCancelRequest { prefix: prefix.into() })).await
+    }
+
     async fn call<B: Serialize, T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<&B>) -> Result<T> {
         let unreachable = |e: std::io::Error| PlacementError::unavailable(format!("placement at {}: {e}", self.base));
         let hostport = self.base.trim_start_matches("http://").trim_end_matches('/');

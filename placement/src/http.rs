@@ -2,7 +2,9 @@
 //! one `Placement` operation and encodes the answer or the error (status
 //! from its kind, body `ErrorBody`).
 
-use crate::api::{ErrorBody, GroupAddRequest, InitRequest, LearnerAddRequest, PinRequest, SpreadRequest};
+use crate::api::{
+    ErrorBody, GroupAddRequest, InitRequest, LearnerAddRequest, MoveCancelRequest, MoveRequest, PinRequest, SpreadRequest,
+};
 use crate::error::{ErrorKind, PlacementError};
 use crate::ops::Placement;
 use axum::extract::{Path, State};
@@ -67,6 +69,18 @@ pub fn routes(placement: Placement) -> Router {
             put(|State(p): State<Placement>, Json(r): Json<SpreadRequest>| async move {
                 reply(p.spread(&r.prefix, &r.groups).await)
             }),
+        )
+        .route(
+            "/tessera/v1/moves",
+            get(|State(p): State<Placement>| async move { reply(p.moves().await) }).post(
+                |State(p): State<Placement>, Json(r): Json<MoveRequest>| async move {
+                    reply(p.move_prefix(&r.prefix, r.group, r.rate_bytes).await)
+                },
+            ),
+        )
+        .route(
+            "/tessera/v1/moves/cancel",
+            post(|State(p): State<Placement>, Json(r): Json<MoveCancelRequest>| async move { reply(p.cancel_move(&r.prefix)) }),
         )
         .with_state(placement)
 }

@@ -6,7 +6,8 @@
 //! may run, each change is one compare-and-swap of the map.
 //!
 //! - `Placement`: the operations, as typed functions (`ops`, `members`,
-//!   `ownership` for fenced pins and spreads).
+//!   `ownership` for fenced pins and spreads, `moves` for moving a prefix
+//!   with its data).
 //! - `api`: their requests and answers; `http::routes` serves them as
 //!   JSON, `client::PlacementClient` (the CLI) calls them.
 
@@ -14,8 +15,10 @@ pub mod api;
 mod assign;
 pub mod client;
 mod error;
+pub mod failpoints;
 pub mod http;
 mod members;
+mod moves;
 mod ops;
 mod ownership;
 

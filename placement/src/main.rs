@@ -22,6 +22,7 @@ struct Config {
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     tessera_rpc::process::init_logging(&config.log_level);
+    tessera_rpc::process::arm_failpoints(placement::failpoints::ALL, placement::failpoints::COMPILED_IN)?;
     if config.store_endpoints.is_empty() {
         anyhow::bail!("--store-endpoints must name at least one member of placement's store");
     }
@@ -30,6 +31,20 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         let store = shardmap::store::Store::new(config.store_endpoints.to_vec());
         let placement = placement::Placement::new(store);
+        // Moves whose driver died (a placement before this one): finished
+        // if committed, else rolled back, once the store and groups answer.
+        let settling = placement.clone();
+        tokio::spawn(async move {
+            let mut backoff = std::time::Duration::from_millis(200);
+            loop {
+                match settling.resume_moves().await {
+                    Ok(_) => break,
+                    Err(e) => tracing::warn!(error = %e, "settling moves left by an earlier placement; trying again"),
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+        });
         let probe = placement.clone();
         // Healthy while the store answers.
         let health = tessera_rpc::endpoints::routes(

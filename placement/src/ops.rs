@@ -12,11 +12,13 @@ use shardmap::{GroupInfo, ShardMap};
 #[derive(Clone)]
 pub struct Placement {
     pub(crate) store: Store,
+    /// The moves this placement drives (`crate::moves`).
+    pub(crate) tracker: std::sync::Arc<std::sync::Mutex<crate::moves::Tracker>>,
 }
 
 impl Placement {
     pub fn new(store: Store) -> Self {
-        Placement { store }
+        Placement { store, tracker: Default::default() }
     }
 
     /// The map as placement's store holds it now.

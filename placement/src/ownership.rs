@@ -30,9 +30,21 @@ use tessera_proto::tessera::shard::{BumpRequest, FenceRequest};
 const ATTEMPTS: usize = 5;
 
 impl Placement {
-    /// Pins `prefix` (and its subtree) to `group`.
+    /// Pins `prefix` (and its subtree) to `group`, with its data
+    /// (`crate::moves`); when pins or spreads under it keep part elsewhere,
+    /// only while it holds no keys.
     pub async fn pin(&self, prefix: &str, group: u64) -> Result<OwnershipChanged> {
-        self.move_prefix(prefix, &[group], |map| {
+        crate::moves::check_prefix(prefix)?;
+        if crate::moves::kept_elsewhere(&self.map().await?, prefix, group).is_none() {
+            let r = self.move_prefix(prefix, group, 0).await?;
+            return Ok(OwnershipChanged {
+                prefix: r.prefix,
+                groups: vec![group],
+                epoch: r.epoch,
+                changed: r.outcome != "already",
+            });
+        }
+        self.change_owner(prefix, &[group], |map| {
             if map.pins.get(prefix) == Some(&group) {
                 return false;
             }
@@ -45,10 +57,11 @@ impl Placement {
 
     /// Spreads the keys under `prefix` over `groups` (by their next segment).
     pub async fn spread(&self, prefix: &str, groups: &[u64]) -> Result<OwnershipChanged> {
+        crate::moves::check_prefix(prefix)?;
         if groups.is_empty() {
             return Err(PlacementError::invalid("spread needs at least one group"));
         }
-        self.move_prefix(prefix, groups, |map| {
+        self.change_owner(prefix, groups, |map| {
             if map.spreads.get(prefix).map(Vec::as_slice) == Some(groups) {
                 return false;
             }
@@ -61,7 +74,7 @@ impl Placement {
 
     /// Fences `prefix` in its current owners, then commits `change` (which
     /// answers whether it changed anything) at the fence's epoch.
-    async fn move_prefix(&self, prefix: &str, to: &[u64], change: impl Fn(&mut ShardMap) -> bool) -> Result<OwnershipChanged> {
+    async fn change_owner(&self, prefix: &str, to: &[u64], change: impl Fn(&mut ShardMap) -> bool) -> Result<OwnershipChanged> {
         if prefix.is_empty() {
             return Err(PlacementError::invalid("a prefix is needed (the empty prefix is every key)"));
         }
@@ -90,7 +103,7 @@ impl Placement {
             if keys > 0 {
                 self.lift(epoch).await;
                 return Err(PlacementError::conflict(format!(
-                    "prefix {prefix:?} already holds {keys} keys; moving data between groups is not supported yet"
+                    "prefix {prefix:?} already holds {keys} keys; a spread moves no data (pin it, or move its parts with `tessera move`)"
                 )));
             }
             let mut raced = false;
@@ -125,7 +138,7 @@ impl Placement {
 /// hold under it with the fence applied, and the highest revision of theirs
 /// at the fence.
 async fn fence(map: &ShardMap, prefix: &str, groups: &[u64], epoch: u64) -> Result<(i64, i64)> {
-    let req = FenceRequest { prefix: prefix.as_bytes().to_vec(), epoch };
+    let req = FenceRequest { prefix: prefix.as_bytes().to_vec(), epoch, pending: false };
     let answers = futures::future::join_all(groups.iter().map(|g| {
         on_group(
             map,

@@ -96,6 +96,7 @@ impl<'a> Plan<'a> {
             ops: having(&self.op_groups),
             wait,
             groups: self.groups.clone(),
+            revoke_lease: self.revoke_lease,
         }
     }
 

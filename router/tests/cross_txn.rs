@@ -285,6 +285,7 @@ async fn prepare(f: &Federation, id: i64, x: &(String, u64), y: &(String, u64)) 
             ops: vec![i as u32],
             wait: false,
             groups: groups.clone(),
+            revoke_lease: 0,
         };
         let resp = c.txn_prepare(to(g, msg)).await.unwrap().into_inner();
         assert!(resp.failures.is_empty());

@@ -215,6 +215,11 @@ pub enum Refusal {
     /// Cross-group txn `txn` was aborted here (by its coordinator, or by a
     /// router finishing it for a lost one): its prepare or commit came late.
     TxnAborted { txn: i64 },
+    /// The call touches a prefix in the cutover of a move, routed by a map
+    /// that may or may not have moved it yet: try again shortly (nodes
+    /// wait for the cutover themselves; this leaves a node only when it
+    /// took longer than the request's time).
+    PrefixMoving,
 }
 
 impl Refusal {
@@ -223,6 +228,7 @@ impl Refusal {
             Refusal::NotHosted { .. } | Refusal::NotLeader { .. } => Code::Unavailable,
             Refusal::EpochNotMatch { .. } => Code::FailedPrecondition,
             Refusal::TxnConflict { .. } | Refusal::TxnAborted { .. } => Code::Aborted,
+            Refusal::PrefixMoving => Code::Unavailable,
         }
     }
 
@@ -233,6 +239,7 @@ impl Refusal {
             Refusal::NotLeader { .. } => "NotLeaderOfGroup",
             Refusal::TxnConflict { .. } => "TxnConflict",
             Refusal::TxnAborted { .. } => "TxnAborted",
+            Refusal::PrefixMoving => "PrefixMoving",
         }
     }
 
@@ -242,6 +249,7 @@ impl Refusal {
             Refusal::EpochNotMatch { current } => md.insert(CURRENT_EPOCH_HEADER, (*current).into()),
             Refusal::NotLeader { leader } => md.insert(LEADER_HEADER, (*leader).into()),
             Refusal::TxnConflict { holder: txn } | Refusal::TxnAborted { txn } => md.insert(TXN_HEADER, (*txn).into()),
+            Refusal::PrefixMoving => return,
         };
     }
 
@@ -254,6 +262,7 @@ impl Refusal {
             "NotLeaderOfGroup" => Some(Refusal::NotLeader { leader: num(LEADER_HEADER).unwrap_or(0) }),
             "TxnConflict" => Some(Refusal::TxnConflict { holder: txn()? }),
             "TxnAborted" => Some(Refusal::TxnAborted { txn: txn()? }),
+            "PrefixMoving" => Some(Refusal::PrefixMoving),
             _ => None,
         }
     }
@@ -285,6 +294,7 @@ impl fmt::Display for Refusal {
             Refusal::NotLeader { leader } => write!(f, "tessera: not the group's leader (leader {leader:x})"),
             Refusal::TxnConflict { holder } => write!(f, "tessera: the group holds another cross-group txn ({holder})"),
             Refusal::TxnAborted { txn } => write!(f, "tessera: cross-group txn {txn} was aborted"),
+            Refusal::PrefixMoving => write!(f, "tessera: the prefix is moving to another group; try again"),
         }
     }
 }
@@ -304,6 +314,7 @@ mod tests {
             Error::Refused(Refusal::NotLeader { leader: 0xabc }),
             Error::Refused(Refusal::TxnConflict { holder: 1 << 40 }),
             Error::Refused(Refusal::TxnAborted { txn: 17 }),
+            Error::Refused(Refusal::PrefixMoving),
         ]);
         for e in all {
             let s = Status::from(e.clone());

@@ -22,7 +22,7 @@ use tessera_proto::etcdserverpb::request_op::Request;
 use tessera_proto::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DeleteRangeResponse, PutResponse, TxnRequest, TxnResponse,
 };
-use tessera_proto::tessera::command::{command::Op, Command, Fence};
+use tessera_proto::tessera::command::{command::Op, move_target::Action as MoveAction, Command, Fence};
 use tessera_proto::tessera::shard::CompareOutcome;
 
 /// What applying a command produced, for the client that proposed it.
@@ -53,6 +53,16 @@ pub enum Applied {
     CommitFailed(Error),
     /// What ending (aborting, fencing) a cross-group txn here found.
     Ended(crate::cross::Ended),
+    /// A move's target staged entries: live keys staged under the prefix,
+    /// and the group's bytes in use.
+    Staged {
+        keys: i64,
+        bytes: u64,
+    },
+    /// A move's source released the prefix: live keys it gave away.
+    Released {
+        keys: i64,
+    },
     Done,
 }
 
@@ -143,6 +153,36 @@ impl StateMachine {
                 let rev = t.mvcc.rev;
                 drop(guard);
                 if result.is_ok() {
+                    self.compaction.notify_one();
+                }
+                return Some((proposer, ApplyOutput { result, rev }));
+            }
+            if matches!(op, Op::MoveStage(_) | Op::MoveTarget(_) | Op::MoveRelease(_)) {
+                let compact_before = t.mvcc.compact_rev;
+                let mut batch = WriteBatch::default();
+                let result = match (refusal, op) {
+                    (Some(e), _) => Err(e),
+                    (None, Op::MoveStage(s)) => self.apply_stage(t, s, &mut batch),
+                    (None, Op::MoveTarget(m)) => self.apply_target(t, m, &mut batch),
+                    (None, Op::MoveRelease(r)) => self.apply_release(t, r, &mut batch),
+                    _ => unreachable!(),
+                };
+                // Written whatever the result: a step checks before it
+                // changes anything, and what it changed is in the batch.
+                self.mark_applied(index, &mut batch);
+                self.commit(index, batch);
+                let rev = t.mvcc.rev;
+                let adopted = matches!(op, Op::MoveTarget(m) if m.action == MoveAction::Adopt as i32) && result.is_ok();
+                if adopted {
+                    // The ring does not hold the history an adoption brought
+                    // (below the group's revision, whether or not it was raised):
+                    // watchers read it from the store.
+                    self.hub.reset(rev);
+                }
+                let compacted = t.mvcc.compact_rev != compact_before;
+                drop(guard);
+                self.moves_changed();
+                if compacted {
                     self.compaction.notify_one();
                 }
                 return Some((proposer, ApplyOutput { result, rev }));
@@ -249,6 +289,7 @@ impl StateMachine {
                 fail::fail_point!("apply::fence");
                 let f = Fence { revision: txn.begin_revision(), ..f.clone() };
                 fences.raise(&f, &self.keys, txn.batch_mut());
+                self.moves_changed();
                 // Also a revision bump (to its hint, when the txn finishes):
                 // it wakes the watches the fence ends.
                 Ok(Applied::Done)
@@ -257,7 +298,8 @@ impl StateMachine {
                 oracle.raise_limit(l.limit, &self.keys, txn.batch_mut());
                 Ok(Applied::Done)
             }
-            Op::Compact(_) => Ok(Applied::Done), // applied above, outside a txn
+            // Applied above, outside a txn.
+            Op::Compact(_) | Op::MoveStage(_) | Op::MoveTarget(_) | Op::MoveRelease(_) => Ok(Applied::Done),
             Op::TxnPrepare(_) | Op::TxnCommit(_) | Op::TxnAbort(_) => unreachable!("applied by apply_cross"),
         }
     }

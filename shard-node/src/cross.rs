@@ -59,6 +59,9 @@ pub fn held_back(op: &Op) -> bool {
             | Op::Fence(_)
             | Op::Compact(_)
             | Op::TxnPrepare(_)
+            // What a txn prepared here read must still be so at its commit.
+            | Op::MoveTarget(_)
+            | Op::MoveRelease(_)
     )
 }
 

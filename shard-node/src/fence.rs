@@ -17,6 +17,17 @@
 //! Epoch 0 is never fenced: a client talking to the group directly (the
 //! standalone mode, placement's key count) and the group's own proposals
 //! (lease expiry, bumps, alarms) are not routed by a map.
+//!
+//! A prefix moved with its data (`crate::moves`) has a record on both
+//! sides. The source's fence is *pending* until the map moved: calls
+//! routed by the fence's epoch or newer wait too, as this group cannot
+//! tell whether their map already gives the prefix away (placement tells
+//! it: released, or rolled back). The target's *incoming* record hides the
+//! staged copy until the target adopts it (staged entries are outside the
+//! key index, and history reads skip them); at the cutover, calls routed
+//! by the cutover's epoch or newer wait for the adoption; once adopted,
+//! calls routed by an older map are refused under the prefix as a fence
+//! refuses them, and their watches end at the adoption.
 
 use crate::engine::keys::GroupKeys;
 use crate::engine::{Engine, WriteBatch};
@@ -24,7 +35,7 @@ use crate::error::{Error, Refusal, Result};
 use prost::Message;
 use tessera_proto::etcdserverpb::request_op::Request as OpRequest;
 use tessera_proto::etcdserverpb::TxnRequest;
-use tessera_proto::tessera::command::{command::Op, Fence, Fences as FenceList};
+use tessera_proto::tessera::command::{command::Op, Fence, Fences as FenceList, Incoming};
 
 const META_FENCES: &str = "fences";
 
@@ -48,15 +59,24 @@ pub fn routed_epoch() -> u64 {
 #[derive(Default)]
 pub struct Fences {
     list: Vec<Fence>,
+    incoming: Vec<Incoming>,
 }
 
 impl Fences {
     pub fn load(engine: &dyn Engine, keys: &GroupKeys) -> Result<Self> {
-        let list = match engine.get(&keys.meta(META_FENCES))? {
-            Some(v) => FenceList::decode(v.as_slice()).map_err(|e| Error::Internal(e.to_string()))?.fences,
-            None => vec![],
+        let (list, incoming) = match engine.get(&keys.meta(META_FENCES))? {
+            Some(v) => {
+                let l = FenceList::decode(v.as_slice()).map_err(|e| Error::Internal(e.to_string()))?;
+                (l.fences, l.incoming)
+            }
+            None => (vec![], vec![]),
         };
-        Ok(Self { list })
+        Ok(Self { list, incoming })
+    }
+
+    fn save(&self, keys: &GroupKeys, batch: &mut WriteBatch) {
+        let all = FenceList { fences: self.list.clone(), incoming: self.incoming.clone() };
+        batch.put(keys.meta(META_FENCES), all.encode_to_vec());
     }
 
     /// Adds `f` (or raises the epoch of the same prefix's fence) and stages
@@ -65,45 +85,184 @@ impl Fences {
         match self.list.iter_mut().find(|x| x.prefix == f.prefix) {
             // The first fence's revision stays: nothing under the prefix
             // was written here after it.
-            Some(x) => x.epoch = x.epoch.max(f.epoch),
+            Some(x) => {
+                if f.epoch >= x.epoch {
+                    x.pending = f.pending;
+                }
+                x.epoch = x.epoch.max(f.epoch);
+            }
             None => self.list.push(f.clone()),
         }
-        batch.put(keys.meta(META_FENCES), FenceList { fences: self.list.clone() }.encode_to_vec());
+        self.save(keys, batch);
     }
 
-    /// Refuses `[key, range_end)` to a call routed by map `epoch`.
+    /// The source's side of a move's end: the fence stops being pending;
+    /// if the prefix `moved` away at `epoch`, the fence refuses every map
+    /// older than that, and whatever this group had adopted under the
+    /// prefix before is no longer its own. Whether the fence was pending
+    /// (its data is to be dropped then; a second release drops nothing).
+    pub fn release(&mut self, prefix: &[u8], epoch: u64, moved: bool, keys: &GroupKeys, batch: &mut WriteBatch) -> bool {
+        let Some(f) = self.list.iter_mut().find(|x| x.prefix == prefix) else {
+            return false;
+        };
+        let was_pending = f.pending;
+        if moved {
+            f.pending = false;
+            f.released = true;
+            f.epoch = f.epoch.max(epoch);
+            self.incoming.retain(|i| !i.prefix.starts_with(prefix));
+        } else if was_pending {
+            // Rolled back: the prefix stays this group's, under every map.
+            self.list.retain(|x| x.prefix != prefix);
+        }
+        self.save(keys, batch);
+        was_pending
+    }
+
+    /// Starts (or restarts) taking `prefix` from other groups: staged, unseen.
+    pub fn stage(&mut self, prefix: &[u8], keys: &GroupKeys, batch: &mut WriteBatch) {
+        self.incoming.retain(|i| i.prefix != prefix);
+        self.incoming.push(Incoming { prefix: prefix.to_vec(), ..Default::default() });
+        self.save(keys, batch);
+    }
+
+    /// Forgets a move of `prefix` here that was rolled back.
+    pub fn abandon(&mut self, prefix: &[u8], keys: &GroupKeys, batch: &mut WriteBatch) {
+        self.incoming.retain(|i| i.prefix != prefix || i.adopted_epoch != 0);
+        self.save(keys, batch);
+    }
+
+    /// Whether a move of `prefix` to this group is staging (not adopted yet).
+    pub fn staging(&self, prefix: &[u8]) -> bool {
+        self.incoming(prefix).is_some_and(|i| i.adopted_epoch == 0)
+    }
+
+    /// The incoming move of `prefix`, if any.
+    pub fn incoming(&self, prefix: &[u8]) -> Option<&Incoming> {
+        self.incoming.iter().find(|i| i.prefix == prefix)
+    }
+
+    /// The cutover of an incoming move: the map will give the prefix at
+    /// `epoch` at the earliest.
+    pub fn cutover(&mut self, prefix: &[u8], epoch: u64, keys: &GroupKeys, batch: &mut WriteBatch) -> Result<()> {
+        let i = self.incoming.iter_mut().find(|i| i.prefix == prefix).ok_or_else(not_moving)?;
+        if i.adopted_epoch == 0 {
+            i.cutover_epoch = i.cutover_epoch.max(epoch);
+        }
+        self.save(keys, batch);
+        Ok(())
+    }
+
+    /// The map gave `prefix` to this group at `epoch`; the group's revision
+    /// is `revision`. Fences this group had on the prefix (it gave it away
+    /// before) end: the prefix is its own again. Whether it was staged
+    /// (false: adopted before).
+    pub fn adopt(&mut self, prefix: &[u8], epoch: u64, revision: i64, keys: &GroupKeys, batch: &mut WriteBatch) -> Result<bool> {
+        let i = self.incoming.iter_mut().find(|i| i.prefix == prefix).ok_or_else(not_moving)?;
+        if i.adopted_epoch != 0 {
+            return Ok(false);
+        }
+        i.adopted_epoch = epoch;
+        i.revision = revision;
+        self.list.retain(|f| !f.prefix.starts_with(prefix));
+        self.save(keys, batch);
+        Ok(true)
+    }
+
+    /// Whether `key` is under a prefix staged here and not adopted yet.
+    pub fn is_staged(&self, key: &[u8]) -> bool {
+        self.incoming.iter().any(|i| i.adopted_epoch == 0 && key.starts_with(&i.prefix))
+    }
+
+    /// Where stored revision `sub` of `key` belongs (`crate::mvcc::Place`):
+    /// the longest prefix decides, of those given away with their data and
+    /// those taken from other groups (only their moved revisions are staged).
+    pub fn place(&self, key: &[u8], sub: i64) -> crate::mvcc::Place {
+        use crate::mvcc::Place;
+        let given = self.list.iter().filter(|f| f.released && key.starts_with(&f.prefix)).map(|f| f.prefix.len()).max();
+        let taken = self.incoming.iter().filter(|i| key.starts_with(&i.prefix)).max_by_key(|i| i.prefix.len());
+        match (given, taken) {
+            (Some(g), t) if t.is_none_or(|t| t.prefix.len() < g) => Place::Retired,
+            (_, Some(t)) if t.adopted_epoch == 0 && crate::moves::is_moved(sub) => Place::Staged,
+            _ => Place::Live,
+        }
+    }
+
+    /// The revision up to which watches routed before the group gave
+    /// `key`'s prefix away still read its history here (None: not given away).
+    pub fn given_away_at(&self, key: &[u8]) -> Option<i64> {
+        self.list.iter().filter(|f| f.released && key.starts_with(&f.prefix)).map(|f| f.revision).max()
+    }
+
+    /// What of the history here a watch routed by map `epoch` must not
+    /// see: revisions moved here and not adopted yet (not this group's
+    /// yet), or adopted after that map (it got them from their old owner);
+    /// prefixes given away with their data by that map or before (it gets
+    /// them from their new owner).
+    pub fn hidden_history(&self, epoch: u64) -> Vec<Hidden> {
+        let moved_in = self.incoming.iter().filter(|i| i.adopted_epoch == 0 || (epoch != 0 && i.adopted_epoch > epoch));
+        let moved_in = moved_in.map(|i| Hidden { prefix: i.prefix.clone(), moved_only: true });
+        let gone = self.list.iter().filter(|f| f.released && epoch != 0 && epoch >= f.epoch);
+        moved_in.chain(gone.map(|f| Hidden { prefix: f.prefix.clone(), moved_only: false })).collect()
+    }
+
+    /// Refuses `[key, range_end)` to a call routed by map `epoch`: an older
+    /// map than a fence's or an adoption's (route again by the newer), or a
+    /// map that may or may not have moved a prefix in its cutover (wait).
     pub fn check_range(&self, epoch: u64, key: &[u8], range_end: &[u8]) -> Result<()> {
         if epoch == 0 {
             return Ok(());
         }
-        let newest = self
-            .list
-            .iter()
-            .filter(|f| f.epoch > epoch && shardmap::prefix_overlaps(&f.prefix, key, range_end))
-            .map(|f| f.epoch)
-            .max();
-        match newest {
-            Some(current) => Err(Refusal::EpochNotMatch { current }.into()),
-            None => Ok(()),
+        let overlaps = |p: &[u8]| shardmap::prefix_overlaps(p, key, range_end);
+        let fenced = self.list.iter().filter(|f| f.epoch > epoch && overlaps(&f.prefix)).map(|f| f.epoch);
+        let adopted = self.incoming.iter().filter(|i| i.adopted_epoch > epoch && overlaps(&i.prefix)).map(|i| i.adopted_epoch);
+        if let Some(current) = fenced.chain(adopted).max() {
+            return Err(Refusal::EpochNotMatch { current }.into());
         }
+        let releasing = self.list.iter().any(|f| f.pending && epoch >= f.epoch && overlaps(&f.prefix));
+        let adopting = self
+            .incoming
+            .iter()
+            .any(|i| i.adopted_epoch == 0 && i.cutover_epoch != 0 && epoch >= i.cutover_epoch && overlaps(&i.prefix));
+        if releasing || adopting {
+            return Err(Refusal::PrefixMoving.into());
+        }
+        Ok(())
     }
 
     /// For a watch of `[key, range_end)` routed by map `epoch`: the fence
-    /// that ends it (the current epoch, and the revision up to which it
-    /// still gets events), if any.
+    /// (or adoption) that ends it (the current epoch, and the revision up
+    /// to which it still gets events), if any.
     pub fn ending_watch(&self, epoch: u64, key: &[u8], range_end: &[u8]) -> Option<(u64, i64)> {
         if epoch == 0 {
             return None;
         }
-        let fences = self.list.iter().filter(|f| f.epoch > epoch && shardmap::prefix_overlaps(&f.prefix, key, range_end));
-        let current = fences.clone().map(|f| f.epoch).max()?;
-        let revision = fences.map(|f| f.revision).min()?;
+        let overlaps = |p: &[u8]| shardmap::prefix_overlaps(p, key, range_end);
+        let fences = self.list.iter().filter(|f| f.epoch > epoch && overlaps(&f.prefix)).map(|f| (f.epoch, f.revision));
+        let adopted = self
+            .incoming
+            .iter()
+            .filter(|i| i.adopted_epoch > epoch && overlaps(&i.prefix))
+            .map(|i| (i.adopted_epoch, i.revision));
+        let all: Vec<(u64, i64)> = fences.chain(adopted).collect();
+        let current = all.iter().map(|x| x.0).max()?;
+        let revision = all.iter().map(|x| x.1).min()?;
         Some((current, revision))
+    }
+
+    /// Whether lease `keys` (a lease's keys here) touch a prefix a call
+    /// routed by map `epoch` may not touch (a lease revoke prepared by it
+    /// would delete them).
+    pub fn check_keys<'k>(&self, epoch: u64, mut keys: impl Iterator<Item = &'k Vec<u8>>) -> Result<()> {
+        if epoch == 0 || (self.list.is_empty() && self.incoming.is_empty()) {
+            return Ok(());
+        }
+        keys.try_for_each(|k| self.check_range(epoch, k, &[]))
     }
 
     /// Refuses a command whose keys fall under a fence newer than its epoch.
     pub fn check_op(&self, epoch: u64, op: &Op) -> Result<()> {
-        if epoch == 0 || self.list.is_empty() {
+        if epoch == 0 || (self.list.is_empty() && self.incoming.is_empty()) {
             return Ok(());
         }
         match op {
@@ -116,7 +275,7 @@ impl Fences {
 
     /// Every compare and op of a txn, nested txns included.
     pub fn check_txn(&self, epoch: u64, t: &TxnRequest) -> Result<()> {
-        if epoch == 0 || self.list.is_empty() {
+        if epoch == 0 || (self.list.is_empty() && self.incoming.is_empty()) {
             return Ok(());
         }
         for c in &t.compare {
@@ -135,13 +294,36 @@ impl Fences {
     }
 }
 
+/// History a watch does not read here (`Fences::hidden_history`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hidden {
+    pub prefix: Vec<u8>,
+    /// Only the revisions a move brought here (the group's own stay).
+    pub moved_only: bool,
+}
+
+impl Hidden {
+    /// Whether stored revision `sub` of `key` is hidden (`sub` 0 for an
+    /// event of a write applied here).
+    pub fn hides(&self, key: &[u8], sub: i64) -> bool {
+        key.starts_with(&self.prefix) && (!self.moved_only || crate::moves::is_moved(sub))
+    }
+}
+
+fn not_moving() -> Error {
+    Error::InvalidArgument("tessera: no move of that prefix to this group".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tessera_proto::etcdserverpb::{PutRequest, RequestOp};
 
     fn fenced() -> Fences {
-        Fences { list: vec![Fence { prefix: b"/registry/pods/".to_vec(), epoch: 7, revision: 100 }] }
+        Fences {
+            list: vec![Fence { prefix: b"/registry/pods/".to_vec(), epoch: 7, revision: 100, pending: false, released: false }],
+            incoming: vec![],
+        }
     }
 
     #[test]
@@ -177,11 +359,68 @@ mod tests {
         let mut f = fenced();
         let keys = GroupKeys::new(1);
         let mut batch = WriteBatch::default();
-        f.raise(&Fence { prefix: b"/registry/pods/".to_vec(), epoch: 9, revision: 120 }, &keys, &mut batch);
-        f.raise(&Fence { prefix: b"/registry/pods/".to_vec(), epoch: 8, revision: 130 }, &keys, &mut batch);
+        f.raise(
+            &Fence { prefix: b"/registry/pods/".to_vec(), epoch: 9, revision: 120, pending: false, released: false },
+            &keys,
+            &mut batch,
+        );
+        f.raise(
+            &Fence { prefix: b"/registry/pods/".to_vec(), epoch: 8, revision: 130, pending: false, released: false },
+            &keys,
+            &mut batch,
+        );
         assert_eq!(f.list.len(), 1);
         assert!(f.check_range(8, b"/registry/pods/a", &[]).is_err());
         assert_eq!(f.ending_watch(8, b"/registry/", b"/registry0"), Some((9, 100)), "the first fence's revision");
         assert_eq!(f.ending_watch(9, b"/registry/", b"/registry0"), None);
+    }
+
+    #[test]
+    fn a_pending_fence_holds_newer_maps_until_released() {
+        let keys = GroupKeys::new(1);
+        let mut batch = WriteBatch::default();
+        let mut f = Fences::default();
+        f.raise(&Fence { prefix: b"/a/b/".to_vec(), epoch: 5, revision: 40, pending: true, released: false }, &keys, &mut batch);
+        assert!(matches!(f.check_range(4, b"/a/b/k", &[]), Err(Error::Refused(Refusal::EpochNotMatch { current: 5 }))));
+        assert!(matches!(f.check_range(5, b"/a/b/k", &[]), Err(Error::Refused(Refusal::PrefixMoving))));
+        assert!(f.check_range(5, b"/a/c/k", &[]).is_ok(), "other prefixes are not held");
+        assert!(f.release(b"/a/b/", 6, true, &keys, &mut batch), "it was pending");
+        assert!(!f.release(b"/a/b/", 6, true, &keys, &mut batch), "released once");
+        assert!(matches!(f.check_range(5, b"/a/b/k", &[]), Err(Error::Refused(Refusal::EpochNotMatch { current: 6 }))));
+        assert!(f.check_range(6, b"/a/b/k", &[]).is_ok());
+        assert_eq!(
+            f.hidden_history(6),
+            vec![Hidden { prefix: b"/a/b/".to_vec(), moved_only: false }],
+            "its history is the new owner's"
+        );
+        assert!(f.hidden_history(5).is_empty());
+    }
+
+    #[test]
+    fn an_incoming_prefix_is_hidden_until_adopted_then_refuses_older_maps() {
+        let keys = GroupKeys::new(2);
+        let mut batch = WriteBatch::default();
+        let mut f = Fences::default();
+        f.raise(&Fence { prefix: b"/a/b/".to_vec(), epoch: 3, revision: 10, pending: false, released: false }, &keys, &mut batch);
+        f.stage(b"/a/b/", &keys, &mut batch);
+        assert!(f.is_staged(b"/a/b/k") && !f.is_staged(b"/a/c/k"));
+        assert_eq!(f.place(b"/a/b/k", 1 << 40), crate::mvcc::Place::Staged);
+        assert_eq!(f.place(b"/a/b/k", 0), crate::mvcc::Place::Live, "the group's own revisions under it");
+        assert!(f.check_range(9, b"/a/b/k", &[]).is_ok(), "staged data is simply not seen");
+        assert!(f.hidden_history(9).iter().any(|h| h.hides(b"/a/b/k", 1 << 40) && !h.hides(b"/a/b/k", 0)));
+        f.cutover(b"/a/b/", 10, &keys, &mut batch).unwrap();
+        assert!(f.check_range(9, b"/a/b/k", &[]).is_ok());
+        assert!(matches!(f.check_range(10, b"/", b"0"), Err(Error::Refused(Refusal::PrefixMoving))));
+        assert!(f.adopt(b"/a/b/", 11, 500, &keys, &mut batch).unwrap());
+        assert!(!f.adopt(b"/a/b/", 11, 600, &keys, &mut batch).unwrap(), "adopted once");
+        assert!(!f.is_staged(b"/a/b/k"));
+        assert!(f.check_range(11, b"/a/b/k", &[]).is_ok());
+        assert!(matches!(f.check_range(10, b"/a/b/k", &[]), Err(Error::Refused(Refusal::EpochNotMatch { current: 11 }))));
+        assert_eq!(f.ending_watch(10, b"/a/", b"/a0"), Some((11, 500)));
+        assert_eq!(f.hidden_history(10), vec![Hidden { prefix: b"/a/b/".to_vec(), moved_only: true }]);
+        assert!(f.hidden_history(11).is_empty(), "the fence it had on the prefix is gone");
+        // Fenced when the map moved it, a revoke of a lease with a key under it is refused.
+        assert!(f.check_keys(10, [b"/a/b/k".to_vec()].iter()).is_err());
+        assert!(f.check_keys(11, [b"/a/b/k".to_vec()].iter()).is_ok());
     }
 }

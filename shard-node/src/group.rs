@@ -181,7 +181,9 @@ impl Group {
         };
         let epoch = crate::fence::routed_epoch();
         let mut cmd = Command { member_id: self.member_id, seq: 0, revision_hint: hint, epoch, op: Some(op) };
+        let mut moves = self.sm.moves.subscribe();
         loop {
+            moves.borrow_and_update();
             if waits {
                 self.sm.wait_unheld(timeout.saturating_sub(started.elapsed())).await?;
             }
@@ -203,6 +205,10 @@ impl Group {
             match out {
                 // Refused, not applied: a cross-group txn was prepared first.
                 Ok(ApplyOutput { result: Err(Error::Refused(Refusal::TxnConflict { .. })), .. }) if waits => continue,
+                // Refused, not applied: its prefix is in a move's cutover.
+                Ok(ApplyOutput { result: Err(Error::Refused(Refusal::PrefixMoving)), .. }) => {
+                    wait_for_move(&mut moves, started + timeout).await?;
+                }
                 out => return out,
             }
         }
@@ -261,9 +267,25 @@ impl Group {
 
     /// Refuses a read of `[key, range_end)` under a fence newer than the
     /// call's map epoch (after `read_index`, so it sees every fence
-    /// committed before the read began).
-    pub fn check_fences(&self, key: &[u8], range_end: &[u8]) -> Result<()> {
-        self.sm.check_fences(crate::fence::routed_epoch(), key, range_end)
+    /// committed before the read began); waits while a move holds it.
+    pub async fn check_fences(&self, key: &[u8], range_end: &[u8]) -> Result<()> {
+        let epoch = crate::fence::routed_epoch();
+        self.settled(|| self.sm.check_fences(epoch, key, range_end)).await
+    }
+
+    /// Runs `f` again each time a move changes while it answers that its
+    /// prefix is in a move's cutover (`PrefixMoving`), within the request
+    /// timeout: the cutover ends within it, and the caller never sees it.
+    pub async fn settled<T>(&self, f: impl Fn() -> Result<T>) -> Result<T> {
+        let deadline = tokio::time::Instant::now() + self.settings.request_timeout;
+        let mut moves = self.sm.moves.subscribe();
+        loop {
+            moves.borrow_and_update();
+            match f() {
+                Err(Error::Refused(Refusal::PrefixMoving)) => wait_for_move(&mut moves, deadline).await?,
+                other => return other,
+            }
+        }
     }
 
     /// Waits until this member has applied everything committed before the
@@ -275,5 +297,15 @@ impl Group {
     /// Stops the driver, waiting for room in the mailbox if need be.
     pub fn stop(&self) {
         self.raft.stop();
+    }
+}
+
+/// Waits for the group's fences or moves to change; still held at the
+/// deadline, the call is answered `PrefixMoving` (the client tries again).
+async fn wait_for_move(moves: &mut tokio::sync::watch::Receiver<u64>, deadline: tokio::time::Instant) -> Result<()> {
+    match tokio::time::timeout_at(deadline, moves.changed()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Error::Stopped),
+        Err(_) => Err(Refusal::PrefixMoving.into()),
     }
 }

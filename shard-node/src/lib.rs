@@ -22,6 +22,7 @@ pub mod locks;
 pub mod members;
 pub mod membership;
 pub mod metrics;
+pub mod moves;
 pub mod mvcc;
 pub mod node;
 pub mod oracle;

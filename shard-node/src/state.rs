@@ -81,18 +81,22 @@ pub struct StateMachine {
     pub compaction: tokio::sync::Notify,
     /// The cross-group txn the group holds prepared (writes wait for it).
     pub(crate) cross_holder: tokio::sync::watch::Sender<Option<i64>>,
+    /// Counts changes of fences and moves: calls a move holds
+    /// (`PrefixMoving`) wait for it to change.
+    pub(crate) moves: tokio::sync::watch::Sender<u64>,
     applied: AtomicU64,
 }
 
 impl StateMachine {
     pub fn open(engine: Arc<dyn Engine>, keys: GroupKeys, watch_ring: usize) -> Result<Self> {
         let store = MvccStore::new(engine.clone(), keys);
+        let fences = Fences::load(engine.as_ref(), &keys)?;
         let tables = Tables {
-            mvcc: store.load()?,
+            mvcc: store.load(&|k, sub| fences.place(k, sub))?,
             leases: LeaseTable::new(keys),
             members: Members::default(),
             alarms: vec![],
-            fences: Fences::default(),
+            fences,
             oracle: Reservation::default(),
             cross: CrossTxns::default(),
         };
@@ -104,6 +108,7 @@ impl StateMachine {
             metrics: crate::metrics::GroupMetrics::new(keys.group()),
             compaction: tokio::sync::Notify::new(),
             cross_holder: tokio::sync::watch::Sender::new(None),
+            moves: tokio::sync::watch::Sender::new(0),
             engine,
             keys,
             store,
@@ -116,7 +121,8 @@ impl StateMachine {
     /// Reloads every table and the applied index from the engine (at open,
     /// and after a raft snapshot replaced the state machine).
     pub fn reload(&self) -> Result<()> {
-        let mvcc = self.store.load()?;
+        let fences = Fences::load(self.engine.as_ref(), &self.keys)?;
+        let mvcc = self.store.load(&|k, sub| fences.place(k, sub))?;
         let mut leases = LeaseTable::new(self.keys);
         leases.reload(self.engine.as_ref(), mvcc.attached_leases().into_iter())?;
         let members = Members::load(self.engine.as_ref(), &self.keys)?;
@@ -124,7 +130,6 @@ impl StateMachine {
             Some(v) => AlarmResponse::decode(v.as_slice()).map_err(|e| Error::Internal(e.to_string()))?.alarms,
             None => vec![],
         };
-        let fences = Fences::load(self.engine.as_ref(), &self.keys)?;
         let oracle = Reservation::load(self.engine.as_ref(), &self.keys)?;
         let cross = CrossTxns::load(self.engine.as_ref(), &self.keys)?;
         let applied = self.engine.get(&self.keys.meta(META_APPLIED))?.map(|v| decode_u64(&v)).unwrap_or(0);
@@ -140,6 +145,7 @@ impl StateMachine {
         }
         self.applied.store(applied, Ordering::Release);
         self.hub.reset(rev);
+        self.moves_changed();
         Ok(())
     }
 
@@ -210,9 +216,15 @@ impl StateMachine {
         Ok(Some((resp, rev)))
     }
 
-    /// Events of revisions `[from, to]` whose key passes `matches`, reading
+    /// Events of revisions `[from, to]` whose key (and sub revision) passes `matches`, reading
     /// at most `max_revs` revisions (see `MvccStore::history`).
-    pub fn history(&self, from: i64, to: i64, max_revs: usize, matches: &dyn Fn(&[u8]) -> bool) -> Result<(Vec<Event>, i64)> {
+    pub fn history(
+        &self,
+        from: i64,
+        to: i64,
+        max_revs: usize,
+        matches: &dyn Fn(&[u8], i64) -> bool,
+    ) -> Result<(Vec<Event>, i64)> {
         if from < self.compact_revision() {
             return Err(Error::Compacted);
         }
@@ -243,7 +255,11 @@ impl StateMachine {
         let mut batch = WriteBatch::default();
         let next = {
             let mut t = self.tables.write();
-            let (dropped, next) = MvccStore::compact_keys(&mut t.mvcc, at, from, limit);
+            let (mut dropped, next) = MvccStore::compact_keys(&mut t.mvcc, at, from, limit);
+            if next.is_none() {
+                let t = &mut *t;
+                dropped.extend(MvccStore::compact_retired(&mut t.mvcc, at, &|k| t.fences.given_away_at(k)));
+            }
             for r in dropped {
                 batch.delete(self.keys.revision(r.main, r.sub));
             }
@@ -368,6 +384,17 @@ impl StateMachine {
 
     pub fn check_fences(&self, epoch: u64, key: &[u8], range_end: &[u8]) -> Result<()> {
         self.tables.read().fences.check_range(epoch, key, range_end)
+    }
+
+    /// The prefixes whose history a watch routed by map `epoch` does not
+    /// read here (`Fences::hidden_history`).
+    pub fn hidden_history(&self, epoch: u64) -> Vec<crate::fence::Hidden> {
+        self.tables.read().fences.hidden_history(epoch)
+    }
+
+    /// Wakes the calls a move holds (fences or moves changed).
+    pub(crate) fn moves_changed(&self) {
+        self.moves.send_modify(|v| *v += 1);
     }
 
     /// The fence a watch routed by `epoch` on `[key, range_end)` ends at:

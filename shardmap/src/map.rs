@@ -61,6 +61,44 @@ pub struct ShardMap {
     pub pins: BTreeMap<String, u64>,
     /// prefix → groups; keys under it are hashed by their next segment.
     pub spreads: BTreeMap<String, Vec<u64>>,
+    /// Prefixes being moved with their data (placement's record, so a move
+    /// survives the placement that drove it: another finishes or rolls it
+    /// back). Routing does not read it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub moves: BTreeMap<String, MoveRecord>,
+}
+
+/// A move of a prefix with its data, as the map records it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct MoveRecord {
+    pub to: u64,
+    /// The groups the prefix's keys come from.
+    pub from: Vec<u64>,
+    pub phase: MovePhase,
+    /// The epoch of the sources' fences (0 before the cutover).
+    #[serde(default)]
+    pub epoch: u64,
+    /// Once committed: what the target needs to adopt the prefix.
+    #[serde(default)]
+    pub adopt: Option<Adoption>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MovePhase {
+    /// Copying and cutting over: rolled back if its driver is lost.
+    Copying,
+    /// The map gives the prefix to the target: finished if its driver is lost.
+    Committed,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Adoption {
+    /// The sources' highest revision at their fences.
+    pub revision: i64,
+    pub compact_revision: i64,
+    /// (lease id, seconds left) of the leases the moved keys are attached to.
+    pub leases: Vec<(i64, i64)>,
 }
 
 impl Default for ShardMap {
@@ -75,6 +113,7 @@ impl Default for ShardMap {
             ring: vec![],
             pins: BTreeMap::new(),
             spreads: BTreeMap::new(),
+            moves: BTreeMap::new(),
         }
     }
 }

@@ -96,6 +96,11 @@ impl Federation {
         self.find_pid(|args| args.contains(&want)).unwrap_or_else(|| panic!("no process {name}"))
     }
 
+    pub fn pid_of_placement(&self) -> u32 {
+        let want = format!("--listen-client-urls={}", self.placement());
+        self.find_pid(|args| args.contains(&want)).expect("no placement")
+    }
+
     pub fn pid_of_router(&self) -> u32 {
         let want = format!("--listen-client-urls={}", self.url());
         self.find_pid(|args| args.contains(&want)).expect("no router")
@@ -132,9 +137,27 @@ impl Federation {
 
     /// Starts a process again with the command line `kill9` returned.
     pub fn restart(&mut self, args: &[String]) {
-        let log = std::fs::File::create(self.dir.path().join("logs/restarted.log")).unwrap();
-        let child = bins::command(&args[0]).args(&args[1..]).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
-        self.restarted.push(child);
+        self.restart_with_env(args, &[]);
+    }
+
+    /// As `restart`, with these environment variables (e.g. `FAILPOINTS`).
+    pub fn restart_with_env(&mut self, args: &[String], env: &[(&str, &str)]) {
+        let n = self.restarted.len();
+        let log = std::fs::File::create(self.dir.path().join(format!("logs/restarted-{n}.log"))).unwrap();
+        let mut cmd = bins::command(&args[0]);
+        cmd.args(&args[1..]).stdout(log.try_clone().unwrap()).stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.restarted.push(cmd.spawn().unwrap());
+    }
+
+    /// Kills the child `restart` started last (a process the test restarted).
+    pub fn kill_restarted(&mut self) {
+        if let Some(mut c) = self.restarted.pop() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     pub fn etcdctl(&self, args: &[&str]) -> (bool, String) {

@@ -47,6 +47,8 @@ pub struct Cluster {
     pub endpoints: Vec<String>,
     pub procs: Vec<Proc>,
     pub net: Option<Arc<Network>>,
+    /// Placement's admin URL (a federation's).
+    pub placement: Option<String>,
     skew: Option<Skewable>,
     children: Vec<Child>,
 }
@@ -140,7 +142,7 @@ impl Cluster {
     fn empty(net: Option<Arc<Network>>, skew: Option<Skewable>, base: &Path) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("chaos-").tempdir_in(base)?;
         std::fs::create_dir_all(dir.path().join("logs"))?;
-        Ok(Cluster { dir, endpoints: vec![], procs: vec![], net, skew, children: vec![] })
+        Ok(Cluster { dir, endpoints: vec![], procs: vec![], net, placement: None, skew, children: vec![] })
     }
 
     fn add(&mut self, name: &str, binary: &str, args: Vec<String>) -> anyhow::Result<usize> {
@@ -200,6 +202,7 @@ impl Cluster {
         let placement = format!("http://{}:2379", plan.host("placement"));
         let args = vec![format!("--listen-client-urls={placement}"), format!("--store-endpoints={}", store_urls.join(","))];
         c.add("placement", "placement", args)?;
+        c.placement = Some(placement.clone());
         let nodes: Vec<&String> = plan.names.iter().filter(|n| n.starts_with('n') && n[1..].parse::<u32>().is_ok()).collect();
         for n in &nodes {
             let mut args = node_args(n, &dir, plan.host(n));

@@ -14,6 +14,10 @@
 //! - skew: one process's clock (libfaketime, `clock`) runs 1.25–2× fast for
 //!   a while or jumps 1–4 s ahead, then runs at half speed until it is back
 //!   on true time (a clock left ahead would stretch the process's waits);
+//! - move: a workload prefix moved with its data to another group (the
+//!   router and every group keep serving it); in a third of them placement
+//!   is killed at a step of the move (a failpoint), and the placement
+//!   started again finishes or rolls it back;
 //! - multi: two or three of the other enabled kinds at once.
 
 use super::cluster::Cluster;
@@ -40,11 +44,13 @@ pub enum FaultKind {
     Crash,
     /// A shard-node restarted with a slow disk (every fsync delayed).
     Disk,
+    /// A prefix of the workloads moved with its data to another group.
+    Move,
     Multi,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Isolate,
@@ -55,6 +61,7 @@ impl FaultKind {
         FaultKind::Skew,
         FaultKind::Crash,
         FaultKind::Disk,
+        FaultKind::Move,
         FaultKind::Multi,
     ];
 
@@ -70,6 +77,7 @@ impl FaultKind {
             FaultKind::Skew => "skew",
             FaultKind::Crash => "crash",
             FaultKind::Disk => "disk",
+            FaultKind::Move => "move",
             FaultKind::Multi => "multi",
         }
     }
@@ -151,7 +159,21 @@ enum Step {
     Jump(usize, f64),
     /// Restarted with these failpoints armed (`FAILPOINTS`); healed by a clean restart.
     Failpoints(usize, String),
+    /// Moves this prefix with its data to another group (`pick` chooses
+    /// among the groups that do not own it now); done while the fault holds.
+    Move {
+        prefix: &'static str,
+        pick: u64,
+    },
 }
+
+/// The prefixes the workloads write under that a move fault moves:
+/// Kubernetes' resources and the etcd load's first units.
+const MOVED_PREFIXES: &[&str] =
+    &["/registry/pods/", "/registry/configmaps/", "/registry/leases/", "/registry/events/", "/app/u0/", "/app/u1/", "/app/u2/"];
+
+/// Placement's failpoints (placement/src/failpoints.rs): it dies at a step of a move.
+const PLACEMENT_CRASH_POINTS: &[&str] = &["move::after_stage", "move::before_commit", "move::after_commit", "move::after_adopt"];
 
 /// shard-node's failpoints (shard-node/src/failpoints.rs; a test checks the
 /// lists agree), with the action that crashes there: the steps every write
@@ -188,6 +210,8 @@ struct Targets {
     nodes: Vec<usize>,
     /// The routers, with failpoints of their own (crash only).
     routers: Vec<usize>,
+    /// Placement (a federation's), with its move failpoints.
+    placement: Option<usize>,
 }
 
 impl Targets {
@@ -199,6 +223,7 @@ impl Targets {
             clocked: c.procs.iter().position(|p| p.clock.is_some()),
             nodes: (0..c.procs.len()).filter(|&i| c.procs[i].args[0].ends_with("shard-node")).collect(),
             routers: (0..c.procs.len()).filter(|&i| c.procs[i].args[0].ends_with("router")).collect(),
+            placement: c.procs.iter().position(|p| p.name == "placement"),
         }
     }
     fn host_name(&self, h: usize) -> String {
@@ -320,6 +345,19 @@ fn plan(kind: FaultKind, t: &Targets, kinds: &[FaultKind], rng: &mut Rng) -> (Ve
             let what = format!("{kind} {} ({spec})", t.names[p]);
             (vec![Step::Failpoints(p, spec)], ms(rng, 1000, 4000), what)
         }
+        FaultKind::Move => {
+            let Some(pl) = t.placement else { return (vec![], Duration::ZERO, "move (no placement)".into()) };
+            let prefix = MOVED_PREFIXES[rng.below(MOVED_PREFIXES.len() as u64) as usize];
+            let mut steps = vec![];
+            let mut what = format!("move {prefix}");
+            if rng.chance(33) {
+                let point = PLACEMENT_CRASH_POINTS[rng.below(PLACEMENT_CRASH_POINTS.len() as u64) as usize];
+                steps.push(Step::Failpoints(pl, format!("{point}=panic")));
+                what.push_str(&format!(" (placement dies at {point})"));
+            }
+            steps.push(Step::Move { prefix, pick: rng.next_u64() });
+            (steps, ms(rng, 200, 1500), what)
+        }
         FaultKind::Multi => {
             let pool: Vec<FaultKind> = kinds.iter().copied().filter(|k| *k != FaultKind::Multi).collect();
             let pool = if pool.is_empty() { vec![FaultKind::Kill, FaultKind::Pause] } else { pool };
@@ -348,8 +386,38 @@ fn apply(c: &mut Cluster, id: u64, step: &Step) -> anyhow::Result<()> {
             c.kill(i);
             c.start_with(i, &[("FAILPOINTS", spec)])?;
         }
+        Step::Move { .. } => {} // async: `move_prefix`
     }
     Ok(())
+}
+
+/// Moves `prefix` with its data to a group that does not own it (chosen
+/// by `pick`) through placement's admin API; what happened, for the report.
+async fn move_prefix(admin: &placement::PlacementClient, prefix: &str, pick: u64) -> String {
+    let moved = async {
+        // Placement may have just been restarted (with a failpoint): ready first.
+        let mut map = admin.map().await;
+        for _ in 0..100 {
+            if map.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            map = admin.map().await;
+        }
+        let map = map?;
+        let owner = map.clone().routing().groups_for_range(prefix.as_bytes(), &shardmap::prefix_end(prefix.as_bytes()));
+        let others: Vec<u64> = map.groups.keys().copied().filter(|g| !owner.contains(g)).collect();
+        let Some(to) = others.get((pick % others.len().max(1) as u64) as usize) else {
+            return Ok::<_, placement::PlacementError>("no other group".to_string());
+        };
+        let r = admin.move_prefix(&placement::api::MoveRequest { prefix: prefix.into(), group: *to, rate_bytes: 0 }).await?;
+        Ok(format!("to group {to}: {} keys, paused {} ms", r.keys, r.write_pause_ms))
+    };
+    match tokio::time::timeout(Duration::from_secs(60), moved).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => format!("failed: {e}"),
+        Err(_) => "timed out".into(),
+    }
 }
 
 /// Undoes a step; a skewed clock first runs slow for the time returned, then `settle`s.
@@ -363,6 +431,7 @@ fn heal(c: &mut Cluster, id: u64, step: &Step) -> anyhow::Result<Duration> {
         }
         Step::Pause(i) => c.signal(i, libc::SIGCONT),
         Step::Links(_) => c.net.as_ref().map_or((), |n| n.clear(id)),
+        Step::Move { .. } => {}
         Step::Rate(i, _) | Step::Jump(i, _) => {
             return Ok(c.procs[i].clock.as_mut().map_or(Ok(Duration::ZERO), |k| k.recover())?)
         }
@@ -400,11 +469,18 @@ pub async fn inject(
             _ = stop.changed() => break,
         }
         let kind = kinds[(first + id as usize - 1) % kinds.len()];
-        let (steps, hold, what) = plan(kind, &targets, &kinds, &mut rng);
+        let (steps, hold, mut what) = plan(kind, &targets, &kinds, &mut rng);
         let at_ms = clock() / 1_000_000;
         for s in &steps {
             if let Err(e) = apply(&mut lock(), id, s) {
                 tracing::error!(fault = what, error = %e, "could not apply");
+            }
+        }
+        let admin = lock().placement.clone().map(placement::PlacementClient::new);
+        for s in &steps {
+            if let (Step::Move { prefix, pick }, Some(admin)) = (s, &admin) {
+                let outcome = move_prefix(admin, prefix, *pick).await;
+                what.push_str(&format!(": {outcome}"));
             }
         }
         tracing::info!(fault = what, ?hold, "fault");
@@ -445,5 +521,10 @@ mod tests {
         ours.sort();
         theirs.sort();
         assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn the_placement_crash_points_are_placements_failpoints() {
+        assert_eq!(super::PLACEMENT_CRASH_POINTS, placement::failpoints::ALL);
     }
 }

@@ -9,7 +9,7 @@ use shardmap::ShardMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tessera_proto::etcdserverpb::ResponseHeader;
-use tessera_proto::tessera::command::{TxnAbort, TxnCommit, TxnPrepare};
+use tessera_proto::tessera::command::{MoveRelease, MoveStage, MoveTarget, TxnAbort, TxnCommit, TxnPrepare};
 use tessera_proto::tessera::shard::shard_server::{Shard, ShardServer};
 use tessera_proto::tessera::shard::*;
 use tessera_rpc::{Error, Refusal};
@@ -162,6 +162,22 @@ impl Shard for SlowGroup {
 
     async fn txn_abort(&self, _req: Request<TxnAbort>) -> Result<Response<TxnAbortResponse>, Status> {
         Err(Status::unimplemented("txn"))
+    }
+
+    async fn export(&self, _req: Request<ExportRequest>) -> Result<Response<ExportResponse>, Status> {
+        Err(Status::unimplemented("moves"))
+    }
+
+    async fn move_stage(&self, _req: Request<MoveStage>) -> Result<Response<MoveStageResponse>, Status> {
+        Err(Status::unimplemented("moves"))
+    }
+
+    async fn move_target(&self, _req: Request<MoveTarget>) -> Result<Response<MoveTargetResponse>, Status> {
+        Err(Status::unimplemented("moves"))
+    }
+
+    async fn move_release(&self, _req: Request<MoveRelease>) -> Result<Response<MoveReleaseResponse>, Status> {
+        Err(Status::unimplemented("moves"))
     }
 }
 

@@ -293,7 +293,14 @@ impl<W> Merge<W> {
             // Stable: one group's events of a revision (a txn) keep their order.
             self.pending.sort_by_key(|p| (p.rev, p.group));
             let ready = self.pending.partition_point(|p| p.rev <= point);
-            let ready: Vec<Pending> = self.pending.drain(..ready).collect();
+            let mut ready: Vec<Pending> = self.pending.drain(..ready).collect();
+            // A revision of a key is one event. Two groups send the same
+            // one when a prefix moved between them: its new owner, routed
+            // again from its own (lower) watermark, replays the history the
+            // move brought, which its old owner sent already. Both copies
+            // are held until every watermark passes them, so they meet here.
+            let mut seen = std::collections::HashSet::new();
+            ready.retain(|p| seen.insert((p.rev, p.event.kv.as_ref().map(|kv| kv.key.clone()))));
             for events in batches(ready) {
                 out.responses.push(WatchResponse {
                     header: header(point),

@@ -52,6 +52,11 @@ impl StateMachine {
         cross.may_prepare(p.id)?;
         let request = p.request.as_ref().ok_or_else(|| Error::InvalidArgument("cross-group txn without a request".into()))?;
         fences.check_txn(epoch, request)?;
+        // Its commit deletes the lease's keys here: none may be under a
+        // prefix this call may not touch.
+        if let Some(l) = leases.get(p.revoke_lease).filter(|_| p.revoke_lease != 0) {
+            fences.check_keys(epoch, l.keys.iter())?;
+        }
         let flat = txn_tree::flatten(request);
         let missing = || Error::InvalidArgument("cross-group txn names an op it does not have".into());
         let mut compares = vec![];

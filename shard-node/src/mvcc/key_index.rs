@@ -64,6 +64,15 @@ impl KeyIndex {
         self.entries.push(e);
     }
 
+    /// Every stored revision of the key, oldest first.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    pub fn into_entries(self) -> Vec<Entry> {
+        self.entries
+    }
+
     pub fn last_size(&self) -> u64 {
         self.entries.last().map_or(0, |e| e.size as u64)
     }

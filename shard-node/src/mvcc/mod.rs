@@ -12,5 +12,5 @@ pub(crate) use range::read_revision;
 pub use range::{key_in_range, RangeBounds};
 pub use revision::{next_revision, Rev};
 pub(crate) use store::META_COMPACTED;
-pub use store::{MvccStore, State};
+pub use store::{MvccStore, Place, State};
 pub use txn::{LeaseMove, TxnOutcome, WriteTxn};

@@ -30,8 +30,24 @@ pub struct State {
     /// engine; below `compact_rev` a background compaction is due.
     pub compacted_to: i64,
     /// Bytes of all stored revisions (etcd's "db size in use"; what the
-    /// space quota counts).
+    /// space quota counts), staged ones included.
     pub bytes: u64,
+    /// The history of keys under prefixes this group is taking from others
+    /// (`crate::moves`): stored with the rest, kept out of the index every
+    /// read and write uses until the group adopts the prefix.
+    pub(crate) staged: BTreeMap<Vec<u8>, KeyIndex>,
+    /// The history of keys under prefixes this group gave away with their
+    /// data: out of the index, kept for the watches routed before (they
+    /// read up to the fence's revision) until a compaction passes it.
+    pub(crate) retired: BTreeMap<Vec<u8>, KeyIndex>,
+}
+
+/// Which index a stored revision of a key belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    Live,
+    Staged,
+    Retired,
 }
 
 pub struct MvccStore {
@@ -54,9 +70,10 @@ impl State {
         self.index.iter().filter_map(|(k, ki)| ki.latest().filter(|e| e.lease != 0).map(|e| (k.clone(), e.lease))).collect()
     }
 
-    /// The revision of the key's value just before the change at `rev`.
+    /// The revision of the key's value just before the change at `rev`
+    /// (its history given away too: watches routed before still read it).
     pub fn before(&self, key: &[u8], rev: Rev) -> Option<Rev> {
-        self.index.get(key).and_then(|k| k.before(rev)).map(|e| e.rev)
+        self.index.get(key).or_else(|| self.retired.get(key)).and_then(|k| k.before(rev)).map(|e| e.rev)
     }
 }
 
@@ -67,9 +84,12 @@ impl MvccStore {
 
     /// Loads the state of a group from the engine, rebuilding the key index
     /// from the revisions on disk (as etcd does at start, and after a raft
-    /// snapshot replaced the state machine).
-    pub fn load(&self) -> Result<State> {
+    /// snapshot replaced the state machine); `place` says which index each
+    /// key's revisions go to (moves: `crate::fence`).
+    pub fn load(&self, place: &dyn Fn(&[u8], i64) -> Place) -> Result<State> {
         let mut index: BTreeMap<Vec<u8>, KeyIndex> = BTreeMap::new();
+        let mut staged: BTreeMap<Vec<u8>, KeyIndex> = BTreeMap::new();
+        let mut retired: BTreeMap<Vec<u8>, KeyIndex> = BTreeMap::new();
         let (start, end) = self.keys.table(b'r');
         let mut bad = None;
         let mut bytes = 0u64;
@@ -78,7 +98,14 @@ impl MvccStore {
             let suffix = self.keys.suffix(k);
             let rev = Rev::new(decode_i64(&suffix[..8]), decode_i64(&suffix[8..16]));
             match KeyValue::decode(v) {
-                Ok(kv) => index.entry(kv.key.clone()).or_default().push(super::Entry {
+                Ok(kv) => match place(&kv.key, rev.sub) {
+                    Place::Live => &mut index,
+                    Place::Staged => &mut staged,
+                    Place::Retired => &mut retired,
+                }
+                .entry(kv.key.clone())
+                .or_default()
+                .push(super::Entry {
                     rev,
                     create: kv.create_revision,
                     version: kv.version,
@@ -99,7 +126,7 @@ impl MvccStore {
         let compact_rev = meta(META_COMPACT, 0)?;
         // Data written before compactions ran in the background was compacted at apply.
         let compacted_to = self.engine.get(&self.keys.meta(META_COMPACTED))?.map_or(compact_rev, |v| decode_i64(&v));
-        Ok(State { index, rev: meta(META_REV, 1)?, compact_rev, compacted_to, bytes })
+        Ok(State { index, rev: meta(META_REV, 1)?, compact_rev, compacted_to, bytes, staged, retired })
     }
 
     pub(crate) fn fetch(&self, revs: &[Rev]) -> Result<Vec<KeyValue>> {
@@ -127,12 +154,18 @@ impl MvccStore {
         self.fetch(&[rev]).ok().and_then(|mut v| v.pop())
     }
 
-    /// Events of revisions `[from, to]` whose key passes `matches`, in
+    /// Events of revisions `[from, to]` whose key (and sub revision) passes `matches`, in
     /// revision order, reading at most `max_revs` distinct revisions (the
     /// last revision read is never cut, so a txn's events stay together).
     /// Returns the events and the highest revision read.
     /// The caller checks `from` against the compacted revision first.
-    pub fn history(&self, from: i64, to: i64, max_revs: usize, matches: &dyn Fn(&[u8]) -> bool) -> Result<(Vec<Event>, i64)> {
+    pub fn history(
+        &self,
+        from: i64,
+        to: i64,
+        max_revs: usize,
+        matches: &dyn Fn(&[u8], i64) -> bool,
+    ) -> Result<(Vec<Event>, i64)> {
         let start = self.keys.revision(from, 0);
         let end = self.keys.revision(to.saturating_add(1), 0);
         let mut events = vec![];
@@ -140,7 +173,8 @@ impl MvccStore {
         let mut revs = 0usize;
         let mut bad = None;
         self.engine.scan(&start, &end, &mut |k, v| {
-            let main = decode_i64(&self.keys.suffix(k)[..8]);
+            let suffix = self.keys.suffix(k);
+            let (main, sub) = (decode_i64(&suffix[..8]), decode_i64(&suffix[8..16]));
             if main != last_main {
                 if revs == max_revs {
                     return false;
@@ -149,7 +183,7 @@ impl MvccStore {
                 last_main = main;
             }
             match KeyValue::decode(v) {
-                Ok(kv) if matches(&kv.key) => events.push(event_of(kv)),
+                Ok(kv) if matches(&kv.key, sub) => events.push(event_of(kv)),
                 Ok(_) => {}
                 Err(e) => bad = Some(e.to_string()),
             }
@@ -187,6 +221,23 @@ impl MvccStore {
         }
         st.bytes = st.bytes.saturating_sub(dropped.iter().map(|e| e.size as u64).sum());
         (dropped.into_iter().map(|e| e.rev).collect(), next)
+    }
+
+    /// Compacts the history of keys given away (`State::retired`) at `at`:
+    /// all of a key's once `at` passed the revision up to which watches
+    /// read it here (`given_away_at`). Returns the revisions to delete.
+    pub(crate) fn compact_retired(st: &mut State, at: i64, given_away_at: &dyn Fn(&[u8]) -> Option<i64>) -> Vec<Rev> {
+        let mut dropped = vec![];
+        st.retired.retain(|k, ki| {
+            if given_away_at(k).is_none_or(|r| r <= at) {
+                dropped.extend(ki.entries().iter().copied());
+                false
+            } else {
+                !ki.compact(at, &mut dropped)
+            }
+        });
+        st.bytes = st.bytes.saturating_sub(dropped.iter().map(|e| e.size as u64).sum());
+        dropped.into_iter().map(|e| e.rev).collect()
     }
 
     /// The revisions at or below `at` that compacting at `at` keeps: each

@@ -83,7 +83,7 @@ impl Kv for KvService {
         self.group.check_readable()?;
         self.group.sm.metrics.ranges.inc();
         let at = if r.serializable { None } else { self.group.read_revision().await? };
-        self.group.check_fences(&r.key, &r.range_end)?;
+        self.group.check_fences(&r.key, &r.range_end).await?;
         if r.revision > 0 {
             self.group.reach(r.revision).await?;
         }
@@ -110,7 +110,7 @@ impl Kv for KvService {
         self.group.check_readable()?;
         self.group.sm.metrics.ranges.inc();
         let at = if r.serializable { None } else { self.group.read_revision().await? };
-        self.group.check_fences(&r.key, &r.range_end)?;
+        self.group.check_fences(&r.key, &r.range_end).await?;
         if r.revision > 0 {
             self.group.reach(r.revision).await?;
         }
@@ -165,7 +165,8 @@ impl Kv for KvService {
         if validate::txn_is_read_only(&r) {
             self.group.check_readable()?;
             let at = self.group.read_revision().await?;
-            let (mut resp, rev) = self.group.sm.read_txn(&r, crate::fence::routed_epoch(), at)?;
+            let epoch = crate::fence::routed_epoch();
+            let (mut resp, rev) = self.group.settled(|| self.group.sm.read_txn(&r, epoch, at)).await?;
             resp.header = Some(self.group.header(rev));
             return Ok(Response::new(resp));
         }
@@ -181,7 +182,8 @@ impl Kv for KvService {
         if self.group.sm.txn_would_only_read(&r)? {
             self.group.check_readable()?;
             let at = self.group.read_revision().await?;
-            if let Some((mut resp, rev)) = self.group.sm.txn_if_it_only_reads(&r, crate::fence::routed_epoch(), at)? {
+            let epoch = crate::fence::routed_epoch();
+            if let Some((mut resp, rev)) = self.group.settled(|| self.group.sm.txn_if_it_only_reads(&r, epoch, at)).await? {
                 resp.header = Some(self.group.header(rev));
                 return Ok(Response::new(resp));
             }

@@ -78,7 +78,7 @@ pub async fn enter(group: &Group, key: &[u8], value: &[u8], lease: i64) -> Resul
 /// The oldest contender under `prefix`, read linearizably.
 pub async fn first_contender(group: &Group, prefix: &[u8]) -> Result<(Option<KeyValue>, i64)> {
     group.read_index().await?;
-    group.check_fences(prefix, &shardmap::prefix_end(prefix))?;
+    group.check_fences(prefix, &shardmap::prefix_end(prefix)).await?;
     let r = RangeRequest {
         key: prefix.to_vec(),
         range_end: prefix_end(prefix),

@@ -1,6 +1,7 @@
 //! Tessera's own calls on the client port: revision bumps (how a router
 //! moves an idle group's watermark past a revision), fences (placement,
-//! before a map change moves a prefix) and replica stats.
+//! before a map change moves a prefix), the steps of moving a prefix with
+//! its data (`crate::moves`), cross-group txns and replica stats.
 
 use crate::apply::Applied;
 use crate::cross::Ended;
@@ -10,11 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tessera_proto::etcdserverpb::RangeRequest;
 use tessera_proto::tessera::command::{command::Op, Fence};
-use tessera_proto::tessera::command::{TxnAbort, TxnCommit, TxnPrepare};
+use tessera_proto::tessera::command::{MoveRelease, MoveStage, MoveTarget, TxnAbort, TxnCommit, TxnPrepare};
 use tessera_proto::tessera::shard::shard_server::Shard;
 use tessera_proto::tessera::shard::{
-    BumpRequest, BumpResponse, FenceRequest, FenceResponse, OpFailure, StatsRequest, StatsResponse, TxnAbortResponse,
-    TxnCommitResponse, TxnPrepareResponse,
+    BumpRequest, BumpResponse, ExportRequest, ExportResponse, FenceRequest, FenceResponse, MoveReleaseResponse,
+    MoveStageResponse, MoveTargetResponse, OpFailure, StatsRequest, StatsResponse, TxnAbortResponse, TxnCommitResponse,
+    TxnPrepareResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -22,6 +24,9 @@ use tonic::{Request, Response, Status};
 /// in doubt (its coordinator is likely gone; a router then finishes it).
 /// Writes to the group wait meanwhile.
 const IN_DOUBT_AFTER: Duration = Duration::from_secs(2);
+
+/// Bytes of values an export answers when the caller does not say.
+const DEFAULT_EXPORT_BYTES: u64 = 512 * 1024;
 
 fn unexpected() -> Status {
     Error::Internal("unexpected outcome of a cross-group txn entry".into()).into()
@@ -41,14 +46,14 @@ impl Shard for ShardService {
     }
 
     async fn fence(&self, req: Request<FenceRequest>) -> Result<Response<FenceResponse>, Status> {
-        let FenceRequest { prefix, epoch } = req.into_inner();
+        let FenceRequest { prefix, epoch, pending } = req.into_inner();
         if prefix.is_empty() || epoch == 0 {
             return Err(Status::invalid_argument("tessera: a fence needs a prefix and an epoch"));
         }
         let g = &self.group;
         // Applied on this member: every write ordered before the fence is
         // counted, every later one routed by an older map is refused.
-        g.propose(Op::Fence(Fence { prefix: prefix.clone(), epoch, revision: 0 })).await?.result?;
+        g.propose(Op::Fence(Fence { prefix: prefix.clone(), epoch, revision: 0, pending, released: false })).await?.result?;
         let count =
             RangeRequest { range_end: shardmap::prefix_end(&prefix), key: prefix, count_only: true, ..Default::default() };
         let (resp, rev) = g.sm.range(&count)?;
@@ -113,5 +118,54 @@ impl Shard for ShardService {
             Ended::Aborted => (None, false),
         };
         Ok(Response::new(TxnAbortResponse { header: Some(g.header(out.rev)), committed, prepared }))
+    }
+
+    async fn export(&self, req: Request<ExportRequest>) -> Result<Response<ExportResponse>, Status> {
+        let r = req.into_inner();
+        if r.prefix.is_empty() {
+            return Err(Status::invalid_argument("tessera: an export needs a prefix"));
+        }
+        let g = &self.group;
+        // Everything committed before the call is here.
+        g.read_index().await?;
+        let after = crate::mvcc::Rev::new(r.after_main, r.after_sub);
+        let max_bytes =
+            if r.max_bytes == 0 { DEFAULT_EXPORT_BYTES } else { r.max_bytes.min(g.settings.max_request_bytes as u64 / 2) };
+        let x = g.sm.export(&r.prefix, after, max_bytes, r.leases)?;
+        Ok(Response::new(ExportResponse {
+            header: Some(g.header(x.revision)),
+            entries: x.entries,
+            next_main: x.next.main,
+            next_sub: x.next.sub,
+            done: x.done,
+            compact_revision: x.compact_revision,
+            leases: x.leases,
+            keys: x.keys,
+        }))
+    }
+
+    async fn move_stage(&self, req: Request<MoveStage>) -> Result<Response<MoveStageResponse>, Status> {
+        let g = &self.group;
+        let out = g.propose(Op::MoveStage(req.into_inner())).await?;
+        let Applied::Staged { keys, bytes } = out.result? else {
+            return Err(unexpected());
+        };
+        Ok(Response::new(MoveStageResponse { header: Some(g.header(out.rev)), keys, bytes }))
+    }
+
+    async fn move_target(&self, req: Request<MoveTarget>) -> Result<Response<MoveTargetResponse>, Status> {
+        let g = &self.group;
+        let out = g.propose(Op::MoveTarget(req.into_inner())).await?;
+        out.result?;
+        Ok(Response::new(MoveTargetResponse { header: Some(g.header(out.rev)) }))
+    }
+
+    async fn move_release(&self, req: Request<MoveRelease>) -> Result<Response<MoveReleaseResponse>, Status> {
+        let g = &self.group;
+        let out = g.propose(Op::MoveRelease(req.into_inner())).await?;
+        let Applied::Released { keys } = out.result? else {
+            return Err(unexpected());
+        };
+        Ok(Response::new(MoveReleaseResponse { header: Some(g.header(out.rev)), keys }))
     }
 }

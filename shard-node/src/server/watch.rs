@@ -158,6 +158,12 @@ impl WatchStream {
     }
 
     async fn create(&mut self, c: WatchCreateRequest, current: i64) -> Result<(), Gone> {
+        // A prefix in a move's cutover: created once the move is through
+        // (its history is whole here then). Any other refusal ends the
+        // watch at its first catch-up, after the events it may still get.
+        let epoch = self.epoch;
+        let _ = self.group.settled(|| self.group.sm.check_fences(epoch, &c.key, &c.range_end)).await;
+        let current = current.max(self.group.sm.current_revision());
         let id = if c.watch_id != 0 {
             c.watch_id
         } else {
@@ -266,11 +272,18 @@ impl WatchStream {
         if w.next_rev < sm.compact_revision() {
             return Err(crate::error::Error::Compacted);
         }
+        // Prefixes moving here, or moved to or from here on the other side
+        // of this watch's map: their events come from their other owner.
+        let hidden = sm.hidden_history(self.epoch);
+        let shown = |k: &[u8], sub: i64| !hidden.iter().any(|h| h.hides(k, sub));
+        // Events of writes applied here (a move publishes none).
+        let wanted = |e: &&Event| w.wants(e) && e.kv.as_ref().is_none_or(|kv| shown(&kv.key, 0));
         let mut events: Vec<Event> = match self.group.sm.hub.recent(w.next_rev, current) {
-            Some(batches) => batches.iter().flat_map(|b| b.events.iter().filter(|e| w.wants(e)).cloned()).collect(),
+            Some(batches) => batches.iter().flat_map(|b| b.events.iter().filter(wanted).cloned()).collect(),
             None => {
-                let (evs, upto) =
-                    sm.history(w.next_rev, current, HISTORY_REVS_PER_ROUND, &|k| key_in_range(k, &w.key, &w.range_end))?;
+                let (evs, upto) = sm.history(w.next_rev, current, HISTORY_REVS_PER_ROUND, &|k, sub| {
+                    key_in_range(k, &w.key, &w.range_end) && shown(k, sub)
+                })?;
                 let evs: Vec<Event> = evs.into_iter().filter(|e| w.wants(e)).collect();
                 return self.with_prev(w, evs).map(|e| (e, upto));
             }
@@ -327,15 +340,26 @@ impl WatchStream {
     /// events up to `current` (etcd 3.5's rule, which Kubernetes relies on).
     async fn send_progress_all(&mut self, current: i64) -> Result<(), Gone> {
         self.progress_requested = false;
-        self.send(WatchResponse { header: self.header(current), watch_id: -1, ..Default::default() }).await
+        let at = self.watchers.iter().filter_map(|w| self.ending(w)).fold(current, i64::min);
+        self.send(WatchResponse { header: self.header(at), watch_id: -1, ..Default::default() }).await
+    }
+
+    /// The revision after which watcher `w` gets no more events here (a
+    /// fence or an adoption ends it there): no progress may claim more, or
+    /// the router would resume it elsewhere past events it never got.
+    fn ending(&self, w: &Watcher) -> Option<i64> {
+        self.group.sm.ending_watch(self.epoch, &w.key, &w.range_end).map(|(_, rev)| rev)
     }
 
     /// Periodic progress for watchers that asked for it and had no events.
     async fn progress_notify(&mut self) -> Result<(), Gone> {
         let current = self.group.sm.current_revision();
         let mut due = vec![];
-        for w in &mut self.watchers {
-            if w.progress_notify && w.next_rev > current && !w.sent_since_progress {
+        for i in 0..self.watchers.len() {
+            let ending = self.ending(&self.watchers[i]);
+            let w = &mut self.watchers[i];
+            // One that a fence or an adoption ends gets none: it ends soon.
+            if w.progress_notify && w.next_rev > current && !w.sent_since_progress && ending.is_none() {
                 due.push(w.id);
             }
             w.sent_since_progress = false;

@@ -273,3 +273,15 @@ fn a_creation_answers_its_own_revision_but_not_before_a_progress_answer_below_it
     assert!(r.responses[0].created);
     assert_eq!(header_revs(&r), [20]);
 }
+
+#[test]
+fn a_revision_two_groups_both_send_goes_out_once() {
+    // Group 2 took a prefix from group 1 and, routed again from its own
+    // watermark, replays the moved history group 1 had sent.
+    let mut m = merge(&[1, 2], 10);
+    m.events(1, vec![ev("/p/a", 10), ev("/p/b", 11)]);
+    m.progress(1, 12);
+    m.events(2, vec![ev("/p/a", 10), ev("/q/c", 11), ev("/p/b", 11)]);
+    let r = m.release();
+    assert_eq!(all_keys(&r), ["/p/a", "/p/b", "/q/c"], "each event once, revision order, group order within one");
+}

@@ -1,0 +1,123 @@
+//! `tessera move`, `moves` and `where`: moving a prefix with its data (with
+//! a progress line while it runs), the moves in flight, where a key lives.
+
+use placement::api::{MoveProgress, MoveReport, MoveRequest, MovesList};
+use placement::PlacementClient;
+use serde::Serialize;
+use shardmap::ShardMap;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+/// Runs the move; while it runs, a progress line on a terminal's stderr.
+pub async fn run(p: &PlacementClient, req: &MoveRequest, json: bool) -> anyhow::Result<MoveReport> {
+    let show_progress = !json && std::io::stderr().is_terminal();
+    let moving = p.move_prefix(req);
+    tokio::pin!(moving);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            done = &mut moving => {
+                if show_progress {
+                    eprint!("\r\x1b[2K");
+                }
+                return Ok(done?);
+            }
+            _ = tick.tick(), if show_progress => {
+                if let Ok(list) = p.moves().await {
+                    if let Some(m) = list.in_flight.iter().find(|m| m.prefix == req.prefix) {
+                        eprint!("\r\x1b[2K{}", progress(m));
+                        let _ = std::io::stderr().flush();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn progress(m: &MoveProgress) -> String {
+    format!(
+        "{} -> group {}: {} (pass {}), {} revisions, {} copied, {} live keys staged, {:.1}s",
+        m.prefix,
+        m.to,
+        m.phase,
+        m.passes,
+        m.revisions,
+        mb(m.bytes),
+        m.keys,
+        m.elapsed_ms as f64 / 1e3
+    )
+}
+
+pub fn summary(r: &MoveReport) -> String {
+    let from = r.from.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    if r.outcome == "already" {
+        return format!("{} is already on group {} (map epoch {})", r.prefix, r.to, r.epoch);
+    }
+    let phases = r.phases.iter().map(|p| format!("{} {} ms", p.phase, p.ms)).collect::<Vec<_>>().join(", ");
+    format!(
+        "{} moved from group(s) {from} to group {} (map epoch {}): {} live keys, {} revisions, {} at {:.1} MB/s; writes paused {} ms; {phases}",
+        r.prefix,
+        r.to,
+        r.epoch,
+        r.keys,
+        r.revisions,
+        mb(r.bytes),
+        r.copy_mb_per_s,
+        r.write_pause_ms
+    )
+}
+
+pub fn list(l: &MovesList) -> String {
+    let mut out = vec![];
+    if l.in_flight.is_empty() {
+        out.push("no move in flight".to_string());
+    }
+    for m in &l.in_flight {
+        let driver = if m.driven_here { "" } else { " (its placement is gone: the next to start settles it)" };
+        out.push(format!("in flight: {}{driver}", progress(m)));
+    }
+    for r in &l.recent {
+        match &r.error {
+            Some(e) => out.push(format!("{}: {} -> group {} rolled back: {e}", r.outcome, r.prefix, r.to)),
+            None => out.push(summary(r)),
+        }
+    }
+    out.join("\n")
+}
+
+/// Where a key lives.
+#[derive(Serialize)]
+pub struct Location {
+    pub key: String,
+    /// The map entry that decides: a pin or spread prefix, or the ring's unit.
+    pub decided_by: String,
+    pub unit: String,
+    pub group: Option<u64>,
+    pub epoch: u64,
+}
+
+pub fn locate(map: &ShardMap, key: &str) -> Location {
+    let k = key.as_bytes();
+    let pin = map.pins.keys().filter(|p| k.starts_with(p.as_bytes())).max_by_key(|p| p.len());
+    let spread = map.spreads.keys().filter(|p| k.starts_with(p.as_bytes())).max_by_key(|p| p.len());
+    let unit = String::from_utf8_lossy(shardmap::placement_unit(k, map.depth)).into_owned();
+    let decided_by = match (pin, spread) {
+        (Some(p), Some(s)) if p.len() >= s.len() => format!("pin {p}"),
+        (_, Some(s)) => format!("spread {s}"),
+        (Some(p), None) => format!("pin {p}"),
+        (None, None) => format!("ring (unit {unit})"),
+    };
+    let group = map.clone().routing().group_of(k);
+    Location { key: key.into(), decided_by, unit, group, epoch: map.epoch }
+}
+
+pub fn located(l: &Location) -> String {
+    match l.group {
+        Some(g) => format!("{}: group {g}, by {} (map epoch {})", l.key, l.decided_by, l.epoch),
+        None => format!("{}: no group yet (the map has none)", l.key),
+    }
+}

@@ -1,0 +1,298 @@
+//! Moving a prefix with its data (`tessera move`, docs/architecture.md
+//! "Moving a prefix") through a real federation, under writes, paginated
+//! lists and a watch: no acknowledged write lost (each put's prev_kv is
+//! the writer's own last write), no watch event missing or twice, each
+//! key's revisions increasing across the cutover, every list whole at its
+//! revision, the data in exactly one group afterwards. And placement killed
+//! at a step of a move: the next placement finishes or rolls it back.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tessera_proto::etcdserverpb::kv_client::KvClient;
+use tessera_proto::etcdserverpb::watch_client::WatchClient;
+use tessera_proto::etcdserverpb::watch_request::RequestUnion;
+use tessera_proto::etcdserverpb::{PutRequest, RangeRequest, WatchCreateRequest, WatchRequest};
+use tessera_rpc::metadata::group_request;
+use tessera_testkit::{wait, Federation};
+use tonic::transport::Channel;
+
+const PREFIX: &str = "/registry/widgets/";
+const KEYS: usize = 3000;
+const WRITERS: usize = 4;
+
+fn key(i: usize) -> Vec<u8> {
+    format!("{PREFIX}ns{}/w{i:05}", i % 7).into_bytes()
+}
+
+/// Live keys under PREFIX in `group`, read from a replica directly.
+async fn count_in(map: &shardmap::ShardMap, group: u64) -> i64 {
+    let rep = &map.groups[&group].replicas[0];
+    let mut kv = KvClient::connect(map.nodes[&rep.node].client_url.clone()).await.unwrap();
+    let req = RangeRequest {
+        key: PREFIX.into(),
+        range_end: shardmap::prefix_end(PREFIX.as_bytes()),
+        count_only: true,
+        ..Default::default()
+    };
+    kv.range(group_request(group, req)).await.unwrap().into_inner().count
+}
+
+async fn map_of(f: &Federation) -> shardmap::ShardMap {
+    placement::PlacementClient::new(f.placement()).map().await.unwrap()
+}
+
+async fn load(kv: &KvClient<Channel>) -> i64 {
+    let mut tasks = vec![];
+    for w in 0..8 {
+        let mut kv = kv.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rev = 0;
+            for i in (w..KEYS).step_by(8) {
+                let r = kv.put(PutRequest { key: key(i), value: b"0".to_vec(), ..Default::default() }).await.unwrap();
+                rev = rev.max(r.into_inner().header.unwrap().revision);
+            }
+            rev
+        }));
+    }
+    let mut rev = 0;
+    for t in tasks {
+        rev = rev.max(t.await.unwrap());
+    }
+    rev
+}
+
+/// Writer `w` owns keys i ≡ w (mod WRITERS) and rewrites them in turn;
+/// each put's prev_kv must be its own last write. Returns (key, revision) acked.
+async fn writer(mut kv: KvClient<Channel>, w: usize, stop: Arc<AtomicBool>) -> Vec<(Vec<u8>, i64)> {
+    let mut last: BTreeMap<usize, String> = BTreeMap::new();
+    let mut acked = vec![];
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let i = w + WRITERS * (n % (KEYS / WRITERS));
+        n += 1;
+        let value = format!("{w}-{n}");
+        let put = PutRequest { key: key(i), value: value.clone().into_bytes(), prev_kv: true, ..Default::default() };
+        let resp = kv.put(put).await.unwrap_or_else(|e| panic!("write {n} of writer {w} failed: {e:?}")).into_inner();
+        let prev = resp.prev_kv.map(|p| String::from_utf8(p.value).unwrap()).unwrap_or_default();
+        let expected = last.get(&i).cloned().unwrap_or_else(|| "0".into());
+        assert_eq!(prev, expected, "key {} lost a write", String::from_utf8_lossy(&key(i)));
+        last.insert(i, value);
+        acked.push((key(i), resp.header.unwrap().revision));
+    }
+    acked
+}
+
+/// Paginated lists (500 per page, all pages at the first page's revision):
+/// each must hold every key once, in order.
+async fn lister(mut kv: KvClient<Channel>, stop: Arc<AtomicBool>) -> usize {
+    let mut lists = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let end = shardmap::prefix_end(PREFIX.as_bytes());
+        let mut from = PREFIX.as_bytes().to_vec();
+        let (mut rev, mut seen, mut total) = (0, BTreeSet::new(), None);
+        loop {
+            let req = RangeRequest { key: from.clone(), range_end: end.clone(), limit: 500, revision: rev, ..Default::default() };
+            let page = kv.range(req).await.expect("a list page").into_inner();
+            if rev == 0 {
+                rev = page.header.as_ref().unwrap().revision;
+                total = Some(page.count);
+            }
+            for k in &page.kvs {
+                assert!(seen.insert(k.key.clone()), "a key listed twice");
+            }
+            if !page.more {
+                break;
+            }
+            from = page.kvs.last().unwrap().key.clone();
+            from.push(0);
+        }
+        assert_eq!(seen.len() as i64, total.unwrap(), "a list at revision {rev} is whole");
+        assert_eq!(seen.len(), KEYS);
+        lists += 1;
+    }
+    lists
+}
+
+type Seen = Arc<Mutex<Vec<(Vec<u8>, i64)>>>;
+
+/// A watch of `prefix` from `start` through the router: its (key, revision)
+/// events as they come (a cancel fails the test). Dropping the handle ends it.
+async fn watch(f: &Federation, prefix: &[u8], start: i64) -> (Seen, WatchHandle) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let create = WatchCreateRequest {
+        key: prefix.to_vec(),
+        range_end: shardmap::prefix_end(prefix),
+        start_revision: start,
+        ..Default::default()
+    };
+    tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await.unwrap();
+    let mut stream =
+        WatchClient::new(f.channel().await).watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    assert!(stream.message().await.unwrap().unwrap().created);
+    let events: Seen = Arc::default();
+    let sink = events.clone();
+    let task = tokio::spawn(async move {
+        while let Ok(Some(resp)) = stream.message().await {
+            assert!(!resp.canceled, "the watch was cancelled: {resp:?}");
+            let mut ev = sink.lock().unwrap();
+            ev.extend(resp.events.into_iter().map(|e| e.kv.unwrap()).map(|kv| (kv.key, kv.mod_revision)));
+        }
+    });
+    (events, WatchHandle { _tx: tx, task })
+}
+
+struct WatchHandle {
+    _tx: tokio::sync::mpsc::Sender<WatchRequest>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prefix_moves_with_its_data_under_writes_lists_and_a_watch() {
+    let f = Federation::start(3);
+    let kv = f.kv().await;
+    let loaded = load(&kv).await;
+    let before = map_of(&f).await;
+    let old = before.clone().routing().group_of(&key(0)).unwrap();
+    let new = *before.groups.keys().find(|g| **g != old).unwrap();
+    assert_eq!(count_in(&before, old).await, KEYS as i64);
+
+    // Watches from just after the load, through the cutover: of the prefix
+    // (one group's at a time), and of all of /registry/ (every group's).
+    let (events, _w1) = watch(&f, PREFIX.as_bytes(), loaded + 1).await;
+    let (wide, _w2) = watch(&f, b"/registry/", loaded + 1).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..WRITERS).map(|w| tokio::spawn(writer(kv.clone(), w, stop.clone()))).collect();
+    let listing = tokio::spawn(lister(kv.clone(), stop.clone()));
+    wait::until("writes to go on", Duration::from_secs(20), || !events.lock().unwrap().is_empty()).await;
+
+    let placement = f.placement();
+    let moved = tokio::task::spawn_blocking(move || {
+        tessera_testkit::bins::command(tessera_testkit::bins::path("tessera"))
+            .args(["move", PREFIX, &new.to_string(), "--json", "--placement", &placement])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(moved.status.success(), "{}", String::from_utf8_lossy(&moved.stderr));
+    let report: placement::api::MoveReport = serde_json::from_slice(&moved.stdout).unwrap();
+    assert_eq!((report.outcome.as_str(), report.from.as_slice(), report.keys), ("moved", &[old][..], KEYS as i64));
+    assert!(report.revisions >= KEYS as u64 && report.bytes > 0);
+    let phases: Vec<&str> = report.phases.iter().map(|p| p.phase.as_str()).collect();
+    assert_eq!(phases, ["copy", "cutover", "adopt"]);
+
+    // Writes go on after the move, on the new owner.
+    let after_move = events.lock().unwrap().len();
+    wait::until("writes after the move", Duration::from_secs(20), || events.lock().unwrap().len() > after_move + 200).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = vec![];
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    assert!(listing.await.unwrap() > 0, "lists ran");
+    let last = acked.iter().map(|(_, r)| *r).max().unwrap();
+    for (name, events) in [("prefix", &events), ("wide", &wide)] {
+        wait::until("the watch to catch up", Duration::from_secs(20), || {
+            events.lock().unwrap().last().is_some_and(|(_, r)| *r >= last)
+        })
+        .await;
+        // Every acknowledged write once in the watch, nothing else, in order per key.
+        let seen = events.lock().unwrap().clone();
+        let unique: BTreeSet<&(Vec<u8>, i64)> = seen.iter().collect();
+        if unique.len() != seen.len() {
+            let mut count: BTreeMap<&(Vec<u8>, i64), usize> = BTreeMap::new();
+            seen.iter().for_each(|e| *count.entry(e).or_default() += 1);
+            let twice: Vec<String> =
+                count.iter().filter(|(_, n)| **n > 1).map(|((k, r), _)| format!("{}@{r}", String::from_utf8_lossy(k))).collect();
+            panic!("the {name} watch saw events twice: {twice:?}");
+        }
+        let acked_set: BTreeSet<&(Vec<u8>, i64)> = acked.iter().collect();
+        let show = |s: Vec<&&(Vec<u8>, i64)>| {
+            s.iter().take(5).map(|(k, r)| format!("{}@{r}", String::from_utf8_lossy(k))).collect::<Vec<_>>()
+        };
+        let missing = show(acked_set.difference(&unique).collect());
+        let extra = show(unique.difference(&acked_set).collect());
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "the {name} watch missed {missing:?} and saw {extra:?} that nobody wrote"
+        );
+        let mut per_key: BTreeMap<&[u8], i64> = BTreeMap::new();
+        for (k, r) in &seen {
+            let prev = per_key.insert(k, *r).unwrap_or(0);
+            assert!(*r > prev, "revisions of {} go back in the {name} watch: {prev} then {r}", String::from_utf8_lossy(k));
+        }
+    }
+
+    // The data is in exactly one group, the new one.
+    let map = map_of(&f).await;
+    assert_eq!(map.clone().routing().group_of(&key(0)), Some(new));
+    assert!(map.moves.is_empty());
+    assert_eq!(count_in(&map, new).await, KEYS as i64);
+    assert_eq!(count_in(&map, old).await, 0);
+    let moves = f.tessera(&["moves", "--json"]);
+    let list: placement::api::MovesList = serde_json::from_slice(&moves.stdout).unwrap();
+    assert!(list.in_flight.is_empty() && list.recent.len() == 1);
+}
+
+/// Kills placement at `failpoint` during a move, starts it again, and
+/// returns the map once it has settled the move.
+async fn move_interrupted(f: &mut Federation, failpoint: &str, to: u64) -> shardmap::ShardMap {
+    let args = f.kill9(f.pid_of_placement());
+    f.restart_with_env(&args, &[("FAILPOINTS", &format!("{failpoint}=panic"))]);
+    let placement = placement::PlacementClient::new(f.placement());
+    wait::until_async("placement with the failpoint", Duration::from_secs(20), || async { placement.map().await.is_ok() }).await;
+    let out = f.tessera(&["move", PREFIX, &to.to_string()]);
+    assert!(!out.status.success(), "placement dies at {failpoint}");
+    f.kill_restarted();
+    f.restart(&args);
+    wait::until_async("the next placement to settle the move", Duration::from_secs(30), || {
+        let placement = placement.clone();
+        async move { placement.map().await.is_ok_and(|m| m.moves.is_empty()) }
+    })
+    .await;
+    placement.map().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_whose_placement_dies_is_rolled_back_or_finished_by_the_next() {
+    let mut f = Federation::start(2);
+    let mut kv = f.kv().await;
+    for i in 0..200 {
+        kv.put(PutRequest { key: key(i), value: b"v".to_vec(), ..Default::default() }).await.unwrap();
+    }
+    let map = map_of(&f).await;
+    let old = map.clone().routing().group_of(&key(0)).unwrap();
+    let new = *map.groups.keys().find(|g| **g != old).unwrap();
+
+    // Dead before the map changed: rolled back, the prefix stays (and takes writes) where it was.
+    let map = move_interrupted(&mut f, "move::before_commit", new).await;
+    assert_eq!(map.clone().routing().group_of(&key(0)), Some(old));
+    assert_eq!((count_in(&map, old).await, count_in(&map, new).await), (200, 0));
+    kv.put(PutRequest { key: key(500), value: b"v".to_vec(), ..Default::default() }).await.unwrap();
+
+    // Dead after the map changed: finished, the prefix is on the new group only.
+    let map = move_interrupted(&mut f, "move::after_commit", new).await;
+    assert_eq!(map.clone().routing().group_of(&key(0)), Some(new));
+    assert_eq!((count_in(&map, old).await, count_in(&map, new).await), (0, 201));
+    let got = kv
+        .range(RangeRequest {
+            key: PREFIX.into(),
+            range_end: shardmap::prefix_end(PREFIX.as_bytes()),
+            count_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.count, 201);
+    kv.put(PutRequest { key: key(501), value: b"v".to_vec(), ..Default::default() }).await.unwrap();
+    assert_eq!(count_in(&map, new).await, 202);
+}
