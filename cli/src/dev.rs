@@ -45,6 +45,11 @@ pub struct DevArgs {
     /// Members of placement's store (1 or 3; with 3 it survives one down).
     #[arg(long, default_value_t = 3)]
     pub store_members: usize,
+    /// Seconds between placement's rebalancing rounds (0: off). Thresholds
+    /// are small here: a group past 20% above the mean once the fullest
+    /// holds 16 MiB, or the busiest takes 200 writes/s.
+    #[arg(long, default_value_t = 30)]
+    pub rebalance_every: u64,
 }
 
 pub const DEFAULT_DATA_DIR: &str = ".tessera-dev";
@@ -257,7 +262,13 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     procs.push(spawn(
         "placement",
         "placement",
-        vec![format!("--listen-client-urls={}", ep.placement), format!("--store-endpoints={}", ep.store_urls())],
+        vec![
+            format!("--listen-client-urls={}", ep.placement),
+            format!("--store-endpoints={}", ep.store_urls()),
+            format!("--rebalance-every={}", a.rebalance_every),
+            format!("--rebalance-min-bytes={}", 16 << 20),
+            "--rebalance-min-writes=200".to_string(),
+        ],
         &logs,
     )?);
     for (i, n) in ep.nodes.iter().enumerate() {

@@ -1,10 +1,12 @@
 //! `tessera`: a local federation in one command (`tessera dev`) and the
-//! admin CLI over placement (status, pin, spread, move, moves, where,
+//! admin CLI over placement (status, pin, spread, move, moves, where, top,
 //! group add, learner add, replica remove).
 
 mod dev;
+mod group;
 mod moves;
 mod status;
+mod top;
 
 use clap::{Parser, Subcommand};
 use placement::PlacementClient;
@@ -71,6 +73,38 @@ enum Cmd {
         #[arg(long)]
         cancel: Option<String>,
     },
+    /// Moves units from groups above the mean (bytes, then writes/s) to the
+    /// emptiest; --dry-run prints the plan and why.
+    Rebalance {
+        /// Plan and explain only.
+        #[arg(long)]
+        dry_run: bool,
+        /// How far above the mean a group may go (0.2: 20%).
+        #[arg(long, default_value_t = 0.2)]
+        margin: f64,
+        /// MiB the fullest group must hold before sizes are balanced.
+        #[arg(long, default_value_t = 64)]
+        min_mib: u64,
+        /// Writes/s the busiest group must take before load is balanced.
+        #[arg(long, default_value_t = 500.0)]
+        min_writes: f64,
+        /// Moves at most.
+        #[arg(long, default_value_t = 1)]
+        max_moves: usize,
+    },
+    /// The hottest and largest placement units: keys, bytes, writes/s and
+    /// reads/s per unit and group (rates between two samples).
+    Top {
+        /// Seconds between the two samples.
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+        /// Sort by bytes, keys, writes or reads.
+        #[arg(long, default_value = "writes")]
+        by: String,
+        /// Rows to show (0: all).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// Which placement unit and group hold a key.
     Where {
         /// The key (e.g. /registry/pods/default/web-0).
@@ -102,12 +136,34 @@ enum ReplicaCmd {
 
 #[derive(Subcommand)]
 enum GroupCmd {
-    /// Create a group (off the ring: give it prefixes with pin or spread).
+    /// Create a group (off the ring: give it prefixes with move or pin);
+    /// waits until it has a leader.
     Add {
+        /// Voters.
         #[arg(long, default_value_t = 3)]
         replicas: usize,
+        /// Learners (read-only replicas).
         #[arg(long, default_value_t = 0)]
         learners: usize,
+    },
+    /// etcd's HashKV on every replica of a group: do they hold the same?
+    Hashkv {
+        group: u64,
+        /// The revision to hash at (0: each member's current).
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+    },
+    /// etcd's Snapshot of a group into a file (a backup of that group).
+    Snapshot {
+        group: u64,
+        /// Where to write it.
+        file: String,
+    },
+    /// etcd's MoveLeader: the group's leadership to its replica on a node.
+    MoveLeader {
+        group: u64,
+        /// The node (as in `tessera status`, e.g. n2).
+        node: String,
     },
 }
 
@@ -170,6 +226,17 @@ async fn main() {
                 })
             }
             Cmd::Moves { cancel: None } => show(json, &p.moves().await?, moves::list),
+            Cmd::Rebalance { dry_run, margin, min_mib, min_writes, max_moves } => {
+                let thresholds = placement::rebalance::Thresholds {
+                    margin,
+                    min_bytes: min_mib << 20,
+                    min_writes_per_s: min_writes,
+                    max_moves,
+                };
+                let req = placement::api::RebalanceRequest { dry_run, interval_ms: 2000, thresholds: Some(thresholds) };
+                show(json, &p.rebalance(&req).await?, moves::plan)
+            }
+            Cmd::Top { interval, by, limit } => show(json, &top::run(&p, interval, &by, limit).await?, top::print),
             Cmd::Where { key } => {
                 let map = p.map().await?;
                 show(json, &moves::locate(&map, &key), moves::located)
@@ -180,15 +247,32 @@ async fn main() {
             }
             Cmd::Group { cmd: GroupCmd::Add { replicas, learners } } => {
                 let added = p.add_group(&placement::api::GroupAddRequest { replicas, learners }).await?;
+                group::wait_for_leader(&p, added.group, std::time::Duration::from_secs(60)).await?;
                 show(json, &added, |a| {
                     let nodes: Vec<&str> = a.replicas.iter().map(|r| r.node.as_str()).collect();
                     format!(
-                        "group {} created on {} (map epoch {}); give it prefixes with pin or spread",
+                        "group {} created on {} and has a leader (map epoch {}); give it prefixes with `tessera move`",
                         a.group,
                         nodes.join(","),
                         a.epoch
                     )
                 })
+            }
+            Cmd::Group { cmd: GroupCmd::Hashkv { group, rev } } => {
+                let h = group::hashkv(&p.map().await?, group, rev).await?;
+                show(json, &h, group::print_hashes)?;
+                if !h.agree {
+                    std::process::exit(2);
+                }
+                Ok(())
+            }
+            Cmd::Group { cmd: GroupCmd::Snapshot { group, file } } => {
+                let saved = group::snapshot(&p.map().await?, group, &file).await?;
+                show(json, &saved, |s| format!("group {}'s snapshot from {}: {} bytes in {}", s.group, s.node, s.bytes, s.file))
+            }
+            Cmd::Group { cmd: GroupCmd::MoveLeader { group, node } } => {
+                let said = group::move_leader(&p.map().await?, group, &node).await?;
+                show(json, &serde_json::json!({ "group": group, "node": node, "result": said }), |_| said.clone())
             }
             Cmd::Learner { cmd: LearnerCmd::Add { group, node } } => {
                 let added = p.add_learner(group, node).await?;

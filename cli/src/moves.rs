@@ -1,7 +1,7 @@
 //! `tessera move`, `moves` and `where`: moving a prefix with its data (with
 //! a progress line while it runs), the moves in flight, where a key lives.
 
-use placement::api::{MoveProgress, MoveReport, MoveRequest, MovesList};
+use placement::api::{MoveProgress, MoveReport, MoveRequest, MovesList, RebalancePlan};
 use placement::PlacementClient;
 use serde::Serialize;
 use shardmap::ShardMap;
@@ -120,4 +120,17 @@ pub fn located(l: &Location) -> String {
         Some(g) => format!("{}: group {g}, by {} (map epoch {})", l.key, l.decided_by, l.epoch),
         None => format!("{}: no group yet (the map has none)", l.key),
     }
+}
+
+pub fn plan(p: &RebalancePlan) -> String {
+    let mut out = vec![];
+    if p.moves.is_empty() {
+        out.push("no move needed".to_string());
+    }
+    for m in &p.moves {
+        out.push(format!("move {} from group {} to group {}: {}", m.unit, m.from, m.to, m.why));
+    }
+    out.extend(p.notes.iter().cloned());
+    out.extend(p.executed.iter().map(|e| format!("done: {e}")));
+    out.join("\n")
 }

@@ -148,3 +148,61 @@ pub struct MovesList {
 pub struct MoveCancelRequest {
     pub prefix: String,
 }
+
+/// Size and load of one placement unit on its group (`tessera top`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct UnitRow {
+    pub unit: String,
+    pub group: u64,
+    pub keys: i64,
+    pub bytes: u64,
+    /// Keys written since the group's replicas started (the most any replica counted).
+    pub writes: u64,
+    /// Reads served, summed over the group's replicas.
+    pub reads: u64,
+}
+
+/// Every unit with keys or load, and when it was measured.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct UnitsReport {
+    pub epoch: u64,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub units: Vec<UnitRow>,
+    /// Groups whose replicas did not all answer (their figures are partial).
+    pub partial: Vec<u64>,
+}
+
+/// A rebalancing round (`tessera rebalance`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct RebalanceRequest {
+    /// Plan and explain only.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Milliseconds between the two samples the write rates come from.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default)]
+    pub thresholds: Option<crate::rebalance::Thresholds>,
+}
+
+fn default_interval_ms() -> u64 {
+    2000
+}
+
+/// A unit to move, and why.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct PlannedMove {
+    pub unit: String,
+    pub from: u64,
+    pub to: u64,
+    pub why: String,
+}
+
+/// A round's plan, what it found needs no move, and what was done.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct RebalancePlan {
+    pub moves: Vec<PlannedMove>,
+    pub notes: Vec<String>,
+    pub executed: Vec<String>,
+}

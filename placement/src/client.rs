@@ -53,6 +53,16 @@ impl PlacementClient {
         self.call("POST", "/tessera/v1/moves", Some(req)).await
     }
 
+    /// A rebalancing round (returns once its moves are done).
+    pub async fn rebalance(&self, req: &RebalanceRequest) -> Result<RebalancePlan> {
+        self.call("POST", "/tessera/v1/rebalance", Some(req)).await
+    }
+
+    /// Size and load per placement unit.
+    pub async fn units(&self) -> Result<UnitsReport> {
+        self.call::<(), _>("GET", "/tessera/v1/units", None).await
+    }
+
     pub async fn moves(&self) -> Result<MovesList> {
         self.call::<(), _>("GET", "/tessera/v1/moves", None).await
     }

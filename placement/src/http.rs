@@ -3,7 +3,8 @@
 //! from its kind, body `ErrorBody`).
 
 use crate::api::{
-    ErrorBody, GroupAddRequest, InitRequest, LearnerAddRequest, MoveCancelRequest, MoveRequest, PinRequest, SpreadRequest,
+    ErrorBody, GroupAddRequest, InitRequest, LearnerAddRequest, MoveCancelRequest, MoveRequest, PinRequest, RebalanceRequest,
+    SpreadRequest,
 };
 use crate::error::{ErrorKind, PlacementError};
 use crate::ops::Placement;
@@ -78,6 +79,11 @@ pub fn routes(placement: Placement) -> Router {
                 },
             ),
         )
+        .route(
+            "/tessera/v1/rebalance",
+            post(|State(p): State<Placement>, Json(r): Json<RebalanceRequest>| async move { reply(p.rebalance(&r).await) }),
+        )
+        .route("/tessera/v1/units", get(|State(p): State<Placement>| async move { reply(p.units().await) }))
         .route(
             "/tessera/v1/moves/cancel",
             post(|State(p): State<Placement>, Json(r): Json<MoveCancelRequest>| async move { reply(p.cancel_move(&r.prefix)) }),

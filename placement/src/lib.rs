@@ -21,6 +21,8 @@ mod members;
 mod moves;
 mod ops;
 mod ownership;
+pub mod rebalance;
+mod units;
 
 pub use client::PlacementClient;
 pub use error::{ErrorKind, PlacementError};

@@ -14,6 +14,18 @@ struct Config {
     /// that holds the shard map (routers and nodes follow it there too).
     #[arg(long, default_value = "http://127.0.0.1:12379")]
     store_endpoints: Urls,
+    /// Seconds between rebalancing rounds (0: only when asked, `tessera rebalance`).
+    #[arg(long, default_value_t = 0)]
+    rebalance_every: u64,
+    /// How far above the mean a group may go before a round moves a unit (0.2: 20 %).
+    #[arg(long, default_value_t = 0.2)]
+    rebalance_margin: f64,
+    /// Bytes the fullest group must hold before sizes are balanced.
+    #[arg(long, default_value_t = 64 << 20)]
+    rebalance_min_bytes: u64,
+    /// Writes per second the busiest group must take before load is balanced.
+    #[arg(long, default_value_t = 500.0)]
+    rebalance_min_writes: f64,
     /// Log level (error, warn, info, debug).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -45,6 +57,18 @@ fn main() -> anyhow::Result<()> {
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
             }
         });
+        let t = placement::rebalance::Thresholds {
+            margin: config.rebalance_margin,
+            min_bytes: config.rebalance_min_bytes,
+            min_writes_per_s: config.rebalance_min_writes,
+            max_moves: 1,
+        };
+        t.validate()?;
+        if config.rebalance_every > 0 {
+            let every = std::time::Duration::from_secs(config.rebalance_every);
+            let p = placement.clone();
+            tokio::spawn(async move { p.rebalance_every(every, t).await });
+        }
         let probe = placement.clone();
         // Healthy while the store answers.
         let health = tessera_rpc::endpoints::routes(

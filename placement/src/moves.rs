@@ -9,9 +9,9 @@
 //! 2. copy: each source's history of the prefix in revision order, in
 //!    bounded chunks (`Export` → `MoveStage`), pass after pass while writes
 //!    go on, until a pass has little left to copy;
-//! 3. cut over at E = epoch + 1: the target holds calls routed by map E
-//!    (`MoveTarget{CUTOVER}`), each source fences the prefix at E, pending
-//!    (older maps refused, newer ones held); the last changes and the
+//! 3. cut over at E = epoch + 1: each source fences the prefix at E,
+//!    pending (older maps refused, newer ones held), the target holds calls
+//!    routed by map E (`MoveTarget{CUTOVER}`); the last changes and the
 //!    leases are copied, and the live keys counted on both sides;
 //! 4. commit the map at E (pin → target, phase `committed`, with what the
 //!    target needs to adopt); if the map moved meanwhile, cut over again
@@ -64,7 +64,7 @@ struct Driving {
 }
 
 /// Whether two prefixes share a key.
-fn overlap(a: &str, b: &str) -> bool {
+pub(crate) fn overlap(a: &str, b: &str) -> bool {
     a.starts_with(b) || b.starts_with(a)
 }
 
@@ -293,14 +293,17 @@ impl Placement {
         for _ in 0..ATTEMPTS {
             let map = self.map().await?;
             let epoch = map.epoch + 1;
-            let cutover =
-                MoveTarget { prefix: prefix.as_bytes().to_vec(), action: Action::Cutover as i32, epoch, ..Default::default() };
-            target(&map, to, cutover).await?;
             paused.get_or_insert_with(Instant::now);
+            // The sources first: a cross-group txn a source holds prepared
+            // delays its fence until it ends, and its part on the target
+            // must not be held by a cutover meanwhile.
             let mut revision = 0;
             for g in from {
                 revision = revision.max(fence(&map, *g, prefix, epoch).await?);
             }
+            let cutover =
+                MoveTarget { prefix: prefix.as_bytes().to_vec(), action: Action::Cutover as i32, epoch, ..Default::default() };
+            target(&map, to, cutover).await?;
             copied.source_keys = 0;
             copied.leases.clear();
             self.copy_pass(&map, prefix, to, &mut copied, 0, true).await?;
@@ -323,6 +326,13 @@ impl Placement {
                     raced = m.epoch != map.epoch;
                     if raced {
                         return Ok::<_, PlacementError>(false);
+                    }
+                    // Someone pinned or spread part of it meanwhile: the
+                    // sources fenced and copied are not all of it any more.
+                    let owners =
+                        m.clone().routing().groups_for_range(prefix.as_bytes(), &shardmap::prefix_end(prefix.as_bytes()));
+                    if owners.iter().any(|g| *g != to && !from.contains(g)) {
+                        return Err(PlacementError::conflict(format!("the owners of {prefix:?} changed during the move")));
                     }
                     pin(m, prefix, to);
                     let r = m.moves.get_mut(prefix).ok_or_else(|| PlacementError::unavailable("the move's record is gone"))?;

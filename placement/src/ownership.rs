@@ -84,6 +84,9 @@ impl Placement {
             if let Some(g) = to.iter().find(|g| !map.groups.contains_key(g)) {
                 return Err(PlacementError::not_found(format!("no group {g}")));
             }
+            if let Some(p) = map.moves.keys().find(|p| crate::moves::overlap(p, prefix)) {
+                return Err(PlacementError::conflict(format!("a move of {p:?} is in flight (see `tessera moves`)")));
+            }
             if !change(&mut map.clone()) {
                 return Ok(answer(map.epoch, false)); // already so
             }

@@ -32,7 +32,9 @@ impl MaintenanceService {
 }
 
 fn per_group(what: &str) -> Status {
-    Status::unimplemented(format!("tessera: {what} is per raft group; use the tessera admin CLI or the group's members"))
+    Status::unimplemented(format!(
+        "tessera: {what} is per raft group; use `tessera group hashkv|snapshot|move-leader GROUP` or the group's members"
+    ))
 }
 
 type SnapshotStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;

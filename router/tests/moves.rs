@@ -296,3 +296,65 @@ async fn a_move_whose_placement_dies_is_rolled_back_or_finished_by_the_next() {
     kv.put(PutRequest { key: key(501), value: b"v".to_vec(), ..Default::default() }).await.unwrap();
     assert_eq!(count_in(&map, new).await, 202);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_shows_the_units_and_rebalance_moves_one_to_the_emptier_group() {
+    let f = Federation::start(2);
+    let map = map_of(&f).await;
+    let routing = map.clone().routing();
+    // Three units that the ring gives to the same group, of 300, 200 and 100 keys.
+    let units: Vec<String> =
+        (0..200).map(|i| format!("/registry/things{i}/")).filter(|u| routing.group_of(u.as_bytes()) == Some(1)).take(3).collect();
+    assert_eq!(units.len(), 3);
+    let mut kv = f.kv().await;
+    for (u, n) in units.iter().zip([300, 200, 100]) {
+        for i in 0..n {
+            kv.put(PutRequest { key: format!("{u}ns/k{i}").into_bytes(), value: vec![b'v'; 512], ..Default::default() })
+                .await
+                .unwrap();
+        }
+    }
+    let top = f.tessera(&["top", "--by", "bytes", "--interval", "0.2", "--json"]);
+    assert!(top.status.success(), "{}", String::from_utf8_lossy(&top.stderr));
+    let top: serde_json::Value = serde_json::from_slice(&top.stdout).unwrap();
+    let rows: Vec<(String, u64, i64)> = top["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["unit"].as_str().unwrap().to_string(), r["group"].as_u64().unwrap(), r["keys"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(
+        rows,
+        units.iter().cloned().zip([1, 1, 1]).zip([300, 200, 100]).map(|((u, g), k)| (u, g, k)).collect::<Vec<_>>(),
+        "largest first"
+    );
+
+    // Group 1 holds everything: half the gap is 300 keys' worth, and the largest unit that fits is the 300-key one.
+    let args = ["rebalance", "--min-mib", "0", "--margin", "0.1", "--json"];
+    let dry = f.tessera(&[&args[..], &["--dry-run"]].concat());
+    let plan: placement::api::RebalancePlan = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(plan.moves.len(), 1, "{plan:?}");
+    assert_eq!((plan.moves[0].unit.as_str(), plan.moves[0].from, plan.moves[0].to), (units[0].as_str(), 1, 2));
+    assert!(plan.executed.is_empty() && plan.moves[0].why.contains("brings them closest"), "{plan:?}");
+    assert_eq!(map_of(&f).await.epoch, map.epoch, "a dry run changes nothing");
+    let done = f.tessera(&args);
+    let plan: placement::api::RebalancePlan = serde_json::from_slice(&done.stdout).unwrap();
+    assert!(plan.executed.len() == 1 && plan.executed[0].starts_with("moved"), "{plan:?}");
+    let after = map_of(&f).await;
+    assert_eq!(after.clone().routing().group_of(units[0].as_bytes()), Some(2));
+    let count = |m: &shardmap::ShardMap, g: u64| {
+        let rep = &m.groups[&g].replicas[0];
+        let url = m.nodes[&rep.node].client_url.clone();
+        async move {
+            let mut kv = KvClient::connect(url).await.unwrap();
+            let req = RangeRequest {
+                key: b"/registry/".to_vec(),
+                range_end: shardmap::prefix_end(b"/registry/"),
+                count_only: true,
+                ..Default::default()
+            };
+            kv.range(group_request(g, req)).await.unwrap().into_inner().count
+        }
+    };
+    assert_eq!((count(&after, 1).await, count(&after, 2).await), (300, 300));
+}

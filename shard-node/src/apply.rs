@@ -220,6 +220,7 @@ impl StateMachine {
             // after a read must not be below the read's revision.
             self.commit(index, batch);
             let rev = t.mvcc.rev;
+            self.load.wrote(&events);
             self.hub.publish(rev, events);
             // Only these change what the group holds (waiting writers watch it).
             if matches!(op, Op::TxnPrepare(_) | Op::TxnCommit(_) | Op::TxnAbort(_)) {

@@ -18,6 +18,7 @@ pub mod federation;
 pub mod fence;
 pub mod group;
 pub mod lease;
+pub mod load;
 pub mod locks;
 pub mod members;
 pub mod membership;

@@ -84,6 +84,8 @@ pub struct StateMachine {
     /// Counts changes of fences and moves: calls a move holds
     /// (`PrefixMoving`) wait for it to change.
     pub(crate) moves: tokio::sync::watch::Sender<u64>,
+    /// Writes and reads per placement unit (`tessera top`).
+    pub load: crate::load::UnitLoad,
     applied: AtomicU64,
 }
 
@@ -109,6 +111,7 @@ impl StateMachine {
             compaction: tokio::sync::Notify::new(),
             cross_holder: tokio::sync::watch::Sender::new(None),
             moves: tokio::sync::watch::Sender::new(0),
+            load: Default::default(),
             engine,
             keys,
             store,
@@ -170,6 +173,25 @@ impl StateMachine {
 
     pub fn key_count(&self) -> usize {
         self.tables.read().mvcc.key_count()
+    }
+
+    /// Live keys and the bytes of their current values, per placement unit
+    /// of `depth` slashes.
+    pub fn unit_sizes(&self, depth: usize) -> std::collections::BTreeMap<Vec<u8>, (i64, u64)> {
+        let t = self.tables.read();
+        let mut out: std::collections::BTreeMap<Vec<u8>, (i64, u64)> = std::collections::BTreeMap::new();
+        for (k, ki) in &t.mvcc.index {
+            if let Some(e) = ki.latest() {
+                let u = shardmap::placement_unit(k, depth);
+                let s = match out.get_mut(u) {
+                    Some(s) => s,
+                    None => out.entry(u.to_vec()).or_default(),
+                };
+                s.0 += 1;
+                s.1 += e.size as u64;
+            }
+        }
+        out
     }
 
     /// Bytes of all stored revisions (etcd's "db size in use", what the quota counts).

@@ -179,6 +179,10 @@ impl Shard for SlowGroup {
     async fn move_release(&self, _req: Request<MoveRelease>) -> Result<Response<MoveReleaseResponse>, Status> {
         Err(Status::unimplemented("moves"))
     }
+
+    async fn units(&self, _req: Request<UnitsRequest>) -> Result<Response<UnitsResponse>, Status> {
+        Err(Status::unimplemented("units"))
+    }
 }
 
 async fn serve(group: SlowGroup) -> String {

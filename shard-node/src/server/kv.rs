@@ -82,6 +82,7 @@ impl Kv for KvService {
         }
         self.group.check_readable()?;
         self.group.sm.metrics.ranges.inc();
+        self.group.sm.load.read(&r.key);
         let at = if r.serializable { None } else { self.group.read_revision().await? };
         self.group.check_fences(&r.key, &r.range_end).await?;
         if r.revision > 0 {
@@ -109,6 +110,7 @@ impl Kv for KvService {
         validate::range(&r)?;
         self.group.check_readable()?;
         self.group.sm.metrics.ranges.inc();
+        self.group.sm.load.read(&r.key);
         let at = if r.serializable { None } else { self.group.read_revision().await? };
         self.group.check_fences(&r.key, &r.range_end).await?;
         if r.revision > 0 {

@@ -16,7 +16,7 @@ use tessera_proto::tessera::shard::shard_server::Shard;
 use tessera_proto::tessera::shard::{
     BumpRequest, BumpResponse, ExportRequest, ExportResponse, FenceRequest, FenceResponse, MoveReleaseResponse,
     MoveStageResponse, MoveTargetResponse, OpFailure, StatsRequest, StatsResponse, TxnAbortResponse, TxnCommitResponse,
-    TxnPrepareResponse,
+    TxnPrepareResponse, UnitStats, UnitsRequest, UnitsResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -167,5 +167,31 @@ impl Shard for ShardService {
             return Err(unexpected());
         };
         Ok(Response::new(MoveReleaseResponse { header: Some(g.header(out.rev)), keys }))
+    }
+
+    async fn units(&self, req: Request<UnitsRequest>) -> Result<Response<UnitsResponse>, Status> {
+        let g = &self.group;
+        let depth = match req.into_inner().depth {
+            0 => shardmap::map::DEFAULT_DEPTH,
+            d => d as usize,
+        };
+        let mut load = g.sm.load.counts();
+        let mut units: Vec<UnitStats> =
+            g.sm.unit_sizes(depth)
+                .into_iter()
+                .map(|(unit, (keys, bytes))| {
+                    let c = load.remove(&unit).unwrap_or_default();
+                    UnitStats { unit, keys, bytes, writes: c.writes, reads: c.reads }
+                })
+                .collect();
+        // Units with load and no key left (deleted, or moved away).
+        units.extend(load.into_iter().map(|(unit, c)| UnitStats {
+            unit,
+            writes: c.writes,
+            reads: c.reads,
+            ..Default::default()
+        }));
+        units.sort_by(|a, b| a.unit.cmp(&b.unit));
+        Ok(Response::new(UnitsResponse { header: Some(g.header(g.sm.current_revision())), units }))
     }
 }
