@@ -7,9 +7,10 @@
 //!
 //! Rules, for bytes and then for writes per second (each only past an
 //! absolute floor, so a small federation is left alone):
-//! - a group above the mean by more than `margin` gives one unit to the
-//!   group lowest in that measure: the unit that brings the two closest
-//!   (at most half their difference, so the move never overshoots);
+//! - while a group is above the mean by more than `margin`, it gives one
+//!   unit to the group lowest in that measure: the unit that brings the two
+//!   closest (at most half their difference, so a move never overshoots),
+//!   up to `max_moves` in a round;
 //! - a unit that alone takes more than the mean of writes cannot be helped
 //!   by a move (its new group would be as hot): the plan says a split is
 //!   needed (splits are not built yet).
@@ -113,58 +114,71 @@ pub fn plan(map: &ShardMap, units: &[Unit], t: &Thresholds) -> RebalancePlan {
             }
             by
         };
-        let by = totals(&units);
-        let mean = by.values().sum::<f64>() / by.len() as f64;
-        let (&top, &high) = by.iter().max_by(|a, b| a.1.total_cmp(b.1)).expect("groups");
-        let (&low_g, &low) = by.iter().min_by(|a, b| a.1.total_cmp(b.1)).expect("groups");
-        if high < floor {
-            notes.push(format!(
-                "{measure}: the busiest group (group {top}, {}) is below the floor ({}): left alone",
-                fmt(measure, high),
-                fmt(measure, floor)
-            ));
-            continue;
-        }
-        if high <= mean * (1.0 + t.margin) {
-            notes.push(format!("{measure}: every group within {:.0}% of the mean ({})", t.margin * 100.0, fmt(measure, mean)));
-            continue;
-        }
-        if measure == "writes" {
-            if let Some(hot) = units.iter().filter(|u| u.group == top && of(u) > mean).max_by(|a, b| of(a).total_cmp(&of(b))) {
+        loop {
+            let by = totals(&units);
+            let mean = by.values().sum::<f64>() / by.len() as f64;
+            let (&top, &high) = by.iter().max_by(|a, b| a.1.total_cmp(b.1)).expect("groups");
+            let (&low_g, &low) = by.iter().min_by(|a, b| a.1.total_cmp(b.1)).expect("groups");
+            if high < floor {
                 notes.push(format!(
-                    "writes: unit {} on group {top} alone takes {} (mean per group {}): moving it moves the hot spot; it needs a split (not built yet)",
-                    hot.unit,
-                    fmt(measure, of(hot)),
+                    "{measure}: the busiest group (group {top}, {}) is below the floor ({}): left alone",
+                    fmt(measure, high),
+                    fmt(measure, floor)
+                ));
+                break;
+            }
+            if high <= mean * (1.0 + t.margin) {
+                notes.push(format!(
+                    "{measure}: every group within {:.0}% of the mean ({})",
+                    t.margin * 100.0,
                     fmt(measure, mean)
                 ));
-                continue;
+                break;
             }
-        }
-        // The unit that brings `top` and `low` closest without overshooting.
-        let want = (high - low) / 2.0;
-        let best = units
-            .iter()
-            .filter(|u| u.group == top && movable(map, &u.unit) && of(u) > 0.0 && of(u) <= want)
-            .max_by(|a, b| of(a).total_cmp(&of(b)));
-        match best {
-            Some(u) if moves.len() < t.max_moves && !moves.iter().any(|m| m.from == top || m.to == low_g) => {
-                let why = format!(
-                    "{measure}: group {top} has {} (mean {}, margin {:.0}%), group {low_g} has {}; unit {} ({}) brings them closest",
-                    fmt(measure, high),
-                    fmt(measure, mean),
-                    t.margin * 100.0,
-                    fmt(measure, low),
-                    u.unit,
-                    fmt(measure, of(u))
-                );
-                moves.push(PlannedMove { unit: u.unit.clone(), from: top, to: low_g, why });
-                let moved = u.unit.clone();
-                units.iter_mut().filter(|x| x.unit == moved && x.group == top).for_each(|x| x.group = low_g);
+            if moves.len() >= t.max_moves {
+                notes.push(format!(
+                    "{measure}: group {top} is still above the margin; more moves next round (at most {} per round)",
+                    t.max_moves
+                ));
+                break;
             }
-            Some(_) => notes.push(format!("{measure}: group {top} is above the margin; one move per group per round (next round)")),
-            None => notes.push(format!(
-                "{measure}: group {top} is above the margin but no unit of it fits (every movable unit is larger than half the gap, or pinned)"
-            )),
+            if measure == "writes" {
+                if let Some(hot) = units.iter().filter(|u| u.group == top && of(u) > mean).max_by(|a, b| of(a).total_cmp(&of(b)))
+                {
+                    notes.push(format!(
+                        "writes: unit {} on group {top} alone takes {} (mean per group {}): moving it moves the hot spot; it needs a split (not built yet)",
+                        hot.unit,
+                        fmt(measure, of(hot)),
+                        fmt(measure, mean)
+                    ));
+                    break;
+                }
+            }
+            // The unit that brings `top` and `low` closest without overshooting.
+            let want = (high - low) / 2.0;
+            let best = units
+                .iter()
+                .filter(|u| u.group == top && movable(map, &u.unit) && of(u) > 0.0 && of(u) <= want)
+                .max_by(|a, b| of(a).total_cmp(&of(b)));
+            let Some(u) = best else {
+                notes.push(format!(
+                    "{measure}: group {top} is above the margin but no unit of it fits (every movable unit is larger than half the gap, or pinned)"
+                ));
+                break;
+            };
+            let why = format!(
+                "{measure}: group {top} has {} (mean {}, margin {:.0}%), group {low_g} has {}; unit {} ({}) brings them closest",
+                fmt(measure, high),
+                fmt(measure, mean),
+                t.margin * 100.0,
+                fmt(measure, low),
+                u.unit,
+                fmt(measure, of(u))
+            );
+            moves.push(PlannedMove { unit: u.unit.clone(), from: top, to: low_g, why });
+            // The next choice sees the groups as this move leaves them.
+            let moved = u.unit.clone();
+            units.iter_mut().filter(|x| x.unit == moved && x.group == top).for_each(|x| x.group = low_g);
         }
     }
     RebalancePlan { moves, notes, executed: vec![] }
@@ -240,10 +254,36 @@ mod tests {
         let m = map(&[1, 2, 3]);
         let units = [unit("/r/a/", 1, 60, 0.0), unit("/r/b/", 1, 30, 0.0), unit("/r/c/", 1, 20, 0.0), unit("/r/d/", 2, 30, 0.0)];
         let p = plan(&m, &units, &small());
-        assert_eq!(p.moves.len(), 1, "{p:?}");
+        assert_eq!(p.moves.len(), 2, "{p:?}");
         // Group 1 has 110 MiB, group 3 none: half the gap is 55 MiB; /r/b/ (30) is the largest that fits.
         assert_eq!((p.moves[0].unit.as_str(), p.moves[0].from, p.moves[0].to), ("/r/b/", 1, 3));
         assert!(p.moves[0].why.contains("group 1 has 110.0 MiB"), "{}", p.moves[0].why);
+        // Then 80 against group 2's 30: half the gap is 25 MiB, /r/c/ (20) fits; /r/a/ (60) never does.
+        assert_eq!((p.moves[1].unit.as_str(), p.moves[1].from, p.moves[1].to), ("/r/c/", 1, 2));
+        let one = plan(&m, &units, &Thresholds { max_moves: 1, ..small() });
+        assert_eq!(one.moves.len(), 1);
+        assert!(one.notes.iter().any(|n| n.contains("more moves next round")), "{one:?}");
+    }
+
+    #[test]
+    fn new_groups_get_units_until_every_group_is_near_the_mean() {
+        // One group with 50 units of 4 MiB, two new empty groups.
+        let m = map(&[1, 2, 3]);
+        let units: Vec<Unit> = (0..50).map(|i| unit(&format!("/r/u{i}/"), 1, 4, 0.0)).collect();
+        let t = Thresholds { max_moves: 100, ..small() };
+        let p = plan(&m, &units, &t);
+        let mut bytes: BTreeMap<u64, u64> = [(1, 200), (2, 0), (3, 0)].into();
+        for mv in &p.moves {
+            *bytes.get_mut(&mv.from).unwrap() -= 4;
+            *bytes.get_mut(&mv.to).unwrap() += 4;
+        }
+        let mean = 200.0 / 3.0;
+        assert!(
+            bytes.values().all(|b| (*b as f64) <= mean * 1.1 && (*b as f64) >= mean * 0.9),
+            "{bytes:?} after {} moves",
+            p.moves.len()
+        );
+        assert!(p.notes.iter().any(|n| n.contains("within 10%")), "{p:?}");
     }
 
     #[test]

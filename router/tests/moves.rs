@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tessera_proto::etcdserverpb::kv_client::KvClient;
+use tessera_proto::etcdserverpb::request_op::Request;
 use tessera_proto::etcdserverpb::watch_client::WatchClient;
 use tessera_proto::etcdserverpb::watch_request::RequestUnion;
-use tessera_proto::etcdserverpb::{PutRequest, RangeRequest, WatchCreateRequest, WatchRequest};
+use tessera_proto::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest};
 use tessera_rpc::metadata::group_request;
 use tessera_testkit::{wait, Federation};
 use tonic::transport::Channel;
@@ -357,4 +358,82 @@ async fn top_shows_the_units_and_rebalance_moves_one_to_the_emptier_group() {
         }
     };
     assert_eq!((count(&after, 1).await, count(&after, 2).await), (300, 300));
+}
+
+/// One group holding 50 units, two groups added: a rebalance moves units
+/// until each group holds a third of the bytes (± 10 %), while a writer
+/// keeps writing to every unit (none of its writes lost or failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_groups_take_a_third_each_of_a_full_group_under_writes() {
+    let f = Federation::start(1);
+    let mut kv = f.kv().await;
+    let unit = |u: usize| format!("/registry/kind{u:02}/");
+    for (u, half) in (0..50).flat_map(|u| [(u, 0), (u, 100)]) {
+        let success = (half..half + 100)
+            .map(|i| RequestOp {
+                request: Some(Request::RequestPut(PutRequest {
+                    key: format!("{}ns/o{i}", unit(u)).into_bytes(),
+                    value: vec![b'v'; 256],
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        kv.txn(TxnRequest { success, ..Default::default() }).await.unwrap();
+    }
+    for _ in 0..2 {
+        let added = f.tessera(&["group", "add", "--replicas", "3"]);
+        assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = {
+        let (mut kv, stop) = (kv.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut last: BTreeMap<String, String> = BTreeMap::new();
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let key = format!("{}ns/o{}", unit(n % 50), n % 7);
+                let value = format!("w{n}");
+                let put = PutRequest {
+                    key: key.clone().into_bytes(),
+                    value: value.clone().into_bytes(),
+                    prev_kv: true,
+                    ..Default::default()
+                };
+                let prev = kv.put(put).await.expect("a write during the rebalance").into_inner().prev_kv.unwrap();
+                if let Some(expected) = last.get(&key) {
+                    assert_eq!(&String::from_utf8(prev.value).unwrap(), expected, "{key} lost a write");
+                }
+                last.insert(key, value);
+            }
+            last
+        })
+    };
+    let done = f.tessera(&["rebalance", "--min-mib", "0", "--margin", "0.1", "--max-moves", "100", "--json"]);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let plan: placement::api::RebalancePlan = serde_json::from_slice(&done.stdout).unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let last = writing.await.unwrap();
+    assert!(plan.executed.iter().all(|e| e.starts_with("moved")), "{plan:?}");
+    assert!(plan.moves.len() >= 30, "about two thirds of the units move: {plan:?}");
+
+    let units = placement::PlacementClient::new(f.placement()).units().await.unwrap();
+    let mut bytes: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut keys = 0;
+    for u in units.units.iter().filter(|u| u.keys > 0) {
+        *bytes.entry(u.group).or_default() += u.bytes;
+        keys += u.keys;
+    }
+    assert_eq!(keys, 50 * 200);
+    let total: u64 = bytes.values().sum();
+    assert_eq!(bytes.len(), 3, "{bytes:?}");
+    for (g, b) in &bytes {
+        let share = *b as f64 / total as f64;
+        assert!((0.23..=0.43).contains(&share), "group {g} holds {:.0}% of the bytes: {bytes:?}", share * 100.0);
+    }
+    for (key, value) in last {
+        let got = kv.range(RangeRequest { key: key.clone().into_bytes(), ..Default::default() }).await.unwrap().into_inner();
+        assert_eq!(got.kvs[0].value, value.into_bytes(), "{key}");
+    }
 }
