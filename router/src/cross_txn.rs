@@ -268,7 +268,16 @@ async fn attempt_once(
     };
     // The commit revision is taken meanwhile: any timestamp issued after
     // the txn began orders it after everything that completed before it.
-    let (answers, fresh) = tokio::join!(prepares, b.fresh(deadline));
+    // Not for a lease revoke: the lease may be gone already (another
+    // router revoked it), and a revision taken for nothing would show as
+    // a revision no write has.
+    let revoking = plan.revoke_lease != 0;
+    let (answers, fresh) = if revoking {
+        (prepares.await, None)
+    } else {
+        let (answers, fresh) = tokio::join!(prepares, b.fresh(deadline));
+        (answers, Some(fresh))
+    };
     let mut prepared = BTreeMap::new();
     for (g, a) in plan.groups.iter().zip(answers) {
         match a {
@@ -289,6 +298,14 @@ async fn attempt_once(
             _ => Retry::Fail(s),
         });
     }
+    if revoking && !prepared.values().any(|p| p.lease_held) {
+        abort_all(b, plan, id, deadline).await;
+        return Ok((TxnResponse::default(), false));
+    }
+    let fresh = match fresh {
+        Some(f) => f,
+        None => b.fresh(deadline).await,
+    };
     // One revision for every group: fresh, and above each one's revision
     // at prepare (a write may have landed there after the timestamp was
     // taken, or passed the oracle; the oracle then learns of the raise).

@@ -19,12 +19,14 @@ pub struct Federation {
 }
 
 impl Federation {
-    /// `tessera dev --groups <groups>` (3 voters + 1 learner each), ready.
+    /// `tessera dev --groups <groups>` (3 voters + 1 learner each), ready;
+    /// without placement's rebalancing rounds (a move takes revisions, and
+    /// tests compare revisions: a test that wants one runs `tessera rebalance`).
     pub fn start(groups: usize) -> Self {
         let host = crate::net::fresh_host();
         let dir = tempfile::tempdir().unwrap();
         let mut dev = bins::command(bins::path("tessera"))
-            .args(["dev", "--groups", &groups.to_string(), "--host", &host, "--client-port", "2379"])
+            .args(["dev", "--groups", &groups.to_string(), "--host", &host, "--client-port", "2379", "--rebalance-every", "0"])
             .arg("--data-dir")
             .arg(dir.path())
             .stdout(Stdio::piped())

@@ -80,7 +80,9 @@ impl Shard for ShardService {
 
     async fn txn_prepare(&self, req: Request<TxnPrepare>) -> Result<Response<TxnPrepareResponse>, Status> {
         let g = &self.group;
-        let out = g.propose(Op::TxnPrepare(req.into_inner())).await?;
+        let req = req.into_inner();
+        let revoke = req.revoke_lease;
+        let out = g.propose(Op::TxnPrepare(req)).await?;
         let Applied::Prepared { revision, compares, failures } = out.result? else {
             return Err(unexpected());
         };
@@ -92,7 +94,10 @@ impl Shard for ShardService {
                 OpFailure { op, code: s.code() as i32, message: s.message().to_string(), name: name.to_string() }
             })
             .collect();
-        Ok(Response::new(TxnPrepareResponse { header: Some(g.header(out.rev)), revision, compares, failures }))
+        // Prepared, the group applies no revoke until the txn ends: the
+        // lease is still there, or still gone, at its commit.
+        let lease_held = revoke != 0 && g.sm.lease_exists(revoke);
+        Ok(Response::new(TxnPrepareResponse { header: Some(g.header(out.rev)), revision, compares, failures, lease_held }))
     }
 
     async fn txn_commit(&self, req: Request<TxnCommit>) -> Result<Response<TxnCommitResponse>, Status> {
