@@ -15,13 +15,10 @@ use tonic::transport::Channel;
 
 /// (node, member id, client URL) of each of `group`'s replicas, voters first.
 fn replicas(map: &ShardMap, group: u64) -> anyhow::Result<Vec<(String, u64, String)>> {
-    let g = map.groups.get(&group).with_context(|| format!("no group {group} in the shard map"))?;
-    let mut rs: Vec<_> = g.replicas.iter().collect();
-    rs.sort_by_key(|r| r.learner);
-    Ok(rs
-        .into_iter()
-        .filter_map(|r| map.nodes.get(&r.node).map(|n| (r.node.clone(), r.member_id, n.client_url.clone())))
-        .collect())
+    if !map.groups.contains_key(&group) {
+        bail!("no group {group} in the shard map");
+    }
+    Ok(map.replica_urls(group).into_iter().map(|(r, u)| (r.node.clone(), r.member_id, u.to_string())).collect())
 }
 
 async fn maintenance(url: &str) -> anyhow::Result<MaintenanceClient<Channel>> {

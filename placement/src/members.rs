@@ -25,12 +25,7 @@ pub(crate) fn group_request<T>(group: u64, msg: T) -> tonic::Request<T> {
 
 /// Client URLs of a group's replicas (voters first), skipping `except`'s.
 fn group_urls(map: &ShardMap, group: u64, except: Option<&str>) -> Vec<String> {
-    let Some(g) = map.groups.get(&group) else {
-        return vec![];
-    };
-    let mut rs: Vec<&Replica> = g.replicas.iter().filter(|r| Some(r.node.as_str()) != except).collect();
-    rs.sort_by_key(|r| r.learner);
-    rs.iter().filter_map(|r| map.nodes.get(&r.node)).map(|n| n.client_url.clone()).collect()
+    map.replica_urls(group).into_iter().filter(|(r, _)| Some(r.node.as_str()) != except).map(|(_, u)| u.to_string()).collect()
 }
 
 /// Calls `group` on its replicas in turn (voters first, none on `except`)

@@ -20,9 +20,8 @@ impl Placement {
         let map = self.map().await?;
         let mut rows: BTreeMap<(String, u64), UnitRow> = BTreeMap::new();
         let mut partial = vec![];
-        for (id, g) in &map.groups {
-            let urls: Vec<String> =
-                g.replicas.iter().filter_map(|r| map.nodes.get(&r.node)).map(|n| n.client_url.clone()).collect();
+        for id in map.groups.keys() {
+            let urls: Vec<String> = map.replica_urls(*id).into_iter().map(|(_, u)| u.to_string()).collect();
             let answers = futures::future::join_all(urls.iter().map(|u| units_on(u, *id, map.depth))).await;
             if answers.iter().any(Option::is_none) {
                 partial.push(*id);

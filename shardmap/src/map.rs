@@ -101,6 +101,20 @@ pub struct Adoption {
     pub leases: Vec<(i64, i64)>,
 }
 
+impl ShardMap {
+    /// `group`'s replicas with the client URL each serves on, voters first
+    /// (replicas on nodes the map does not list are left out).
+    pub fn replica_urls(&self, group: u64) -> Vec<(&Replica, &str)> {
+        let Some(g) = self.groups.get(&group) else {
+            return vec![];
+        };
+        let mut rs: Vec<(&Replica, &str)> =
+            g.replicas.iter().filter_map(|r| self.nodes.get(&r.node).map(|n| (r, n.client_url.as_str()))).collect();
+        rs.sort_by_key(|(r, _)| r.learner);
+        rs
+    }
+}
+
 impl Default for ShardMap {
     fn default() -> Self {
         Self {
@@ -241,5 +255,23 @@ mod tests {
         assert!(reg.contains(&7) && reg.contains(&4) && reg.contains(&1));
         // a range past every pinned prefix does not name the pinned group
         assert!(!r.groups_for_range(b"a", b"b").contains(&7));
+    }
+}
+
+#[cfg(test)]
+mod replica_url_tests {
+    use super::*;
+
+    #[test]
+    fn replica_urls_list_voters_first_and_skip_unknown_nodes() {
+        let mut m = ShardMap::default();
+        for n in ["n1", "n2"] {
+            m.nodes.insert(n.into(), NodeInfo { name: n.into(), peer_url: String::new(), client_url: format!("http://{n}") });
+        }
+        let r = |node: &str, learner| Replica { node: node.into(), member_id: 1, learner, initial: true };
+        m.groups.insert(7, GroupInfo { id: 7, replicas: vec![r("n1", true), r("gone", false), r("n2", false)] });
+        let got: Vec<(&str, &str)> = m.replica_urls(7).into_iter().map(|(r, u)| (r.node.as_str(), u)).collect();
+        assert_eq!(got, [("n2", "http://n2"), ("n1", "http://n1")]);
+        assert!(m.replica_urls(8).is_empty());
     }
 }
