@@ -9,6 +9,8 @@
 #   scripts/chaos-soak.sh 40                       # 40 runs of 20 s
 #   CHAOS_SOAK_SECONDS=30 CHAOS_SOAK_SEED=1234 scripts/chaos-soak.sh 10
 #   CHAOS_SOAK_TARGETS=standalone scripts/chaos-soak.sh 10   # or federation, or both (default)
+#   CHAOS_SOAK_BIN=/tmp/frozen scripts/chaos-soak.sh 100   # binaries built (and copied) before: no build,
+#                                                          # so the tree can be rebuilt while it runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -20,7 +22,11 @@ targets="${CHAOS_SOAK_TARGETS:-both}"
 if ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then
   apt-get install -y faketime >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y faketime >/dev/null; }
 fi
-cargo build --workspace --bins --features "$TESSERA_TEST_FEATURES" >&2
+if [ -n "${CHAOS_SOAK_BIN:-}" ]; then
+  export TESSERA_BIN="$CHAOS_SOAK_BIN"
+else
+  cargo build --workspace --bins --features "$TESSERA_TEST_FEATURES" >&2
+fi
 
 out="${CHAOS_SOAK_DIR:-$(mktemp -d /tmp/chaos-soak.XXXXXX)}"
 mkdir -p "$out/reports" "$out/runs"

@@ -50,6 +50,11 @@ pub struct DevArgs {
     /// holds 16 MiB, or the busiest takes 200 writes/s.
     #[arg(long, default_value_t = 30)]
     pub rebalance_every: u64,
+    /// TLS everywhere (on the first run): a CA and certificates under
+    /// <data-dir>/tls, https:// URLs, client certificates required on every
+    /// port; clients use tls/ca.pem, tls/client.pem, tls/client-key.pem.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 pub const DEFAULT_DATA_DIR: &str = ".tessera-dev";
@@ -73,6 +78,9 @@ pub struct Endpoints {
     pub store: Vec<(String, String)>,
     /// Shard-nodes: (client URL, peer URL) each.
     pub nodes: Vec<(String, String)>,
+    /// With --tls: what a client shows and trusts (the CLI uses it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<tessera_rpc::flags::DialTlsArgs>,
 }
 
 impl Endpoints {
@@ -120,6 +128,7 @@ impl Endpoints {
             nodes: (1..=nodes as u32)
                 .map(|i| Ok((port(10000 + 10 * i)?, port(10001 + 10 * i)?)))
                 .collect::<anyhow::Result<_>>()?,
+            tls: None,
         })
     }
 
@@ -136,9 +145,45 @@ impl Endpoints {
             store: (0..store).map(|_| Ok((next()?, next()?))).collect::<anyhow::Result<_>>()?,
             placement: next()?,
             nodes: (0..nodes).map(|_| Ok((next()?, next()?))).collect::<anyhow::Result<_>>()?,
+            tls: None,
         })
     }
 
+    /// Every URL https://, a CA and certificates under `dir`: one for the
+    /// servers (every process, also as their client identity to each
+    /// other) and one for clients (CN "root").
+    fn secured(mut self, dir: &Path, host: &str) -> anyhow::Result<Endpoints> {
+        let https = |u: &mut String| *u = u.replacen("http://", "https://", 1);
+        https(&mut self.router);
+        https(&mut self.placement);
+        for (c, p) in self.store.iter_mut().chain(self.nodes.iter_mut()) {
+            https(c);
+            https(p);
+        }
+        let ca = tessera_rpc::tls::DevCa::create(dir)?;
+        ca.issue("server", &[host.to_string(), "localhost".to_string()])?;
+        let client = ca.issue("root", &[])?;
+        self.tls = Some(tessera_rpc::flags::DialTlsArgs {
+            cacert: ca.ca_file.display().to_string(),
+            cert: client.cert_file.display().to_string(),
+            key: client.key_file.display().to_string(),
+            insecure_skip_tls_verify: false,
+        });
+        Ok(self)
+    }
+
+    /// The flags a process of this federation serves and dials with.
+    fn process_tls(&self) -> Option<ProcessTls> {
+        let t = self.tls.as_ref()?;
+        let dir = Path::new(&t.cacert).parent()?;
+        let (cert, key) = (dir.join("server.pem").display().to_string(), dir.join("server-key.pem").display().to_string());
+        Some(ProcessTls { ca: t.cacert.clone(), cert, key })
+    }
+
+    /// How `tessera dev` itself reaches the processes.
+    fn dialer(&self) -> anyhow::Result<tessera_rpc::tls::Dialer> {
+        Ok(self.tls.clone().unwrap_or_default().dialer()?)
+    }
     fn all(&self) -> Vec<(String, &str)> {
         let mut v = vec![("router".to_string(), self.router.as_str()), ("placement".to_string(), self.placement.as_str())];
         for (i, (c, p)) in self.store.iter().enumerate() {
@@ -165,6 +210,46 @@ impl Endpoints {
             }
         }
         Ok(())
+    }
+}
+
+struct ProcessTls {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+impl ProcessTls {
+    /// Serving clients, certificates required.
+    fn serving(&self) -> Vec<String> {
+        let (ca, cert, key) = (&self.ca, &self.cert, &self.key);
+        vec![
+            format!("--cert-file={cert}"),
+            format!("--key-file={key}"),
+            format!("--trusted-ca-file={ca}"),
+            "--client-cert-auth".into(),
+        ]
+    }
+
+    /// A shard-node's: client and peer ports, certificates required on both.
+    fn node(&self) -> Vec<String> {
+        let (ca, cert, key) = (&self.ca, &self.cert, &self.key);
+        let mut flags = self.serving();
+        flags.extend([
+            format!("--peer-cert-file={cert}"),
+            format!("--peer-key-file={key}"),
+            format!("--peer-trusted-ca-file={ca}"),
+            "--peer-client-cert-auth".into(),
+        ]);
+        flags
+    }
+
+    /// Placement's and the router's: serving, and dialing the others.
+    fn frontend(&self) -> Vec<String> {
+        let (ca, cert, key) = (&self.ca, &self.cert, &self.key);
+        let mut flags = self.serving();
+        flags.extend([format!("--cacert={ca}"), format!("--cert={cert}"), format!("--key={key}")]);
+        flags
     }
 }
 
@@ -246,6 +331,16 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         None if a.client_port == 0 => Endpoints::free(&a.host, nodes, a.store_members)?,
         None => Endpoints::from_port(&a.host, a.client_port, nodes, a.store_members)?,
     };
+    let ep = if a.tls && ep.tls.is_none() {
+        if Endpoints::load(&dir).is_some() {
+            bail!("--tls is chosen on the first run; {} holds a federation without it", dir.display());
+        }
+        ep.secured(&dir.join("tls"), &a.host)?
+    } else {
+        ep
+    };
+    let tls = ep.process_tls();
+    let dialer = ep.dialer()?;
     ep.check_free()?;
     ep.save(&dir)?;
 
@@ -257,6 +352,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         let mut args = node_args(&name, &dir, member);
         args.push(format!("--initial-cluster={}", store_cluster.join(",")));
         args.push("--revision-oracle".into());
+        args.extend(tls.iter().flat_map(ProcessTls::node));
         procs.push(spawn(&name, "shard-node", args, &logs)?);
     }
     procs.push(spawn(
@@ -268,16 +364,20 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             format!("--rebalance-every={}", a.rebalance_every),
             format!("--rebalance-min-bytes={}", 16 << 20),
             "--rebalance-min-writes=200".to_string(),
-        ],
+        ]
+        .into_iter()
+        .chain(tls.iter().flat_map(ProcessTls::frontend))
+        .collect(),
         &logs,
     )?);
     for (i, n) in ep.nodes.iter().enumerate() {
         let name = format!("n{}", i + 1);
         let mut args = node_args(&name, &dir, n);
         args.push(format!("--placement-endpoints={}", ep.store_urls()));
+        args.extend(tls.iter().flat_map(ProcessTls::node));
         procs.push(spawn(&name, "shard-node", args, &logs)?);
     }
-    let admin = placement::PlacementClient::new(ep.placement.clone());
+    let admin = placement::PlacementClient::new(ep.placement.clone()).with_dialer(dialer.clone());
     let result = async {
         wait_until("nodes to register with placement", Duration::from_secs(60), &mut procs, || async {
             admin.map().await.is_ok_and(|m| m.nodes.len() >= ep.nodes.len())
@@ -287,7 +387,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         admin.init(&init).await?;
         wait_until("every group to elect a leader", Duration::from_secs(60), &mut procs, || async {
             for (client, _) in &ep.nodes {
-                if !tessera_rpc::endpoints::probe_health(client).await {
+                if !tessera_rpc::endpoints::probe_health_via(&dialer, client).await {
                     return false;
                 }
             }
@@ -297,11 +397,16 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         procs.push(spawn(
             "router",
             "router",
-            vec![format!("--listen-client-urls={}", ep.router), format!("--placement-endpoints={}", ep.store_urls())],
+            [format!("--listen-client-urls={}", ep.router), format!("--placement-endpoints={}", ep.store_urls())]
+                .into_iter()
+                .chain(tls.iter().flat_map(ProcessTls::frontend))
+                .collect(),
             &logs,
         )?);
-        wait_until("the router", Duration::from_secs(30), &mut procs, || tessera_rpc::endpoints::probe_health(&ep.router))
-            .await?;
+        wait_until("the router", Duration::from_secs(30), &mut procs, || {
+            tessera_rpc::endpoints::probe_health_via(&dialer, &ep.router)
+        })
+        .await?;
         let map = admin.map().await?;
         let router = ep.router.trim_start_matches("http://");
         println!("tessera dev: federation ready");
@@ -313,7 +418,16 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         }
         println!("  groups: {:?} ({} voters + {} learners each)", map.groups.keys().collect::<Vec<_>>(), a.replicas, a.learners);
         println!("  data and logs: {}", dir.display());
-        println!("try: ETCDCTL_API=3 etcdctl --endpoints {router} put foo bar;  tessera status --placement {}", ep.placement);
+        match &ep.tls {
+            None => println!(
+                "try: ETCDCTL_API=3 etcdctl --endpoints {router} put foo bar;  tessera status --placement {}",
+                ep.placement
+            ),
+            Some(t) => println!(
+                "try: ETCDCTL_API=3 etcdctl --endpoints {router} --cacert {} --cert {} --key {} put foo bar;  tessera status",
+                t.cacert, t.cert, t.key
+            ),
+        }
         println!("Ctrl-C stops everything; the same command resumes it.");
         anyhow::Ok(())
     }

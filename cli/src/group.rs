@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tessera_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use tessera_proto::etcdserverpb::{HashKvRequest, MoveLeaderRequest, SnapshotRequest, StatusRequest};
 use tessera_rpc::metadata::group_request;
+use tessera_rpc::tls::Dialer;
 use tonic::transport::Channel;
 
 /// (node, member id, client URL) of each of `group`'s replicas, voters first.
@@ -21,15 +22,15 @@ fn replicas(map: &ShardMap, group: u64) -> anyhow::Result<Vec<(String, u64, Stri
     Ok(map.replica_urls(group).into_iter().map(|(r, u)| (r.node.clone(), r.member_id, u.to_string())).collect())
 }
 
-async fn maintenance(url: &str) -> anyhow::Result<MaintenanceClient<Channel>> {
-    let ch = shardmap::watcher::channel(url).await.map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+async fn maintenance(d: &Dialer, url: &str) -> anyhow::Result<MaintenanceClient<Channel>> {
+    let ch = shardmap::watcher::channel(url, d).await.map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
     Ok(MaintenanceClient::new(ch).max_decoding_message_size(64 << 20))
 }
 
 /// The member id of `group`'s leader, as its replicas see it (None: no leader).
-pub async fn leader(map: &ShardMap, group: u64) -> anyhow::Result<Option<u64>> {
+pub async fn leader(d: &Dialer, map: &ShardMap, group: u64) -> anyhow::Result<Option<u64>> {
     for (_, _, url) in replicas(map, group)? {
-        let Ok(mut m) = maintenance(&url).await else { continue };
+        let Ok(mut m) = maintenance(d, &url).await else { continue };
         let mut req = group_request(group, StatusRequest {});
         req.set_timeout(Duration::from_secs(1));
         if let Ok(s) = m.status(req).await {
@@ -47,7 +48,7 @@ pub async fn wait_for_leader(p: &placement::PlacementClient, group: u64, within:
     let deadline = Instant::now() + within;
     loop {
         let map = p.map().await?;
-        if let Some(l) = leader(&map, group).await? {
+        if let Some(l) = leader(p.dialer(), &map, group).await? {
             return Ok(l);
         }
         if Instant::now() > deadline {
@@ -76,12 +77,12 @@ pub struct Hashes {
 }
 
 /// etcd's HashKV on every replica of `group` at `rev` (0: each one's current).
-pub async fn hashkv(map: &ShardMap, group: u64, rev: i64) -> anyhow::Result<Hashes> {
+pub async fn hashkv(d: &Dialer, map: &ShardMap, group: u64, rev: i64) -> anyhow::Result<Hashes> {
     let mut members = vec![];
     let mut errors = vec![];
     for (node, id, url) in replicas(map, group)? {
         let answer = async {
-            let mut m = maintenance(&url).await?;
+            let mut m = maintenance(d, &url).await?;
             anyhow::Ok(m.hash_kv(group_request(group, HashKvRequest { revision: rev })).await?.into_inner())
         };
         match answer.await {
@@ -129,11 +130,11 @@ pub struct Saved {
 
 /// etcd's Snapshot of `group` from its first voter that answers, into `file`
 /// (restorable by `shard-node`'s snapshot restore, as etcdutl's).
-pub async fn snapshot(map: &ShardMap, group: u64, file: &str) -> anyhow::Result<Saved> {
+pub async fn snapshot(d: &Dialer, map: &ShardMap, group: u64, file: &str) -> anyhow::Result<Saved> {
     let mut last = anyhow::anyhow!("group {group} has no replica");
     for (node, _, url) in replicas(map, group)? {
         let streamed = async {
-            let mut m = maintenance(&url).await?;
+            let mut m = maintenance(d, &url).await?;
             let mut stream = m.snapshot(group_request(group, SnapshotRequest {})).await?.into_inner();
             let part = format!("{file}.part");
             let mut out = std::fs::File::create(&part).with_context(|| format!("creating {part}"))?;
@@ -155,11 +156,11 @@ pub async fn snapshot(map: &ShardMap, group: u64, file: &str) -> anyhow::Result<
 }
 
 /// etcd's MoveLeader for `group`: its leadership to the replica on `node`.
-pub async fn move_leader(map: &ShardMap, group: u64, node: &str) -> anyhow::Result<String> {
+pub async fn move_leader(d: &Dialer, map: &ShardMap, group: u64, node: &str) -> anyhow::Result<String> {
     let rs = replicas(map, group)?;
     let (_, target, _) =
         rs.iter().find(|(n, _, _)| n == node).with_context(|| format!("group {group} has no replica on {node}"))?;
-    let leader = leader(map, group).await?.with_context(|| format!("group {group} has no leader now"))?;
+    let leader = leader(d, map, group).await?.with_context(|| format!("group {group} has no leader now"))?;
     if leader == *target {
         return Ok(format!("the replica on {node} already leads group {group}"));
     }
@@ -167,7 +168,7 @@ pub async fn move_leader(map: &ShardMap, group: u64, node: &str) -> anyhow::Resu
         .iter()
         .find(|(_, id, _)| *id == leader)
         .with_context(|| format!("group {group}'s leader {leader:x} is not in the map"))?;
-    let mut m = maintenance(url).await?;
+    let mut m = maintenance(d, url).await?;
     m.move_leader(group_request(group, MoveLeaderRequest { target_id: *target })).await?;
     Ok(format!("group {group}'s leader is now the replica on {node} ({target:x})"))
 }

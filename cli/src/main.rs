@@ -22,17 +22,30 @@ struct Cli {
     /// Print the answer as JSON (for scripts) instead of a summary.
     #[arg(long, global = true)]
     json: bool,
+    /// TLS to placement and the groups (https:// URLs); `tessera dev --tls`
+    /// federations are found with theirs.
+    #[command(flatten)]
+    tls: tessera_rpc::flags::DialTlsArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 impl Cli {
-    fn placement(&self) -> PlacementClient {
+    fn placement(&self) -> anyhow::Result<PlacementClient> {
+        let found = dev::Endpoints::find();
         let url = self
             .placement
             .clone()
-            .unwrap_or_else(|| dev::Endpoints::find().map(|e| e.placement).unwrap_or_else(|| "http://127.0.0.1:12381".into()));
-        PlacementClient::new(url)
+            .or_else(|| found.as_ref().map(|e| e.placement.clone()))
+            .unwrap_or_else(|| "http://127.0.0.1:12381".into());
+        // The CLI's own flags, else the certificates of the dev federation found.
+        let mut tls = self.tls.clone();
+        if tls == Default::default() && self.placement.is_none() {
+            if let Some(dev_tls) = found.and_then(|e| e.tls) {
+                tls = dev_tls;
+            }
+        }
+        Ok(PlacementClient::new(url).with_dialer(tls.dialer()?))
     }
 }
 
@@ -198,14 +211,14 @@ fn ownership(c: &placement::api::OwnershipChanged) -> String {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let p = cli.placement();
     let json = cli.json;
     let r: anyhow::Result<()> = async {
+        let p = cli.placement()?;
         match cli.cmd {
             Cmd::Dev(a) => dev::run(a).await,
             Cmd::Status => {
                 let map = p.map().await?;
-                let s = status::collect(&map).await;
+                let s = status::collect(p.dialer(), &map).await;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&s)?);
                 } else {
@@ -259,7 +272,7 @@ async fn main() {
                 })
             }
             Cmd::Group { cmd: GroupCmd::Hashkv { group, rev } } => {
-                let h = group::hashkv(&p.map().await?, group, rev).await?;
+                let h = group::hashkv(p.dialer(), &p.map().await?, group, rev).await?;
                 show(json, &h, group::print_hashes)?;
                 if !h.agree {
                     std::process::exit(2);
@@ -267,11 +280,11 @@ async fn main() {
                 Ok(())
             }
             Cmd::Group { cmd: GroupCmd::Snapshot { group, file } } => {
-                let saved = group::snapshot(&p.map().await?, group, &file).await?;
+                let saved = group::snapshot(p.dialer(), &p.map().await?, group, &file).await?;
                 show(json, &saved, |s| format!("group {}'s snapshot from {}: {} bytes in {}", s.group, s.node, s.bytes, s.file))
             }
             Cmd::Group { cmd: GroupCmd::MoveLeader { group, node } } => {
-                let said = group::move_leader(&p.map().await?, group, &node).await?;
+                let said = group::move_leader(p.dialer(), &p.map().await?, group, &node).await?;
                 show(json, &serde_json::json!({ "group": group, "node": node, "result": said }), |_| said.clone())
             }
             Cmd::Learner { cmd: LearnerCmd::Add { group, node } } => {

@@ -6,6 +6,7 @@ use shardmap::ShardMap;
 use std::time::Duration;
 use tessera_proto::tessera::shard::shard_client::ShardClient;
 use tessera_proto::tessera::shard::StatsRequest;
+use tessera_rpc::tls::Dialer;
 
 #[derive(Serialize)]
 pub struct ReplicaStatus {
@@ -41,20 +42,20 @@ pub struct Status {
     pub groups: Vec<GroupStatus>,
 }
 
-async fn stats(url: &str, group: u64) -> Option<tessera_proto::tessera::shard::StatsResponse> {
-    let ch = shardmap::watcher::channel(url).await.ok()?;
+async fn stats(d: &Dialer, url: &str, group: u64) -> Option<tessera_proto::tessera::shard::StatsResponse> {
+    let ch = shardmap::watcher::channel(url, d).await.ok()?;
     let mut req = tessera_rpc::metadata::group_request(group, StatsRequest {});
     req.set_timeout(Duration::from_secs(1));
     Some(ShardClient::new(ch).stats(req).await.ok()?.into_inner())
 }
 
-pub async fn collect(map: &ShardMap) -> Status {
+pub async fn collect(d: &Dialer, map: &ShardMap) -> Status {
     let mut groups = vec![];
     for (id, g) in &map.groups {
         let mut replicas = vec![];
         for r in &g.replicas {
             let url = map.nodes.get(&r.node).map(|n| n.client_url.clone()).unwrap_or_default();
-            let s = stats(&url, *id).await;
+            let s = stats(d, &url, *id).await;
             let role = match &s {
                 None => "unreachable",
                 Some(s) if s.leader == r.member_id => "leader",

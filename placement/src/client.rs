@@ -12,12 +12,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[derive(Clone, Debug)]
 pub struct PlacementClient {
     base: String,
+    dialer: tessera_rpc::tls::Dialer,
 }
 
 impl PlacementClient {
     /// `base`: placement's admin URL, `http://host:port`.
     pub fn new(base: impl Into<String>) -> Self {
-        PlacementClient { base: base.into() }
+        PlacementClient { base: base.into(), dialer: Default::default() }
+    }
+
+    /// How this client reaches placement (and, for the CLI, the groups).
+    pub fn dialer(&self) -> &tessera_rpc::tls::Dialer {
+        &self.dialer
+    }
+
+    /// Through `dialer` (placement serving `https://`).
+    pub fn with_dialer(mut self, dialer: tessera_rpc::tls::Dialer) -> Self {
+        self.dialer = dialer;
+        self
     }
 
     pub async fn map(&self) -> Result<ShardMap> {
@@ -73,8 +85,7 @@ impl PlacementClient {
 
     async fn call<B: Serialize, T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<&B>) -> Result<T> {
         let unreachable = |e: std::io::Error| PlacementError::unavailable(format!("placement at {}: {e}", self.base));
-        let hostport = self.base.trim_start_matches("http://").trim_end_matches('/');
-        let mut s = tokio::net::TcpStream::connect(hostport).await.map_err(unreachable)?;
+        let (mut s, hostport) = self.dialer.http1(&self.base).await.map_err(unreachable)?;
         let body = match body {
             Some(b) => serde_json::to_string(b).map_err(|e| PlacementError::invalid(e.to_string()))?,
             None => String::new(),

@@ -2,7 +2,7 @@
 //! any etcd API; `tessera dev` runs a standalone shard-node group for it).
 
 use clap::Parser;
-use tessera_rpc::flags::Urls;
+use tessera_rpc::flags::{DialTlsArgs, ServeTlsArgs, Urls};
 
 #[derive(Parser, Debug)]
 #[command(name = "placement", version, about = "Tessera placement: the federation's control plane (admin API)")]
@@ -26,6 +26,12 @@ struct Config {
     /// Writes per second the busiest group must take before load is balanced.
     #[arg(long, default_value_t = 500.0)]
     rebalance_min_writes: f64,
+    /// Serving the admin API over TLS (https:// listen URL).
+    #[command(flatten)]
+    tls: ServeTlsArgs,
+    /// Dialing the store and the groups (https:// URLs).
+    #[command(flatten)]
+    dial: DialTlsArgs,
     /// Log level (error, warn, info, debug).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -39,9 +45,11 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("--store-endpoints must name at least one member of placement's store");
     }
     let addr = config.listen_client_urls.socket_addrs()?.into_iter().next().ok_or_else(|| anyhow::anyhow!("no listen URL"))?;
+    let tls = config.tls.serving(&config.listen_client_urls, "placement", addr.port())?;
+    let dialer = config.dial.dialer()?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let store = shardmap::store::Store::new(config.store_endpoints.to_vec());
+        let store = shardmap::store::Store::new(config.store_endpoints.to_vec(), dialer);
         let placement = placement::Placement::new(store);
         // Moves whose driver died (a placement before this one): finished
         // if committed, else rolled back, once the store and groups answer.
@@ -81,8 +89,13 @@ fn main() -> anyhow::Result<()> {
         let app = placement::http::routes(placement).merge(health);
         let listener = tokio::net::TcpListener::bind(addr).await?;
         tracing::info!(%addr, store = %config.store_endpoints, "placement serving");
-        tessera_rpc::serve::serve(tessera_rpc::authority::ClientListener(listener), app, tessera_rpc::process::shutdown_signal())
-            .await;
+        tessera_rpc::serve::serve(
+            tessera_rpc::authority::ClientListener(listener),
+            tls,
+            app,
+            tessera_rpc::process::shutdown_signal(),
+        )
+        .await;
         anyhow::Ok(())
     })
 }

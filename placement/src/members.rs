@@ -32,6 +32,7 @@ fn group_urls(map: &ShardMap, group: u64, except: Option<&str>) -> Vec<String> {
 /// until one answers; `done` turns a failure that means "already so" into
 /// success.
 pub(crate) async fn on_group<R, Fut>(
+    dialer: &tessera_rpc::tls::Dialer,
     map: &ShardMap,
     group: u64,
     except: Option<&str>,
@@ -43,7 +44,7 @@ where
 {
     let mut last = String::from("no reachable member");
     for url in group_urls(map, group, except) {
-        match shardmap::watcher::channel(&url).await {
+        match shardmap::watcher::channel(&url, dialer).await {
             Ok(ch) => match call(ch).await {
                 Ok(resp) => return Ok(resp.into_inner()),
                 Err(e) => {
@@ -78,6 +79,7 @@ impl Placement {
         }
         let req = MemberAddRequest { peer_ur_ls: vec![info.peer_url.clone()], is_learner: true };
         let added = on_group(
+            self.dialer(),
             &map,
             group,
             None,
@@ -112,6 +114,7 @@ impl Placement {
             .cloned()
             .ok_or_else(|| PlacementError::not_found(format!("group {group} has no replica on {node}")))?;
         on_group(
+            self.dialer(),
             &map,
             group,
             Some(node),

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use tessera_proto::tessera::command::{move_target::Action, LeaseCopy, MoveRelease, MoveStage, MoveTarget};
 use tessera_proto::tessera::shard::shard_client::ShardClient;
 use tessera_proto::tessera::shard::{ExportRequest, ExportResponse, FenceRequest, MoveStageResponse};
+use tessera_rpc::tls::Dialer;
 use tonic::transport::Channel;
 
 /// Bytes of values per export chunk (a staged chunk is one raft entry,
@@ -83,33 +84,39 @@ pub(crate) fn check_prefix(prefix: &str) -> Result<()> {
 }
 
 /// Calls `group`'s Shard service (any replica that answers).
-async fn shard<R, Fut>(map: &ShardMap, group: u64, what: &str, call: impl Fn(ShardClient<Channel>) -> Fut) -> Result<R>
+async fn shard<R, Fut>(
+    d: &Dialer,
+    map: &ShardMap,
+    group: u64,
+    what: &str,
+    call: impl Fn(ShardClient<Channel>) -> Fut,
+) -> Result<R>
 where
     Fut: Future<Output = std::result::Result<tonic::Response<R>, tonic::Status>>,
 {
-    on_group(map, group, None, |ch| call(ShardClient::new(ch).max_decoding_message_size(64 << 20)), |_| None)
+    on_group(d, map, group, None, |ch| call(ShardClient::new(ch).max_decoding_message_size(64 << 20)), |_| None)
         .await
         .map_err(|e| PlacementError::unavailable(format!("{what} on group {group}: {e}")))
 }
 
-async fn stage(map: &ShardMap, to: u64, msg: MoveStage) -> Result<MoveStageResponse> {
-    shard(map, to, "staging", |mut c| {
+async fn stage(d: &Dialer, map: &ShardMap, to: u64, msg: MoveStage) -> Result<MoveStageResponse> {
+    shard(d, map, to, "staging", |mut c| {
         let r = group_request(to, msg.clone());
         async move { c.move_stage(r).await }
     })
     .await
 }
 
-async fn export(map: &ShardMap, g: u64, msg: ExportRequest) -> Result<ExportResponse> {
-    shard(map, g, "exporting", |mut c| {
+async fn export(d: &Dialer, map: &ShardMap, g: u64, msg: ExportRequest) -> Result<ExportResponse> {
+    shard(d, map, g, "exporting", |mut c| {
         let r = group_request(g, msg.clone());
         async move { c.export(r).await }
     })
     .await
 }
 
-async fn target(map: &ShardMap, to: u64, msg: MoveTarget) -> Result<()> {
-    shard(map, to, "cutting over", |mut c| {
+async fn target(d: &Dialer, map: &ShardMap, to: u64, msg: MoveTarget) -> Result<()> {
+    shard(d, map, to, "cutting over", |mut c| {
         let r = group_request(to, msg.clone());
         async move { c.move_target(r).await }
     })
@@ -117,8 +124,8 @@ async fn target(map: &ShardMap, to: u64, msg: MoveTarget) -> Result<()> {
     .map(|_| ())
 }
 
-async fn release(map: &ShardMap, g: u64, msg: MoveRelease) -> Result<i64> {
-    shard(map, g, "releasing", |mut c| {
+async fn release(d: &Dialer, map: &ShardMap, g: u64, msg: MoveRelease) -> Result<i64> {
+    shard(d, map, g, "releasing", |mut c| {
         let r = group_request(g, msg.clone());
         async move { c.move_release(r).await }
     })
@@ -127,9 +134,9 @@ async fn release(map: &ShardMap, g: u64, msg: MoveRelease) -> Result<i64> {
 }
 
 /// Fences `prefix` at `epoch` on `g`, pending; its revision at the fence.
-async fn fence(map: &ShardMap, g: u64, prefix: &str, epoch: u64) -> Result<i64> {
+async fn fence(d: &Dialer, map: &ShardMap, g: u64, prefix: &str, epoch: u64) -> Result<i64> {
     let msg = FenceRequest { prefix: prefix.as_bytes().to_vec(), epoch, pending: true };
-    let resp = shard(map, g, "fencing", |mut c| {
+    let resp = shard(d, map, g, "fencing", |mut c| {
         let r = group_request(g, msg.clone());
         async move { c.fence(r).await }
     })
@@ -275,7 +282,7 @@ impl Placement {
         let mut copied = Copied { cursors: from.iter().map(|g| (*g, (0, 0))).collect(), ..Default::default() };
         let map = self.map().await?;
         let reset = MoveStage { prefix: prefix.as_bytes().to_vec(), reset: true, ..Default::default() };
-        stage(&map, to, reset).await?;
+        stage(self.dialer(), &map, to, reset).await?;
         let mut passes = 0;
         loop {
             passes += 1;
@@ -299,11 +306,11 @@ impl Placement {
             // must not be held by a cutover meanwhile.
             let mut revision = 0;
             for g in from {
-                revision = revision.max(fence(&map, *g, prefix, epoch).await?);
+                revision = revision.max(fence(self.dialer(), &map, *g, prefix, epoch).await?);
             }
             let cutover =
                 MoveTarget { prefix: prefix.as_bytes().to_vec(), action: Action::Cutover as i32, epoch, ..Default::default() };
-            target(&map, to, cutover).await?;
+            target(self.dialer(), &map, to, cutover).await?;
             copied.source_keys = 0;
             copied.leases.clear();
             self.copy_pass(&map, prefix, to, &mut copied, 0, true).await?;
@@ -387,7 +394,7 @@ impl Placement {
                         max_bytes: CHUNK_BYTES,
                         leases: last,
                     };
-                    let x = export(map, g, req).await?;
+                    let x = export(self.dialer(), map, g, req).await?;
                     if (main, sub) != (0, 0) && x.compact_revision >= main {
                         tracing::info!(
                             prefix,
@@ -396,7 +403,7 @@ impl Placement {
                             "a source compacted past the copy; starting over"
                         );
                         let reset = MoveStage { prefix: prefix.as_bytes().to_vec(), reset: true, ..Default::default() };
-                        stage(map, to, reset).await?;
+                        stage(self.dialer(), map, to, reset).await?;
                         c.cursors.values_mut().for_each(|v| *v = (0, 0));
                         c.source_keys = 0;
                         c.leases.clear();
@@ -405,6 +412,7 @@ impl Placement {
                     let n = x.entries.len() as u64;
                     let bytes: u64 = x.entries.iter().map(|e| e.value.len() as u64).sum();
                     let staged = stage(
+                        self.dialer(),
                         map,
                         to,
                         MoveStage { prefix: prefix.as_bytes().to_vec(), entries: x.entries, ..Default::default() },
@@ -454,11 +462,13 @@ impl Placement {
             compact_revision: adopt.compact_revision,
             revision: adopt.revision,
         };
-        target(map, r.to, msg).await?;
+        target(self.dialer(), map, r.to, msg).await?;
         fail::fail_point!("move::after_adopt", |_| Err(PlacementError::unavailable("failpoint move::after_adopt")));
         let mut keys = 0;
         for g in &r.from {
-            keys += release(map, *g, MoveRelease { prefix: prefix.as_bytes().to_vec(), epoch: r.epoch, moved: true }).await?;
+            keys +=
+                release(self.dialer(), map, *g, MoveRelease { prefix: prefix.as_bytes().to_vec(), epoch: r.epoch, moved: true })
+                    .await?;
         }
         self.store.update(|m| Ok::<_, PlacementError>(m.moves.remove(prefix).is_some())).await?;
         Ok(keys)
@@ -469,9 +479,10 @@ impl Placement {
     /// moves past the fences').
     async fn roll_back(&self, map: &ShardMap, prefix: &str, r: &MoveRecord) -> Result<()> {
         let abandon = MoveStage { prefix: prefix.as_bytes().to_vec(), abandon: true, ..Default::default() };
-        stage(map, r.to, abandon).await?;
+        stage(self.dialer(), map, r.to, abandon).await?;
         for g in &r.from {
-            release(map, *g, MoveRelease { prefix: prefix.as_bytes().to_vec(), epoch: r.epoch, moved: false }).await?;
+            release(self.dialer(), map, *g, MoveRelease { prefix: prefix.as_bytes().to_vec(), epoch: r.epoch, moved: false })
+                .await?;
         }
         self.store
             .update(|m| {

@@ -21,6 +21,11 @@ impl Placement {
         Placement { store, tracker: Default::default() }
     }
 
+    /// How placement reaches its store and the groups.
+    pub(crate) fn dialer(&self) -> &tessera_rpc::tls::Dialer {
+        self.store.dialer()
+    }
+
     /// The map as placement's store holds it now.
     pub async fn map(&self) -> Result<ShardMap> {
         Ok(self.store.read().await?)

@@ -25,6 +25,7 @@ use crate::ops::Placement;
 use shardmap::ShardMap;
 use tessera_proto::tessera::shard::shard_client::ShardClient;
 use tessera_proto::tessera::shard::{BumpRequest, FenceRequest};
+use tessera_rpc::tls::Dialer;
 
 /// How often a move is fenced again when the map keeps changing under it.
 const ATTEMPTS: usize = 5;
@@ -92,8 +93,8 @@ impl Placement {
             }
             let owners = map.clone().routing().groups_for_range(prefix.as_bytes(), &shardmap::prefix_end(prefix.as_bytes()));
             let epoch = map.epoch + 1;
-            let fenced = match fence(&map, prefix, &owners, epoch).await {
-                Ok((0, revision)) => raise(&map, to, revision).await.map(|_| 0),
+            let fenced = match fence(self.dialer(), &map, prefix, &owners, epoch).await {
+                Ok((0, revision)) => raise(self.dialer(), &map, to, revision).await.map(|_| 0),
                 other => other.map(|(keys, _)| keys),
             };
             let keys = match fenced {
@@ -140,10 +141,11 @@ impl Placement {
 /// Fences `prefix` at `epoch` in each of `groups`; answers the keys they
 /// hold under it with the fence applied, and the highest revision of theirs
 /// at the fence.
-async fn fence(map: &ShardMap, prefix: &str, groups: &[u64], epoch: u64) -> Result<(i64, i64)> {
+async fn fence(dialer: &Dialer, map: &ShardMap, prefix: &str, groups: &[u64], epoch: u64) -> Result<(i64, i64)> {
     let req = FenceRequest { prefix: prefix.as_bytes().to_vec(), epoch, pending: false };
     let answers = futures::future::join_all(groups.iter().map(|g| {
         on_group(
+            dialer,
             map,
             *g,
             None,
@@ -167,9 +169,10 @@ async fn fence(map: &ShardMap, prefix: &str, groups: &[u64], epoch: u64) -> Resu
 /// Raises each of `groups` past `revision`, so every event they will have
 /// under the prefix comes after the old owners' last one (a watch routed
 /// again from there misses none).
-async fn raise(map: &ShardMap, groups: &[u64], revision: i64) -> Result<()> {
+async fn raise(dialer: &Dialer, map: &ShardMap, groups: &[u64], revision: i64) -> Result<()> {
     let answers = futures::future::join_all(groups.iter().map(|g| {
         on_group(
+            dialer,
             map,
             *g,
             None,

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use tessera_proto::tessera::shard::shard_client::ShardClient;
 use tessera_proto::tessera::shard::{UnitsRequest, UnitsResponse};
 
-async fn units_on(url: &str, group: u64, depth: usize) -> Option<UnitsResponse> {
-    let ch = shardmap::watcher::channel(url).await.ok()?;
+async fn units_on(dialer: &tessera_rpc::tls::Dialer, url: &str, group: u64, depth: usize) -> Option<UnitsResponse> {
+    let ch = shardmap::watcher::channel(url, dialer).await.ok()?;
     let req = group_request(group, UnitsRequest { depth: depth as u32 });
     Some(ShardClient::new(ch).units(req).await.ok()?.into_inner())
 }
@@ -22,7 +22,7 @@ impl Placement {
         let mut partial = vec![];
         for id in map.groups.keys() {
             let urls: Vec<String> = map.replica_urls(*id).into_iter().map(|(_, u)| u.to_string()).collect();
-            let answers = futures::future::join_all(urls.iter().map(|u| units_on(u, *id, map.depth))).await;
+            let answers = futures::future::join_all(urls.iter().map(|u| units_on(self.dialer(), u, *id, map.depth))).await;
             if answers.iter().any(Option::is_none) {
                 partial.push(*id);
             }

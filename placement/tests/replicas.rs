@@ -27,7 +27,7 @@ async fn hosts(url: &str, group: u64) -> bool {
 async fn a_removed_replica_is_stopped_and_its_data_deleted_and_can_come_back() {
     let f = Federation::start(3);
     let mut f = f;
-    let (map, _) = shardmap::watcher::fetch(&f.store_url()).await.unwrap();
+    let (map, _) = shardmap::watcher::fetch(&f.store_url(), &Default::default()).await.unwrap();
     let (group, info) = map.groups.iter().next().unwrap();
     let learner = info.replicas.iter().find(|r| r.learner).expect("tessera dev adds a learner").node.clone();
     let url = map.nodes[&learner].client_url.clone();

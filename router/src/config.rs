@@ -1,7 +1,7 @@
 //! The router's configuration (etcd's flag names where they mean the same).
 
 use clap::Parser;
-use tessera_rpc::flags::{Interval, Urls};
+use tessera_rpc::flags::{DialTlsArgs, Interval, ServeTlsArgs, Urls};
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "router", version, about = "Tessera router: one etcd v3 endpoint over a federation of raft groups")]
@@ -21,6 +21,12 @@ pub struct Config {
     /// Duration of periodic watch progress notifications (e.g. 10m, 5s).
     #[arg(long, default_value = "10m")]
     pub experimental_watch_progress_notify_interval: Interval,
+    /// Serving clients over TLS (https:// listen URL).
+    #[command(flatten)]
+    pub tls: ServeTlsArgs,
+    /// Dialing the nodes and placement's store (https:// URLs), as etcd's gRPC proxy.
+    #[command(flatten)]
+    pub dial: DialTlsArgs,
     /// Log level (error, warn, info, debug).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -41,6 +47,7 @@ impl Config {
             anyhow::bail!("--listen-client-urls must name exactly one URL");
         }
         self.listen_client_urls.socket_addrs()?;
+        self.tls.files().validate("client")?;
         Ok(())
     }
 }

@@ -57,12 +57,15 @@ impl Running {
 /// Starts a router: follows placement's map and serves `config`'s listen URL.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     config.validate()?;
-    let maps = shardmap::watcher::follow(config.placement_endpoints.to_vec());
+    let dialer = config.dial.dialer()?;
+    let maps = shardmap::watcher::follow(config.placement_endpoints.to_vec(), dialer.clone());
     // The revision oracle is served by placement's store, as the map is.
-    let oracle = tessera_rpc::oracle::OracleClient::new(config.placement_endpoints.to_vec());
+    let oracle = tessera_rpc::oracle::OracleClient::new(config.placement_endpoints.to_vec(), dialer.clone());
     let listener = tokio::net::TcpListener::bind(config.listen_client_urls.socket_addrs()?[0]).await?;
     let addr = listener.local_addr()?;
-    let advertise = config.advertise_client_urls.first().map_or_else(|| format!("http://{addr}"), String::from);
+    let scheme = if config.listen_client_urls.any_https() { "https" } else { "http" };
+    let tls = config.tls.serving(&config.listen_client_urls, "router", addr.port())?;
+    let advertise = config.advertise_client_urls.first().map_or_else(|| format!("{scheme}://{addr}"), String::from);
     let member = Member {
         id: shardmap::ring::hash(advertise.as_bytes()),
         name: config.name.clone(),
@@ -70,7 +73,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         client_ur_ls: vec![advertise],
         is_learner: false,
     };
-    let backends = Backends::new(member.id, maps, oracle);
+    let backends = Backends::new(member.id, maps, oracle, dialer);
     // The poller also finishes cross-group txns groups report in doubt.
     let polled = backends.clone();
     let poller = tokio::spawn(async move {
@@ -100,7 +103,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let shutdown = async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         };
-        tessera_rpc::serve::serve(listener, app, shutdown).await;
+        tessera_rpc::serve::serve(listener, tls, app, shutdown).await;
     });
     tracing::info!(%addr, placement = %config.placement_endpoints, "router serving");
     Ok(Running { addr, backends, stop, task, poller })

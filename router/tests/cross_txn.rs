@@ -68,7 +68,7 @@ async fn etcdctl_txn_and_lock_over_groups_answer_as_etcd() {
     let etcd = RealEtcd::start().await;
     let expected = session(&etcd.endpoint);
     let f = Federation::start(3);
-    let routing = shardmap::watcher::fetch(&f.store_url()).await.unwrap().0.routing();
+    let routing = shardmap::watcher::fetch(&f.store_url(), &Default::default()).await.unwrap().0.routing();
     let groups: std::collections::BTreeSet<u64> =
         ["/t/a/k", "/t/b/k", "/t/c/k", "/t/d/k"].iter().filter_map(|k| routing.group_of(k.as_bytes())).collect();
     assert!(groups.len() >= 2, "the keys should be on several groups");
@@ -109,7 +109,7 @@ async fn clientv3_mutex_election_and_stm_work_over_groups() {
     });
     assert_eq!(recipes(go(), etcd.endpoint.clone()).await, want, "etcd 3.4 itself");
     let f = Federation::start(3);
-    let routing = shardmap::watcher::fetch(&f.store_url()).await.unwrap().0.routing();
+    let routing = shardmap::watcher::fetch(&f.store_url(), &Default::default()).await.unwrap().0.routing();
     let groups: std::collections::BTreeSet<u64> =
         (0..6).filter_map(|i| routing.group_of(format!("go/acct/{i}/balance").as_bytes())).collect();
     assert!(groups.len() >= 2, "the accounts should be on several groups");
@@ -128,7 +128,7 @@ async fn npm_etcd3_lock_election_and_stm_work_over_groups() {
     });
     assert_eq!(expected, want, "etcd 3.4 itself");
     let f = Federation::start(3);
-    let routing = shardmap::watcher::fetch(&f.store_url()).await.unwrap().0.routing();
+    let routing = shardmap::watcher::fetch(&f.store_url(), &Default::default()).await.unwrap().0.routing();
     let groups: std::collections::BTreeSet<u64> =
         (0..6).filter_map(|i| routing.group_of(format!("npm/acct/{i}/balance").as_bytes())).collect();
     assert!(groups.len() >= 2, "the accounts should be on several groups");
@@ -243,7 +243,7 @@ async fn concurrent_transfers_across_groups_are_atomic_to_reads_and_watches() {
 
 /// A client of one group's Shard service, on its first replica.
 async fn shard(f: &Federation, group: u64) -> (ShardClient<Channel>, u64) {
-    let (map, _) = shardmap::watcher::fetch(&f.store_url()).await.unwrap();
+    let (map, _) = shardmap::watcher::fetch(&f.store_url(), &Default::default()).await.unwrap();
     let node = &map.nodes[&map.groups[&group].replicas[0].node];
     (ShardClient::connect(node.client_url.clone()).await.unwrap(), group)
 }
@@ -254,7 +254,7 @@ fn to<T>(group: u64, msg: T) -> tonic::Request<T> {
 
 /// Two keys on different groups, the first one's group first.
 async fn keys_on_two_groups(f: &Federation) -> ((String, u64), (String, u64)) {
-    let routing = shardmap::watcher::fetch(&f.store_url()).await.unwrap().0.routing();
+    let routing = shardmap::watcher::fetch(&f.store_url(), &Default::default()).await.unwrap().0.routing();
     let mut found: Vec<(String, u64)> = vec![];
     for i in 0..1000 {
         let k = format!("orphan/{i}/a/v");
@@ -327,7 +327,7 @@ async fn a_txn_its_coordinator_left_is_finished_by_the_router() {
     };
     let (mut p, pg) = shard(&f, x.1).await;
     // A revision of the timeline, as a coordinator takes it.
-    let oracle = tessera_rpc::oracle::OracleClient::new(f.store().split(',').map(String::from).collect());
+    let oracle = tessera_rpc::oracle::OracleClient::new(f.store().split(',').map(String::from).collect(), Default::default());
     let revision = oracle.next().await.unwrap().max(highest + 1);
     let decision = TxnCommit { id, revision, parts: vec![part(&x), part(&y)], recover: false };
     let first = p.txn_commit(to(pg, decision.clone())).await.unwrap().into_inner();
@@ -361,7 +361,7 @@ async fn a_lease_on_several_groups_ends_at_one_revision_on_all() {
     let mut kv = f.kv().await;
     let mut lease = tessera_proto::etcdserverpb::lease_client::LeaseClient::new(f.channel().await);
     let keys = |l: &str| -> Vec<String> { ["a", "b", "c", "d", "e"].iter().map(|u| format!("lease-{l}/{u}/x/k")).collect() };
-    let routing = shardmap::watcher::fetch(&f.store_url()).await.unwrap().0.routing();
+    let routing = shardmap::watcher::fetch(&f.store_url(), &Default::default()).await.unwrap().0.routing();
     let groups: std::collections::BTreeSet<u64> = keys("1").iter().filter_map(|k| routing.group_of(k.as_bytes())).collect();
     assert!(groups.len() >= 2, "the keys should be on several groups");
 

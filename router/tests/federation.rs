@@ -66,7 +66,7 @@ async fn etcdctl_through_the_router_across_groups() {
     assert!(per_group.iter().filter(|n| **n > 0).count() >= 2, "all keys on one group: {per_group:?}");
     assert_eq!(per_group.iter().sum::<u64>(), KEYS.len() as u64, "{per_group:?}");
     // ... and each group's own members hold only the keys the map gives it.
-    let (map, _) = shardmap::watcher::fetch(&f.store_url()).await.unwrap();
+    let (map, _) = shardmap::watcher::fetch(&f.store_url(), &Default::default()).await.unwrap();
     let routing = map.clone().routing();
     for (gid, g) in &map.groups {
         let node = &map.nodes[&g.replicas[0].node];
@@ -118,7 +118,7 @@ async fn etcdctl_through_the_router_across_groups() {
     // its writes take one revision, and the merged watch delivers them in
     // one response, as etcd does.
     let (a, b) = ("/registry/pods/ns1/a", "foo");
-    let routing = shardmap::watcher::fetch(&f.store_url()).await.unwrap().0.routing();
+    let routing = shardmap::watcher::fetch(&f.store_url(), &Default::default()).await.unwrap().0.routing();
     assert_ne!(routing.group_of(a.as_bytes()), routing.group_of(b.as_bytes()), "the test needs two groups");
     let value_is = |k: &str, v: &str| Compare {
         result: CompareResult::Equal as i32,

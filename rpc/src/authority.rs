@@ -16,6 +16,7 @@
 //! the authority repaired (or dropped if it cannot be). gRPC clients use one
 //! authority per connection, so the first request decides.
 
+use crate::tls::Io;
 use bytes::{Buf, BytesMut};
 use std::io;
 use std::net::SocketAddr;
@@ -35,19 +36,16 @@ const PRIORITY: u8 = 0x20;
 const MAX_FRAME: usize = 16384;
 
 /// The client port's listener: TCP_NODELAY (small responses must not wait
-/// out delayed ACKs) and authority repair.
+/// out delayed ACKs); `serve` then adds TLS and authority repair.
 pub struct ClientListener(pub TcpListener);
 
-impl axum::serve::Listener for ClientListener {
-    type Io = ClientConn;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (ClientConn, SocketAddr) {
+impl ClientListener {
+    pub async fn accept(&mut self) -> (TcpStream, SocketAddr) {
         loop {
             match self.0.accept().await {
                 Ok((s, addr)) => {
                     let _ = s.set_nodelay(true);
-                    return (ClientConn::new(s), addr);
+                    return (s, addr);
                 }
                 // Out of file descriptors and the like: back off, keep serving.
                 Err(e) => {
@@ -58,7 +56,7 @@ impl axum::serve::Listener for ClientListener {
         }
     }
 
-    fn local_addr(&self) -> io::Result<SocketAddr> {
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.0.local_addr()
     }
 }
@@ -81,7 +79,7 @@ struct Block {
 }
 
 pub struct ClientConn {
-    io: TcpStream,
+    io: Box<dyn Io>,
     mode: Mode,
     preface_seen: bool,
     /// Bytes from the client not yet processed, and bytes ready for the server.
@@ -92,7 +90,8 @@ pub struct ClientConn {
 }
 
 impl ClientConn {
-    fn new(io: TcpStream) -> Self {
+    /// A client connection (plain or TLS, from its first byte) to repair.
+    pub fn new(io: Box<dyn Io>) -> Self {
         Self {
             io,
             mode: Mode::Inspect,

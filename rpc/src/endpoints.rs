@@ -2,6 +2,7 @@
 //! `/version` (the API level Kubernetes checks), `/health`, `/metrics`.
 //! Shard-nodes and routers answer them the same way.
 
+use crate::tls::Dialer;
 use axum::http::StatusCode;
 use axum::routing::get;
 use prometheus::{Encoder, TextEncoder};
@@ -16,19 +17,28 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1572864;
 /// etcd's allowance for gRPC framing on top of --max-request-bytes.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
-/// Whether the server at `url` (`http://host:port` or `host:port`) answers
-/// `/health` with `"health":"true"`, within 2 s (readiness waits use it).
+/// Whether the server at `url` (`http[s]://host:port` or `host:port`)
+/// answers `/health` with `"health":"true"`, within 2 s (readiness waits use it).
 pub async fn probe_health(url: &str) -> bool {
-    http_get(url, "/health").await.is_some_and(|body| body.contains("\"health\":\"true\""))
+    probe_health_via(&Dialer::plain(), url).await
+}
+
+/// `probe_health` through `dialer` (an `https://` server).
+pub async fn probe_health_via(dialer: &Dialer, url: &str) -> bool {
+    http_get_via(dialer, url, "/health").await.is_some_and(|body| body.contains("\"health\":\"true\""))
 }
 
 /// The response (status line, headers, body) to `GET path` on the server at
 /// `url` (`http://host:port` or `host:port`), within 2 s.
 pub async fn http_get(url: &str, path: &str) -> Option<String> {
+    http_get_via(&Dialer::plain(), url, path).await
+}
+
+/// `http_get` through `dialer` (an `https://` server).
+pub async fn http_get_via(dialer: &Dialer, url: &str, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let hostport = url.trim_start_matches("http://");
     let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(hostport).await.ok()?;
+        let (mut s, hostport) = dialer.http1(url).await.ok()?;
         let req = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.ok()?;
         let mut buf = vec![];

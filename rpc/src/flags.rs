@@ -5,6 +5,7 @@
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -40,6 +41,11 @@ impl Urls {
         self.0.clone()
     }
 
+    /// Whether any of them is `https://` (TLS).
+    pub fn any_https(&self) -> bool {
+        self.iter().any(is_https)
+    }
+
     /// The addresses to bind or dial, one per URL.
     pub fn socket_addrs(&self) -> Result<Vec<SocketAddr>, FlagError> {
         self.iter().map(socket_addr).collect()
@@ -68,12 +74,23 @@ impl<'de> Deserialize<'de> for Urls {
 fn host_port(url: &str) -> Result<&str, FlagError> {
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| FlagError(format!("URL {url:?} must start with http:// (TLS is not supported yet)")))?;
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| FlagError(format!("URL {url:?} must start with http:// or https://")))?;
     let hostport = rest.trim_end_matches('/');
     match hostport.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(hostport),
         _ => Err(FlagError(format!("URL {url:?} must name a host and a port"))),
     }
+}
+
+/// Whether `url` is served or dialed with TLS.
+pub fn is_https(url: &str) -> bool {
+    url.starts_with("https://")
+}
+
+/// A comma-separated list of names (etcd's `--cipher-suites`).
+pub fn name_list(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect()
 }
 
 /// `http://host:port` → a socket address to bind or dial (IPv4 first).
@@ -82,6 +99,117 @@ pub fn socket_addr(url: &str) -> Result<SocketAddr, FlagError> {
     let addrs: Vec<SocketAddr> =
         hostport.to_socket_addrs().map_err(|e| FlagError(format!("cannot resolve {url:?}: {e}")))?.collect();
     addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied().ok_or_else(|| FlagError(format!("cannot resolve {url:?}")))
+}
+
+/// A path flag as etcd takes it: empty means unset.
+fn path(s: &str) -> Option<PathBuf> {
+    (!s.is_empty()).then(|| PathBuf::from(s))
+}
+
+/// etcd's TLS flags for serving clients (shard-nodes, routers and placement
+/// take the same ones). Go-style booleans: `--client-cert-auth` or
+/// `--client-cert-auth=true`.
+#[derive(clap::Args, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct ServeTlsArgs {
+    /// Path to the client server TLS cert file (serve https:// URLs with it).
+    #[arg(long, default_value = "")]
+    pub cert_file: String,
+    /// Path to the client server TLS key file.
+    #[arg(long, default_value = "")]
+    pub key_file: String,
+    /// Path to the client server TLS trusted CA cert file.
+    #[arg(long, default_value = "")]
+    pub trusted_ca_file: String,
+    /// Enable client cert authentication (callers show a certificate the trusted CA signed).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    pub client_cert_auth: bool,
+    /// Client TLS using generated certificates.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    pub auto_tls: bool,
+    /// Path to the client certificate revocation list file.
+    #[arg(long, default_value = "")]
+    pub client_crl_file: String,
+    /// Comma-separated list of supported TLS 1.2 cipher suites (Go's names; default: all rustls offers).
+    #[arg(long, default_value = "")]
+    pub cipher_suites: String,
+}
+
+impl ServeTlsArgs {
+    pub fn files(&self) -> crate::tls::TlsFiles {
+        crate::tls::TlsFiles {
+            cert_file: path(&self.cert_file),
+            key_file: path(&self.key_file),
+            trusted_ca_file: path(&self.trusted_ca_file),
+            client_cert_auth: self.client_cert_auth,
+            crl_file: path(&self.client_crl_file),
+            auto_tls: self.auto_tls,
+        }
+    }
+
+    pub fn cipher_suites(&self) -> Vec<String> {
+        name_list(&self.cipher_suites)
+    }
+
+    /// The TLS of a port serving `listen` (None for an http:// URL), for a
+    /// process without a data dir (router, placement): `--auto-tls` keeps its
+    /// certificate under the temp dir, named by `who` and the port.
+    pub fn serving(
+        &self,
+        listen: &Urls,
+        who: &str,
+        port: u16,
+    ) -> Result<Option<std::sync::Arc<crate::tls::ServerTls>>, FlagError> {
+        let files = self.files();
+        if listen.any_https() != files.configured() {
+            return Err(FlagError(
+                "an https:// --listen-client-urls needs --cert-file/--key-file or --auto-tls, and they need an https:// URL"
+                    .into(),
+            ));
+        }
+        let auto_dir = std::env::temp_dir().join(format!("tessera-{who}-{port}-auto-tls"));
+        crate::tls::ServerTls::new(&files, &self.cipher_suites(), &auto_dir, &crate::tls::url_hosts(listen.iter()))
+            .map_err(|e| FlagError(e.to_string()))
+    }
+}
+
+/// How a process dialing others proves itself and checks them: etcdctl's
+/// (and etcd's gRPC proxy's) `--cacert --cert --key`.
+#[derive(clap::Args, Deserialize, serde::Serialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct DialTlsArgs {
+    /// Verify https:// servers with this CA bundle.
+    #[arg(long, global = true, default_value = "")]
+    pub cacert: String,
+    /// Identify to https:// servers with this TLS certificate file.
+    #[arg(long, global = true, default_value = "")]
+    pub cert: String,
+    /// The key file of --cert.
+    #[arg(long, global = true, default_value = "")]
+    pub key: String,
+    /// Accept any server certificate (testing only).
+    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    pub insecure_skip_tls_verify: bool,
+}
+
+impl DialTlsArgs {
+    pub fn files(&self) -> crate::tls::ClientFiles {
+        crate::tls::ClientFiles {
+            ca_file: path(&self.cacert),
+            cert_file: path(&self.cert),
+            key_file: path(&self.key),
+            insecure_skip_verify: self.insecure_skip_tls_verify,
+        }
+    }
+
+    /// The dialer these flags describe (plain when none is given).
+    pub fn dialer(&self) -> Result<crate::tls::Dialer, crate::tls::TlsError> {
+        let files = self.files();
+        if files == Default::default() {
+            return Ok(crate::tls::Dialer::plain());
+        }
+        crate::tls::Dialer::new(&files, &[])
+    }
 }
 
 /// A Go-style duration as etcd's flags take it: "250ms", "5s", "10m", "1h".
@@ -141,7 +269,9 @@ mod tests {
         assert_eq!(u.to_string(), "http://127.0.0.1:2379,http://localhost:22379/");
         assert!(u.socket_addrs().unwrap().iter().all(|a| a.ip().is_loopback()));
         assert!("".parse::<Urls>().unwrap().is_empty());
-        assert!("https://127.0.0.1:2379".parse::<Urls>().is_err());
+        assert!("https://127.0.0.1:2379".parse::<Urls>().unwrap().any_https());
+        assert!(!u.any_https());
+        assert!("ftp://127.0.0.1:2379".parse::<Urls>().is_err());
         assert!("http://127.0.0.1".parse::<Urls>().is_err());
         assert!("127.0.0.1:2379".parse::<Urls>().is_err());
     }

@@ -30,6 +30,7 @@ pub mod process;
 pub mod range_stream;
 pub mod serve;
 pub mod services;
+pub mod tls;
 pub mod txn_tree;
 
 pub use errors::{Error, Refusal};

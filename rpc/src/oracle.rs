@@ -36,10 +36,10 @@ pub struct OracleClient {
 
 impl OracleClient {
     /// A client of the oracle served at `endpoints` (the members of its group).
-    pub fn new(endpoints: Vec<String>) -> Arc<Self> {
+    pub fn new(endpoints: Vec<String>, dialer: crate::tls::Dialer) -> Arc<Self> {
         let (asks, rx) = mpsc::unbounded_channel();
         let issued = Arc::new(AtomicI64::new(0));
-        tokio::spawn(run(endpoints, rx, issued.clone()));
+        tokio::spawn(run(endpoints, dialer, rx, issued.clone()));
         Arc::new(OracleClient { asks, issued })
     }
 
@@ -82,13 +82,13 @@ impl OracleClient {
     }
 }
 
-async fn run(endpoints: Vec<String>, mut rx: mpsc::UnboundedReceiver<Ask>, issued: Arc<AtomicI64>) {
+async fn run(endpoints: Vec<String>, dialer: crate::tls::Dialer, mut rx: mpsc::UnboundedReceiver<Ask>, issued: Arc<AtomicI64>) {
     let channels: Vec<Channel> = endpoints
         .iter()
         .filter_map(|u| {
             tonic::transport::Endpoint::from_shared(u.clone())
                 .ok()
-                .map(|e| e.connect_timeout(Duration::from_millis(500)).tcp_nodelay(true).connect_lazy())
+                .map(|e| dialer.lazy(e.connect_timeout(Duration::from_millis(500))))
         })
         .collect();
     // The member that answered last (the leader, most likely).

@@ -6,7 +6,8 @@ use clap::Parser;
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
-use tessera_rpc::flags::{socket_addr, FlagError, Interval, Urls};
+use tessera_rpc::flags::{socket_addr, FlagError, Interval, ServeTlsArgs, Urls};
+use tessera_rpc::tls::{ClientFiles, Dialer, TlsFiles};
 
 #[derive(Parser, Deserialize, Debug, Clone)]
 #[command(name = "shard-node", version, about = "A Tessera shard node: one member of an etcd-compatible raft group")]
@@ -94,9 +95,64 @@ pub struct Config {
     /// shard map assigns to it (--initial-cluster and friends are unused).
     #[arg(long, default_value = "")]
     pub placement_endpoints: Urls,
+    /// Client TLS: etcd's --cert-file, --key-file, --trusted-ca-file,
+    /// --client-cert-auth, --auto-tls, --client-crl-file, --cipher-suites.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub client_tls: ServeTlsArgs,
+    /// Peer TLS: etcd's --peer-* flags.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub peer_tls: PeerTlsArgs,
+    /// etcd's config-file form of the client TLS flags.
+    #[arg(skip)]
+    pub client_transport_security: Option<TransportSecurity>,
+    /// etcd's config-file form of the peer TLS flags.
+    #[arg(skip)]
+    pub peer_transport_security: Option<TransportSecurity>,
     /// Log level (error, warn, info, debug).
     #[arg(long, default_value = "info")]
     pub log_level: String,
+}
+
+/// etcd's peer TLS flags.
+#[derive(clap::Args, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct PeerTlsArgs {
+    /// Path to the peer server TLS cert file.
+    #[arg(long, default_value = "")]
+    pub peer_cert_file: String,
+    /// Path to the peer server TLS key file.
+    #[arg(long, default_value = "")]
+    pub peer_key_file: String,
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(long, default_value = "")]
+    pub peer_trusted_ca_file: String,
+    /// Enable peer client cert authentication.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    pub peer_client_cert_auth: bool,
+    /// Peer TLS using self-generated certificates.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    pub peer_auto_tls: bool,
+    /// Path to the peer certificate revocation list file.
+    #[arg(long, default_value = "")]
+    pub peer_crl_file: String,
+}
+
+/// `client-transport-security:` / `peer-transport-security:` in etcd's YAML.
+#[derive(Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct TransportSecurity {
+    pub cert_file: String,
+    pub key_file: String,
+    pub trusted_ca_file: String,
+    pub client_cert_auth: bool,
+    pub auto_tls: bool,
+    pub crl_file: String,
+}
+
+fn path(s: &str) -> Option<PathBuf> {
+    (!s.is_empty()).then(|| PathBuf::from(s))
 }
 
 impl Default for Config {
@@ -129,7 +185,29 @@ impl Config {
         match &flags.config_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-                serde_yaml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+                let mut c: Config = serde_yaml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+                if let Some(t) = c.client_transport_security.take() {
+                    c.client_tls = ServeTlsArgs {
+                        cert_file: t.cert_file,
+                        key_file: t.key_file,
+                        trusted_ca_file: t.trusted_ca_file,
+                        client_cert_auth: t.client_cert_auth,
+                        auto_tls: t.auto_tls,
+                        client_crl_file: t.crl_file,
+                        cipher_suites: c.client_tls.cipher_suites.clone(),
+                    };
+                }
+                if let Some(t) = c.peer_transport_security.take() {
+                    c.peer_tls = PeerTlsArgs {
+                        peer_cert_file: t.cert_file,
+                        peer_key_file: t.key_file,
+                        peer_trusted_ca_file: t.trusted_ca_file,
+                        peer_client_cert_auth: t.client_cert_auth,
+                        peer_auto_tls: t.auto_tls,
+                        peer_crl_file: t.crl_file,
+                    };
+                }
+                Ok(c)
             }
             None => Ok(flags),
         }
@@ -170,6 +248,46 @@ impl Config {
         }
     }
 
+    /// The client port's TLS files (served on its https:// URLs).
+    pub fn client_tls_files(&self) -> TlsFiles {
+        self.client_tls.files()
+    }
+
+    /// The peer port's TLS files.
+    pub fn peer_tls_files(&self) -> TlsFiles {
+        let p = &self.peer_tls;
+        TlsFiles {
+            cert_file: path(&p.peer_cert_file),
+            key_file: path(&p.peer_key_file),
+            trusted_ca_file: path(&p.peer_trusted_ca_file),
+            client_cert_auth: p.peer_client_cert_auth,
+            crl_file: path(&p.peer_crl_file),
+            auto_tls: p.peer_auto_tls,
+        }
+    }
+
+    /// How this node dials others (peers, placement's store, peers' client
+    /// ports for corruption checks): with its peer certificate, verifying
+    /// with the peer CA (auto-TLS peers are not verified, as in etcd).
+    pub fn dialer(&self) -> Result<Dialer, ConfigError> {
+        let p = self.peer_tls_files();
+        if !p.configured() && p.trusted_ca_file.is_none() {
+            return Ok(Dialer::plain());
+        }
+        let files = ClientFiles {
+            ca_file: p.trusted_ca_file.clone(),
+            cert_file: p.cert_file.clone(),
+            key_file: p.key_file.clone(),
+            insecure_skip_verify: p.auto_tls && p.cert_file.is_none(),
+        };
+        Dialer::new(&files, &self.client_tls.cipher_suites()).map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// Where --auto-tls and --peer-auto-tls keep their certificates (etcd's place).
+    pub fn auto_tls_dir(&self, side: &str) -> PathBuf {
+        self.data_dir().join("fixtures").join(side)
+    }
+
     pub fn federated(&self) -> bool {
         !self.placement_endpoints.is_empty()
     }
@@ -205,6 +323,20 @@ impl Config {
         }
         self.listen_client_urls.socket_addrs()?;
         self.listen_peer_urls.socket_addrs()?;
+        for (side, urls, files, flags) in [
+            ("client", &self.listen_client_urls, self.client_tls_files(), "--cert-file, --key-file"),
+            ("peer", &self.listen_peer_urls, self.peer_tls_files(), "--peer-cert-file, --peer-key-file"),
+        ] {
+            if let Some(u) = urls.iter().find(|u| tessera_rpc::flags::is_https(u)) {
+                if !files.configured() {
+                    return Err(ConfigError(format!(
+                        "TLS key/cert ({flags}) must be provided for {side} url {u} with HTTPS scheme"
+                    )));
+                }
+            }
+            files.validate(side).map_err(|e| ConfigError(e.to_string()))?;
+        }
+        tessera_rpc::tls::crypto(&self.client_tls.cipher_suites()).map_err(|e| ConfigError(e.to_string()))?;
         if self.federated() {
             return Ok(());
         }

@@ -36,7 +36,7 @@ pub async fn mismatched_peers(group: &Group, rev: i64) -> Result<Vec<u64>> {
             // Peers starting at the same time accept connections before
             // they serve: never wait on one for long.
             let ep = tonic::transport::Endpoint::from_shared(url)?.connect_timeout(PEER_TIMEOUT).timeout(PEER_TIMEOUT);
-            let mut c = MaintenanceClient::new(ep.connect().await?);
+            let mut c = MaintenanceClient::new(group.settings.dialer.connect(ep).await?);
             anyhow::Ok(c.hash_kv(group.request(HashKvRequest { revision: rev })).await?.into_inner())
         }
         .await;

@@ -79,7 +79,7 @@ pub async fn run(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) 
         client_url: config.advertise_client_urls.first().unwrap_or_default().to_string(),
     };
     // Register (or update our addresses), retrying until placement answers.
-    let store = shardmap::store::Store::new(endpoints.clone());
+    let store = shardmap::store::Store::new(endpoints.clone(), node.parts.dialer.clone());
     loop {
         let r = store
             .update(|map| {
@@ -100,7 +100,7 @@ pub async fn run(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) 
         }
     }
     tracing::info!(name = me.name, "registered with placement");
-    let mut maps = shardmap::watcher::follow(endpoints);
+    let mut maps = shardmap::watcher::follow(endpoints, node.parts.dialer.clone());
     loop {
         let map = maps.borrow_and_update().clone();
         if let Some(map) = map {

@@ -24,6 +24,8 @@ pub struct GroupSettings {
     pub max_request_bytes: usize,
     /// Storage quota: past it, writes that grow the store raise NOSPACE.
     pub quota_bytes: u64,
+    /// How the group reaches its peers (TLS for `https://` URLs).
+    pub dialer: tessera_rpc::tls::Dialer,
 }
 
 pub struct Group {

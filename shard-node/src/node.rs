@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tessera_proto::tessera::command::MemberContext;
 use tessera_proto::tessera::transport::peer_server::PeerServer;
+use tessera_rpc::flags::Urls;
 use tokio::net::TcpListener;
 
 /// The group a standalone (etcd-style) member serves.
@@ -176,10 +177,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .context("starting the raft network runtime")?,
     ));
     let raft_net_handle = raft_net.handle();
-    let transport = Arc::new(GrpcTransport::new(raft_net_handle.clone(), mailboxes.clone()));
+    let dialer = config.dialer()?;
+    let transport = Arc::new(GrpcTransport::new(raft_net_handle.clone(), mailboxes.clone(), dialer.clone()));
+    let (client_tls, peer_tls) = serving_tls(&config)?;
     let node = Arc::new(Node {
         parts: NodeParts {
-            oracle: config.federated().then(|| tessera_rpc::oracle::OracleClient::new(config.placement_endpoints.to_vec())),
+            oracle: config
+                .federated()
+                .then(|| tessera_rpc::oracle::OracleClient::new(config.placement_endpoints.to_vec(), dialer.clone())),
+            dialer,
             config: config.clone(),
             engine,
             mailboxes,
@@ -196,9 +202,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let peer_addr = peer_listener.local_addr()?;
     let mut client_listeners = vec![];
     for (u, addr) in config.listen_client_urls.iter().zip(config.listen_client_urls.socket_addrs()?) {
-        client_listeners.push(TcpListener::bind(addr).await.with_context(|| format!("listening on {u}"))?);
+        let tls = if tessera_rpc::flags::is_https(u) { client_tls.clone() } else { None };
+        client_listeners.push((TcpListener::bind(addr).await.with_context(|| format!("listening on {u}"))?, tls));
     }
-    let client_addrs: Vec<SocketAddr> = client_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let client_addrs: Vec<SocketAddr> = client_listeners.iter().filter_map(|(l, _)| l.local_addr().ok()).collect();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = vec![];
@@ -215,14 +222,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         };
         let peer_server = tonic::transport::Server::builder()
             .add_service(PeerServer::new(peer_svc).max_decoding_message_size(usize::MAX))
-            .serve_with_incoming_shutdown(
-                tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(peer_listener), |s| {
-                    s.inspect(|tcp| {
-                        let _ = tcp.set_nodelay(true);
-                    })
-                }),
-                peer_stop,
-            );
+            .serve_with_incoming_shutdown(tessera_rpc::serve::incoming(peer_listener, peer_tls), peer_stop);
         if let Err(e) = peer_server.await {
             tracing::error!(error = %e, "peer server failed");
         }
@@ -241,12 +241,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     }
 
-    for l in client_listeners {
+    for (l, tls) in client_listeners {
         let app = crate::server::node_router(node.clone());
         let rx = stop_rx.clone();
         let l = tessera_rpc::authority::ClientListener(l);
         tasks.push(tokio::spawn(async move {
-            tessera_rpc::serve::serve(l, app, stopped(rx)).await;
+            tessera_rpc::serve::serve(l, tls, app, stopped(rx)).await;
         }));
     }
     if config.federated() {
@@ -255,6 +255,28 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     tracing::info!(name = config.name, client = ?client_addrs, peer = %peer_addr, federated = config.federated(), "shard-node serving");
     Ok(Running { client_addrs, peer_addr, node, stop: stop_tx, tasks, raft_net })
+}
+
+type Tls = Option<Arc<tessera_rpc::tls::ServerTls>>;
+
+/// The client and peer ports' TLS, for their https:// URLs (etcd serves an
+/// http:// URL plainly even when certificates are given, and says so).
+fn serving_tls(config: &Config) -> anyhow::Result<(Tls, Tls)> {
+    let ciphers = config.client_tls.cipher_suites();
+    let side = |name: &str, files: tessera_rpc::tls::TlsFiles, listen: &Urls, advertise: &Urls| -> anyhow::Result<Tls> {
+        if !listen.any_https() {
+            if files.configured() {
+                tracing::warn!("{name}: scheme is HTTP while key and cert files are present; ignoring key and cert files");
+            }
+            return Ok(None);
+        }
+        let hosts = tessera_rpc::tls::url_hosts(listen.iter().chain(advertise.iter()));
+        Ok(tessera_rpc::tls::ServerTls::new(&files, &ciphers, &config.auto_tls_dir(name), &hosts)?)
+    };
+    Ok((
+        side("client", config.client_tls_files(), &config.listen_client_urls, &config.advertise_client_urls)?,
+        side("peer", config.peer_tls_files(), &config.listen_peer_urls, &config.initial_advertise_peer_urls)?,
+    ))
 }
 
 /// Standalone mode: the group from etcd's --initial-cluster flags.

@@ -37,6 +37,8 @@ pub struct NodeParts {
     pub transport: Arc<dyn Transport>,
     /// The federation's revision oracle (None: a standalone node).
     pub oracle: Option<Arc<tessera_rpc::oracle::OracleClient>>,
+    /// How this node dials others (`Config::dialer`).
+    pub dialer: tessera_rpc::tls::Dialer,
 }
 
 pub struct Replica {
@@ -165,7 +167,12 @@ pub async fn start(parts: &NodeParts, group_id: u64, boot: Bootstrap) -> anyhow:
         cluster_id,
         sm.clone(),
         parts.oracle.clone(),
-        GroupSettings { request_timeout, max_request_bytes: config.max_request_bytes, quota_bytes: config.quota_bytes() },
+        GroupSettings {
+            request_timeout,
+            max_request_bytes: config.max_request_bytes,
+            quota_bytes: config.quota_bytes(),
+            dialer: parts.dialer.clone(),
+        },
         handle.clone(),
     ));
     parts.mailboxes.write().insert(group_id, mb_tx);

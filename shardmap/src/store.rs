@@ -25,11 +25,17 @@ pub enum UpdateError<E> {
 #[derive(Clone, Debug)]
 pub struct Store {
     endpoints: Vec<String>,
+    dialer: tessera_rpc::tls::Dialer,
 }
 
 impl Store {
-    pub fn new(endpoints: Vec<String>) -> Self {
-        Store { endpoints }
+    pub fn new(endpoints: Vec<String>, dialer: tessera_rpc::tls::Dialer) -> Self {
+        Store { endpoints, dialer }
+    }
+
+    /// How this process reaches the store (and the nodes).
+    pub fn dialer(&self) -> &tessera_rpc::tls::Dialer {
+        &self.dialer
     }
 
     pub fn endpoints(&self) -> &[String] {
@@ -39,7 +45,7 @@ impl Store {
     async fn kv(&self) -> Result<(KvClient<Channel>, &str), FetchError> {
         let mut last = FetchError::Unreachable("no store endpoint given".into());
         for url in &self.endpoints {
-            match channel(url).await {
+            match channel(url, &self.dialer).await {
                 Ok(ch) => return Ok((KvClient::new(ch), url)),
                 Err(e) => last = e,
             }

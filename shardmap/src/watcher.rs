@@ -11,6 +11,7 @@ use tessera_proto::etcdserverpb::kv_client::KvClient;
 use tessera_proto::etcdserverpb::watch_client::WatchClient;
 use tessera_proto::etcdserverpb::watch_request::RequestUnion;
 use tessera_proto::etcdserverpb::{RangeRequest, WatchCreateRequest, WatchRequest};
+use tessera_rpc::tls::Dialer;
 use tokio::sync::watch;
 
 pub type MapRx = watch::Receiver<Option<Arc<Routing>>>;
@@ -25,20 +26,17 @@ pub enum FetchError {
     Decode(#[from] serde_json::Error),
 }
 
-pub async fn channel(url: &str) -> Result<tonic::transport::Channel, FetchError> {
-    tonic::transport::Endpoint::from_shared(url.to_string())
+pub async fn channel(url: &str, dialer: &Dialer) -> Result<tonic::transport::Channel, FetchError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| FetchError::Unreachable(e.to_string()))?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| FetchError::Unreachable(format!("{url}: {e}")))
+        .connect_timeout(Duration::from_secs(1));
+    dialer.connect(endpoint).await.map_err(|e| FetchError::Unreachable(format!("{url}: {e}")))
 }
 
 /// The map as one placement member has it (linearizable read) and the
 /// revision it was read at.
-pub async fn fetch(url: &str) -> Result<(ShardMap, i64), FetchError> {
-    let mut kv = KvClient::new(channel(url).await?);
+pub async fn fetch(url: &str, dialer: &Dialer) -> Result<(ShardMap, i64), FetchError> {
+    let mut kv = KvClient::new(channel(url, dialer).await?);
     let resp = kv
         .range(RangeRequest { key: MAP_KEY.to_vec(), ..Default::default() })
         .await
@@ -55,13 +53,13 @@ pub async fn fetch(url: &str) -> Result<(ShardMap, i64), FetchError> {
 }
 
 /// Starts following the map; the receiver holds None until the first map.
-pub fn follow(endpoints: Vec<String>) -> MapRx {
+pub fn follow(endpoints: Vec<String>, dialer: Dialer) -> MapRx {
     let (tx, rx) = watch::channel(None);
-    tokio::spawn(follow_loop(endpoints, tx));
+    tokio::spawn(follow_loop(endpoints, dialer, tx));
     rx
 }
 
-async fn follow_loop(endpoints: Vec<String>, tx: watch::Sender<Option<Arc<Routing>>>) {
+async fn follow_loop(endpoints: Vec<String>, dialer: Dialer, tx: watch::Sender<Option<Arc<Routing>>>) {
     let mut i = 0usize;
     loop {
         if tx.is_closed() {
@@ -69,7 +67,7 @@ async fn follow_loop(endpoints: Vec<String>, tx: watch::Sender<Option<Arc<Routin
         }
         let url = &endpoints[i % endpoints.len()];
         i += 1;
-        if let Err(e) = follow_one(url, &tx).await {
+        if let Err(e) = follow_one(url, &dialer, &tx).await {
             tracing::debug!(url, error = %e, "placement map stream ended");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -87,8 +85,8 @@ fn publish(tx: &watch::Sender<Option<Arc<Routing>>>, map: ShardMap) {
     });
 }
 
-async fn follow_one(url: &str, tx: &watch::Sender<Option<Arc<Routing>>>) -> Result<(), FetchError> {
-    let rev = match fetch(url).await {
+async fn follow_one(url: &str, dialer: &Dialer, tx: &watch::Sender<Option<Arc<Routing>>>) -> Result<(), FetchError> {
+    let rev = match fetch(url, dialer).await {
         Ok((map, rev)) => {
             publish(tx, map);
             rev
@@ -96,7 +94,7 @@ async fn follow_one(url: &str, tx: &watch::Sender<Option<Arc<Routing>>>) -> Resu
         Err(FetchError::Empty) => 0,
         Err(e) => return Err(e),
     };
-    let mut watch = WatchClient::new(channel(url).await?);
+    let mut watch = WatchClient::new(channel(url, dialer).await?);
     let (req_tx, req_rx) = tokio::sync::mpsc::channel(1);
     let create =
         WatchCreateRequest { key: MAP_KEY.to_vec(), start_revision: rev + 1, progress_notify: true, ..Default::default() };

@@ -51,7 +51,7 @@ async fn buckets(store: Option<&str>) -> anyhow::Result<Vec<Vec<String>>> {
     let Some(store) = store else {
         return Ok(vec![keys]);
     };
-    let (map, _) = shardmap::watcher::fetch(store).await?;
+    let (map, _) = shardmap::watcher::fetch(store, &Default::default()).await?;
     let routing = map.routing();
     let mut by: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     for k in keys {

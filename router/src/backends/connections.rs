@@ -41,13 +41,17 @@ pub enum Lane {
     Streams,
 }
 
-#[derive(Default)]
 pub(super) struct Connections {
     /// node client URL → its channel, for each lane (indexed by `Lane`).
     lanes: [Mutex<HashMap<String, Channel>>; 2],
+    dialer: tessera_rpc::tls::Dialer,
 }
 
 impl Connections {
+    pub(super) fn new(dialer: tessera_rpc::tls::Dialer) -> Self {
+        Connections { lanes: Default::default(), dialer }
+    }
+
     /// The channel to the node at `url` on `lane`, made (lazily) on first use.
     pub(super) fn channel(&self, url: &str, lane: Lane) -> Result<Channel, Status> {
         let mut channels = self.lanes[lane as usize].lock();
@@ -58,11 +62,10 @@ impl Connections {
             .map_err(|e| Status::internal(format!("bad node url {url}: {e}")))?
             // A node that is down must fail fast: the call moves to another replica.
             .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
             // A node that vanished without closing its socket is noticed within seconds.
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(3));
-        let c = endpoint.connect_lazy();
+        let c = self.dialer.lazy(endpoint);
         channels.insert(url.to_string(), c.clone());
         Ok(c)
     }

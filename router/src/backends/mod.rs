@@ -47,8 +47,9 @@ pub struct Backends {
 impl Backends {
     /// Backends of the router `member_id` over the map `maps` follows, with
     /// the federation's revision `oracle` (placement's store serves it).
-    pub(crate) fn new(member_id: u64, maps: MapRx, oracle: Arc<OracleClient>) -> Arc<Self> {
-        let (connections, health, revisions) = (Connections::default(), Health::default(), Revisions::new(oracle));
+    /// Nodes are dialed through `dialer` (TLS for `https://` nodes).
+    pub(crate) fn new(member_id: u64, maps: MapRx, oracle: Arc<OracleClient>, dialer: tessera_rpc::tls::Dialer) -> Arc<Self> {
+        let (connections, health, revisions) = (Connections::new(dialer), Health::default(), Revisions::new(oracle));
         let forgets = Default::default();
         Arc::new(Self { member_id, maps, connections, health, revisions, forgets })
     }

@@ -91,7 +91,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_call_runs_again_once_the_newer_map_arrives() {
         let (maps, rx) = tokio::sync::watch::channel(map(1));
-        let b = Backends::new(1, rx, tessera_rpc::oracle::OracleClient::new(vec![]));
+        let b = Backends::new(1, rx, tessera_rpc::oracle::OracleClient::new(vec![], Default::default()), Default::default());
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(30)).await;
             maps.send_replace(map(2));
@@ -107,7 +107,7 @@ mod tests {
     #[tokio::test]
     async fn waiting_for_a_map_spends_the_requests_deadline() {
         let (_maps, rx) = tokio::sync::watch::channel(map(1));
-        let b = Backends::new(1, rx, tessera_rpc::oracle::OracleClient::new(vec![]));
+        let b = Backends::new(1, rx, tessera_rpc::oracle::OracleClient::new(vec![], Default::default()), Default::default());
         let tries = AtomicU32::new(0);
         let started = std::time::Instant::now();
         let err = b.rerouting(Deadline::after(Duration::from_millis(50)), || routed_call(&b, &tries, 2)).await.unwrap_err();
@@ -120,7 +120,7 @@ mod tests {
     #[tokio::test]
     async fn other_failures_are_answered_as_they_are() {
         let (_maps, rx) = tokio::sync::watch::channel(map(1));
-        let b = Backends::new(1, rx, tessera_rpc::oracle::OracleClient::new(vec![]));
+        let b = Backends::new(1, rx, tessera_rpc::oracle::OracleClient::new(vec![], Default::default()), Default::default());
         let err = b
             .rerouting(Deadline::after(Duration::from_secs(5)), || async { Err::<(), _>(Status::from(Error::Compacted)) })
             .await

@@ -29,7 +29,7 @@ fn backends(url: &str, replicas: usize) -> Arc<Backends> {
     map.groups.insert(GROUP, group);
     // The map never changes: its last value stays readable with the sender gone.
     let (_, rx) = tokio::sync::watch::channel(Some(Arc::new(map.routing())));
-    Backends::new(1, rx, tessera_rpc::oracle::OracleClient::new(vec![]))
+    Backends::new(1, rx, tessera_rpc::oracle::OracleClient::new(vec![], Default::default()), Default::default())
 }
 
 /// The `grpc-timeout` a request carries, as a duration.

@@ -38,13 +38,15 @@ pub struct GrpcTransport {
     /// many groups on the same two nodes batch onto one connection.
     peers: Mutex<HashMap<String, mpsc::Sender<Outgoing>>>,
     mailboxes: Mailboxes,
+    dialer: tessera_rpc::tls::Dialer,
 }
 
 const PEER_QUEUE: usize = 1024;
 
 impl GrpcTransport {
-    pub fn new(runtime: tokio::runtime::Handle, mailboxes: Mailboxes) -> Self {
+    pub fn new(runtime: tokio::runtime::Handle, mailboxes: Mailboxes, dialer: tessera_rpc::tls::Dialer) -> Self {
         Self {
+            dialer,
             runtime,
             urls: RwLock::leaf("peer urls", HashMap::new()),
             peers: Mutex::leaf("peer streams", HashMap::new()),
@@ -95,7 +97,7 @@ impl GrpcTransport {
             return Some(tx.clone());
         }
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        self.runtime.spawn(peer_loop(url.clone(), rx, self.mailboxes.clone()));
+        self.runtime.spawn(peer_loop(url.clone(), rx, self.mailboxes.clone(), self.dialer.clone()));
         peers.insert(url, tx.clone());
         Some(tx)
     }
@@ -109,11 +111,11 @@ fn report(mailboxes: &Mailboxes, group: u64, msg: Msg) {
 }
 
 /// Keeps one stream to a peer open, reconnecting with backoff.
-async fn peer_loop(url: String, mut rx: mpsc::Receiver<Outgoing>, mailboxes: Mailboxes) {
+async fn peer_loop(url: String, mut rx: mpsc::Receiver<Outgoing>, mailboxes: Mailboxes, dialer: tessera_rpc::tls::Dialer) {
     let mut backoff = Duration::from_millis(50);
     'connect: loop {
         let channel = match tonic::transport::Endpoint::from_shared(url.clone()) {
-            Ok(ep) => ep.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).connect().await,
+            Ok(ep) => dialer.connect(ep.connect_timeout(Duration::from_secs(1))).await,
             Err(e) => {
                 tracing::error!(url, error = %e, "bad peer url");
                 return;

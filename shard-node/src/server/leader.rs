@@ -31,7 +31,7 @@ impl LeaderClient {
         }
         let url = self.group.sm.member(leader).and_then(|m| m.peer_urls.first().cloned()).ok_or(Error::NoLeader)?;
         let ep = tonic::transport::Endpoint::from_shared(url).map_err(|e| Error::Internal(e.to_string()))?;
-        let client = PeerClient::new(ep.connect_timeout(Duration::from_secs(1)).connect_lazy());
+        let client = PeerClient::new(self.group.settings.dialer.lazy(ep.connect_timeout(Duration::from_secs(1))));
         *self.cached.lock() = Some((leader, client.clone()));
         Ok(client)
     }

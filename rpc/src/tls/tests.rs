@@ -1,0 +1,128 @@
+use super::*;
+
+#[test]
+fn go_cipher_suite_names_map_and_unknown_ones_are_refused() {
+    let p = crypto(&["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".to_string()]).unwrap();
+    // TLS 1.3's suites stay; one TLS 1.2 suite is left.
+    assert_eq!(p.cipher_suites.iter().filter(|s| s.tls13().is_none()).count(), 1);
+    let e = crypto(&["TLS_RSA_WITH_RC4_128_SHA".to_string()]).unwrap_err();
+    assert_eq!(e.to_string(), "unexpected TLS cipher suite \"TLS_RSA_WITH_RC4_128_SHA\"");
+}
+
+#[test]
+fn url_hosts_for_a_generated_certificate() {
+    let hosts =
+        url_hosts(["https://127.0.0.1:2379", "https://localhost:2380/", "https://0.0.0.0:1", "http://127.0.0.1:9"].into_iter());
+    assert_eq!(hosts, vec!["127.0.0.1", "localhost"]);
+}
+
+#[test]
+fn half_given_flags_are_refused() {
+    let f = TlsFiles { cert_file: Some("c.pem".into()), ..Default::default() };
+    assert!(f.validate("client").is_err());
+    let f = TlsFiles { client_cert_auth: true, cert_file: Some("c".into()), key_file: Some("k".into()), ..Default::default() };
+    assert!(f.validate("client").is_err());
+}
+
+/// A server with client-cert-auth, a client with and without a certificate
+/// from its CA, over real sockets; then the server's files are replaced by a
+/// certificate from another CA and new connections see it without a restart.
+#[tokio::test]
+async fn handshakes_identity_and_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::create(&dir.path().join("ca")).unwrap();
+    let server = ca.issue("server", &["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let alice = ca.issue("alice", &[]).unwrap();
+    let (cert, key) = (dir.path().join("s.pem"), dir.path().join("s-key.pem"));
+    std::fs::copy(&server.cert_file, &cert).unwrap();
+    std::fs::copy(&server.key_file, &key).unwrap();
+    let files = TlsFiles {
+        cert_file: Some(cert.clone()),
+        key_file: Some(key.clone()),
+        trusted_ca_file: Some(ca.ca_file.clone()),
+        client_cert_auth: true,
+        ..Default::default()
+    };
+    let tls = ServerTls::new(&files, &[], dir.path(), &[]).unwrap().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server_tls = tls.clone();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (tls, seen_tx) = (server_tls.clone(), seen_tx.clone());
+            tokio::spawn(async move {
+                let r = tls.accept(tcp).await.map(|(mut s, id)| {
+                    tokio::spawn(async move {
+                        let _ = tokio::io::AsyncWriteExt::write_all(&mut s, b"x").await;
+                    });
+                    id
+                });
+                let _ = seen_tx.send(r.map_err(|e| e.to_string()));
+            });
+        }
+    });
+    let url = format!("https://127.0.0.1:{port}");
+    let with_cert = Dialer::new(
+        &ClientFiles {
+            ca_file: Some(ca.ca_file.clone()),
+            cert_file: Some(alice.cert_file.clone()),
+            key_file: Some(alice.key_file.clone()),
+            insecure_skip_verify: false,
+        },
+        &[],
+    )
+    .unwrap();
+    let read_one = |d: Dialer| {
+        let url = url.clone();
+        async move {
+            let (mut io, _) = d.http1(&url).await?;
+            let mut b = [0u8; 1];
+            tokio::io::AsyncReadExt::read_exact(&mut io, &mut b).await?;
+            std::io::Result::Ok(())
+        }
+    };
+    read_one(with_cert.clone()).await.unwrap();
+    assert_eq!(seen.recv().await.unwrap().unwrap().common_name.as_deref(), Some("alice"));
+
+    // No client certificate: the server refuses the handshake.
+    let no_cert = Dialer::new(&ClientFiles { ca_file: Some(ca.ca_file.clone()), ..Default::default() }, &[]).unwrap();
+    assert!(read_one(no_cert).await.is_err());
+    assert!(seen.recv().await.unwrap().is_err());
+
+    // Rotated to a certificate of another CA: clients trusting only the first now fail,
+    // clients trusting the new one succeed, without restarting the server.
+    let ca2 = DevCa::create(&dir.path().join("ca2")).unwrap();
+    let server2 = ca2.issue("server", &["127.0.0.1".into()]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::copy(&server2.cert_file, &cert).unwrap();
+    std::fs::copy(&server2.key_file, &key).unwrap();
+    assert!(read_one(with_cert).await.is_err());
+    let _ = seen.recv().await;
+    let trusts_new = Dialer::new(
+        &ClientFiles {
+            ca_file: Some(ca2.ca_file.clone()),
+            cert_file: Some(alice.cert_file.clone()),
+            key_file: Some(alice.key_file.clone()),
+            insecure_skip_verify: false,
+        },
+        &[],
+    )
+    .unwrap();
+    read_one(trusts_new).await.unwrap();
+    assert_eq!(seen.recv().await.unwrap().unwrap().common_name.as_deref(), Some("alice"));
+
+    // Skipping verification accepts any server certificate.
+    let insecure = Dialer::new(
+        &ClientFiles {
+            cert_file: Some(alice.cert_file.clone()),
+            key_file: Some(alice.key_file.clone()),
+            insecure_skip_verify: true,
+            ..Default::default()
+        },
+        &[],
+    )
+    .unwrap();
+    read_one(insecure).await.unwrap();
+}
