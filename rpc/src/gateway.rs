@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
 use std::sync::Arc;
+use tessera_proto::etcdserverpb::auth_server::Auth;
 use tessera_proto::etcdserverpb::cluster_server::Cluster;
 use tessera_proto::etcdserverpb::kv_server::Kv;
 use tessera_proto::etcdserverpb::lease_server::Lease;
@@ -102,14 +103,30 @@ async fn decode<T: DeserializeOwned + Default>(body: Body) -> Result<T, Status> 
     serde_json::from_slice(&bytes).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-async fn unary<Req, Resp, Fut>(body: Body, call: impl FnOnce(Request<Req>) -> Fut) -> Response
+/// The gRPC request for `msg` on behalf of the HTTP caller: its
+/// `Authorization` header (an auth token, as grpc-gateway forwards it) and
+/// its connection's TLS identity.
+fn on_behalf<T>(parts: &axum::http::request::Parts, msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    if let Some(v) = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        if let Ok(v) = v.parse() {
+            req.metadata_mut().insert("authorization", v);
+        }
+    }
+    if let Some(id) = parts.extensions.get::<crate::tls::ClientIdentity>() {
+        req.extensions_mut().insert(id.clone());
+    }
+    req
+}
+
+async fn unary<Req, Resp, Fut>(parts: axum::http::request::Parts, body: Body, call: impl FnOnce(Request<Req>) -> Fut) -> Response
 where
     Req: DeserializeOwned + Default,
     Resp: Serialize + Send + 'static,
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
     let result = match decode::<Req>(body).await {
-        Ok(req) => call(Request::new(req)).await,
+        Ok(req) => call(on_behalf(&parts, req)).await,
         Err(e) => Err(e),
     };
     match result.and_then(|r| serde_json::to_vec(r.get_ref()).map_err(|e| Status::internal(e.to_string()))) {
@@ -259,9 +276,10 @@ fn at(mut router: Router, paths: &[&str], handler: MethodRouter) -> Router {
 macro_rules! unary_route {
     ($svc:expr, $method:ident) => {{
         let svc = $svc.clone();
-        post(move |body: Body| {
+        post(move |req: axum::extract::Request| {
             let svc = svc.clone();
-            async move { unary(body, |r| async move { svc.$method(r).await }).await }
+            let (parts, body) = req.into_parts();
+            async move { unary(parts, body, |r| async move { svc.$method(r).await }).await }
         })
     }};
 }
@@ -270,11 +288,12 @@ macro_rules! unary_route {
 macro_rules! server_stream_route {
     ($svc:expr, $method:ident) => {{
         let svc = $svc.clone();
-        post(move |body: Body| {
+        post(move |req: axum::extract::Request| {
             let svc = svc.clone();
+            let (parts, body) = req.into_parts();
             async move {
                 match decode(body).await {
-                    Ok(req) => stream_response(svc.$method(Request::new(req)).await, Default::default()),
+                    Ok(req) => stream_response(svc.$method(on_behalf(&parts, req)).await, Default::default()),
                     Err(s) => error_response(&s),
                 }
             }
@@ -286,12 +305,13 @@ macro_rules! server_stream_route {
 macro_rules! bidi_route {
     ($svc:expr, $method:ident) => {{
         let svc = $svc.clone();
-        post(move |body: Body| {
+        post(move |req: axum::extract::Request| {
             let svc = svc.clone();
+            let (parts, body) = req.into_parts();
             async move {
                 let input_error = Arc::new(Mutex::new(None));
                 let requests = streaming_request(body, input_error.clone());
-                stream_response(svc.$method(Request::new(requests)).await, input_error)
+                stream_response(svc.$method(on_behalf(&parts, requests)).await, input_error)
             }
         })
     }};
@@ -305,6 +325,29 @@ pub fn kv<S: Kv>(svc: S) -> Router {
     r = at(r, &["/kv/deleterange"], unary_route!(svc, delete_range));
     r = at(r, &["/kv/txn"], unary_route!(svc, txn));
     at(r, &["/kv/compaction"], unary_route!(svc, compact))
+}
+
+/// etcd's auth API (`/v3/auth/...`).
+pub fn auth<S: Auth>(svc: S) -> Router {
+    let svc = Arc::new(svc);
+    let mut r = Router::new();
+    r = at(r, &["/auth/enable"], unary_route!(svc, auth_enable));
+    r = at(r, &["/auth/disable"], unary_route!(svc, auth_disable));
+    r = at(r, &["/auth/status"], unary_route!(svc, auth_status));
+    r = at(r, &["/auth/authenticate"], unary_route!(svc, authenticate));
+    r = at(r, &["/auth/user/add"], unary_route!(svc, user_add));
+    r = at(r, &["/auth/user/get"], unary_route!(svc, user_get));
+    r = at(r, &["/auth/user/list"], unary_route!(svc, user_list));
+    r = at(r, &["/auth/user/delete"], unary_route!(svc, user_delete));
+    r = at(r, &["/auth/user/changepw"], unary_route!(svc, user_change_password));
+    r = at(r, &["/auth/user/grant"], unary_route!(svc, user_grant_role));
+    r = at(r, &["/auth/user/revoke"], unary_route!(svc, user_revoke_role));
+    r = at(r, &["/auth/role/add"], unary_route!(svc, role_add));
+    r = at(r, &["/auth/role/get"], unary_route!(svc, role_get));
+    r = at(r, &["/auth/role/list"], unary_route!(svc, role_list));
+    r = at(r, &["/auth/role/delete"], unary_route!(svc, role_delete));
+    r = at(r, &["/auth/role/grant"], unary_route!(svc, role_grant_permission));
+    at(r, &["/auth/role/revoke"], unary_route!(svc, role_revoke_permission))
 }
 
 pub fn watch<S: Watch>(svc: S) -> Router {

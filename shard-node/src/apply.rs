@@ -8,12 +8,13 @@
 //! Locks: the state lock (exclusive), then the lease clock (a grant starts
 //! it); the watch hub is published to after the state lock is released.
 
+use crate::auth::AuthApplied;
 use crate::engine::WriteBatch;
 use crate::error::{Error, Result};
 use crate::membership;
 use crate::mvcc::WriteTxn;
 use crate::raft::{Proposer, StateMachine as RaftStateMachine};
-use crate::state::{StateMachine, META_ALARMS, META_APPLIED};
+use crate::state::{StateMachine, META_ALARMS, META_APPLIED, META_AUTH};
 use prost::Message;
 use raft::prelude::ConfChangeV2;
 use std::time::Duration;
@@ -63,6 +64,8 @@ pub enum Applied {
     Released {
         keys: i64,
     },
+    /// An auth change applied (the store's revision after it).
+    Auth(crate::auth::AuthApplied),
     Done,
 }
 
@@ -71,6 +74,12 @@ pub struct ApplyOutput {
     pub result: Result<Applied>,
     /// The group's revision after the entry.
     pub rev: i64,
+}
+
+/// The data writes whose permissions were checked against the auth store
+/// when they were proposed.
+fn checked_by_auth(op: &Op) -> bool {
+    matches!(op, Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::LeaseRevoke(_))
 }
 
 /// etcd's capped applier: what an active alarm refuses.
@@ -139,8 +148,10 @@ impl StateMachine {
         let (result, rev) = {
             let mut guard = self.tables.write();
             let t = &mut *guard;
-            let refusal =
-                refused(&t.alarms, op).or_else(|| t.fences.check_op(cmd.epoch, op).err()).or_else(|| t.cross.check_op(op).err());
+            let refusal = refused(&t.alarms, op)
+                .or_else(|| t.fences.check_op(cmd.epoch, op).err())
+                .or_else(|| t.cross.check_op(op).err())
+                .or_else(|| checked_by_auth(op).then(|| t.auth.stale(cmd.auth_revision)).flatten());
             if let Op::Compact(c) = op {
                 let mut batch = WriteBatch::default();
                 let result = match refusal {
@@ -156,6 +167,28 @@ impl StateMachine {
                     self.compaction.notify_one();
                 }
                 return Some((proposer, ApplyOutput { result, rev }));
+            }
+            if let Op::Auth(change) = op {
+                // The auth store changes no key: no revision.
+                let mut batch = WriteBatch::default();
+                let result = match refusal {
+                    Some(e) => Err(e),
+                    None => t.auth.apply(change),
+                };
+                match &result {
+                    Ok(AuthApplied::Token { name, token }) => self.tokens.lock().insert(token.clone(), name.clone()),
+                    Ok(changed) => {
+                        if let AuthApplied::UserChanged(user) = changed {
+                            self.tokens.lock().invalidate_user(user);
+                        }
+                        batch.put(self.keys.meta(META_AUTH), t.auth.to_state().encode_to_vec());
+                    }
+                    Err(_) => {}
+                }
+                self.mark_applied(index, &mut batch);
+                self.commit(index, batch);
+                let rev = t.mvcc.rev;
+                return Some((proposer, ApplyOutput { result: result.map(Applied::Auth), rev }));
             }
             if matches!(op, Op::MoveStage(_) | Op::MoveTarget(_) | Op::MoveRelease(_)) {
                 let compact_before = t.mvcc.compact_rev;
@@ -300,7 +333,7 @@ impl StateMachine {
                 Ok(Applied::Done)
             }
             // Applied above, outside a txn.
-            Op::Compact(_) | Op::MoveStage(_) | Op::MoveTarget(_) | Op::MoveRelease(_) => Ok(Applied::Done),
+            Op::Compact(_) | Op::MoveStage(_) | Op::MoveTarget(_) | Op::MoveRelease(_) | Op::Auth(_) => Ok(Applied::Done),
             Op::TxnPrepare(_) | Op::TxnCommit(_) | Op::TxnAbort(_) => unreachable!("applied by apply_cross"),
         }
     }

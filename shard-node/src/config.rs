@@ -95,6 +95,15 @@ pub struct Config {
     /// shard map assigns to it (--initial-cluster and friends are unused).
     #[arg(long, default_value = "")]
     pub placement_endpoints: Urls,
+    /// Auth token type: 'simple' (etcd's default). JWT is not supported yet.
+    #[arg(long, default_value = "simple")]
+    pub auth_token: String,
+    /// Time (seconds) of an auth token's life, renewed by each use.
+    #[arg(long, default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// bcrypt cost for hashing auth passwords (4..=31).
+    #[arg(long, default_value_t = 10)]
+    pub bcrypt_cost: u32,
     /// Client TLS: etcd's --cert-file, --key-file, --trusted-ca-file,
     /// --client-cert-auth, --auto-tls, --client-crl-file, --cipher-suites.
     #[command(flatten)]
@@ -337,6 +346,15 @@ impl Config {
             files.validate(side).map_err(|e| ConfigError(e.to_string()))?;
         }
         tessera_rpc::tls::crypto(&self.client_tls.cipher_suites()).map_err(|e| ConfigError(e.to_string()))?;
+        if self.auth_token != "simple" {
+            return Err(ConfigError(format!(
+                "--auth-token {:?} is not supported (only 'simple'; JWT tokens are not implemented yet)",
+                self.auth_token
+            )));
+        }
+        if !(4..=31).contains(&self.bcrypt_cost) {
+            return Err(ConfigError(format!("--bcrypt-cost {} is out of range (4..=31)", self.bcrypt_cost)));
+        }
         if self.federated() {
             return Ok(());
         }

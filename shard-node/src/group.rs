@@ -94,12 +94,19 @@ impl Group {
     /// carries the map epoch of the call it serves (`fence::routed_epoch`)
     /// and, in a federation, a revision from the oracle if it writes keys.
     pub async fn propose(&self, op: Op) -> Result<ApplyOutput> {
+        self.propose_checked(op, 0).await
+    }
+
+    /// `propose` for a write whose caller's permissions were checked at
+    /// auth revision `auth_revision`: refused when applied after an auth
+    /// change (etcd's "revision of auth store is old").
+    pub async fn propose_checked(&self, op: Op, auth_revision: u64) -> Result<ApplyOutput> {
         let writes = matches!(op, Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::LeaseRevoke(_) | Op::Fence(_));
         let hint = match &self.oracle {
             Some(o) if writes => o.next().await?,
             _ => 0,
         };
-        let out = self.propose_at(op, hint).await?;
+        let out = self.propose_at(op, hint, auth_revision).await?;
         // A revision above the hint (another write took the hint first):
         // the oracle learns it before anyone is told of it.
         if let Some(o) = self.oracle.as_ref().filter(|_| writes && out.rev > hint && out.result.is_ok()) {
@@ -120,7 +127,7 @@ impl Group {
         if self.sm.current_revision() < rev {
             // As far as the oracle has gone: later raises then cost nothing.
             let hint = rev.max(self.oracle.as_ref().map_or(0, |o| o.issued()));
-            self.propose_at(Op::Bump(RevisionBump {}), hint).await?.result?;
+            self.propose_at(Op::Bump(RevisionBump {}), hint, 0).await?.result?;
         }
         Ok(self.sm.current_revision())
     }
@@ -174,7 +181,7 @@ impl Group {
     /// end first (`crate::cross`), within the request timeout — a prepare
     /// only if its coordinator asked (it prepares in group order), else the
     /// coordinator aborts and tries again.
-    async fn propose_at(&self, op: Op, hint: i64) -> Result<ApplyOutput> {
+    async fn propose_at(&self, op: Op, hint: i64, auth_revision: u64) -> Result<ApplyOutput> {
         let started = tokio::time::Instant::now();
         let timeout = self.settings.request_timeout;
         let waits = match &op {
@@ -182,7 +189,7 @@ impl Group {
             op => crate::cross::held_back(op),
         };
         let epoch = crate::fence::routed_epoch();
-        let mut cmd = Command { member_id: self.member_id, seq: 0, revision_hint: hint, epoch, op: Some(op) };
+        let mut cmd = Command { member_id: self.member_id, seq: 0, revision_hint: hint, epoch, auth_revision, op: Some(op) };
         let mut moves = self.sm.moves.subscribe();
         loop {
             moves.borrow_and_update();

@@ -7,6 +7,7 @@
 //! `node` (assembly, start/stop).
 
 pub mod apply;
+pub mod auth;
 pub mod compactor;
 pub mod config;
 pub mod corruption;

@@ -26,10 +26,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tessera_proto::etcdserverpb::{AlarmMember, AlarmResponse, AlarmType, RangeRequest, RangeResponse, TxnRequest, TxnResponse};
 use tessera_proto::mvccpb::{Event, KeyValue};
-use tessera_proto::tessera::command::MemberContext;
+use tessera_proto::tessera::command::{AuthState, MemberContext};
 
 pub(crate) const META_APPLIED: &str = "applied";
 pub(crate) const META_ALARMS: &str = "alarms";
+pub(crate) const META_AUTH: &str = "auth";
 
 /// Everything the applier changes, as one value under the state lock.
 pub(crate) struct Tables {
@@ -44,6 +45,8 @@ pub(crate) struct Tables {
     pub oracle: Reservation,
     /// Transactions across groups this group takes part in (`crate::cross`).
     pub cross: CrossTxns,
+    /// Users, roles, permissions (`crate::auth`).
+    pub auth: crate::auth::AuthStore,
 }
 
 /// A lease as TimeToLive reports it.
@@ -86,6 +89,8 @@ pub struct StateMachine {
     pub(crate) moves: tokio::sync::watch::Sender<u64>,
     /// Writes and reads per placement unit (`tessera top`).
     pub load: crate::load::UnitLoad,
+    /// Auth tokens handed out (a leaf: taken after the state lock in apply).
+    pub(crate) tokens: Mutex<crate::auth::tokens::Tokens>,
     applied: AtomicU64,
 }
 
@@ -101,6 +106,7 @@ impl StateMachine {
             fences,
             oracle: Reservation::default(),
             cross: CrossTxns::default(),
+            auth: Default::default(),
         };
         let hub = WatchHub::new(tables.mvcc.rev, watch_ring);
         let sm = Self {
@@ -112,6 +118,7 @@ impl StateMachine {
             cross_holder: tokio::sync::watch::Sender::new(None),
             moves: tokio::sync::watch::Sender::new(0),
             load: Default::default(),
+            tokens: Mutex::leaf("auth tokens", crate::auth::tokens::Tokens::new(crate::auth::tokens::DEFAULT_TTL)),
             engine,
             keys,
             store,
@@ -119,6 +126,11 @@ impl StateMachine {
         };
         sm.reload()?;
         Ok(sm)
+    }
+
+    /// `f` over the auth store (under the state lock: keep it short).
+    pub fn auth<R>(&self, f: impl FnOnce(&crate::auth::AuthStore) -> R) -> R {
+        f(&self.tables.read().auth)
     }
 
     /// Reloads every table and the applied index from the engine (at open,
@@ -135,11 +147,17 @@ impl StateMachine {
         };
         let oracle = Reservation::load(self.engine.as_ref(), &self.keys)?;
         let cross = CrossTxns::load(self.engine.as_ref(), &self.keys)?;
+        let auth = match self.engine.get(&self.keys.meta(META_AUTH))? {
+            Some(v) => {
+                crate::auth::AuthStore::from_state(AuthState::decode(v.as_slice()).map_err(|e| Error::Internal(e.to_string()))?)
+            }
+            None => Default::default(),
+        };
         let applied = self.engine.get(&self.keys.meta(META_APPLIED))?.map(|v| decode_u64(&v)).unwrap_or(0);
         let rev = mvcc.rev;
         {
             let mut t = self.tables.write();
-            *t = Tables { mvcc, leases, members, alarms, fences, oracle, cross };
+            *t = Tables { mvcc, leases, members, alarms, fences, oracle, cross, auth };
             self.cross_holder.send_replace(t.cross.prepared().map(|p| p.id));
             let mut live = self.liveness.lock();
             if live.is_primary() {

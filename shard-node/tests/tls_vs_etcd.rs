@@ -268,3 +268,54 @@ async fn peer_tls_and_peer_auto_tls_as_etcd() {
         assert_eq!(String::from_utf8_lossy(&got.stdout), "peer\nauto\n", "{server:?}");
     }
 }
+
+/// With `--client-cert-auth` and auth on, a caller without a token is the
+/// common name of its certificate: alice (CN "alice") may read what her
+/// role allows and nothing else; a token still wins over the certificate.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_certificate_common_name_is_the_user_as_etcd() {
+    let mut outputs = vec![];
+    for server in [Server::Etcd, Server::ShardNode] {
+        let host = fresh_host();
+        let c = certs(&host);
+        let ca = c.ca.ca_file.clone();
+        let mut flags = server_flags(&c.server);
+        flags.extend([format!("--trusted-ca-file={}", ca.display()), "--client-cert-auth".into(), "--bcrypt-cost=4".into()]);
+        if server == Server::Etcd {
+            flags.pop(); // etcd 3.4 has no --bcrypt-cost
+        }
+        let cluster = start(server, &host, 1, "https", "http", &flags);
+        let bob = client_flags(&ca, &c.bob);
+        let alice = client_flags(&ca, &c.alice);
+        wait_serving(&cluster, &bob, "cert CN").await;
+        let e = &cluster.endpoints[0];
+        let steps: &[(&Vec<String>, &[&str])] = &[
+            (&bob, &["role", "add", "root"]),
+            (&bob, &["user", "add", "root:rootpw"]),
+            (&bob, &["user", "grant-role", "root", "root"]),
+            (&bob, &["role", "add", "pods"]),
+            (&bob, &["role", "grant-permission", "pods", "readwrite", "/registry/pods/", "--prefix=true"]),
+            (&bob, &["user", "add", "alice:alicepw"]),
+            (&bob, &["user", "grant-role", "alice", "pods"]),
+            (&bob, &["put", "/registry/services/s", "1"]),
+            (&bob, &["auth", "enable"]),
+            (&alice, &["put", "/registry/pods/a", "1"]),
+            (&alice, &["get", "/registry/pods/", "--prefix"]),
+            (&alice, &["get", "/registry/services/s"]),
+            (&bob, &["get", "/registry/pods/a"]),
+            (&alice, &["--user=root:rootpw", "get", "/registry/services/s"]),
+        ];
+        let mut out = vec![];
+        for (who, args) in steps {
+            let o = etcdctl(e, who, args);
+            let stderr: String = String::from_utf8_lossy(&o.stderr).lines().filter(|l| !l.starts_with('{')).collect();
+            out.push(format!("{} {} {}{stderr}", args.join(" "), ok(&o), String::from_utf8_lossy(&o.stdout)));
+        }
+        outputs.push(out);
+    }
+    assert_eq!(outputs[0], outputs[1], "etcd 3.4 (left) and shard-node (right) differ");
+    // And the test means something: alice got her pods and was refused the service.
+    assert!(outputs[1][10].contains("/registry/pods/a"), "{:?}", outputs[1][10]);
+    assert!(outputs[1][11].contains("permission denied"), "{:?}", outputs[1][11]);
+    assert!(outputs[1][13].contains("/registry/services/s"), "{:?}", outputs[1][13]);
+}

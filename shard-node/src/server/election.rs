@@ -25,10 +25,14 @@ fn missing_leader() -> Status {
     crate::error::Error::ElectionMissingLeader.into()
 }
 
+use crate::auth::Access;
+
 #[tonic::async_trait]
 impl Election for ElectionService {
     async fn campaign(&self, req: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
+        let caller = super::auth::Caller::of(&self.group, &req)?;
         let r = req.into_inner();
+        caller.recipe(&self.group, &r.name, &[Access::Read, Access::Write])?;
         let key = recipes::contender_key(&r.name, r.lease);
         let (my_rev, kv) = recipes::enter(&self.group, &key, &r.value, r.lease).await?;
         if kv.value != r.value {
@@ -41,8 +45,10 @@ impl Election for ElectionService {
     }
 
     async fn proclaim(&self, req: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
+        let caller = super::auth::Caller::of(&self.group, &req)?;
         let r = req.into_inner();
         let l = r.leader.ok_or_else(missing_leader)?;
+        caller.recipe(&self.group, &l.name, &[Access::Read, Access::Write])?;
         let (held, rev) = recipes::put_if_created_at(&self.group, &l.key, l.rev, &r.value, l.lease).await?;
         if !held {
             return Err(not_leader());
@@ -51,7 +57,9 @@ impl Election for ElectionService {
     }
 
     async fn leader(&self, req: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
+        let caller = super::auth::Caller::of(&self.group, &req)?;
         let name = req.into_inner().name;
+        caller.recipe(&self.group, &name, &[Access::Read])?;
         let (first, rev) = recipes::first_contender(&self.group, &recipes::prefix_of(&name)).await?;
         let kv = first.ok_or_else(no_leader)?;
         Ok(Response::new(LeaderResponse { header: Some(self.group.header(rev)), kv: Some(kv) }))
@@ -60,7 +68,10 @@ impl Election for ElectionService {
     type ObserveStream = ReceiverStream<Result<LeaderResponse, Status>>;
 
     async fn observe(&self, req: Request<LeaderRequest>) -> Result<Response<Self::ObserveStream>, Status> {
-        let prefix = recipes::prefix_of(&req.into_inner().name);
+        let caller = super::auth::Caller::of(&self.group, &req)?;
+        let name = req.into_inner().name;
+        caller.recipe(&self.group, &name, &[Access::Read])?;
+        let prefix = recipes::prefix_of(&name);
         let group = self.group.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
@@ -94,7 +105,9 @@ impl Election for ElectionService {
     }
 
     async fn resign(&self, req: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
+        let caller = super::auth::Caller::of(&self.group, &req)?;
         let l = req.into_inner().leader.ok_or_else(missing_leader)?;
+        caller.recipe(&self.group, &l.name, &[Access::Read, Access::Write])?;
         let (_, rev) = recipes::delete_if_created_at(&self.group, &l.key, l.rev).await?;
         Ok(Response::new(ResignResponse { header: Some(self.group.header(rev)) }))
     }

@@ -1,7 +1,9 @@
 //! etcd's KV service: validate → read or propose → map error → fill header.
 
+use super::auth::Caller;
 use super::validate;
 use crate::apply::Applied;
+use crate::auth::Access;
 use crate::group::Group;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -75,8 +77,10 @@ impl Kv for KvService {
     type RangeStreamStream = RangeChunks;
 
     async fn range_stream(&self, req: Request<RangeRequest>) -> Result<Response<RangeChunks>, Status> {
+        let caller = Caller::of(&self.group, &req)?;
         let r = req.into_inner();
         validate::range(&r)?;
+        caller.check(&self.group, &r.key, &r.range_end, Access::Read)?;
         if let Some(refused) = tessera_rpc::range_stream::unsupported(&r) {
             return Err(refused);
         }
@@ -106,8 +110,10 @@ impl Kv for KvService {
     }
 
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let caller = Caller::of(&self.group, &req)?;
         let mut r = req.into_inner();
         validate::range(&r)?;
+        caller.check(&self.group, &r.key, &r.range_end, Access::Read)?;
         self.group.check_readable()?;
         self.group.sm.metrics.ranges.inc();
         self.group.sm.load.read(&r.key);
@@ -132,11 +138,13 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let caller = Caller::of(&self.group, &req)?;
         let r = req.into_inner();
         validate::put(&r)?;
+        caller.put(&self.group, &r)?;
         self.group.sm.metrics.puts.inc();
         self.group.check_quota(r.key.len() + r.value.len())?;
-        let out = self.group.propose(Op::Put(r)).await?;
+        let out = self.group.propose_checked(Op::Put(r), caller.revision).await?;
         match out.result? {
             Applied::Put(mut resp) => {
                 resp.header = Some(self.group.header(out.rev));
@@ -147,10 +155,12 @@ impl Kv for KvService {
     }
 
     async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+        let caller = Caller::of(&self.group, &req)?;
         let r = req.into_inner();
         validate::delete(&r)?;
+        caller.delete(&self.group, &r)?;
         self.group.sm.metrics.deletes.inc();
-        let out = self.group.propose(Op::DeleteRange(r)).await?;
+        let out = self.group.propose_checked(Op::DeleteRange(r), caller.revision).await?;
         match out.result? {
             Applied::DeleteRange(mut resp) => {
                 resp.header = Some(self.group.header(out.rev));
@@ -161,8 +171,10 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let caller = Caller::of(&self.group, &req)?;
         let r = req.into_inner();
         validate::txn(&r, self.max_txn_ops)?;
+        caller.txn(&self.group, &r)?;
         self.group.sm.metrics.txns.inc();
         if validate::txn_is_read_only(&r) {
             self.group.check_readable()?;
@@ -190,7 +202,7 @@ impl Kv for KvService {
                 return Ok(Response::new(resp));
             }
         }
-        let out = self.group.propose(Op::Txn(r)).await?;
+        let out = self.group.propose_checked(Op::Txn(r), caller.revision).await?;
         match out.result? {
             Applied::Txn(mut resp) => {
                 resp.header = Some(self.group.header(out.rev));

@@ -13,10 +13,14 @@ pub struct LockService {
     pub group: Arc<Group>,
 }
 
+use crate::auth::Access;
+
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let caller = super::auth::Caller::of(&self.group, &req)?;
         let r = req.into_inner();
+        caller.recipe(&self.group, &r.name, &[Access::Read, Access::Write])?;
         let key = recipes::contender_key(&r.name, r.lease);
         let (my_rev, _) = recipes::enter(&self.group, &key, b"", r.lease).await?;
         let rev = recipes::wait_turn(&self.group, &recipes::prefix_of(&r.name), &key, my_rev).await?;
@@ -24,7 +28,9 @@ impl Lock for LockService {
     }
 
     async fn unlock(&self, req: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
+        let caller = super::auth::Caller::of(&self.group, &req)?;
         let key = req.into_inner().key;
+        caller.check(&self.group, &key, &[], Access::Write)?;
         let out =
             self.group
                 .propose(tessera_proto::tessera::command::command::Op::DeleteRange(

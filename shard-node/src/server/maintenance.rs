@@ -74,7 +74,8 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn defragment(&self, _req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(&self, req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        super::auth::Caller::of(&self.group, &req)?.admin(&self.group)?;
         let engine = self.group.sm.engine.clone();
         let group = self.group.id.to_be_bytes();
         let mut end = group.to_vec();
@@ -85,13 +86,15 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(DefragmentResponse { header: self.header() }))
     }
 
-    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        super::auth::Caller::of(&self.group, &req)?.admin(&self.group)?;
         // The whole store: every revision and lease.
         let (hash, _, _) = self.group.sm.hash_kv(0)?;
         Ok(Response::new(HashResponse { header: self.header(), hash }))
     }
 
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        super::auth::Caller::of(&self.group, &req)?.admin(&self.group)?;
         let r = req.into_inner();
         if r.revision > 0 {
             // A revision the federation handed out that this group has not reached yet.
@@ -103,7 +106,8 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = ReceiverStream<Result<SnapshotResponse, Status>>;
 
-    async fn snapshot(&self, _req: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(&self, req: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        super::auth::Caller::of(&self.group, &req)?.admin(&self.group)?;
         let sm = self.group.sm.clone();
         let header = self.header();
         let file = tokio::task::spawn_blocking(move || {
@@ -132,6 +136,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        super::auth::Caller::of(&self.group, &req)?.admin(&self.group)?;
         let target = req.into_inner().target_id;
         if !self.group.status().is_leader {
             return Err(Status::failed_precondition("etcdserver: not leader"));

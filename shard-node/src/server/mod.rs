@@ -2,6 +2,7 @@
 //! map error → fill header), served on the client port together with the
 //! HTTP endpoints etcd has there (/metrics, /health, /version).
 
+pub mod auth;
 pub mod cluster;
 pub mod election;
 pub mod kv;
@@ -33,6 +34,8 @@ pub struct ClientApi {
     pub min_lease_ttl: i64,
     /// This group serves the federation's revision oracle.
     pub serve_oracle: bool,
+    /// bcrypt's cost for new passwords (etcd's --bcrypt-cost).
+    pub bcrypt_cost: u32,
 }
 
 impl ClientApi {
@@ -51,13 +54,18 @@ impl ClientApi {
         let election = election::ElectionService { group: g.clone() };
         let etcd = EtcdServices { kv, watch, lease, cluster, maintenance, lock, election, max_message: max };
         let oracle = self.serve_oracle.then(|| OracleServer::new(crate::oracle::OracleService::new(g.clone())));
+        let auth = auth::AuthService { group: g.clone(), bcrypt_cost: self.bcrypt_cost, issued: Default::default() };
+        let json_auth = tessera_rpc::gateway::auth(auth.clone());
         etcd.router(|grpc| {
-            let grpc = grpc.add_service(ShardServer::new(shard::ShardService { group: g }));
+            let grpc = grpc
+                .add_service(ShardServer::new(shard::ShardService { group: g }))
+                .add_service(tessera_proto::etcdserverpb::auth_server::AuthServer::new(auth));
             match oracle {
                 Some(o) => grpc.add_service(o),
                 None => grpc,
             }
         })
+        .merge(json_auth)
     }
 }
 

@@ -30,6 +30,7 @@ impl Watch for WatchService {
     type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
 
     async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = super::auth::Caller::of(&self.group, &req)?;
         let (tx, rx) = mpsc::channel(64);
         let stream = WatchStream {
             group: self.group.clone(),
@@ -38,6 +39,7 @@ impl Watch for WatchService {
             next_id: 0,
             progress_requested: false,
             epoch: crate::fence::routed_epoch(),
+            caller,
         };
         tokio::spawn(stream.run(req.into_inner(), self.progress_interval));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -82,6 +84,9 @@ struct WatchStream {
     /// than it ends the stream's watchers under the fenced prefix once they
     /// have every event up to the fence (`fence`).
     epoch: u64,
+    /// Who opened the stream: each create is checked against the auth
+    /// store as it is then.
+    caller: super::auth::Caller,
 }
 
 /// The client went away.
@@ -172,6 +177,21 @@ impl WatchStream {
             }
             self.next_id
         };
+        if let Err(e) = self.caller.check(&self.group, &c.key, &c.range_end, crate::auth::Access::Read) {
+            // etcd answers a watch it does not permit as created and
+            // canceled, the reason in grpc-go's words for the status.
+            let reason = format!("rpc error: code = {:?} desc = {e}", e.code());
+            return self
+                .send(WatchResponse {
+                    header: self.header(current),
+                    watch_id: -1,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: reason,
+                    ..Default::default()
+                })
+                .await;
+        }
         if self.watchers.iter().any(|w| w.id == id) || id < 0 {
             return self
                 .send(WatchResponse {
