@@ -10,6 +10,7 @@
 //! Locks: the store lives in the state tables (state lock); `tokens` is a
 //! leaf taken after it in apply, alone on requests.
 
+pub mod jwt;
 pub mod tokens;
 
 use crate::error::{Error, Result};

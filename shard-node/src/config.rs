@@ -95,7 +95,7 @@ pub struct Config {
     /// shard map assigns to it (--initial-cluster and friends are unused).
     #[arg(long, default_value = "")]
     pub placement_endpoints: Urls,
-    /// Auth token type: 'simple' (etcd's default). JWT is not supported yet.
+    /// Auth token type: 'simple', or 'jwt,pub-key=PATH,priv-key=PATH,sign-method=ES256|RS256|...,ttl=5m'.
     #[arg(long, default_value = "simple")]
     pub auth_token: String,
     /// Time (seconds) of an auth token's life, renewed by each use.
@@ -292,6 +292,18 @@ impl Config {
         Dialer::new(&files, &self.client_tls.cipher_suites()).map_err(|e| ConfigError(e.to_string()))
     }
 
+    /// The JWT signer/verifier `--auth-token jwt,...` asks for (None: simple tokens).
+    pub fn jwt(&self) -> Result<Option<std::sync::Arc<crate::auth::jwt::Jwt>>, ConfigError> {
+        use crate::auth::jwt::{Jwt, TokenKind};
+        match self.auth_token.parse::<TokenKind>().map_err(ConfigError)? {
+            TokenKind::Simple => Ok(None),
+            TokenKind::Jwt { pub_key, priv_key, sign_method, ttl } => {
+                let jwt = Jwt::load(&pub_key, priv_key.as_deref(), &sign_method, ttl).map_err(ConfigError)?;
+                Ok(Some(std::sync::Arc::new(jwt)))
+            }
+        }
+    }
+
     /// Where --auto-tls and --peer-auto-tls keep their certificates (etcd's place).
     pub fn auto_tls_dir(&self, side: &str) -> PathBuf {
         self.data_dir().join("fixtures").join(side)
@@ -346,12 +358,7 @@ impl Config {
             files.validate(side).map_err(|e| ConfigError(e.to_string()))?;
         }
         tessera_rpc::tls::crypto(&self.client_tls.cipher_suites()).map_err(|e| ConfigError(e.to_string()))?;
-        if self.auth_token != "simple" {
-            return Err(ConfigError(format!(
-                "--auth-token {:?} is not supported (only 'simple'; JWT tokens are not implemented yet)",
-                self.auth_token
-            )));
-        }
+        self.jwt()?;
         if !(4..=31).contains(&self.bcrypt_cost) {
             return Err(ConfigError(format!("--bcrypt-cost {} is out of range (4..=31)", self.bcrypt_cost)));
         }

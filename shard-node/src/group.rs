@@ -26,6 +26,8 @@ pub struct GroupSettings {
     pub quota_bytes: u64,
     /// How the group reaches its peers (TLS for `https://` URLs).
     pub dialer: tessera_rpc::tls::Dialer,
+    /// JWT auth tokens (`--auth-token jwt,...`); None: simple tokens.
+    pub jwt: Option<Arc<crate::auth::jwt::Jwt>>,
 }
 
 pub struct Group {

@@ -172,6 +172,7 @@ pub async fn start(parts: &NodeParts, group_id: u64, boot: Bootstrap) -> anyhow:
             max_request_bytes: config.max_request_bytes,
             quota_bytes: config.quota_bytes(),
             dialer: parts.dialer.clone(),
+            jwt: config.jwt()?,
         },
         handle.clone(),
     ));

@@ -24,15 +24,20 @@ pub struct RealEtcd {
 impl RealEtcd {
     /// Debian's etcd 3.4.
     pub async fn start() -> RealEtcd {
-        Self::start_binary("etcd".into()).await
+        Self::start_binary("etcd".into(), &[]).await
+    }
+
+    /// Debian's etcd 3.4 with extra flags.
+    pub async fn start_with(flags: &[String]) -> RealEtcd {
+        Self::start_binary("etcd".into(), flags).await
     }
 
     /// etcd `version` as scripts/etcd-tools.sh installs it ("3.6", "3.7").
     pub async fn start_version(version: &str) -> RealEtcd {
-        Self::start_binary(crate::bins::etcd_tool(version, "etcd")).await
+        Self::start_binary(crate::bins::etcd_tool(version, "etcd"), &[]).await
     }
 
-    async fn start_binary(etcd: std::path::PathBuf) -> RealEtcd {
+    async fn start_binary(etcd: std::path::PathBuf, flags: &[String]) -> RealEtcd {
         let tmp = tempfile::tempdir().unwrap();
         let host = fresh_host();
         let (client, peer) = (format!("http://{host}:2379"), format!("http://{host}:2380"));
@@ -41,6 +46,7 @@ impl RealEtcd {
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("ref={peer}")])
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

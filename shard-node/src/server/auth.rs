@@ -37,9 +37,17 @@ impl Caller {
         }
         let meta = req.metadata();
         let token = meta.get("token").or_else(|| meta.get("authorization")).and_then(|t| t.to_str().ok());
-        let user = match token {
-            Some(t) => group.sm.tokens.lock().user(t).ok_or(Error::InvalidAuthToken)?,
-            None => req.extensions().get::<ClientIdentity>().and_then(|i| i.common_name.clone()).unwrap_or_default(),
+        let user = match (token, &group.settings.jwt) {
+            (Some(t), Some(jwt)) => {
+                let (user, signed_at) = jwt.verify(t).ok_or(Error::InvalidAuthToken)?;
+                // etcd: a token signed before an auth change no longer speaks for its user.
+                if signed_at < revision {
+                    return Err(Error::AuthOldRevision);
+                }
+                user
+            }
+            (Some(t), None) => group.sm.tokens.lock().user(t).ok_or(Error::InvalidAuthToken)?,
+            (None, _) => req.extensions().get::<ClientIdentity>().and_then(|i| i.common_name.clone()).unwrap_or_default(),
         };
         Ok(Caller { user, revision })
     }
@@ -204,6 +212,14 @@ impl Auth for AuthService {
             .map_err(|e| Error::Internal(e.to_string()))?;
         if !ok {
             return Err(Error::AuthFailed.into());
+        }
+        if let Some(jwt) = &self.group.settings.jwt {
+            // Signed here, checked by any member: nothing to replicate.
+            let revision = self.group.sm.auth(|a| a.revision());
+            let token = jwt
+                .sign(&r.name, revision)
+                .ok_or_else(|| Error::Internal("this member cannot sign auth tokens (no priv-key in --auth-token)".into()))?;
+            return Ok(Response::new(AuthenticateResponse { header: self.header(), token }));
         }
         let token = Tokens::mint(self.issued.fetch_add(1, Ordering::Relaxed) + 1);
         match self.apply(Change::Authenticate(SimpleToken { name: r.name, token })).await? {
