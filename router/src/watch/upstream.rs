@@ -48,6 +48,14 @@ pub async fn upstream(
     mut progress: mpsc::Receiver<()>,
 ) {
     let mut next = base.start_revision;
+    // The map this side of the watch was first routed by: it resumes under
+    // it (on whichever replicas the current map names). Resumed under a
+    // newer map, a group that gave part of the range away would hide that
+    // part's events below the hand-over, which the new owner's side has
+    // passed already (it was raised past them): they would be lost. Under
+    // the first map the group ends the watch after its last event up to the
+    // fence (`Rerouted`), and the watcher routes again from there.
+    let mut routed_by: Option<Arc<shardmap::map::Routing>> = None;
     'route: loop {
         let targets = match b.routing().and_then(|r| Ok((b.targets_on(&r, group, Prefer::Leader, Lane::Streams)?, r))) {
             Ok(t) => t,
@@ -57,6 +65,7 @@ pub async fn upstream(
             }
         };
         let (targets, routing) = targets;
+        let routing = routed_by.get_or_insert(routing).clone();
         for (_node, ch) in targets {
             let (req_tx, req_rx) = mpsc::channel(8);
             let mut c = base.clone();
