@@ -184,11 +184,16 @@ pub fn url_hosts<'a>(urls: impl Iterator<Item = &'a str>) -> Vec<String> {
 /// A port's TLS: builds rustls' configuration from the files and rebuilds
 /// it when they change (checked at most once a second, on accept).
 pub struct ServerTls {
+    source: Source,
+    current: parking_lot::Mutex<Loaded>,
+}
+
+/// What a port's rustls configuration is built from.
+struct Source {
     files: TlsFiles,
     cert: PathBuf,
     key: PathBuf,
     crypto: Arc<CryptoProvider>,
-    current: parking_lot::Mutex<Loaded>,
 }
 
 struct Loaded {
@@ -214,24 +219,44 @@ impl ServerTls {
             (Some(c), Some(k)) => (c.clone(), k.clone()),
             _ => self_signed(auto_dir, hosts)?,
         };
-        let crypto = crypto(cipher_suites)?;
-        let mut tls = ServerTls {
-            files: files.clone(),
-            cert,
-            key,
-            crypto,
-            current: parking_lot::Mutex::new(Loaded {
-                acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(dummy_config())),
-                stamps: vec![],
-                checked: std::time::Instant::now(),
-            }),
-        };
-        let stamps = tls.stamps();
-        let acceptor = tls.build()?;
-        *tls.current.get_mut() = Loaded { acceptor, stamps, checked: std::time::Instant::now() };
-        Ok(Some(Arc::new(tls)))
+        let source = Source { files: files.clone(), cert, key, crypto: crypto(cipher_suites)? };
+        let loaded = Loaded { stamps: source.stamps(), acceptor: source.build()?, checked: std::time::Instant::now() };
+        Ok(Some(Arc::new(ServerTls { source, current: parking_lot::Mutex::new(loaded) })))
     }
 
+    /// The acceptor for the files as they are now.
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let mut cur = self.current.lock();
+        if cur.checked.elapsed() >= Duration::from_secs(1) {
+            cur.checked = std::time::Instant::now();
+            let stamps = self.source.stamps();
+            if stamps != cur.stamps {
+                match self.source.build() {
+                    Ok(a) => {
+                        tracing::info!(cert = %self.source.cert.display(), "TLS certificate files changed: reloaded");
+                        cur.acceptor = a;
+                        cur.stamps = stamps;
+                    }
+                    // Half-written files during a rotation: keep serving the old ones.
+                    Err(e) => tracing::warn!(error = %e, "TLS files changed but do not load; keeping the previous ones"),
+                }
+            }
+        }
+        cur.acceptor.clone()
+    }
+
+    /// The TLS handshake on an accepted connection, and who the caller is.
+    pub async fn accept<IO>(&self, io: IO) -> io::Result<(tokio_rustls::server::TlsStream<IO>, ClientIdentity)>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let stream = self.acceptor().accept(io).await?;
+        let common_name = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| common_name(c));
+        Ok((stream, ClientIdentity { common_name }))
+    }
+}
+
+impl Source {
     fn paths(&self) -> impl Iterator<Item = &Path> {
         [Some(&self.cert), Some(&self.key), self.files.trusted_ca_file.as_ref(), self.files.crl_file.as_ref()]
             .into_iter()
@@ -267,46 +292,6 @@ impl ServerTls {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }
-
-    /// The acceptor for the files as they are now.
-    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        let mut cur = self.current.lock();
-        if cur.checked.elapsed() >= Duration::from_secs(1) {
-            cur.checked = std::time::Instant::now();
-            let stamps = self.stamps();
-            if stamps != cur.stamps {
-                match self.build() {
-                    Ok(a) => {
-                        tracing::info!(cert = %self.cert.display(), "TLS certificate files changed: reloaded");
-                        cur.acceptor = a;
-                        cur.stamps = stamps;
-                    }
-                    // Half-written files during a rotation: keep serving the old ones.
-                    Err(e) => tracing::warn!(error = %e, "TLS files changed but do not load; keeping the previous ones"),
-                }
-            }
-        }
-        cur.acceptor.clone()
-    }
-
-    /// The TLS handshake on an accepted connection, and who the caller is.
-    pub async fn accept<IO>(&self, io: IO) -> io::Result<(tokio_rustls::server::TlsStream<IO>, ClientIdentity)>
-    where
-        IO: AsyncRead + AsyncWrite + Unpin,
-    {
-        let stream = self.acceptor().accept(io).await?;
-        let common_name = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| common_name(c));
-        Ok((stream, ClientIdentity { common_name }))
-    }
-}
-
-/// A placeholder replaced before `ServerTls::new` returns.
-fn dummy_config() -> rustls::ServerConfig {
-    rustls::ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions")
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(rustls::server::ResolvesServerCertUsingSni::new()))
 }
 
 fn common_name(cert: &CertificateDer<'_>) -> Option<String> {

@@ -182,6 +182,7 @@ impl StateMachine {
                             self.tokens.lock().invalidate_user(user);
                         }
                         batch.put(self.keys.meta(META_AUTH), t.auth.to_state().encode_to_vec());
+                        self.set_auth_gate(&t.auth);
                     }
                     Err(_) => {}
                 }

@@ -91,6 +91,10 @@ pub struct StateMachine {
     pub load: crate::load::UnitLoad,
     /// Auth tokens handed out (a leaf: taken after the state lock in apply).
     pub(crate) tokens: Mutex<crate::auth::tokens::Tokens>,
+    /// The auth store's revision while auth is on, 0 while off: every
+    /// request reads it, so it is kept outside the state lock (set where
+    /// the store changes: apply and reload).
+    auth_gate: AtomicU64,
     applied: AtomicU64,
 }
 
@@ -119,6 +123,7 @@ impl StateMachine {
             moves: tokio::sync::watch::Sender::new(0),
             load: Default::default(),
             tokens: Mutex::leaf("auth tokens", crate::auth::tokens::Tokens::new(crate::auth::tokens::DEFAULT_TTL)),
+            auth_gate: AtomicU64::new(0),
             engine,
             keys,
             store,
@@ -126,6 +131,15 @@ impl StateMachine {
         };
         sm.reload()?;
         Ok(sm)
+    }
+
+    /// The auth revision while auth is on (0: off), without the state lock.
+    pub fn auth_gate(&self) -> u64 {
+        self.auth_gate.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_auth_gate(&self, auth: &crate::auth::AuthStore) {
+        self.auth_gate.store(if auth.enabled() { auth.revision() } else { 0 }, Ordering::Release);
     }
 
     /// `f` over the auth store (under the state lock: keep it short).
@@ -157,6 +171,7 @@ impl StateMachine {
         let rev = mvcc.rev;
         {
             let mut t = self.tables.write();
+            self.set_auth_gate(&auth);
             *t = Tables { mvcc, leases, members, alarms, fences, oracle, cross, auth };
             self.cross_holder.send_replace(t.cross.prepared().map(|p| p.id));
             let mut live = self.liveness.lock();

@@ -31,8 +31,8 @@ pub struct Caller {
 impl Caller {
     /// Who sent `req` to `group` (nobody to check while auth is off).
     pub fn of<T>(group: &Group, req: &Request<T>) -> Result<Caller> {
-        let (enabled, revision) = group.sm.auth(|a| (a.enabled(), a.revision()));
-        if !enabled {
+        let revision = group.sm.auth_gate();
+        if revision == 0 {
             return Ok(Caller { user: String::new(), revision: 0 });
         }
         let meta = req.metadata();
