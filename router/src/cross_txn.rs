@@ -308,7 +308,7 @@ async fn attempt_once(
     };
     // One revision for every group: fresh, and above each one's revision
     // at prepare (a write may have landed there after the timestamp was
-    // taken, or passed the oracle; the oracle then learns of the raise).
+    // taken).
     let highest = prepared.values().map(|p| p.revision).max().unwrap_or(0);
     let revision = match commit_revision(b, fresh, highest, deadline).await {
         Ok(r) => r,
@@ -370,15 +370,17 @@ async fn attempt_once(
 }
 
 /// The one revision a txn commits at on every group: `fresh` (a timestamp
-/// issued after the txn began), or above `highest`, every group's revision
-/// at prepare, if a write landed there after it (the oracle is told).
+/// issued after the txn began), or if a write landed on a group after it
+/// (above `highest`, every group's revision at prepare) a timestamp taken
+/// now: every revision a group holds was handed out by the oracle, so a
+/// later one is above it. Never `highest + 1`: the oracle may have handed
+/// that to a write of another group (two writes at one revision).
 async fn commit_revision(b: &Backends, fresh: Result<i64, Status>, highest: i64, deadline: Deadline) -> Result<i64, Status> {
-    let fresh = fresh?;
-    if fresh > highest {
-        return Ok(fresh);
+    let mut fresh = fresh?;
+    while fresh <= highest {
+        fresh = b.fresh(deadline).await?;
     }
-    b.tell(highest + 1, deadline).await?;
-    Ok(highest + 1)
+    Ok(fresh)
 }
 
 /// Every group drops the commits of txns all of whose groups committed,

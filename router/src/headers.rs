@@ -82,9 +82,9 @@ impl Backends {
         let now = self.now(deadline).await?;
         let h = resp.header_mut().get_or_insert_with(Default::default);
         if h.revision > now {
-            // A group's revision the oracle may not know yet (a write above
-            // its hint, before its proposer told the oracle): it must
-            // before a client sees it.
+            // Every group's revision is one the oracle handed out, so this
+            // is not expected; if a group ever answered one it did not, the
+            // oracle must learn of it before a client sees it.
             self.tell(h.revision, deadline).await?;
         }
         h.revision = h.revision.max(now);

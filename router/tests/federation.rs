@@ -762,3 +762,46 @@ async fn watches_created_at_once_are_answered_in_order_and_see_later_writes() {
     let second = next_created(&mut w).await;
     assert_ne!(first, second, "a watch id given twice");
 }
+
+/// etcd gives every write its own revision; across groups too. Writers on
+/// keys of every group, with cross-group reads raising idle groups to the
+/// federation's revision meanwhile: no two writes answer the same revision
+/// (a group whose revision had passed a write's hint took prev + 1, which
+/// another group could already have taken: two transfers in one watch
+/// event batch of `cross_txn.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_two_writes_take_one_revision() {
+    let f = Federation::start(3);
+    let ch = f.channel().await;
+    let writers = (0..12).map(|w| {
+        let mut kv = KvClient::new(ch.clone());
+        tokio::spawn(async move {
+            let mut revs = vec![];
+            for j in 0..40 {
+                // Keys of different placement units (3 levels deep): several groups.
+                let k = format!("uniq/{}/a/v", (w * 40 + j) % 16);
+                let put = PutRequest { key: k.into(), value: b"v".to_vec(), ..Default::default() };
+                revs.push(kv.put(put).await.unwrap().into_inner().header.unwrap().revision);
+            }
+            revs
+        })
+    });
+    let readers = (0..4).map(|r| {
+        let mut kv = KvClient::new(ch.clone());
+        tokio::spawn(async move {
+            for j in 0..60 {
+                let k = format!("uniq/{}/a/v", (r * 60 + j) % 16);
+                kv.range(RangeRequest { key: k.into(), ..Default::default() }).await.unwrap();
+            }
+        })
+    });
+    let (writes, reads) = tokio::join!(futures::future::join_all(writers), futures::future::join_all(readers));
+    reads.into_iter().for_each(|r| r.unwrap());
+    let mut seen: std::collections::BTreeMap<i64, usize> = Default::default();
+    for rev in writes.into_iter().flat_map(|w| w.unwrap()) {
+        *seen.entry(rev).or_default() += 1;
+    }
+    let shared: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert_eq!(seen.values().sum::<usize>(), 12 * 40);
+    assert!(shared.is_empty(), "revisions two writes answered: {shared:?}");
+}

@@ -23,6 +23,8 @@ pub const LEADER_HEADER: &str = "tessera-leader";
 pub const REFUSED_GROUP_HEADER: &str = "tessera-refused-group";
 /// Metadata on `Refusal::TxnConflict` and `Refusal::TxnAborted`: the cross-group txn.
 pub const TXN_HEADER: &str = "tessera-txn";
+/// Metadata on `Refusal::RevisionPassed`: the group's revision.
+pub const CURRENT_REVISION_HEADER: &str = "tessera-current-revision";
 
 macro_rules! etcd_errors {
     ($($(#[$doc:meta])* $variant:ident => $code:ident, $text:literal;)*) => {
@@ -220,6 +222,12 @@ pub enum Refusal {
     /// wait for the cutover themselves; this leaves a node only when it
     /// took longer than the request's time).
     PrefixMoving,
+    /// The write's revision (its hint from the federation's oracle) was
+    /// passed by the group before the write was applied (another write or
+    /// a read's raise came first in the log): it took no revision, so it is
+    /// proposed again with a fresh one. Taking the next revision instead
+    /// could take one the oracle had handed to a write of another group.
+    RevisionPassed { current: i64 },
 }
 
 impl Refusal {
@@ -228,7 +236,7 @@ impl Refusal {
             Refusal::NotHosted { .. } | Refusal::NotLeader { .. } => Code::Unavailable,
             Refusal::EpochNotMatch { .. } => Code::FailedPrecondition,
             Refusal::TxnConflict { .. } | Refusal::TxnAborted { .. } => Code::Aborted,
-            Refusal::PrefixMoving => Code::Unavailable,
+            Refusal::PrefixMoving | Refusal::RevisionPassed { .. } => Code::Unavailable,
         }
     }
 
@@ -240,6 +248,7 @@ impl Refusal {
             Refusal::TxnConflict { .. } => "TxnConflict",
             Refusal::TxnAborted { .. } => "TxnAborted",
             Refusal::PrefixMoving => "PrefixMoving",
+            Refusal::RevisionPassed { .. } => "RevisionPassed",
         }
     }
 
@@ -249,6 +258,7 @@ impl Refusal {
             Refusal::EpochNotMatch { current } => md.insert(CURRENT_EPOCH_HEADER, (*current).into()),
             Refusal::NotLeader { leader } => md.insert(LEADER_HEADER, (*leader).into()),
             Refusal::TxnConflict { holder: txn } | Refusal::TxnAborted { txn } => md.insert(TXN_HEADER, (*txn).into()),
+            Refusal::RevisionPassed { current } => md.insert(CURRENT_REVISION_HEADER, (*current).into()),
             Refusal::PrefixMoving => return,
         };
     }
@@ -263,6 +273,9 @@ impl Refusal {
             "TxnConflict" => Some(Refusal::TxnConflict { holder: txn()? }),
             "TxnAborted" => Some(Refusal::TxnAborted { txn: txn()? }),
             "PrefixMoving" => Some(Refusal::PrefixMoving),
+            "RevisionPassed" => {
+                Some(Refusal::RevisionPassed { current: md.get(CURRENT_REVISION_HEADER)?.to_str().ok()?.parse().ok()? })
+            }
             _ => None,
         }
     }
@@ -295,6 +308,9 @@ impl fmt::Display for Refusal {
             Refusal::TxnConflict { holder } => write!(f, "tessera: the group holds another cross-group txn ({holder})"),
             Refusal::TxnAborted { txn } => write!(f, "tessera: cross-group txn {txn} was aborted"),
             Refusal::PrefixMoving => write!(f, "tessera: the prefix is moving to another group; try again"),
+            Refusal::RevisionPassed { current } => {
+                write!(f, "tessera: the group passed the write's revision (at {current}); try again")
+            }
         }
     }
 }

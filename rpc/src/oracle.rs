@@ -1,37 +1,100 @@
 //! The client of the revision oracle (`tessera.shard.Oracle`, served by the
 //! leader of placement's store group): one timeline of revisions for a
-//! whole federation. Shard-nodes take write revisions from it and tell it
-//! of revisions they applied above them; reads and watches through any
-//! router or node take their revision from it.
+//! whole federation. Shard-nodes take write revisions from it (each write
+//! its own); reads and watches through any router or node take their
+//! revision from it.
 //!
 //! Calls are batched: one RPC in flight per client; every request that
 //! arrives meanwhile joins the next one (fresh timestamps are handed out
 //! as consecutive slices of one reservation, observations merged into
 //! their maximum). The highest value seen is cached, so "has this revision
 //! been handed out?" is usually answered without a call.
+//!
+//! A node's writes go into their groups' logs in the order of their hints:
+//! a write's hint is a `Stamp`, outstanding until the write is in its
+//! group's mailbox (or given up), and a write waits for every lower stamp
+//! of this client to be settled first (`settled`). A group applies a write
+//! only above its revision and refuses one whose hint it passed (which is
+//! proposed again), so out-of-order proposals cost a retry each: at 100
+//! clients on one group, without the order, more writes were retried than
+//! applied.
 
 use crate::errors::{Error, Refusal};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_proto::tessera::shard::oracle_client::OracleClient as Rpc;
 use tessera_proto::tessera::shard::TimestampRequest;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tonic::transport::Channel;
 
 /// How long one batch may take before its callers fail (the oracle is
 /// unreachable: writes and linearizable reads wait for it, as for a leader).
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Hints handed out and not yet settled (their writes not yet proposed).
+#[derive(Default)]
+struct Outstanding {
+    hints: parking_lot::Mutex<BTreeSet<i64>>,
+    settled: Notify,
+}
+
+impl Outstanding {
+    fn settle(&self, hint: i64) {
+        self.hints.lock().remove(&hint);
+        self.settled.notify_waiters();
+    }
+
+    async fn settled_up_to(&self, hint: i64) {
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.hints.lock().first().is_none_or(|first| *first > hint) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A fresh timestamp handed to one write: outstanding until dropped, which
+/// its proposer does once the write is in its group's mailbox.
+pub struct Stamp {
+    pub hint: i64,
+    outstanding: Arc<Outstanding>,
+}
+
+impl Drop for Stamp {
+    fn drop(&mut self) {
+        self.outstanding.settle(self.hint);
+    }
+}
+
+impl std::fmt::Debug for Stamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Stamp({})", self.hint)
+    }
+}
+
+/// What a batch answers one ask: its first timestamp (with the stamps of
+/// its count) and the oracle's issued value.
+struct Answer {
+    stamps: Vec<Stamp>,
+    issued: i64,
+}
+
 struct Ask {
     count: u32,
     observe: i64,
-    reply: oneshot::Sender<Result<(i64, i64), Error>>,
+    reply: oneshot::Sender<Result<Answer, Error>>,
 }
 
 pub struct OracleClient {
     asks: mpsc::UnboundedSender<Ask>,
     issued: Arc<AtomicI64>,
+    outstanding: Arc<Outstanding>,
 }
 
 impl OracleClient {
@@ -39,11 +102,12 @@ impl OracleClient {
     pub fn new(endpoints: Vec<String>, dialer: crate::tls::Dialer) -> Arc<Self> {
         let (asks, rx) = mpsc::unbounded_channel();
         let issued = Arc::new(AtomicI64::new(0));
-        tokio::spawn(run(endpoints, dialer, rx, issued.clone()));
-        Arc::new(OracleClient { asks, issued })
+        let outstanding = Arc::new(Outstanding::default());
+        tokio::spawn(run(endpoints, dialer, rx, issued.clone(), outstanding.clone()));
+        Arc::new(OracleClient { asks, issued, outstanding })
     }
 
-    async fn ask(&self, count: u32, observe: i64) -> Result<(i64, i64), Error> {
+    async fn ask(&self, count: u32, observe: i64) -> Result<Answer, Error> {
         let (reply, rx) = oneshot::channel();
         self.asks.send(Ask { count, observe, reply }).map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)?
@@ -52,17 +116,31 @@ impl OracleClient {
     /// A fresh timestamp: greater than every value handed out or observed
     /// before this call (a write's revision hint).
     pub async fn next(&self) -> Result<i64, Error> {
-        Ok(self.ask(1, 0).await?.0)
+        Ok(self.stamp().await?.hint)
+    }
+
+    /// A fresh timestamp for a write, outstanding (see `settled`) until the
+    /// returned stamp is dropped.
+    pub async fn stamp(&self) -> Result<Stamp, Error> {
+        let mut answer = self.ask(1, 0).await?;
+        answer.stamps.pop().ok_or_else(|| Error::Internal("the oracle answered no timestamp".into()))
+    }
+
+    /// Waits until every stamp up to `hint` this client handed out has been
+    /// dropped. A stamp's holder must not wait for anything else between
+    /// receiving it and dropping it, or the holders of higher ones wait on it.
+    pub async fn settled(&self, hint: i64) {
+        self.outstanding.settled_up_to(hint).await
     }
 
     /// The highest value handed out or observed so far: every revision any
     /// response has carried is at most this (a read's revision).
     pub async fn now(&self) -> Result<i64, Error> {
-        Ok(self.ask(0, 0).await?.1)
+        Ok(self.ask(0, 0).await?.issued)
     }
 
-    /// Tells the oracle a group applied `rev` (above its hint): every later
-    /// timestamp is greater.
+    /// Tells the oracle of a revision it may not have handed out (a guard:
+    /// every later timestamp is greater).
     pub async fn observe(&self, rev: i64) -> Result<(), Error> {
         if rev <= self.issued() {
             return Ok(());
@@ -82,7 +160,13 @@ impl OracleClient {
     }
 }
 
-async fn run(endpoints: Vec<String>, dialer: crate::tls::Dialer, mut rx: mpsc::UnboundedReceiver<Ask>, issued: Arc<AtomicI64>) {
+async fn run(
+    endpoints: Vec<String>,
+    dialer: crate::tls::Dialer,
+    mut rx: mpsc::UnboundedReceiver<Ask>,
+    issued: Arc<AtomicI64>,
+    outstanding: Arc<Outstanding>,
+) {
     let channels: Vec<Channel> = endpoints
         .iter()
         .filter_map(|u| {
@@ -106,11 +190,17 @@ async fn run(endpoints: Vec<String>, dialer: crate::tls::Dialer, mut rx: mpsc::U
             issued.fetch_max(*i, Ordering::AcqRel);
         }
         let mut next = answer.as_ref().map_or(0, |(first, _)| *first);
+        if let Ok((first, _)) = &answer {
+            // Outstanding before any holder can see one: a holder of a
+            // higher stamp then waits for every lower one of the batch. A
+            // stamp whose asker left is dropped with its unsent reply.
+            outstanding.hints.lock().extend(*first..*first + count as i64);
+        }
         for a in batch {
-            let slice = answer.clone().map(|(_, i)| {
-                let start = if a.count > 0 { next } else { 0 };
+            let slice = answer.clone().map(|(_, issued)| {
+                let stamps = (next..next + a.count as i64).map(|hint| Stamp { hint, outstanding: outstanding.clone() }).collect();
                 next += a.count as i64;
-                (start, i)
+                Answer { stamps, issued }
             });
             let _ = a.reply.send(slice);
         }
@@ -145,5 +235,32 @@ async fn call(channels: &[Channel], current: &AtomicUsize, count: u32, observe: 
         // caller's timeout bounds it.
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_waits_for_every_lower_stamp_and_no_higher_one() {
+        let outstanding = Arc::new(Outstanding::default());
+        outstanding.hints.lock().extend(5..8);
+        let stamp = |hint| Stamp { hint, outstanding: outstanding.clone() };
+        let (five, six, seven) = (stamp(5), stamp(6), stamp(7));
+        let waiting = tokio::spawn({
+            let outstanding = outstanding.clone();
+            async move { outstanding.settled_up_to(6).await }
+        });
+        drop(seven);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "5 and 6 are out");
+        drop(six);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "5 is out");
+        drop(five);
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("settled").unwrap();
+        assert!(outstanding.hints.lock().is_empty());
+        outstanding.settled_up_to(100).await;
     }
 }

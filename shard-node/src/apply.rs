@@ -10,7 +10,7 @@
 
 use crate::auth::AuthApplied;
 use crate::engine::WriteBatch;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::membership;
 use crate::mvcc::WriteTxn;
 use crate::raft::{Proposer, StateMachine as RaftStateMachine};
@@ -110,6 +110,16 @@ fn refused(alarms: &[AlarmMember], op: &Op) -> Option<Error> {
     (grows && has(AlarmType::Nospace)).then_some(Error::NoSpace)
 }
 
+/// A federated write whose revision hint the group has passed takes no
+/// revision: the next one (`prev + 1`) may be one the oracle handed to a
+/// write of another group, and etcd gives every write its own revision. Its
+/// proposer takes a fresh hint and proposes it again (`Group::propose_at`).
+/// A bump's hint is a floor, not a revision of its own: never refused.
+fn revision_passed(cmd: &Command, rev: i64) -> Option<Error> {
+    let hinted = matches!(cmd.op, Some(Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::LeaseRevoke(_) | Op::Fence(_)));
+    (hinted && cmd.revision_hint > 0 && cmd.revision_hint <= rev).then_some(Refusal::RevisionPassed { current: rev }.into())
+}
+
 impl StateMachine {
     fn mark_applied(&self, index: u64, batch: &mut WriteBatch) {
         batch.put(self.keys.meta(META_APPLIED), index.to_be_bytes().to_vec());
@@ -151,7 +161,8 @@ impl StateMachine {
             let refusal = refused(&t.alarms, op)
                 .or_else(|| t.fences.check_op(cmd.epoch, op).err())
                 .or_else(|| t.cross.check_op(op).err())
-                .or_else(|| checked_by_auth(op).then(|| t.auth.stale(cmd.auth_revision)).flatten());
+                .or_else(|| checked_by_auth(op).then(|| t.auth.stale(cmd.auth_revision)).flatten())
+                .or_else(|| revision_passed(&cmd, t.mvcc.rev));
             if let Op::Compact(c) = op {
                 let mut batch = WriteBatch::default();
                 let result = match refusal {

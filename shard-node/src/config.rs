@@ -358,7 +358,8 @@ impl Config {
             files.validate(side).map_err(|e| ConfigError(e.to_string()))?;
         }
         tessera_rpc::tls::crypto(&self.client_tls.cipher_suites()).map_err(|e| ConfigError(e.to_string()))?;
-        self.jwt()?;
+        // The key files are read once, when the node starts (`jwt`).
+        self.auth_token.parse::<crate::auth::jwt::TokenKind>().map_err(ConfigError)?;
         if !(4..=31).contains(&self.bcrypt_cost) {
             return Err(ConfigError(format!("--bcrypt-cost {} is out of range (4..=31)", self.bcrypt_cost)));
         }

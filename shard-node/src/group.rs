@@ -3,10 +3,14 @@
 //! thread (`raft::driver`); this handle only talks to it through its mailbox.
 //!
 //! Revisions: a standalone group counts them as etcd does (+1 per write).
-//! A group of a federation takes each write's revision hint from the
-//! federation's revision oracle and reads at the oracle's current value,
-//! raising itself to it first when it is behind, so every group shares one
-//! timeline (docs/architecture.md, "One revision timeline").
+//! A group of a federation takes each write's revision from the
+//! federation's revision oracle (a write whose revision the group passed
+//! before applying it is refused and proposed again with a fresh one: no
+//! two writes of the federation share a revision) and reads at the oracle's
+//! current value, raising itself to it first when it is behind, so every
+//! group shares one timeline (docs/architecture.md, "One revision timeline").
+//! Every revision a group holds is one the oracle handed out, so an answer
+//! with the group's own revision (a serializable read's) needs no call.
 
 use crate::apply::ApplyOutput;
 use crate::error::{Error, Refusal, Result};
@@ -28,6 +32,18 @@ pub struct GroupSettings {
     pub dialer: tessera_rpc::tls::Dialer,
     /// JWT auth tokens (`--auth-token jwt,...`); None: simple tokens.
     pub jwt: Option<Arc<crate::auth::jwt::Jwt>>,
+}
+
+/// The revision a proposal carries (`Command.revision_hint`).
+#[derive(Clone, Copy)]
+enum Stamp {
+    /// None: a standalone group's write (+1, as etcd), or no write at all.
+    None,
+    /// A fresh timestamp from the oracle, taken again for each attempt: the
+    /// write's own revision, unique in the federation.
+    Fresh,
+    /// A floor the group is raised to (a bump).
+    Floor(i64),
 }
 
 pub struct Group {
@@ -104,17 +120,8 @@ impl Group {
     /// change (etcd's "revision of auth store is old").
     pub async fn propose_checked(&self, op: Op, auth_revision: u64) -> Result<ApplyOutput> {
         let writes = matches!(op, Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::LeaseRevoke(_) | Op::Fence(_));
-        let hint = match &self.oracle {
-            Some(o) if writes => o.next().await?,
-            _ => 0,
-        };
-        let out = self.propose_at(op, hint, auth_revision).await?;
-        // A revision above the hint (another write took the hint first):
-        // the oracle learns it before anyone is told of it.
-        if let Some(o) = self.oracle.as_ref().filter(|_| writes && out.rev > hint && out.result.is_ok()) {
-            o.observe(out.rev).await?;
-        }
-        Ok(out)
+        let stamp = if writes && self.oracle.is_some() { Stamp::Fresh } else { Stamp::None };
+        self.propose_at(op, stamp, auth_revision).await
     }
 
     /// Raises the group's revision to at least `rev` (a bump: a raft entry
@@ -127,9 +134,10 @@ impl Group {
         }
         let _one = self.raising.lock().await;
         if self.sm.current_revision() < rev {
-            // As far as the oracle has gone: later raises then cost nothing.
-            let hint = rev.max(self.oracle.as_ref().map_or(0, |o| o.issued()));
-            self.propose_at(Op::Bump(RevisionBump {}), hint, 0).await?.result?;
+            // To `rev`, not further: a write this node handed a higher
+            // revision may still be on its way to the log, and would be
+            // passed (and proposed again).
+            self.propose_at(Op::Bump(RevisionBump {}), Stamp::Floor(rev), 0).await?.result?;
         }
         Ok(self.sm.current_revision())
     }
@@ -151,20 +159,6 @@ impl Group {
         Ok(Some(rev))
     }
 
-    /// A revision this member is about to answer without the oracle (a
-    /// serializable read's: its own applied revision), made known to the
-    /// oracle first when it may not be. A group applies a write above its
-    /// hint when another write took the hint first, and only the write's
-    /// proposer tells the oracle, after applying it; a client that saw that
-    /// revision here before then could see a later write elsewhere take a
-    /// lower one (chaos found a header going back that way).
-    pub async fn published(&self, rev: i64) -> Result<i64> {
-        if let Some(o) = self.oracle.as_ref().filter(|o| rev > o.issued()) {
-            o.observe(rev).await?;
-        }
-        Ok(rev)
-    }
-
     /// Checks an explicit read or compaction revision against the group:
     /// one the federation handed out that this group has not reached is
     /// raised to (standalone, or never handed out: etcd's future-revision error).
@@ -178,12 +172,13 @@ impl Group {
         }
     }
 
-    /// Proposes `op` with revision `hint`. While the group holds a
-    /// cross-group txn prepared, what it would refuse waits for the txn to
-    /// end first (`crate::cross`), within the request timeout — a prepare
-    /// only if its coordinator asked (it prepares in group order), else the
-    /// coordinator aborts and tries again.
-    async fn propose_at(&self, op: Op, hint: i64, auth_revision: u64) -> Result<ApplyOutput> {
+    /// Proposes `op` with the revision `stamp` gives it. While the group
+    /// holds a cross-group txn prepared, what it would refuse waits for the
+    /// txn to end first (`crate::cross`), within the request timeout — a
+    /// prepare only if its coordinator asked (it prepares in group order),
+    /// else the coordinator aborts and tries again. A write whose revision
+    /// the group passed before applying it is proposed again with a fresh one.
+    async fn propose_at(&self, op: Op, stamp: Stamp, auth_revision: u64) -> Result<ApplyOutput> {
         let started = tokio::time::Instant::now();
         let timeout = self.settings.request_timeout;
         let waits = match &op {
@@ -191,13 +186,25 @@ impl Group {
             op => crate::cross::held_back(op),
         };
         let epoch = crate::fence::routed_epoch();
-        let mut cmd = Command { member_id: self.member_id, seq: 0, revision_hint: hint, epoch, auth_revision, op: Some(op) };
+        let mut cmd = Command { member_id: self.member_id, seq: 0, revision_hint: 0, epoch, auth_revision, op: Some(op) };
         let mut moves = self.sm.moves.subscribe();
         loop {
             moves.borrow_and_update();
             if waits {
                 self.sm.wait_unheld(timeout.saturating_sub(started.elapsed())).await?;
             }
+            // A fresh revision is outstanding until the write is in the
+            // mailbox, and goes in after every lower one this node handed
+            // out: the log then holds them in order (none passed by another).
+            let fresh = match (stamp, &self.oracle) {
+                (Stamp::Fresh, Some(o)) => Some((o.stamp().await?, o)),
+                _ => None,
+            };
+            cmd.revision_hint = match (&fresh, stamp) {
+                (Some((s, _)), _) => s.hint,
+                (None, Stamp::Floor(rev)) => rev,
+                _ => 0,
+            };
             let seq = self.raft.next_seq();
             cmd.seq = seq;
             let data = cmd.encode_to_vec();
@@ -205,10 +212,26 @@ impl Group {
             if data.len() > self.settings.max_request_bytes {
                 return Err(Error::RequestTooLarge);
             }
+            match &fresh {
+                Some((s, o)) => o.settled(s.hint - 1).await,
+                // A bump goes in after the writes whose revisions it raises
+                // the group past (those this node handed out).
+                None if cmd.revision_hint > 0 => {
+                    if let Some(o) = &self.oracle {
+                        o.settled(cmd.revision_hint).await
+                    }
+                }
+                None => {}
+            }
+            let applied = self.raft.submit(seq, Msg::Propose { seq, data });
+            drop(fresh);
             let m = &self.sm.metrics;
             m.proposals_pending.inc();
             let left = timeout.saturating_sub(started.elapsed());
-            let out = self.raft.propose(seq, Msg::Propose { seq, data }, left).await;
+            let out = match applied {
+                Ok(applied) => self.raft.wait(seq, applied, left).await,
+                Err(e) => Err(e),
+            };
             m.proposals_pending.dec();
             if let Err(Error::Timeout) = &out {
                 m.proposals_failed.inc();
@@ -216,6 +239,12 @@ impl Group {
             match out {
                 // Refused, not applied: a cross-group txn was prepared first.
                 Ok(ApplyOutput { result: Err(Error::Refused(Refusal::TxnConflict { .. })), .. }) if waits => continue,
+                // Refused, not applied: the group passed its revision.
+                Ok(ApplyOutput { result: Err(Error::Refused(Refusal::RevisionPassed { .. })), .. })
+                    if matches!(stamp, Stamp::Fresh) =>
+                {
+                    m.revisions_passed.inc();
+                }
                 // Refused, not applied: its prefix is in a move's cutover.
                 Ok(ApplyOutput { result: Err(Error::Refused(Refusal::PrefixMoving)), .. }) => {
                     wait_for_move(&mut moves, started + timeout).await?;

@@ -49,6 +49,13 @@ per_group!(
     "etcd_server_proposals_failed_total",
     "The total number of failed proposals seen."
 );
+per_group!(
+    REVISIONS_PASSED,
+    IntCounterVec,
+    register_int_counter_vec,
+    "tessera_server_revisions_passed_total",
+    "Writes proposed again because the group passed the revision they carried before applying them."
+);
 per_group!(KEYS_TOTAL, IntGaugeVec, register_int_gauge_vec, "etcd_debugging_mvcc_keys_total", "Total number of keys.");
 per_group!(
     DB_IN_USE,
@@ -111,6 +118,7 @@ pub struct GroupMetrics {
     pub proposals_pending: IntGauge,
     pub proposals_applied: IntCounter,
     pub proposals_failed: IntCounter,
+    pub revisions_passed: IntCounter,
     pub keys: IntGauge,
     pub db_in_use: IntGauge,
     pub watchers: IntGauge,
@@ -131,6 +139,7 @@ impl GroupMetrics {
             proposals_pending: PROPOSALS_PENDING.with_label_values(&l),
             proposals_applied: PROPOSALS_APPLIED.with_label_values(&l),
             proposals_failed: PROPOSALS_FAILED.with_label_values(&l),
+            revisions_passed: REVISIONS_PASSED.with_label_values(&l),
             keys: KEYS_TOTAL.with_label_values(&l),
             db_in_use: DB_IN_USE.with_label_values(&l),
             watchers: WATCHERS.with_label_values(&l),

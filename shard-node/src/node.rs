@@ -180,8 +180,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let dialer = config.dialer()?;
     let transport = Arc::new(GrpcTransport::new(raft_net_handle.clone(), mailboxes.clone(), dialer.clone()));
     let (client_tls, peer_tls) = serving_tls(&config)?;
+    let jwt = config.jwt()?;
     let node = Arc::new(Node {
         parts: NodeParts {
+            jwt,
             oracle: config
                 .federated()
                 .then(|| tessera_rpc::oracle::OracleClient::new(config.placement_endpoints.to_vec(), dialer.clone())),

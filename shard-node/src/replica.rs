@@ -39,6 +39,8 @@ pub struct NodeParts {
     pub oracle: Option<Arc<tessera_rpc::oracle::OracleClient>>,
     /// How this node dials others (`Config::dialer`).
     pub dialer: tessera_rpc::tls::Dialer,
+    /// JWT auth tokens, its keys read once at start (`Config::jwt`); None: simple tokens.
+    pub jwt: Option<Arc<crate::auth::jwt::Jwt>>,
 }
 
 pub struct Replica {
@@ -172,7 +174,7 @@ pub async fn start(parts: &NodeParts, group_id: u64, boot: Bootstrap) -> anyhow:
             max_request_bytes: config.max_request_bytes,
             quota_bytes: config.quota_bytes(),
             dialer: parts.dialer.clone(),
-            jwt: config.jwt()?,
+            jwt: parts.jwt.clone(),
         },
         handle.clone(),
     ));

@@ -70,7 +70,6 @@ impl<'a> Builder<'a> {
             p.keys.push((*k).clone());
             p.init.keys.push(KState::ABSENT);
             p.init.floor = h.start_revision;
-            p.init.shared_revisions = h.shared_revisions;
         }
         let mut b = Builder { h, t, place, parts, values: Vec::new(), value_ids: HashMap::new() };
         for (k, kv) in &h.initial {

@@ -41,10 +41,6 @@ impl KState {
 pub(crate) struct PState {
     pub(crate) keys: Vec<KState>,
     pub(crate) floor: i64,
-    /// A write may take the revision the floor is at, if none of its keys
-    /// already has it: a federation's groups can give two writes one
-    /// revision (never two writes of one key: those are one group's).
-    pub(crate) shared_revisions: bool,
 }
 
 /// A kv an op returned (value interned).
@@ -153,17 +149,10 @@ fn put(ks: &mut KState, value: u32, lease: i64, rev: Rev) {
 }
 
 /// The revision of a call that changes something (the keys it writes).
-fn begin_write(n: &mut PState, header: Option<i64>, keys: &[usize]) -> Option<Rev> {
+fn begin_write(n: &mut PState, header: Option<i64>) -> Option<Rev> {
     match header {
         Some(w) if w > n.floor => {
             n.floor = w;
-            Some(Rev::Known(w))
-        }
-        Some(w)
-            if w == n.floor
-                && n.shared_revisions
-                && keys.iter().all(|k| n.keys.get(*k).is_some_and(|ks| ks.mod_rev != Rev::Known(w))) =>
-        {
             Some(Rev::Known(w))
         }
         Some(_) => None,
@@ -258,7 +247,7 @@ pub(crate) fn step(s: &PState, op: &LOp, values: &[Bytes], out: &mut Vec<PState>
         LKind::Put { key, value, lease, prev } => {
             let max = op.header.map_or(i64::MAX, |w| w.saturating_sub(1));
             let seen = prev.as_ref().is_none_or(|p| n.keys.get_mut(*key).is_some_and(|ks| observe(ks, p, max)));
-            match (seen, begin_write(&mut n, op.header, &[*key])) {
+            match (seen, begin_write(&mut n, op.header)) {
                 (true, Some(rev)) => n.keys.get_mut(*key).map(|ks| put(ks, *value, *lease, rev)).is_some(),
                 _ => false,
             }
@@ -325,7 +314,7 @@ fn delete(n: &mut PState, keys: &[usize], deleted: Option<i64>, full: bool, head
     if !consumed {
         return no_write(n, header);
     }
-    if begin_write(n, header, keys).is_none() {
+    if begin_write(n, header).is_none() {
         return false;
     }
     for &k in keys {
@@ -361,15 +350,8 @@ fn run_branch(m: &mut PState, ops: &[LTxnOp], results: Option<&[LResult]>, heade
         LTxnOp::Delete(k) => m.keys.get(*k).is_some_and(|ks| ks.exists),
         LTxnOp::Get(_) => false,
     });
-    let written: Vec<usize> = ops
-        .iter()
-        .filter_map(|o| match o {
-            LTxnOp::Put(k, ..) | LTxnOp::Delete(k) => Some(*k),
-            LTxnOp::Get(_) => None,
-        })
-        .collect();
     let rev = if effective {
-        match begin_write(m, header, &written) {
+        match begin_write(m, header) {
             Some(rev) => rev,
             None => return false,
         }

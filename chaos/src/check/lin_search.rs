@@ -265,13 +265,10 @@ pub(crate) fn search(p: &Partition, values: &[Bytes], budget: u64) -> (Verdict, 
         call_entry: vec![0; n],
         ret_entry: vec![None; n],
         linearized: vec![false; n],
-        // A write at `rev` needs the floor below it — or at it, where
-        // writes of different groups may share a revision.
+        // A write at `rev` needs the floor below it.
         threshold: (0..n)
             .map(|l| match (p.returns[l], p.order[l]) {
-                (Some(_), (rev, kind)) if rev != i64::MAX => {
-                    Some(rev.saturating_sub((kind == 0 && !p.init.shared_revisions) as i64))
-                }
+                (Some(_), (rev, kind)) if rev != i64::MAX => Some(rev.saturating_sub((kind == 0) as i64)),
                 _ => None,
             })
             .collect(),

@@ -5,6 +5,8 @@
 //!     with a header; serializable reads, which may be served stale, are not
 //!     held to it);
 //! (b) per key, write revisions are unique and increase in real-time order;
+//!     across keys, two ops never write at one revision (etcd gives each
+//!     txn its own; a federation's groups share one timeline);
 //! (c) a read at an explicit revision R returns the state reconstructed at R
 //!     from the writes of the history;
 //! (d) a read at the latest revision is a snapshot at its header revision:
@@ -82,8 +84,27 @@ fn write_revisions(h: &History, t: &Timelines) -> Vec<Violation> {
     let mut out = Vec::new();
     let mut keys: Vec<&Bytes> = t.keys.keys().collect();
     keys.sort();
+    let mut writer_of: BTreeMap<i64, (usize, &Bytes)> = BTreeMap::new();
     for key in keys {
         let known = t.known_of(key);
+        for e in known.iter() {
+            let Some(op) = e.op else { continue };
+            match writer_of.get(&e.rev) {
+                Some(&(other, other_key)) if other != op && other_key != key => {
+                    let msg = format!(
+                        "two ops wrote at revision {}: {} ({other_key}) and {} ({key})",
+                        e.rev,
+                        describe(h, other),
+                        describe(h, op)
+                    );
+                    out.push(Violation::new(Checker::Revisions, msg, vec![other, op]));
+                }
+                Some(_) => {}
+                None => {
+                    writer_of.insert(e.rev, (op, key));
+                }
+            }
+        }
         for pair in known.windows(2) {
             if let ([a, b], Some(x), Some(y)) = (pair, pair[0].op, pair[1].op) {
                 if a.rev == b.rev && x != y {

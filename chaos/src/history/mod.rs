@@ -410,10 +410,6 @@ pub struct FinalRead {
 pub struct History {
     #[serde(default)]
     pub start_revision: i64,
-    /// Writes on different groups of a federation may share a revision
-    /// (docs/architecture.md, "Revision collisions"); one etcd never does.
-    #[serde(default)]
-    pub shared_revisions: bool,
     #[serde(default)]
     pub initial: Vec<(Bytes, Kv)>,
     pub ops: Vec<Op>,

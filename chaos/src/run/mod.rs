@@ -262,7 +262,6 @@ async fn run_on(
     let final_read = final_read(&channels, &rec).await;
     let mut history = rec.take();
     history.final_read = final_read;
-    history.shared_revisions = matches!(cfg.target, Target::Federation { .. });
     let check = check_all(&history);
     let switch = network.as_ref().map(|n| n.stats());
     let net_text = match mode {

@@ -83,7 +83,27 @@ fn a_hint_raises_the_revision_and_a_bump_moves_it_without_data() {
     assert_eq!(out.rev, 1000);
     assert_eq!(f.apply_with(Op::Bump(RevisionBump {}), 2000, 0).rev, 2000);
     assert_eq!(f.apply_with(Op::Bump(RevisionBump {}), 10, 0).rev, 2000, "never back");
-    assert_eq!(f.put("k", "v", 0), Ok(2001), "a lower hint still moves past the current revision");
+    assert_eq!(f.put("k", "v", 0), Ok(2001), "no hint (a standalone group): the next revision, as etcd");
+}
+
+/// The oracle handed the hint to this write alone; the next revision may be
+/// another group's write's: a write whose hint the group passed is refused
+/// untouched (its proposer takes a fresh hint), never applied at prev + 1.
+#[test]
+fn a_write_whose_hint_the_group_passed_takes_no_revision() {
+    let mut f = Fixture::new();
+    assert_eq!(f.apply_with(Op::Bump(RevisionBump {}), 2000, 0).rev, 2000);
+    let put = |key: &str| Op::Put(PutRequest { key: key.into(), value: b"v".to_vec(), ..Default::default() });
+    for hint in [1999, 2000] {
+        let out = f.apply_with(put("k"), hint, 0);
+        assert_eq!(out.result.err(), Some(Error::Refused(Refusal::RevisionPassed { current: 2000 })));
+        assert_eq!((out.rev, f.get("k")), (2000, None));
+    }
+    let del = Op::DeleteRange(DeleteRangeRequest { key: "none".into(), ..Default::default() });
+    assert!(f.apply_with(del, 1500, 0).result.is_err(), "a delete of nothing too: its answer names its revision");
+    let out = f.apply_with(put("k"), 2001, 0);
+    assert_eq!((out.result.is_ok(), out.rev, f.get("k")), (true, 2001, Some(b"v".to_vec())));
+    assert_eq!(f.reopen().current_revision(), 2001);
 }
 
 /// Its answer names the revision, so the group must be there: a delete of

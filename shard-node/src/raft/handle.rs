@@ -108,13 +108,25 @@ impl<O> RaftHandle<O> {
     /// Hands `msg` (a proposal carrying `seq`) to the driver and waits up to
     /// `timeout` for this member to apply it.
     pub async fn propose(&self, seq: u64, msg: Msg, timeout: Duration) -> Result<O> {
+        let applied = self.submit(seq, msg)?;
+        self.wait(seq, applied, timeout).await
+    }
+
+    /// Hands `msg` (a proposal carrying `seq`) to the driver now (the
+    /// mailbox keeps the order of submissions); `wait` for what it produced.
+    pub fn submit(&self, seq: u64, msg: Msg) -> Result<oneshot::Receiver<O>> {
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().insert(seq, tx);
         if let Err(e) = self.send(msg) {
             self.waiters.lock().remove(&seq);
             return Err(e);
         }
-        match tokio::time::timeout(timeout, rx).await {
+        Ok(rx)
+    }
+
+    /// Waits up to `timeout` for this member to apply submitted proposal `seq`.
+    pub async fn wait(&self, seq: u64, applied: oneshot::Receiver<O>, timeout: Duration) -> Result<O> {
+        match tokio::time::timeout(timeout, applied).await {
             Ok(Ok(out)) => Ok(out),
             Ok(Err(_)) => Err(Error::Stopped),
             Err(_) => {

@@ -95,7 +95,7 @@ impl Kv for KvService {
         // As Range: the header names the revision read (a federation's read
         // revision, or the group's current one); every chunk reads the
         // client's revision, else that one.
-        let current = self.group.published(self.group.sm.current_revision()).await?;
+        let current = self.group.sm.current_revision();
         let header = self.group.header(at.map_or(current, |at| at.max(r.revision)));
         let read_at = if r.revision > 0 { r.revision } else { at.unwrap_or(current) };
         if r.count_only {
@@ -129,10 +129,7 @@ impl Kv for KvService {
             r.revision = at.unwrap_or(0);
         }
         let (mut resp, rev) = self.group.sm.range(&r)?;
-        let rev = match header {
-            Some(h) => h,
-            None => self.group.published(rev).await?,
-        };
+        let rev = header.unwrap_or(rev);
         resp.header = Some(self.group.header(rev));
         Ok(Response::new(resp))
     }
