@@ -24,8 +24,13 @@ cargo fmt --all --check
 features=(--features "$TESSERA_TEST_FEATURES")
 cargo clippy --workspace --all-targets "${features[@]}" -- -D warnings
 cargo build --workspace --bins "${features[@]}"
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast "${features[@]}" "$@"
+  cargo nextest run --workspace --no-fail-fast "${features[@]}" "$@" || status=$?
 else
-  cargo test --workspace --no-fail-fast "${features[@]}" "$@"
+  cargo test --workspace --no-fail-fast "${features[@]}" "$@" || status=$?
 fi
+# Every decoder fuzzed briefly (its corpus grows across runs, in the cache);
+# the README has a longer run's result.
+scripts/fuzz.sh "${TESSERA_FUZZ_SECONDS:-20}" || status=$?
+exit $status

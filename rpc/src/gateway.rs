@@ -97,10 +97,16 @@ async fn decode<T: DeserializeOwned + Default>(body: Body) -> Result<T, Status> 
     let bytes = axum::body::to_bytes(body, MAX_JSON_BODY)
         .await
         .map_err(|e| Status::invalid_argument(format!("reading request body: {e}")))?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    decode_unary(&bytes)
+}
+
+/// A unary call's JSON body as `T` (whitespace only: the empty message).
+/// Also a fuzz target's entry.
+pub fn decode_unary<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> {
+    if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes).map_err(|e| Status::invalid_argument(e.to_string()))
+    serde_json::from_slice(body).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 /// The gRPC request for `msg` on behalf of the HTTP caller: its
@@ -208,29 +214,20 @@ where
         loop {
             // Every complete object in the buffer becomes one frame.
             loop {
-                let mut values = serde_json::Deserializer::from_slice(&buf).into_iter::<T>();
-                match values.next() {
-                    Some(Ok(msg)) => {
-                        let used = values.byte_offset();
-                        let mut frame = BytesMut::with_capacity(5 + msg.encoded_len());
-                        frame.put_u8(0);
-                        frame.put_u32(msg.encoded_len() as u32);
-                        msg.encode(&mut frame).expect("buffer has capacity");
-                        let _ = buf.split_to(used);
-                        if futures::SinkExt::send(&mut tx, Ok(frame.freeze())).await.is_err() {
+                match next_frame::<T>(&mut buf, ended) {
+                    Frame::Message(frame) => {
+                        if futures::SinkExt::send(&mut tx, Ok(frame)).await.is_err() {
                             return;
                         }
                     }
-                    Some(Err(e)) if e.is_eof() && !ended => break,
-                    Some(Err(e)) => {
+                    Frame::Incomplete => break,
+                    Frame::Malformed(status) => {
                         // Failing the body (not just ending it) ends the
                         // service's stream; the error line says why.
-                        let status = Status::invalid_argument(e.to_string());
                         *error.lock() = Some(status.clone());
                         let _ = futures::SinkExt::send(&mut tx, Err(status)).await;
                         return;
                     }
-                    None => break,
                 }
             }
             if ended {
@@ -248,6 +245,38 @@ where
     });
     let decoder = tonic::codec::Codec::decoder(&mut tonic_prost::ProstCodec::<T, T>::default());
     Streaming::new_request(decoder, Body::from_stream(frames), None, Some(MAX_JSON_BODY))
+}
+
+/// What the start of a streaming request body holds.
+#[derive(Debug)]
+pub enum Frame {
+    /// One complete JSON object, as a gRPC frame (taken from the buffer).
+    Message(Bytes),
+    /// Nothing complete yet (or only whitespace): more input, or the end.
+    Incomplete,
+    /// Input that is no `T`: the body fails with this.
+    Malformed(Status),
+}
+
+/// Takes the next JSON object of a streaming body from `buf` as a gRPC
+/// frame; `ended`: no more input will come (a cut-off object is then
+/// malformed). The framer of `streaming_request`, and a fuzz target's entry.
+pub fn next_frame<T: DeserializeOwned + prost::Message>(buf: &mut BytesMut, ended: bool) -> Frame {
+    let mut values = serde_json::Deserializer::from_slice(buf).into_iter::<T>();
+    match values.next() {
+        Some(Ok(msg)) => {
+            let used = values.byte_offset();
+            let mut frame = BytesMut::with_capacity(5 + msg.encoded_len());
+            frame.put_u8(0);
+            frame.put_u32(msg.encoded_len() as u32);
+            msg.encode(&mut frame).expect("buffer has capacity");
+            let _ = buf.split_to(used);
+            Frame::Message(frame.freeze())
+        }
+        Some(Err(e)) if e.is_eof() && !ended => Frame::Incomplete,
+        Some(Err(e)) => Frame::Malformed(Status::invalid_argument(e.to_string())),
+        None => Frame::Incomplete,
+    }
 }
 
 /// A stream fed by `produce` through a small channel (backpressure included).

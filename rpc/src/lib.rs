@@ -14,6 +14,8 @@
 //! - `range_stream`: etcd 3.7's RangeStream rules (refusals, chunk sizes).
 //! - `txn_tree`: a txn's compares and ops by index, decided by the compares
 //!   (what a router and the groups of a cross-group txn share).
+//! - `key_range`: `[key, range_end)` as etcd reads it.
+//! - `validate`: etcd's checks of keys, ranges and txns before anything runs.
 //! - `flags`: typed flag values (URL lists, durations).
 //! - `process`: logging and shutdown signals.
 
@@ -24,6 +26,7 @@ pub mod errors;
 pub mod flags;
 pub mod gateway;
 pub mod grpc_metrics;
+pub mod key_range;
 pub mod metadata;
 pub mod oracle;
 pub mod process;
@@ -32,6 +35,7 @@ pub mod serve;
 pub mod services;
 pub mod tls;
 pub mod txn_tree;
+pub mod validate;
 
 pub use errors::{Error, Refusal};
 pub use services::EtcdServices;

@@ -10,38 +10,7 @@ use tessera_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use tessera_proto::etcdserverpb::{RangeRequest, RangeResponse};
 use tessera_proto::mvccpb::KeyValue;
 
-/// `[key, range_end)` as etcd reads it: an empty end is the single key, an
-/// end of `\0` is every key >= key.
-pub struct RangeBounds<'a> {
-    pub start: &'a [u8],
-    pub end: Bound<&'a [u8]>,
-    pub single: bool,
-}
-
-impl<'a> RangeBounds<'a> {
-    pub fn new(key: &'a [u8], range_end: &'a [u8]) -> Self {
-        match range_end {
-            [] => Self { start: key, end: Bound::Included(key), single: true },
-            [0] => Self { start: key, end: Bound::Unbounded, single: false },
-            end => Self { start: key, end: Bound::Excluded(end), single: false },
-        }
-    }
-    pub fn contains(&self, k: &[u8]) -> bool {
-        k >= self.start
-            && match self.end {
-                Bound::Included(e) => k == e,
-                Bound::Excluded(e) => k < e,
-                Bound::Unbounded => true,
-            }
-    }
-    fn is_empty(&self) -> bool {
-        matches!(self.end, Bound::Excluded(e) if e <= self.start)
-    }
-}
-
-pub fn key_in_range(k: &[u8], key: &[u8], range_end: &[u8]) -> bool {
-    RangeBounds::new(key, range_end).contains(k)
-}
+pub use tessera_rpc::key_range::{key_in_range, RangeBounds};
 
 /// Every key of the range alive at `rev`, in key order.
 pub(crate) fn entries_at<'s>(st: &'s State, key: &[u8], range_end: &[u8], rev: i64) -> Vec<(&'s [u8], Entry)> {

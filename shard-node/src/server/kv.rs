@@ -1,7 +1,6 @@
 //! etcd's KV service: validate → read or propose → map error → fill header.
 
 use super::auth::Caller;
-use super::validate;
 use crate::apply::Applied;
 use crate::auth::Access;
 use crate::group::Group;
@@ -13,6 +12,7 @@ use tessera_proto::etcdserverpb::{
     RangeResponse, RangeStreamResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use tessera_proto::tessera::command::command::Op;
+use tessera_rpc::validate;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};

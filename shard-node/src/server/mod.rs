@@ -13,7 +13,6 @@ pub mod maintenance;
 pub mod peer;
 pub mod recipes;
 pub mod shard;
-pub mod validate;
 pub mod watch;
 
 use crate::error::Refusal;

@@ -1,10 +1,14 @@
-//! Request checks done before anything is proposed (etcd's v3rpc checks).
+//! Request checks done before anything is proposed (etcd's v3rpc checks):
+//! the errors etcd gives malformed keys, ranges and txns. Groups check every
+//! request; a fuzz target feeds them decoded garbage (fuzz/).
 
-use crate::error::{Error, Result};
+use crate::errors::Error;
 use std::collections::HashSet;
 use tessera_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use tessera_proto::etcdserverpb::request_op::Request;
 use tessera_proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
+
+type Result<T> = std::result::Result<T, Error>;
 
 pub fn range(r: &RangeRequest) -> Result<()> {
     if r.key.is_empty() {
@@ -68,7 +72,7 @@ struct Del(Vec<u8>, Vec<u8>);
 
 impl Del {
     fn contains(&self, k: &[u8]) -> bool {
-        crate::mvcc::key_in_range(k, &self.0, &self.1)
+        crate::key_range::key_in_range(k, &self.0, &self.1)
     }
 }
 
