@@ -116,8 +116,14 @@ fn refused(alarms: &[AlarmMember], op: &Op) -> Option<Error> {
 /// proposer takes a fresh hint and proposes it again (`Group::propose_at`).
 /// A bump's hint is a floor, not a revision of its own: never refused.
 fn revision_passed(cmd: &Command, rev: i64) -> Option<Error> {
-    let hinted = matches!(cmd.op, Some(Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::LeaseRevoke(_) | Op::Fence(_)));
-    (hinted && cmd.revision_hint > 0 && cmd.revision_hint <= rev).then_some(Refusal::RevisionPassed { current: rev }.into())
+    let own = cmd.op.as_ref().is_some_and(takes_own_revision);
+    (own && cmd.revision_hint > 0 && cmd.revision_hint <= rev).then_some(Refusal::RevisionPassed { current: rev }.into())
+}
+
+/// The commands that write at a revision of their own: in a federation,
+/// a fresh timestamp of the oracle (`Group::propose_checked`).
+pub(crate) fn takes_own_revision(op: &Op) -> bool {
+    matches!(op, Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::LeaseRevoke(_) | Op::Fence(_))
 }
 
 impl StateMachine {

@@ -36,7 +36,7 @@ pub struct GroupSettings {
 
 /// The revision a proposal carries (`Command.revision_hint`).
 #[derive(Clone, Copy)]
-enum Stamp {
+enum Hint {
     /// None: a standalone group's write (+1, as etcd), or no write at all.
     None,
     /// A fresh timestamp from the oracle, taken again for each attempt: the
@@ -119,9 +119,8 @@ impl Group {
     /// auth revision `auth_revision`: refused when applied after an auth
     /// change (etcd's "revision of auth store is old").
     pub async fn propose_checked(&self, op: Op, auth_revision: u64) -> Result<ApplyOutput> {
-        let writes = matches!(op, Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::LeaseRevoke(_) | Op::Fence(_));
-        let stamp = if writes && self.oracle.is_some() { Stamp::Fresh } else { Stamp::None };
-        self.propose_at(op, stamp, auth_revision).await
+        let hint = if crate::apply::takes_own_revision(&op) && self.oracle.is_some() { Hint::Fresh } else { Hint::None };
+        self.propose_at(op, hint, auth_revision).await
     }
 
     /// Raises the group's revision to at least `rev` (a bump: a raft entry
@@ -137,7 +136,7 @@ impl Group {
             // To `rev`, not further: a write this node handed a higher
             // revision may still be on its way to the log, and would be
             // passed (and proposed again).
-            self.propose_at(Op::Bump(RevisionBump {}), Stamp::Floor(rev), 0).await?.result?;
+            self.propose_at(Op::Bump(RevisionBump {}), Hint::Floor(rev), 0).await?.result?;
         }
         Ok(self.sm.current_revision())
     }
@@ -172,13 +171,13 @@ impl Group {
         }
     }
 
-    /// Proposes `op` with the revision `stamp` gives it. While the group
+    /// Proposes `op` with the revision `hint` gives it. While the group
     /// holds a cross-group txn prepared, what it would refuse waits for the
     /// txn to end first (`crate::cross`), within the request timeout — a
     /// prepare only if its coordinator asked (it prepares in group order),
     /// else the coordinator aborts and tries again. A write whose revision
     /// the group passed before applying it is proposed again with a fresh one.
-    async fn propose_at(&self, op: Op, stamp: Stamp, auth_revision: u64) -> Result<ApplyOutput> {
+    async fn propose_at(&self, op: Op, hint: Hint, auth_revision: u64) -> Result<ApplyOutput> {
         let started = tokio::time::Instant::now();
         let timeout = self.settings.request_timeout;
         let waits = match &op {
@@ -196,13 +195,13 @@ impl Group {
             // A fresh revision is outstanding until the write is in the
             // mailbox, and goes in after every lower one this node handed
             // out: the log then holds them in order (none passed by another).
-            let fresh = match (stamp, &self.oracle) {
-                (Stamp::Fresh, Some(o)) => Some((o.stamp().await?, o)),
+            let fresh = match (hint, &self.oracle) {
+                (Hint::Fresh, Some(o)) => Some((o.stamp().await?, o)),
                 _ => None,
             };
-            cmd.revision_hint = match (&fresh, stamp) {
+            cmd.revision_hint = match (&fresh, hint) {
                 (Some((s, _)), _) => s.hint,
-                (None, Stamp::Floor(rev)) => rev,
+                (None, Hint::Floor(rev)) => rev,
                 _ => 0,
             };
             let seq = self.raft.next_seq();
@@ -212,16 +211,12 @@ impl Group {
             if data.len() > self.settings.max_request_bytes {
                 return Err(Error::RequestTooLarge);
             }
-            match &fresh {
-                Some((s, o)) => o.settled(s.hint - 1).await,
+            match (&fresh, hint, &self.oracle) {
+                (Some((s, o)), ..) => o.settled(s.hint - 1).await,
                 // A bump goes in after the writes whose revisions it raises
                 // the group past (those this node handed out).
-                None if cmd.revision_hint > 0 => {
-                    if let Some(o) = &self.oracle {
-                        o.settled(cmd.revision_hint).await
-                    }
-                }
-                None => {}
+                (None, Hint::Floor(rev), Some(o)) => o.settled(rev).await,
+                _ => {}
             }
             let applied = self.raft.submit(seq, Msg::Propose { seq, data });
             drop(fresh);
@@ -241,7 +236,7 @@ impl Group {
                 Ok(ApplyOutput { result: Err(Error::Refused(Refusal::TxnConflict { .. })), .. }) if waits => continue,
                 // Refused, not applied: the group passed its revision.
                 Ok(ApplyOutput { result: Err(Error::Refused(Refusal::RevisionPassed { .. })), .. })
-                    if matches!(stamp, Stamp::Fresh) =>
+                    if matches!(hint, Hint::Fresh) =>
                 {
                     m.revisions_passed.inc();
                 }
