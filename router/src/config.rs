@@ -1,7 +1,7 @@
 //! The router's configuration (etcd's flag names where they mean the same).
 
 use clap::Parser;
-use tessera_rpc::flags::{DialTlsArgs, Interval, ServeTlsArgs, Urls};
+use tessera_rpc::flags::{AuthArgs, DialTlsArgs, Interval, ServeTlsArgs, Urls};
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "router", version, about = "Tessera router: one etcd v3 endpoint over a federation of raft groups")]
@@ -21,6 +21,10 @@ pub struct Config {
     /// Duration of periodic watch progress notifications (e.g. 10m, 5s).
     #[arg(long, default_value = "10m")]
     pub experimental_watch_progress_notify_interval: Interval,
+    /// Auth: etcd's --auth-token, --auth-token-ttl, --bcrypt-cost (every
+    /// router of a federation verifies the others' JWTs with the same public key).
+    #[command(flatten)]
+    pub auth: AuthArgs,
     /// Serving clients over TLS (https:// listen URL).
     #[command(flatten)]
     pub tls: ServeTlsArgs,
@@ -48,6 +52,17 @@ impl Config {
         }
         self.listen_client_urls.socket_addrs()?;
         self.tls.files().validate("client")?;
+        // The key files are read once, when the router starts (`auth_settings`).
+        self.auth.validate().map_err(anyhow::Error::msg)?;
         Ok(())
+    }
+
+    /// How callers authenticate (the JWT keys read from their files).
+    pub(crate) fn auth_settings(&self) -> anyhow::Result<crate::auth::Settings> {
+        Ok(crate::auth::Settings {
+            jwt: self.auth.jwt().map_err(anyhow::Error::msg)?,
+            token_ttl: self.auth.token_ttl(),
+            bcrypt_cost: self.auth.bcrypt_cost,
+        })
     }
 }

@@ -3,6 +3,7 @@
 //! in each and merged; a DeleteRange or txn over several groups runs as one
 //! atomic txn across them (`cross_txn`).
 
+use crate::auth::Gate;
 use crate::backends::{kv_client, Access, Backends};
 use crate::cross_txn;
 use crate::deadline::Deadline;
@@ -17,12 +18,14 @@ use tessera_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
     RangeResponse, RangeStreamResponse, RequestOp, ResponseHeader, TxnRequest, TxnResponse,
 };
+use tessera_rpc::auth::Access as AuthAccess;
 use tessera_rpc::Error;
 use tonic::{Request, Response, Status};
 
 #[derive(Clone)]
 pub struct KvService {
     pub backends: Arc<Backends>,
+    pub auth: Arc<Gate>,
 }
 
 fn empty_key() -> Status {
@@ -179,10 +182,12 @@ impl Kv for KvService {
 
     async fn range_stream(&self, req: Request<RangeRequest>) -> Result<Response<RangeChunks>, Status> {
         let deadline = Deadline::of(&req);
+        let caller = self.auth.caller(&req).await?;
         let req = req.into_inner();
         if req.key.is_empty() {
             return Err(empty_key());
         }
+        caller.check(&req.key, &req.range_end, AuthAccess::Read)?;
         if let Some(refused) = tessera_rpc::range_stream::unsupported(&req) {
             return Err(refused);
         }
@@ -205,34 +210,42 @@ impl Kv for KvService {
 
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let deadline = Deadline::of(&req);
+        let caller = self.auth.caller(&req).await?;
         let req = req.into_inner();
         if req.key.is_empty() {
             return Err(empty_key());
         }
+        caller.check(&req.key, &req.range_end, AuthAccess::Read)?;
         Ok(self.backends.answer(self.backends.rerouting(deadline, || self.range_routed(&req, deadline)).await?))
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let deadline = Deadline::of(&req);
+        let caller = self.auth.caller(&req).await?;
         let req = req.into_inner();
         if req.key.is_empty() {
             return Err(empty_key());
         }
+        caller.put(&req)?;
         Ok(self.backends.answer(self.backends.rerouting(deadline, || self.put_routed(&req, deadline)).await?))
     }
 
     async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
         let deadline = Deadline::of(&req);
+        let caller = self.auth.caller(&req).await?;
         let req = req.into_inner();
         if req.key.is_empty() {
             return Err(empty_key());
         }
+        caller.delete(&req)?;
         Ok(self.backends.answer(self.backends.rerouting(deadline, || self.delete_routed(&req, deadline)).await?))
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let deadline = Deadline::of(&req);
+        let caller = self.auth.caller(&req).await?;
         let req = req.into_inner();
+        caller.txn(&req)?;
         Ok(self.backends.answer(self.backends.rerouting(deadline, || self.txn_routed(&req, deadline)).await?))
     }
 

@@ -114,6 +114,7 @@ where
 #[derive(Clone)]
 pub struct LeaseService {
     pub backends: Arc<Backends>,
+    pub auth: Arc<crate::auth::Gate>,
 }
 
 type KeepAliveStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
@@ -168,7 +169,17 @@ impl Lease for LeaseService {
 
     async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
         let deadline = Deadline::of(&req);
+        let caller = self.auth.caller(&req).await?;
         let id = req.into_inner().id;
+        if caller.checked() {
+            // etcd: revoking deletes the lease's keys, so the caller must be
+            // allowed to write every one of them.
+            for (_, a) in ttl_everywhere(&self.backends, LeaseTimeToLiveRequest { id, keys: true }, deadline).await? {
+                for k in &a.keys {
+                    caller.check(k, &[], tessera_rpc::auth::Access::Write)?;
+                }
+            }
+        }
         // On every group at once: all of the lease's keys go at one revision.
         match crate::cross_txn::revoke_lease(&self.backends, id, deadline).await? {
             Some(h) => self.backends.answer_now(LeaseRevokeResponse { header: Some(h) }, deadline).await,

@@ -7,6 +7,7 @@
 //! Its library is what the binary and the tests start: `start(Config)`
 //! answers a `Running` router; the rest is private.
 
+mod auth;
 mod backends;
 mod config;
 mod cross_txn;
@@ -73,6 +74,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         client_ur_ls: vec![advertise],
         is_learner: false,
     };
+    let auth = auth::Gate::new(
+        shardmap::store::Store::new(config.placement_endpoints.to_vec(), dialer.clone()),
+        config.auth_settings()?,
+    );
     let backends = Backends::new(member.id, maps, oracle, dialer);
     // The poller also finishes cross-group txns groups report in doubt.
     let polled = backends.clone();
@@ -80,17 +85,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tokio::join!(polled.clone().poll(), cross_txn::recover(polled));
     });
     let progress_interval = config.experimental_watch_progress_notify_interval.get();
-    let maintenance = maintenance::MaintenanceService { backends: backends.clone(), member: member.clone() };
-    let kv = kv::KvService { backends: backends.clone() };
-    let watch = watch::WatchService { backends: backends.clone(), progress_interval };
-    let lease = leases::LeaseService { backends: backends.clone() };
-    let recipes = recipes::Recipes { backends: backends.clone() };
+    let maintenance = maintenance::MaintenanceService { backends: backends.clone(), auth: auth.clone(), member: member.clone() };
+    let kv = kv::KvService { backends: backends.clone(), auth: auth.clone() };
+    let watch = watch::WatchService { backends: backends.clone(), auth: auth.clone(), progress_interval };
+    let lease = leases::LeaseService { backends: backends.clone(), auth: auth.clone() };
+    let recipes = recipes::Recipes { backends: backends.clone(), auth: auth.clone() };
+    let auth = tessera_rpc::auth::service::AuthApi(auth::FederationAuth {
+        gate: auth,
+        backends: backends.clone(),
+        issued: Default::default(),
+    });
     let etcd = EtcdServices {
         kv,
         watch,
         lease,
         cluster: maintenance.clone(),
         maintenance,
+        auth,
         lock: recipes.clone(),
         election: recipes,
         max_message: MAX_MESSAGE,

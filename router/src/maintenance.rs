@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 #[derive(Clone)]
 pub struct MaintenanceService {
     pub backends: Arc<Backends>,
+    pub auth: Arc<crate::auth::Gate>,
     pub member: Member,
 }
 
@@ -83,6 +84,7 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(&self, req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
         let deadline = Deadline::of(&req);
+        self.auth.caller(&req).await?.admin()?;
         let groups = self.groups()?;
         for g in groups {
             self.backends
@@ -104,6 +106,7 @@ impl Maintenance for MaintenanceService {
     /// while the data agrees (operators' consistency checks keep working).
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         let deadline = Deadline::of(&req);
+        self.auth.caller(&req).await?.admin()?;
         let r = req.into_inner();
         let revision = if r.revision > 0 { r.revision } else { self.backends.now(deadline).await? };
         let groups = self.groups()?;

@@ -15,6 +15,7 @@ use tessera_proto::v3electionpb::*;
 use tessera_proto::v3lockpb::lock_client::LockClient;
 use tessera_proto::v3lockpb::lock_server::Lock;
 use tessera_proto::v3lockpb::*;
+use tessera_rpc::auth::Access as AuthAccess;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -22,6 +23,7 @@ use tonic::{Request, Response, Status};
 #[derive(Clone)]
 pub struct Recipes {
     pub backends: Arc<Backends>,
+    pub auth: Arc<crate::auth::Gate>,
 }
 
 /// The key prefix of a lock or election: its contenders' keys go under it.
@@ -72,14 +74,18 @@ impl Recipes {
 impl Lock for Recipes {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
         let deadline = Deadline::of(&req);
+        let caller = self.auth.caller(&req).await?;
         let r = req.into_inner();
+        caller.recipe(&r.name, &[AuthAccess::Read, AuthAccess::Write])?;
         let (key, lease) = (name_prefix(&r.name), r.lease);
         self.call_at(&key, true, lease, deadline, r, |ch, r| async move { LockClient::new(ch).lock(r).await }).await
     }
 
     async fn unlock(&self, req: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
         let deadline = Deadline::of(&req);
+        let caller = self.auth.caller(&req).await?;
         let r = req.into_inner();
+        caller.check(&r.key, &[], AuthAccess::Write)?;
         let key = r.key.clone();
         self.call_at(&key, true, 0, deadline, r, |ch, r| async move { LockClient::new(ch).unlock(r).await }).await
     }
@@ -91,21 +97,27 @@ type ObserveStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<LeaderRespon
 impl Election for Recipes {
     async fn campaign(&self, req: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
         let deadline = Deadline::of(&req);
+        let caller = self.auth.caller(&req).await?;
         let r = req.into_inner();
+        caller.recipe(&r.name, &[AuthAccess::Read, AuthAccess::Write])?;
         let (key, lease) = (name_prefix(&r.name), r.lease);
         self.call_at(&key, true, lease, deadline, r, |ch, r| async move { ElectionClient::new(ch).campaign(r).await }).await
     }
 
     async fn proclaim(&self, req: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
         let deadline = Deadline::of(&req);
+        let caller = self.auth.caller(&req).await?;
         let r = req.into_inner();
+        caller.recipe(r.leader.as_ref().map_or(&[][..], |l| &l.name), &[AuthAccess::Read, AuthAccess::Write])?;
         let key = name_prefix(r.leader.as_ref().map_or(&[][..], |l| &l.name));
         self.call_at(&key, true, 0, deadline, r, |ch, r| async move { ElectionClient::new(ch).proclaim(r).await }).await
     }
 
     async fn leader(&self, req: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
         let deadline = Deadline::of(&req);
+        let caller = self.auth.caller(&req).await?;
         let r = req.into_inner();
+        caller.recipe(&r.name, &[AuthAccess::Read])?;
         let key = name_prefix(&r.name);
         self.call_at(&key, false, 0, deadline, r, |ch, r| async move { ElectionClient::new(ch).leader(r).await }).await
     }
@@ -113,7 +125,9 @@ impl Election for Recipes {
     type ObserveStream = ObserveStream;
 
     async fn observe(&self, req: Request<LeaderRequest>) -> Result<Response<ObserveStream>, Status> {
+        let caller = self.auth.caller(&req).await?;
         let r = req.into_inner();
+        caller.recipe(&r.name, &[AuthAccess::Read])?;
         let g = self.group_of_key(&name_prefix(&r.name))?;
         let routing = self.backends.routing()?;
         let (_, ch) = self
@@ -131,7 +145,9 @@ impl Election for Recipes {
 
     async fn resign(&self, req: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
         let deadline = Deadline::of(&req);
+        let caller = self.auth.caller(&req).await?;
         let r = req.into_inner();
+        caller.recipe(r.leader.as_ref().map_or(&[][..], |l| &l.name), &[AuthAccess::Read, AuthAccess::Write])?;
         let key = name_prefix(r.leader.as_ref().map_or(&[][..], |l| &l.name));
         self.call_at(&key, true, 0, deadline, r, |ch, r| async move { ElectionClient::new(ch).resign(r).await }).await
     }

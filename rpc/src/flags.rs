@@ -291,3 +291,53 @@ mod tests {
         assert!("ms".parse::<Interval>().is_err());
     }
 }
+
+/// etcd's auth flags (shard-nodes and routers take the same ones).
+#[derive(clap::Args, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct AuthArgs {
+    /// Auth token type: 'simple', or 'jwt,pub-key=PATH,priv-key=PATH,sign-method=ES256|RS256|...,ttl=5m'.
+    #[arg(long, default_value = "simple")]
+    pub auth_token: String,
+    /// Time (seconds) of a simple auth token's life, renewed by each use.
+    #[arg(long, default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// bcrypt cost for hashing auth passwords (4..=31).
+    #[arg(long, default_value_t = 10)]
+    pub bcrypt_cost: u32,
+}
+
+impl Default for AuthArgs {
+    fn default() -> Self {
+        AuthArgs { auth_token: "simple".into(), auth_token_ttl: 300, bcrypt_cost: 10 }
+    }
+}
+
+impl AuthArgs {
+    /// Checks the values (the key files are read once, by `jwt`).
+    pub fn validate(&self) -> Result<(), String> {
+        self.auth_token.parse::<crate::auth::jwt::TokenKind>()?;
+        if !(4..=31).contains(&self.bcrypt_cost) {
+            return Err(format!("--bcrypt-cost {} is out of range (4..=31)", self.bcrypt_cost));
+        }
+        if self.auth_token_ttl == 0 {
+            return Err("--auth-token-ttl must be at least 1 second".into());
+        }
+        Ok(())
+    }
+
+    /// The JWT signer/verifier `--auth-token jwt,...` asks for (None: simple tokens).
+    pub fn jwt(&self) -> Result<Option<std::sync::Arc<crate::auth::jwt::Jwt>>, String> {
+        use crate::auth::jwt::{Jwt, TokenKind};
+        match self.auth_token.parse::<TokenKind>()? {
+            TokenKind::Simple => Ok(None),
+            TokenKind::Jwt { pub_key, priv_key, sign_method, ttl } => {
+                Ok(Some(std::sync::Arc::new(Jwt::load(&pub_key, priv_key.as_deref(), &sign_method, ttl)?)))
+            }
+        }
+    }
+
+    pub fn token_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.auth_token_ttl.max(1))
+    }
+}

@@ -16,9 +16,12 @@
 //!   (what a router and the groups of a cross-group txn share).
 //! - `key_range`: `[key, range_end)` as etcd reads it.
 //! - `validate`: etcd's checks of keys, ranges and txns before anything runs.
+//! - `auth`: etcd's auth store (users, roles, permission checks) and JWT
+//!   tokens, kept by a group for itself and by the router for a federation.
 //! - `flags`: typed flag values (URL lists, durations).
 //! - `process`: logging and shutdown signals.
 
+pub mod auth;
 pub mod authority;
 pub mod client;
 pub mod endpoints;

@@ -95,15 +95,10 @@ pub struct Config {
     /// shard map assigns to it (--initial-cluster and friends are unused).
     #[arg(long, default_value = "")]
     pub placement_endpoints: Urls,
-    /// Auth token type: 'simple', or 'jwt,pub-key=PATH,priv-key=PATH,sign-method=ES256|RS256|...,ttl=5m'.
-    #[arg(long, default_value = "simple")]
-    pub auth_token: String,
-    /// Time (seconds) of an auth token's life, renewed by each use.
-    #[arg(long, default_value_t = 300)]
-    pub auth_token_ttl: u64,
-    /// bcrypt cost for hashing auth passwords (4..=31).
-    #[arg(long, default_value_t = 10)]
-    pub bcrypt_cost: u32,
+    /// Auth: etcd's --auth-token, --auth-token-ttl, --bcrypt-cost.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub auth: tessera_rpc::flags::AuthArgs,
     /// Client TLS: etcd's --cert-file, --key-file, --trusted-ca-file,
     /// --client-cert-auth, --auto-tls, --client-crl-file, --cipher-suites.
     #[command(flatten)]
@@ -294,14 +289,7 @@ impl Config {
 
     /// The JWT signer/verifier `--auth-token jwt,...` asks for (None: simple tokens).
     pub fn jwt(&self) -> Result<Option<std::sync::Arc<crate::auth::jwt::Jwt>>, ConfigError> {
-        use crate::auth::jwt::{Jwt, TokenKind};
-        match self.auth_token.parse::<TokenKind>().map_err(ConfigError)? {
-            TokenKind::Simple => Ok(None),
-            TokenKind::Jwt { pub_key, priv_key, sign_method, ttl } => {
-                let jwt = Jwt::load(&pub_key, priv_key.as_deref(), &sign_method, ttl).map_err(ConfigError)?;
-                Ok(Some(std::sync::Arc::new(jwt)))
-            }
-        }
+        self.auth.jwt().map_err(ConfigError)
     }
 
     /// Where --auto-tls and --peer-auto-tls keep their certificates (etcd's place).
@@ -359,10 +347,7 @@ impl Config {
         }
         tessera_rpc::tls::crypto(&self.client_tls.cipher_suites()).map_err(|e| ConfigError(e.to_string()))?;
         // The key files are read once, when the node starts (`jwt`).
-        self.auth_token.parse::<crate::auth::jwt::TokenKind>().map_err(ConfigError)?;
-        if !(4..=31).contains(&self.bcrypt_cost) {
-            return Err(ConfigError(format!("--bcrypt-cost {} is out of range (4..=31)", self.bcrypt_cost)));
-        }
+        self.auth.validate().map_err(ConfigError)?;
         if self.federated() {
             return Ok(());
         }

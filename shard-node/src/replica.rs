@@ -205,10 +205,10 @@ pub async fn start(parts: &NodeParts, group_id: u64, boot: Bootstrap) -> anyhow:
         progress_interval: config.progress_notify_interval(),
         min_lease_ttl,
         serve_oracle: config.revision_oracle,
-        bcrypt_cost: config.bcrypt_cost,
+        bcrypt_cost: config.auth.bcrypt_cost,
     }
     .grpc_router();
-    sm.tokens.lock().set_ttl(Duration::from_secs(config.auth_token_ttl.max(1)));
+    sm.tokens.lock().set_ttl(config.auth.token_ttl());
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = vec![];

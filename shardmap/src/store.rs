@@ -89,23 +89,58 @@ impl Store {
             }
             map.epoch += 1;
             let value = serde_json::to_vec_pretty(&map).map_err(FetchError::Decode)?;
-            let txn = TxnRequest {
-                compare: vec![Compare {
-                    result: CompareResult::Equal as i32,
-                    target: CompareTarget::Mod as i32,
-                    key: MAP_KEY.to_vec(),
-                    target_union: Some(TargetUnion::ModRevision(mod_rev)),
-                    ..Default::default()
-                }],
-                success: vec![RequestOp {
-                    request: Some(OpRequest::RequestPut(PutRequest { key: MAP_KEY.to_vec(), value, ..Default::default() })),
-                }],
-                failure: vec![],
-            };
-            let done = kv.txn(txn).await.map_err(|e| FetchError::Unreachable(format!("{url}: {}", e.message())))?;
-            if done.into_inner().succeeded {
+            if swap(&mut kv, url, MAP_KEY, mod_rev, value).await? {
                 return Ok(map);
             }
         }
     }
+
+    /// Compare-and-swap of any key of the store: `change` gets its value
+    /// (None: absent) and answers the new one (None: leave it); retried
+    /// when another writer came first. Answers what `change` answered last.
+    pub async fn update_key<E, R>(
+        &self,
+        key: &[u8],
+        mut change: impl FnMut(Option<&[u8]>) -> Result<(Option<Vec<u8>>, R), E>,
+    ) -> Result<R, UpdateError<E>> {
+        let (mut kv, url) = self.kv().await?;
+        loop {
+            let resp = kv
+                .range(RangeRequest { key: key.to_vec(), ..Default::default() })
+                .await
+                .map_err(|e| FetchError::Unreachable(format!("{url}: {}", e.message())))?
+                .into_inner();
+            let current = resp.kvs.first();
+            let (value, answer) = change(current.map(|kv| kv.value.as_slice())).map_err(UpdateError::Refused)?;
+            let Some(value) = value else { return Ok(answer) };
+            if swap(&mut kv, url, key, current.map_or(0, |kv| kv.mod_revision), value).await? {
+                return Ok(answer);
+            }
+        }
+    }
+
+    /// A client of one of the store's members, and its URL.
+    pub async fn client(&self) -> Result<(KvClient<Channel>, String), FetchError> {
+        let (kv, url) = self.kv().await?;
+        Ok((kv, url.to_string()))
+    }
+}
+
+/// Puts `value` at `key` if the key's mod revision is still `mod_rev` (0: absent).
+async fn swap(kv: &mut KvClient<Channel>, url: &str, key: &[u8], mod_rev: i64, value: Vec<u8>) -> Result<bool, FetchError> {
+    let txn = TxnRequest {
+        compare: vec![Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Mod as i32,
+            key: key.to_vec(),
+            target_union: Some(TargetUnion::ModRevision(mod_rev)),
+            ..Default::default()
+        }],
+        success: vec![RequestOp {
+            request: Some(OpRequest::RequestPut(PutRequest { key: key.to_vec(), value, ..Default::default() })),
+        }],
+        failure: vec![],
+    };
+    let done = kv.txn(txn).await.map_err(|e| FetchError::Unreachable(format!("{url}: {}", e.message())))?;
+    Ok(done.into_inner().succeeded)
 }

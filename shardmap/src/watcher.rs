@@ -24,6 +24,8 @@ pub enum FetchError {
     Empty,
     #[error("bad map in placement: {0}")]
     Decode(#[from] serde_json::Error),
+    #[error("bad value in placement's store: {0}")]
+    Malformed(String),
 }
 
 pub async fn channel(url: &str, dialer: &Dialer) -> Result<tonic::transport::Channel, FetchError> {
@@ -55,49 +57,80 @@ pub async fn fetch(url: &str, dialer: &Dialer) -> Result<(ShardMap, i64), FetchE
 /// Starts following the map; the receiver holds None until the first map.
 pub fn follow(endpoints: Vec<String>, dialer: Dialer) -> MapRx {
     let (tx, rx) = watch::channel(None);
-    tokio::spawn(follow_loop(endpoints, dialer, tx));
+    tokio::spawn(follow_key(endpoints, dialer, FollowedMap(tx)));
     rx
 }
 
-async fn follow_loop(endpoints: Vec<String>, dialer: Dialer, tx: watch::Sender<Option<Arc<Routing>>>) {
+/// One key of placement's store, followed: its value as read, then each
+/// new one (a deleted key is not passed on).
+pub trait Followed: Send + 'static {
+    fn key(&self) -> &[u8];
+    /// A value of the key; `cluster`: the store's cluster id.
+    fn take(&mut self, value: &[u8], cluster: u64) -> Result<(), FetchError>;
+    /// Nobody reads what is followed any more: stop.
+    fn done(&self) -> bool;
+}
+
+struct FollowedMap(watch::Sender<Option<Arc<Routing>>>);
+
+impl Followed for FollowedMap {
+    fn key(&self) -> &[u8] {
+        MAP_KEY
+    }
+
+    fn take(&mut self, value: &[u8], cluster: u64) -> Result<(), FetchError> {
+        let mut map: ShardMap = serde_json::from_slice(value)?;
+        // A map stored before maps recorded it: the store's is the federation's.
+        if map.cluster_id == 0 {
+            map.cluster_id = cluster;
+        }
+        self.0.send_if_modified(|cur| {
+            if cur.as_ref().is_some_and(|c| c.epoch() >= map.epoch) {
+                return false;
+            }
+            tracing::info!(epoch = map.epoch, "shard map updated");
+            *cur = Some(Arc::new(map.routing()));
+            true
+        });
+        Ok(())
+    }
+
+    fn done(&self) -> bool {
+        self.0.is_closed()
+    }
+}
+
+/// Follows `f`'s key across the store's members until `f` is done.
+pub async fn follow_key(endpoints: Vec<String>, dialer: Dialer, mut f: impl Followed) {
     let mut i = 0usize;
     loop {
-        if tx.is_closed() {
+        if f.done() {
             return;
         }
         let url = &endpoints[i % endpoints.len()];
         i += 1;
-        if let Err(e) = follow_one(url, &dialer, &tx).await {
-            tracing::debug!(url, error = %e, "placement map stream ended");
+        if let Err(e) = follow_one(url, &dialer, &mut f).await {
+            tracing::debug!(url, key = %String::from_utf8_lossy(f.key()), error = %e, "placement store stream ended");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-fn publish(tx: &watch::Sender<Option<Arc<Routing>>>, map: ShardMap) {
-    tx.send_if_modified(|cur| {
-        if cur.as_ref().is_some_and(|c| c.epoch() >= map.epoch) {
-            return false;
-        }
-        tracing::info!(epoch = map.epoch, "shard map updated");
-        *cur = Some(Arc::new(map.routing()));
-        true
-    });
-}
-
-async fn follow_one(url: &str, dialer: &Dialer, tx: &watch::Sender<Option<Arc<Routing>>>) -> Result<(), FetchError> {
-    let rev = match fetch(url, dialer).await {
-        Ok((map, rev)) => {
-            publish(tx, map);
-            rev
-        }
-        Err(FetchError::Empty) => 0,
-        Err(e) => return Err(e),
-    };
+async fn follow_one(url: &str, dialer: &Dialer, f: &mut impl Followed) -> Result<(), FetchError> {
+    let mut kv = KvClient::new(channel(url, dialer).await?);
+    let resp = kv
+        .range(RangeRequest { key: f.key().to_vec(), ..Default::default() })
+        .await
+        .map_err(|e| FetchError::Unreachable(format!("{url}: {}", e.message())))?
+        .into_inner();
+    let (rev, cluster) = resp.header.map_or((0, 0), |h| (h.revision, h.cluster_id));
+    if let Some(kv) = resp.kvs.first() {
+        f.take(&kv.value, cluster)?;
+    }
     let mut watch = WatchClient::new(channel(url, dialer).await?);
     let (req_tx, req_rx) = tokio::sync::mpsc::channel(1);
     let create =
-        WatchCreateRequest { key: MAP_KEY.to_vec(), start_revision: rev + 1, progress_notify: true, ..Default::default() };
+        WatchCreateRequest { key: f.key().to_vec(), start_revision: rev + 1, progress_notify: true, ..Default::default() };
     let _ = req_tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await;
     let mut stream = watch
         .watch(tokio_stream::wrappers::ReceiverStream::new(req_rx))
@@ -113,12 +146,13 @@ async fn follow_one(url: &str, dialer: &Dialer, tx: &watch::Sender<Option<Arc<Ro
         if resp.canceled {
             return Ok(());
         }
+        let cluster = resp.header.map_or(cluster, |h| h.cluster_id);
         for ev in resp.events {
             if let Some(kv) = ev.kv.filter(|kv| !kv.value.is_empty()) {
-                publish(tx, serde_json::from_slice(&kv.value)?);
+                f.take(&kv.value, cluster)?;
             }
         }
-        if tx.is_closed() {
+        if f.done() {
             return Ok(());
         }
     }

@@ -8,9 +8,11 @@
 //! - `group`: a shard-node group (etcd flags), `etcd`: real etcd beside it.
 //! - `federation`: a whole federation through `tessera dev`.
 //! - `load`: a write load for fault tests; `proxy`: a TCP proxy that holds traffic.
+//! - `auth`: etcd's auth session and scenarios, asked the same of any server.
 //! - `recipes`, `json_http`: client scenarios and a raw HTTP client;
 //!   `range_stream`: etcd 3.7's RangeStream asked the same of any server.
 
+pub mod auth;
 pub mod bins;
 pub mod etcd;
 pub mod federation;

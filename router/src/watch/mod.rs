@@ -10,6 +10,7 @@ mod merge;
 mod upstream;
 mod watcher;
 
+use crate::auth::Caller;
 use crate::backends::Backends;
 use crate::deadline::Deadline;
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use tessera_proto::etcdserverpb::watch_request::RequestUnion;
 use tessera_proto::etcdserverpb::watch_server::Watch;
 use tessera_proto::etcdserverpb::{ResponseHeader, WatchRequest, WatchResponse};
+use tessera_rpc::auth::Access;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -32,6 +34,7 @@ const PROGRESS_WAIT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct WatchService {
     pub backends: Arc<Backends>,
+    pub auth: Arc<crate::auth::Gate>,
     pub progress_interval: Duration,
 }
 
@@ -47,8 +50,10 @@ impl Watch for WatchService {
     type WatchStream = WatchStream;
 
     async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<WatchStream>, Status> {
+        // Who watches is found once, from the stream's metadata, as etcd does.
+        let caller = self.auth.caller(&req).await?;
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(client_stream(self.backends.clone(), req.into_inner(), tx, self.progress_interval));
+        tokio::spawn(client_stream(self.backends.clone(), caller, req.into_inner(), tx, self.progress_interval));
         let b = self.backends.clone();
         let stamped = ReceiverStream::new(rx).map(move |r| r.map(|resp| b.answer(resp).into_inner()));
         Ok(Response::new(Box::pin(stamped)))
@@ -101,7 +106,7 @@ async fn progress_round(b: Arc<Backends>, watchers: Vec<mpsc::Sender<Ctl>>, cap:
     Some(target)
 }
 
-async fn client_stream(b: Arc<Backends>, mut input: Streaming<WatchRequest>, out: Out, interval: Duration) {
+async fn client_stream(b: Arc<Backends>, caller: Caller, mut input: Streaming<WatchRequest>, out: Out, interval: Duration) {
     let mut watchers: HashMap<i64, Handle> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<i64>();
     let mut next_id = 0i64;
@@ -129,6 +134,22 @@ async fn client_stream(b: Arc<Backends>, mut input: Streaming<WatchRequest>, out
                 };
                 match msg.request_union {
                     Some(RequestUnion::CreateRequest(c)) => {
+                        if let Err(e) = caller.check(&c.key, &c.range_end, Access::Read) {
+                            // etcd answers a watch it does not permit as created and
+                            // canceled, the reason in grpc-go's words for the status.
+                            let resp = WatchResponse {
+                                header: header(b.max_revision()),
+                                watch_id: -1,
+                                created: true,
+                                canceled: true,
+                                cancel_reason: format!("rpc error: code = {:?} desc = {}", e.code(), e.message()),
+                                ..Default::default()
+                            };
+                            if out.send(Ok(resp)).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
                         let id = if c.watch_id > 0 {
                             if watchers.contains_key(&c.watch_id) {
                                 let _ = out.send(Err(Status::invalid_argument("etcdserver: duplicate watch ID"))).await;

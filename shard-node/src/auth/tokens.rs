@@ -21,14 +21,6 @@ impl Tokens {
         Tokens { ttl, live: HashMap::new() }
     }
 
-    /// A fresh token for the `index`-th Authenticate of this member.
-    pub fn mint(index: u64) -> String {
-        use rand::Rng;
-        let mut rng = rand::rng();
-        let letters: String = (0..16).map(|_| rng.random_range(b'a'..=b'z') as char).collect();
-        format!("{letters}.{index}")
-    }
-
     pub fn set_ttl(&mut self, ttl: Duration) {
         self.ttl = ttl;
     }
@@ -56,5 +48,23 @@ impl Tokens {
     /// Ends every token of `user` (deleted, or a new password).
     pub fn invalidate_user(&mut self, user: &str) {
         self.live.retain(|_, (u, _)| u != user);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_expire_unless_used_and_end_with_their_user() {
+        let mut t = Tokens::new(Duration::from_millis(50));
+        let tok = tessera_rpc::auth::simple_token(7);
+        t.insert(tok.clone(), "alice".into());
+        assert_eq!(t.user(&tok).as_deref(), Some("alice"));
+        t.invalidate_user("alice");
+        assert_eq!(t.user(&tok), None);
+        t.insert(tok.clone(), "alice".into());
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(t.user(&tok), None);
     }
 }

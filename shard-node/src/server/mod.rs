@@ -51,20 +51,20 @@ impl ClientApi {
         let maintenance = maintenance::MaintenanceService { group: g.clone() };
         let lock = lock::LockService { group: g.clone() };
         let election = election::ElectionService { group: g.clone() };
-        let etcd = EtcdServices { kv, watch, lease, cluster, maintenance, lock, election, max_message: max };
+        let auth = tessera_rpc::auth::service::AuthApi(auth::GroupAuth {
+            group: g.clone(),
+            bcrypt_cost: self.bcrypt_cost,
+            issued: Default::default(),
+        });
+        let etcd = EtcdServices { kv, watch, lease, cluster, maintenance, auth, lock, election, max_message: max };
         let oracle = self.serve_oracle.then(|| OracleServer::new(crate::oracle::OracleService::new(g.clone())));
-        let auth = auth::AuthService { group: g.clone(), bcrypt_cost: self.bcrypt_cost, issued: Default::default() };
-        let json_auth = tessera_rpc::gateway::auth(auth.clone());
         etcd.router(|grpc| {
-            let grpc = grpc
-                .add_service(ShardServer::new(shard::ShardService { group: g }))
-                .add_service(tessera_proto::etcdserverpb::auth_server::AuthServer::new(auth));
+            let grpc = grpc.add_service(ShardServer::new(shard::ShardService { group: g }));
             match oracle {
                 Some(o) => grpc.add_service(o),
                 None => grpc,
             }
         })
-        .merge(json_auth)
     }
 }
 

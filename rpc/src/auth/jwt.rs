@@ -32,7 +32,7 @@ impl FromStr for TokenKind {
                         "pub-key" => pub_key = Some(PathBuf::from(v)),
                         "priv-key" => priv_key = Some(PathBuf::from(v)),
                         "sign-method" => sign_method = Some(v.to_string()),
-                        "ttl" => ttl = tessera_rpc::flags::Interval::from_str(v).map_err(|e| e.to_string())?.get(),
+                        "ttl" => ttl = crate::flags::Interval::from_str(v).map_err(|e| e.to_string())?.get(),
                         _ => return Err(format!("unknown --auth-token option {k:?}")),
                     }
                 }
