@@ -80,8 +80,9 @@ pub struct Config {
     #[arg(long, default_value = "")]
     pub restore_from: String,
     /// Compare this member's data with its peers' before serving, and refuse
-    /// to start if it diverges.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    /// to start if it diverges. A Go-style boolean, as etcd's: bare
+    /// `--experimental-initial-corrupt-check` means true.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set)]
     pub experimental_initial_corrupt_check: bool,
     /// How often the leader compares every member's data (0s = never).
     #[arg(long, default_value = "1m")]
@@ -420,5 +421,18 @@ mod tests {
                 .unwrap();
         assert_eq!(yaml.listen_client_urls.first(), Some("http://127.0.0.1:3379"));
         assert_eq!(yaml.experimental_corrupt_check_time.get(), Duration::from_secs(5));
+    }
+
+    /// etcd's booleans are Go's: a bare flag means true, `=false` turns it off
+    /// (etcd's own e2e harness passes `--experimental-initial-corrupt-check` bare).
+    #[test]
+    fn boolean_flags_are_gos() {
+        let bare = Config::parse_from(["shard-node", "--experimental-initial-corrupt-check", "--name", "x"]);
+        assert!(bare.experimental_initial_corrupt_check);
+        assert_eq!(bare.name, "x");
+        let off = Config::parse_from(["shard-node", "--experimental-initial-corrupt-check=false"]);
+        assert!(!off.experimental_initial_corrupt_check);
+        let auth = Config::parse_from(["shard-node", "--bcrypt-cost=4", "--auth-token-ttl", "9"]);
+        assert_eq!((auth.auth.bcrypt_cost, auth.auth.auth_token_ttl, auth.auth.auth_token.as_str()), (4, 9, "simple"));
     }
 }

@@ -230,10 +230,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     }));
 
+    let mut standalone = None;
     if config.federated() {
         crate::federation::resume_hosted(&node).await?;
     } else {
         let group = node.start_replica(STANDALONE_GROUP, standalone_bootstrap(&config)?).await?.group.clone();
+        standalone = Some(group.clone());
         if config.experimental_initial_corrupt_check {
             if let Err(e) = crate::corruption::initial_check(&group).await {
                 let _ = stop_tx.send(true);
@@ -254,9 +256,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if config.federated() {
         tasks.push(tokio::spawn(crate::federation::run(node.clone(), stop_rx.clone())));
     }
+    if let Some(group) = standalone {
+        tasks.push(tokio::spawn(announce_ready(group)));
+    }
 
     tracing::info!(name = config.name, client = ?client_addrs, peer = %peer_addr, federated = config.federated(), "shard-node serving");
     Ok(Running { client_addrs, peer_addr, node, stop: stop_tx, tasks, raft_net })
+}
+
+/// etcd's two log lines for a member that serves (tools wait for them:
+/// etcd's own e2e harness starts "etcd" and reads its output for both), once
+/// this member answers linearizable requests.
+async fn announce_ready(group: Arc<crate::group::Group>) {
+    while tokio::time::timeout(std::time::Duration::from_secs(1), group.read_index()).await.map_or(true, |r| r.is_err()) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tracing::info!(member = format!("{:x}", group.member_id), "published local member to cluster through raft");
+    tracing::info!(cluster_version = "3.5", "enabled capabilities for version 3.5");
 }
 
 type Tls = Option<Arc<tessera_rpc::tls::ServerTls>>;
