@@ -35,7 +35,8 @@ log=$(mktemp)
 # Its own process group: a test that hangs past the timeout leaves the
 # "etcd" processes it started, which hold the harness's fixed ports; they
 # are stopped with it (and nothing else).
-cd "$bin"
+# From the tests' own directory: their JWT flags name key files by relative path.
+cd /usr/share/gocode/src/go.etcd.io/etcd/tests/e2e
 setsid "$e2e" -test.v -test.timeout "${E2E_TIMEOUT:-10m}" -test.run "$regex" -bin-dir "$bin" \
   -cert-dir /usr/share/gocode/src/go.etcd.io/etcd/integration/fixtures > "$log" 2>&1 &
 group=$!

@@ -59,6 +59,8 @@ impl ClusterService {
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(&self, req: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        // etcd: membership changes are the root role's while auth is on.
+        super::auth::Caller::of(&self.group, &req)?.admin(&self.group)?;
         let r = req.into_inner();
         self.check_peer_urls(&r.peer_ur_ls, None)?;
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
@@ -78,6 +80,8 @@ impl Cluster for ClusterService {
     }
 
     async fn member_remove(&self, req: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
+        // etcd: membership changes are the root role's while auth is on.
+        super::auth::Caller::of(&self.group, &req)?.admin(&self.group)?;
         let id = req.into_inner().id;
         let member = self.group.sm.member(id).ok_or(Error::MemberNotFound)?;
         self.group.propose_conf_change(ConfChangeType::RemoveNode, member).await?.result?;
@@ -85,6 +89,8 @@ impl Cluster for ClusterService {
     }
 
     async fn member_update(&self, req: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
+        // etcd: membership changes are the root role's while auth is on.
+        super::auth::Caller::of(&self.group, &req)?.admin(&self.group)?;
         let r = req.into_inner();
         let mut member = self.group.sm.member(r.id).ok_or(Error::MemberNotFound)?;
         self.check_peer_urls(&r.peer_ur_ls, Some(r.id))?;
@@ -103,6 +109,8 @@ impl Cluster for ClusterService {
     }
 
     async fn member_promote(&self, req: Request<MemberPromoteRequest>) -> Result<Response<MemberPromoteResponse>, Status> {
+        // etcd: membership changes are the root role's while auth is on.
+        super::auth::Caller::of(&self.group, &req)?.admin(&self.group)?;
         let id = req.into_inner().id;
         let st = self.group.status();
         if !st.is_leader {
