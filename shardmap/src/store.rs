@@ -43,14 +43,8 @@ impl Store {
     }
 
     async fn kv(&self) -> Result<(KvClient<Channel>, &str), FetchError> {
-        let mut last = FetchError::Unreachable("no store endpoint given".into());
-        for url in &self.endpoints {
-            match channel(url, &self.dialer).await {
-                Ok(ch) => return Ok((KvClient::new(ch), url)),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        let (ch, url) = self.channel().await?;
+        Ok((KvClient::new(ch), url))
     }
 
     /// The current map (a default one if none is stored yet) and its mod
@@ -117,6 +111,18 @@ impl Store {
                 return Ok(answer);
             }
         }
+    }
+
+    /// A channel to the first of the store's members that answers, and its URL.
+    pub async fn channel(&self) -> Result<(Channel, &str), FetchError> {
+        let mut last = FetchError::Unreachable("no store endpoint given".into());
+        for url in &self.endpoints {
+            match channel(url, &self.dialer).await {
+                Ok(ch) => return Ok((ch, url)),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// A client of one of the store's members, and its URL.

@@ -67,6 +67,8 @@ pub trait Followed: Send + 'static {
     fn key(&self) -> &[u8];
     /// A value of the key; `cluster`: the store's cluster id.
     fn take(&mut self, value: &[u8], cluster: u64) -> Result<(), FetchError>;
+    /// The key holds nothing (yet) when first read.
+    fn absent(&mut self) {}
     /// Nobody reads what is followed any more: stop.
     fn done(&self) -> bool;
 }
@@ -124,8 +126,9 @@ async fn follow_one(url: &str, dialer: &Dialer, f: &mut impl Followed) -> Result
         .map_err(|e| FetchError::Unreachable(format!("{url}: {}", e.message())))?
         .into_inner();
     let (rev, cluster) = resp.header.map_or((0, 0), |h| (h.revision, h.cluster_id));
-    if let Some(kv) = resp.kvs.first() {
-        f.take(&kv.value, cluster)?;
+    match resp.kvs.first() {
+        Some(kv) => f.take(&kv.value, cluster)?,
+        None => f.absent(),
     }
     let mut watch = WatchClient::new(channel(url, dialer).await?);
     let (req_tx, req_rx) = tokio::sync::mpsc::channel(1);

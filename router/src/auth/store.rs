@@ -48,11 +48,17 @@ impl Followed for FollowedState {
         Ok(())
     }
 
+    /// Never written: the empty store (auth off, revision 0).
+    fn absent(&mut self) {
+        publish(&self.0, AuthStore::default());
+    }
+
     fn done(&self) -> bool {
         self.0.is_closed()
     }
 }
 
+/// Publishes `store` unless this router already has its revision (or a newer one).
 fn publish(tx: &watch::Sender<Option<Arc<AuthStore>>>, store: AuthStore) {
     tx.send_if_modified(|cur| {
         if cur.as_ref().is_some_and(|c| c.revision() >= store.revision()) {
@@ -76,18 +82,6 @@ impl AuthKeys {
         let (tx, rx) = watch::channel(None);
         let keys = AuthKeys { store: store.clone(), tx: Arc::new(tx.clone()) };
         tokio::spawn(shardmap::watcher::follow_key(store.endpoints().to_vec(), store.dialer().clone(), FollowedState(tx)));
-        // The follower publishes only a stored state; until one exists the
-        // store is the empty one, which a first read establishes.
-        let first = keys.clone();
-        tokio::spawn(async move {
-            loop {
-                match first.read().await {
-                    Ok(_) => return,
-                    Err(e) => tracing::debug!(error = %e, "auth state not read yet"),
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
         (keys, rx)
     }
 
@@ -103,13 +97,7 @@ impl AuthKeys {
             Some(kv) => decode(&kv.value).map_err(unavailable)?,
             None => AuthStore::default(),
         };
-        self.tx.send_if_modified(|cur| {
-            if cur.as_ref().is_some_and(|c| c.revision() >= store.revision()) {
-                return false;
-            }
-            *cur = Some(Arc::new(store.clone()));
-            true
-        });
+        publish(&self.tx, store.clone());
         Ok(Arc::new(store))
     }
 
@@ -200,14 +188,7 @@ impl AuthKeys {
     }
 
     async fn channel(&self) -> Result<tonic::transport::Channel, Status> {
-        let mut last = FetchError::Unreachable("no store endpoint given".into());
-        for url in self.store.endpoints() {
-            match shardmap::watcher::channel(url, self.store.dialer()).await {
-                Ok(ch) => return Ok(ch),
-                Err(e) => last = e,
-            }
-        }
-        Err(unavailable(last))
+        self.store.channel().await.map(|(ch, _)| ch).map_err(unavailable)
     }
 }
 
