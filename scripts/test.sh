@@ -22,6 +22,9 @@ cargo fmt --all --check
 # the process that hit it, and the test that ran it fails) and with the
 # failpoints chaos arms (scripts/env.sh).
 features=(--features "$TESSERA_TEST_FEATURES")
+# A failed test's federation (data and every process's log) stays in /tmp
+# for a look afterwards; the test's output names the directory.
+export TESSERA_KEEP_FAILED=${TESSERA_KEEP_FAILED:-1}
 cargo clippy --workspace --all-targets "${features[@]}" -- -D warnings
 cargo build --workspace --bins "${features[@]}"
 status=0

@@ -157,7 +157,10 @@ impl Drop for WatchHandle {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_prefix_moves_with_its_data_under_writes_lists_and_a_watch() {
-    let f = Federation::start(3);
+    // The watches' traffic logged on the router and the nodes: a miss
+    // here has been seen once (in CI, not reproduced since), and its logs
+    // are what tells where an event went.
+    let f = Federation::start_logging(3, Some("info,router::watch=debug,shard_node::server::watch=debug"));
     let kv = f.kv().await;
     let loaded = load(&kv).await;
     let before = map_of(&f).await;

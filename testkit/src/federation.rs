@@ -23,15 +23,24 @@ impl Federation {
     /// without placement's rebalancing rounds (a move takes revisions, and
     /// tests compare revisions: a test that wants one runs `tessera rebalance`).
     pub fn start(groups: usize) -> Self {
+        Self::start_logging(groups, None)
+    }
+
+    /// As `start`, every process logging at `filter` (RUST_LOG's syntax)
+    /// into the federation's logs/ — kept with its data when a test fails
+    /// under `TESSERA_KEEP_FAILED` (CI sets it).
+    pub fn start_logging(groups: usize, filter: Option<&str>) -> Self {
         let host = crate::net::fresh_host();
         let dir = tempfile::tempdir().unwrap();
-        let mut dev = bins::command(bins::path("tessera"))
-            .args(["dev", "--groups", &groups.to_string(), "--host", &host, "--client-port", "2379", "--rebalance-every", "0"])
+        let mut cmd = bins::command(bins::path("tessera"));
+        cmd.args(["dev", "--groups", &groups.to_string(), "--host", &host, "--client-port", "2379", "--rebalance-every", "0"])
             .arg("--data-dir")
             .arg(dir.path())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stdout(Stdio::piped());
+        if let Some(filter) = filter {
+            cmd.env("RUST_LOG", filter);
+        }
+        let mut dev = cmd.spawn().unwrap();
         let out = dev.stdout.take().unwrap();
         let mut lines = BufReader::new(out).lines();
         loop {

@@ -66,7 +66,8 @@ pub async fn upstream(
         };
         let (targets, routing) = targets;
         let routing = routed_by.get_or_insert(routing).clone();
-        for (_node, ch) in targets {
+        for (node, ch) in targets {
+            tracing::debug!(group, node, epoch = routing.epoch(), from = next, "upstream watch opening");
             let (req_tx, req_rx) = mpsc::channel(8);
             let mut c = base.clone();
             c.start_revision = next;

@@ -207,7 +207,7 @@ impl WatchStream {
         if c.watch_id == 0 {
             self.next_id += 1;
         }
-        tracing::debug!(id, key = ?String::from_utf8_lossy(&c.key), end = ?String::from_utf8_lossy(&c.range_end), start = c.start_revision, current, "watch created");
+        tracing::debug!(id, key = ?String::from_utf8_lossy(&c.key), end = ?String::from_utf8_lossy(&c.range_end), start = c.start_revision, current, epoch = self.epoch, "watch created");
         self.send(WatchResponse { header: self.header(current), watch_id: id, created: true, ..Default::default() }).await?;
         self.group.sm.metrics.watchers.inc();
         self.watchers.push(Watcher {
@@ -324,7 +324,7 @@ impl WatchStream {
     }
 
     async fn send_events(&self, id: i64, fragment: bool, events: Vec<Event>, current: i64) -> Result<(), Gone> {
-        tracing::debug!(id, n = events.len(), first = events[0].kv.as_ref().map(|k| k.mod_revision), types = ?events.iter().map(|e| e.r#type).collect::<Vec<_>>(), "watch events");
+        tracing::debug!(id, n = events.len(), first = events[0].kv.as_ref().map(|k| k.mod_revision), last = events.last().and_then(|e| e.kv.as_ref()).map(|k| k.mod_revision), types = ?events.iter().map(|e| e.r#type).collect::<Vec<_>>(), "watch events");
         let limit = self.group.settings.max_request_bytes;
         let resp = WatchResponse { header: self.header(current), watch_id: id, events, ..Default::default() };
         if !fragment || resp.encoded_len() <= limit {
