@@ -33,6 +33,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast "${features[@]}" "$@" || status=$?
 fi
+# etcd 3.4's own e2e tests (auth, TLS, the gateway...) with shard-node as
+# etcd; a failure not in tests/etcd-e2e/known-failures.txt fails the run.
+scripts/etcd-e2e.sh || status=$?
 # Every decoder fuzzed briefly (its corpus grows across runs, in the cache);
 # the README has a longer run's result.
 scripts/fuzz.sh "${TESSERA_FUZZ_SECONDS:-20}" || status=$?

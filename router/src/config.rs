@@ -4,7 +4,12 @@ use clap::Parser;
 use tessera_rpc::flags::{AuthArgs, DialTlsArgs, Interval, ServeTlsArgs, Urls};
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "router", version, about = "Tessera router: one etcd v3 endpoint over a federation of raft groups")]
+#[command(
+    name = "router",
+    version,
+    about = "Tessera router: one etcd v3 endpoint over a federation of raft groups",
+    args_override_self = true
+)]
 pub struct Config {
     /// Name, shown as the member name in MemberList.
     #[arg(long, default_value = "router")]

@@ -227,6 +227,9 @@ impl Kv for KvService {
             return Err(empty_key());
         }
         caller.put(&req)?;
+        if req.lease != 0 {
+            leases::check_lease_puts(&self.backends, &caller, req.lease, deadline).await?;
+        }
         Ok(self.backends.answer(self.backends.rerouting(deadline, || self.put_routed(&req, deadline)).await?))
     }
 

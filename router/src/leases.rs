@@ -8,6 +8,7 @@
 //! groups (`cross_txn::revoke_lease`): every copy and every key of the
 //! lease goes at one revision, as on etcd.
 
+use crate::auth::Caller;
 use crate::backends::{lease_client, Access, Backends};
 use crate::deadline::Deadline;
 use futures::future::join_all;
@@ -52,6 +53,22 @@ async fn ttl_in(
 
 /// Every group's answer for a lease, those that hold it (an expired one
 /// too, answered TTL 0, until its revoke: only then is it gone).
+/// etcd's checkLeasePuts: whoever revokes lease `id`, or attaches a key to
+/// it, must be allowed to write every key it holds (on whichever groups) —
+/// a revoke deletes them all, and a key attached to a lease is deleted with
+/// the others. Nothing to ask while auth is off.
+pub(crate) async fn check_lease_puts(b: &Backends, caller: &Caller, id: i64, deadline: Deadline) -> Result<(), Status> {
+    if !caller.checked() {
+        return Ok(());
+    }
+    for (_, a) in ttl_everywhere(b, LeaseTimeToLiveRequest { id, keys: true }, deadline).await? {
+        for k in &a.keys {
+            caller.check(k, &[], tessera_rpc::auth::Access::Write)?;
+        }
+    }
+    Ok(())
+}
+
 async fn ttl_everywhere(
     b: &Backends,
     req: LeaseTimeToLiveRequest,
@@ -171,15 +188,9 @@ impl Lease for LeaseService {
         let deadline = Deadline::of(&req);
         let caller = self.auth.caller(&req).await?;
         let id = req.into_inner().id;
-        if caller.checked() {
-            // etcd: revoking deletes the lease's keys, so the caller must be
-            // allowed to write every one of them.
-            for (_, a) in ttl_everywhere(&self.backends, LeaseTimeToLiveRequest { id, keys: true }, deadline).await? {
-                for k in &a.keys {
-                    caller.check(k, &[], tessera_rpc::auth::Access::Write)?;
-                }
-            }
-        }
+        // etcd: revoking deletes the lease's keys, so the caller must be
+        // allowed to write every one of them.
+        check_lease_puts(&self.backends, &caller, id, deadline).await?;
         // On every group at once: all of the lease's keys go at one revision.
         match crate::cross_txn::revoke_lease(&self.backends, id, deadline).await? {
             Some(h) => self.backends.answer_now(LeaseRevokeResponse { header: Some(h) }, deadline).await,

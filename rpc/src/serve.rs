@@ -26,7 +26,7 @@ use std::time::Duration;
 /// Streams a client may reset before the server accepted them.
 const MAX_PENDING_ACCEPT_RESETS: usize = 1024;
 /// Concurrent streams per connection, as etcd's default.
-const MAX_CONCURRENT_STREAMS: u32 = u32::MAX;
+pub const MAX_CONCURRENT_STREAMS: u32 = u32::MAX;
 /// A TLS handshake not done by then is dropped (a stalled or hostile client
 /// must not hold a task forever).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,14 +35,21 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// until `shutdown` completes, then waits for open connections to finish
 /// (callers bound that wait). Every request carries its connection's
 /// `ClientIdentity`.
-pub async fn serve(
+pub async fn serve(listener: ClientListener, tls: Option<Arc<ServerTls>>, app: axum::Router, shutdown: impl Future<Output = ()>) {
+    serve_with_streams(listener, tls, app, shutdown, MAX_CONCURRENT_STREAMS).await
+}
+
+/// As `serve`, with at most `max_streams` concurrent HTTP/2 streams per
+/// connection (etcd's `--max-concurrent-streams`).
+pub async fn serve_with_streams(
     mut listener: ClientListener,
     tls: Option<Arc<ServerTls>>,
     app: axum::Router,
     shutdown: impl Future<Output = ()>,
+    max_streams: u32,
 ) {
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http2().max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS).max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+    builder.http2().max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS).max_concurrent_streams(max_streams);
     // etcd's grpc_server_* series for every gRPC call on the port.
     let app = app.layer(crate::grpc_metrics::GrpcMetrics);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();

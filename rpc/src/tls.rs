@@ -16,7 +16,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{ring as provider, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -277,12 +278,10 @@ impl Source {
                 let mut v =
                     rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), self.crypto.clone());
                 if let Some(crl) = &self.files.crl_file {
-                    let crls: Vec<_> = CertificateRevocationListDer::pem_slice_iter(&read(crl)?)
-                        .collect::<Result<_, _>>()
-                        .map_err(|e| TlsError::Parse { path: crl.clone(), msg: e.to_string() })?;
-                    v = v.with_crls(crls);
+                    v = v.with_crls(crls(crl)?);
                 }
-                builder.with_client_cert_verifier(v.build().map_err(|e| TlsError::Config(e.to_string()))?)
+                let inner = v.build().map_err(|e| TlsError::Config(e.to_string()))?;
+                builder.with_client_cert_verifier(Arc::new(TrustedSelfSigned { inner, roots: certs(ca)? }))
             }
             _ => builder.with_no_client_auth(),
         };
@@ -292,6 +291,18 @@ impl Source {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }
+}
+
+/// The revocation lists in `path`: PEM blocks, or one DER list (etcd's
+/// x509.ParseCRL takes either; its own test fixture is DER).
+fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let bytes = read(path)?;
+    if !bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        return Ok(vec![CertificateRevocationListDer::from(bytes)]);
+    }
+    CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Parse { path: path.to_path_buf(), msg: e.to_string() })
 }
 
 fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
@@ -456,6 +467,64 @@ impl tower::Service<http::Uri> for Connector {
 /// Accepts any server certificate (its signature over the handshake is
 /// still checked): `--insecure-skip-tls-verify`, and auto-TLS peers, whose
 /// certificates no CA signed.
+/// Client certificates as Go's crypto/x509 checks them: webpki's checks,
+/// and also a certificate that is itself one of the trusted CAs (a
+/// self-signed certificate given as both, like etcd's e2e fixture
+/// CommonName-root.crt), which webpki refuses as a CA used as an end entity.
+/// Such a one must still be within its validity period.
+#[derive(Debug)]
+struct TrustedSelfSigned {
+    inner: Arc<dyn ClientCertVerifier>,
+    roots: Vec<CertificateDer<'static>>,
+}
+
+impl ClientCertVerifier for TrustedSelfSigned {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if self.roots.iter().any(|r| r.as_ref() == end_entity.as_ref()) {
+            let (_, cert) = x509_parser::parse_x509_certificate(end_entity.as_ref())
+                .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+            let at = x509_parser::time::ASN1Time::from_timestamp(now.as_secs() as i64)
+                .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+            return match cert.validity().is_valid_at(at) {
+                true => Ok(ClientCertVerified::assertion()),
+                false => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Expired)),
+            };
+        }
+        self.inner.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 #[derive(Debug)]
 struct SkipVerify(Arc<CryptoProvider>);
 

@@ -60,7 +60,9 @@ fn check_txn_ops(r: &TxnRequest, max_ops: usize) -> Result<()> {
             Some(Request::RequestPut(x)) => put(x)?,
             Some(Request::RequestDeleteRange(x)) => delete(x)?,
             Some(Request::RequestTxn(x)) => check_txn_ops(x, max_ops)?,
-            None => {}
+            // etcd's checkRequestOp: an empty op is refused (a gateway body
+            // with misspelled fields decodes to one).
+            None => return Err(Error::KeyNotFound),
         }
     }
     Ok(())
@@ -157,5 +159,14 @@ mod tests {
         assert!(txn(&t(vec![txn_op(vec![put_op("a")], vec![put_op("a")])]), 128).is_ok());
         assert_eq!(txn(&t(vec![put_op("a"), txn_op(vec![put_op("a")], vec![])]), 128), Err(Error::DuplicateKey));
         assert_eq!(txn(&t(vec![put_op("a"); 129]), 128), Err(Error::TooManyOps));
+    }
+
+    /// etcd refuses an op with no request ("key not found"), nested too:
+    /// what a gateway body with misspelled fields decodes to.
+    #[test]
+    fn empty_ops_are_refused() {
+        let t = |s| TxnRequest { compare: vec![], success: s, failure: vec![] };
+        assert_eq!(txn(&t(vec![RequestOp::default()]), 128), Err(Error::KeyNotFound));
+        assert_eq!(txn(&t(vec![txn_op(vec![], vec![RequestOp::default()])]), 128), Err(Error::KeyNotFound));
     }
 }

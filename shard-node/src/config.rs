@@ -10,7 +10,12 @@ use tessera_rpc::flags::{socket_addr, FlagError, Interval, ServeTlsArgs, Urls};
 use tessera_rpc::tls::{ClientFiles, Dialer, TlsFiles};
 
 #[derive(Parser, Deserialize, Debug, Clone)]
-#[command(name = "shard-node", version, about = "A Tessera shard node: one member of an etcd-compatible raft group")]
+#[command(
+    name = "shard-node",
+    version,
+    about = "A Tessera shard node: one member of an etcd-compatible raft group",
+    args_override_self = true
+)]
 #[serde(default, rename_all = "kebab-case")]
 pub struct Config {
     /// Human-readable name for this member.
@@ -55,6 +60,10 @@ pub struct Config {
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, default_value_t = 1572864)]
     pub max_request_bytes: usize,
+    /// Maximum concurrent streams each client connection may open (etcd's
+    /// default: unlimited).
+    #[arg(long, default_value_t = tessera_rpc::serve::MAX_CONCURRENT_STREAMS)]
+    pub max_concurrent_streams: u32,
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, default_value_t = 128)]
     pub max_txn_ops: usize,
@@ -84,6 +93,10 @@ pub struct Config {
     /// `--experimental-initial-corrupt-check` means true.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set)]
     pub experimental_initial_corrupt_check: bool,
+    /// Refuse membership changes that would leave too few started or
+    /// connected voters for a quorum (etcd's; a Go-style boolean).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set)]
+    pub strict_reconfig_check: bool,
     /// How often the leader compares every member's data (0s = never).
     #[arg(long, default_value = "1m")]
     pub experimental_corrupt_check_time: Interval,
@@ -432,6 +445,13 @@ mod tests {
         assert_eq!(bare.name, "x");
         let off = Config::parse_from(["shard-node", "--experimental-initial-corrupt-check=false"]);
         assert!(!off.experimental_initial_corrupt_check);
+        assert!(bare.strict_reconfig_check, "on unless turned off");
+        assert!(!Config::parse_from(["shard-node", "--strict-reconfig-check=false"]).strict_reconfig_check);
+        // As Go's flag package: a flag given twice takes its last value
+        // (etcd's e2e harness passes --client-cert-auth twice with a CRL).
+        let twice = Config::parse_from(["shard-node", "--client-cert-auth", "--client-cert-auth", "--name", "a", "--name", "b"]);
+        assert!(twice.client_tls.client_cert_auth);
+        assert_eq!(twice.name, "b");
         let auth = Config::parse_from(["shard-node", "--bcrypt-cost=4", "--auth-token-ttl", "9"]);
         assert_eq!((auth.auth.bcrypt_cost, auth.auth.auth_token_ttl, auth.auth.auth_token.as_str()), (4, 9, "simple"));
     }

@@ -32,6 +32,8 @@ pub struct GroupSettings {
     pub dialer: tessera_rpc::tls::Dialer,
     /// JWT auth tokens (`--auth-token jwt,...`); None: simple tokens.
     pub jwt: Option<Arc<crate::auth::jwt::Jwt>>,
+    /// etcd's --strict-reconfig-check (`server::cluster`).
+    pub strict_reconfig_check: bool,
 }
 
 /// The revision a proposal carries (`Command.revision_hint`).

@@ -6,6 +6,7 @@ use crate::engine::keys::{decode_u64, GroupKeys};
 use crate::engine::{Engine, WriteBatch};
 use crate::error::Result;
 use prost::Message;
+use sha1::Digest;
 use std::collections::BTreeMap;
 use tessera_proto::etcdserverpb::Member;
 use tessera_proto::tessera::command::MemberContext;
@@ -72,18 +73,36 @@ impl Members {
     }
 }
 
-/// etcd-style member id: a stable hash of the member's peer URLs and the
-/// cluster token, so every member computes the same ids from --initial-cluster.
+/// etcd's member id (membership.NewMember): the first 8 bytes, big-endian,
+/// of SHA-1 over the sorted peer URLs and the cluster token — every member
+/// computes the same ids from --initial-cluster, and they are etcd's own
+/// (clients that print or compare them, like etcd's e2e tests, see etcd's).
 pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
     let mut urls = peer_urls.to_vec();
     urls.sort();
-    let mut h = fnv1a(urls.join("").as_bytes());
-    h = fnv1a_continue(h, token.as_bytes());
-    if h == 0 {
-        1
-    } else {
-        h
-    }
+    let mut h = sha1::Sha1::new();
+    urls.iter().for_each(|u| h.update(u.as_bytes()));
+    h.update(token.as_bytes());
+    nonzero(first_u64(&h.finalize()))
+}
+
+/// etcd's cluster id (RaftCluster.genID): SHA-1 over the members' ids,
+/// sorted, each 8 bytes big-endian.
+pub fn cluster_id(members: &[u64]) -> u64 {
+    let mut ids = members.to_vec();
+    ids.sort();
+    let mut h = sha1::Sha1::new();
+    ids.iter().for_each(|id| h.update(id.to_be_bytes()));
+    nonzero(first_u64(&h.finalize()))
+}
+
+fn first_u64(digest: &[u8]) -> u64 {
+    u64::from_be_bytes(digest[..8].try_into().expect("SHA-1 is 20 bytes"))
+}
+
+/// raft has no member 0 (a hash of 0 is as likely as any other value).
+fn nonzero(id: u64) -> u64 {
+    id.max(1)
 }
 
 pub fn fnv1a(b: &[u8]) -> u64 {
@@ -96,4 +115,24 @@ fn fnv1a_continue(mut h: u64, b: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ids etcd 3.4 gives a one-member cluster of its e2e harness
+    /// (--initial-cluster-token new, peer https://localhost:20001): its
+    /// TestCtlV3GetFormat expects them in a protobuf-encoded header.
+    #[test]
+    fn ids_are_etcds() {
+        let member = member_id(&["https://localhost:20001".into()], "new");
+        assert_eq!(member, 0x00a8_f345_8387_986d);
+        assert_eq!(cluster_id(&[member]), 0x34c2_1a2d_427d_b393);
+        // Order of URLs and of members does not matter.
+        let urls = ["http://b:2380".to_string(), "http://a:2380".to_string()];
+        assert_eq!(member_id(&urls, "t"), member_id(&[urls[1].clone(), urls[0].clone()], "t"));
+        assert_eq!(cluster_id(&[1, 2, 3]), cluster_id(&[3, 1, 2]));
+        assert_ne!(member_id(&urls, "t"), member_id(&urls, "u"), "the token counts");
+    }
 }

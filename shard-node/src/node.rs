@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::engine::{Engine, RocksEngine};
 use crate::group::Group;
 use crate::locks::RwLock;
-use crate::members::{fnv1a, member_id};
+use crate::members::{cluster_id, member_id};
 use crate::raft::transport::{GrpcTransport, Mailboxes};
 use crate::replica::{Bootstrap, NodeParts, Replica};
 use crate::server::peer::PeerService;
@@ -249,8 +249,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let app = crate::server::node_router(node.clone());
         let rx = stop_rx.clone();
         let l = tessera_rpc::authority::ClientListener(l);
+        let streams = config.max_concurrent_streams;
         tasks.push(tokio::spawn(async move {
-            tessera_rpc::serve::serve(l, tls, app, stopped(rx)).await;
+            tessera_rpc::serve::serve_with_streams(l, tls, app, stopped(rx), streams).await;
         }));
     }
     if config.federated() {
@@ -313,8 +314,6 @@ fn standalone_bootstrap(config: &Config) -> anyhow::Result<Bootstrap> {
             MemberContext { id, name: m.name.clone(), peer_urls: m.peer_urls.clone(), client_urls, is_learner: false }
         })
         .collect();
-    let mut sorted: Vec<u64> = members.iter().map(|m| m.id).collect();
-    sorted.sort();
-    let cluster_id = fnv1a(format!("{sorted:?}{token}").as_bytes());
+    let cluster_id = cluster_id(&members.iter().map(|m| m.id).collect::<Vec<_>>());
     Ok(Bootstrap::New { member_id: my_id, cluster_id, members, restore_from: config.restore_from.clone() })
 }

@@ -175,6 +175,7 @@ pub async fn start(parts: &NodeParts, group_id: u64, boot: Bootstrap) -> anyhow:
             quota_bytes: config.quota_bytes(),
             dialer: parts.dialer.clone(),
             jwt: parts.jwt.clone(),
+            strict_reconfig_check: config.strict_reconfig_check,
         },
         handle.clone(),
     ));

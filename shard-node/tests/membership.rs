@@ -180,3 +180,25 @@ async fn member_update_moves_a_peer_url() {
     assert_eq!(got.kvs()[0].mod_revision(), rev);
     n3.put("from-n3", "ok", None).await.unwrap();
 }
+
+/// etcd's --strict-reconfig-check (on by default): a voter is added only
+/// while a quorum of the voters has started. Of three started members, two
+/// voters added but never started still leave a quorum (3 of 5); a third
+/// would not (3 of 6) and is refused with etcd's error, the group untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn voters_are_added_only_while_a_quorum_has_started() {
+    let mut c = Cluster::start(3, &[]).await;
+    let mut refused = None;
+    for _ in 0..3 {
+        let slot = c.add_member_slot();
+        let out = c.etcdctl(0, &["member", "add", &format!("n{}", slot + 1), &format!("--peer-urls={}", c.peer_url(slot))]);
+        if !out.status.success() {
+            refused = Some(String::from_utf8_lossy(&out.stderr).to_string());
+            break;
+        }
+    }
+    let refused = refused.expect("the third unstarted voter was refused");
+    assert!(refused.contains("etcdserver: re-configuration failed due to not enough started members"), "{refused}");
+    assert_eq!(ok(c.etcdctl(0, &["member", "list"])).lines().count(), 5, "two voters were added, not the third");
+    ok(c.etcdctl(0, &["put", "k", "v"]));
+}

@@ -104,7 +104,8 @@ pub fn set_up_users(endpoint: &str) {
 
 /// With auth on (after `set_up_users`): a watch of keys alice may not read
 /// is cancelled with etcd's reason, a permitted one sees its events;
-/// revoking a lease that holds a key alice may not write is refused.
+/// revoking a lease that holds a key alice may not write is refused, and so
+/// is attaching a key to it.
 pub async fn watches_and_lease_revokes(endpoint: &str) {
     use etcd_client::{Client, ConnectOptions, PutOptions};
     let root = ConnectOptions::new().with_user("root", "rootpw");
@@ -128,6 +129,13 @@ pub async fn watches_and_lease_revokes(endpoint: &str) {
     root.put("/registry/services/s", "1", Some(PutOptions::new().with_lease(lease))).await.unwrap();
     let refused = alice.lease_revoke(lease).await.unwrap_err().to_string();
     assert!(refused.contains("etcdserver: permission denied"), "{endpoint}: {refused}");
+    // etcd's checkLeasePuts: nor may she attach a key of hers to that lease
+    // (its revoke would delete it with the others), though to her own, yes.
+    let attach = alice.put("/registry/pods/l", "1", Some(PutOptions::new().with_lease(lease))).await.unwrap_err().to_string();
+    assert!(attach.contains("etcdserver: permission denied"), "{endpoint}: {attach}");
+    let hers = alice.lease_grant(60, None).await.unwrap().id();
+    alice.put("/registry/pods/l", "1", Some(PutOptions::new().with_lease(hers))).await.unwrap();
+    alice.lease_revoke(hers).await.unwrap();
     root.lease_revoke(lease).await.unwrap();
 }
 

@@ -91,6 +91,15 @@ async fn handshakes_identity_and_reload() {
     assert!(read_one(no_cert).await.is_err());
     assert!(seen.recv().await.unwrap().is_err());
 
+    // A trusted CA's own self-signed certificate as a client's (etcd's e2e
+    // fixture CommonName-root.crt is one): Go accepts it, and so does this
+    // server; another CA's self-signed one is refused.
+    read_one(Dialer::new(&presenting(&ca, &ca.ca_file, dir.path()), &[]).unwrap()).await.unwrap();
+    assert_eq!(seen.recv().await.unwrap().unwrap().common_name.as_deref(), Some("tessera dev CA"));
+    let stranger = DevCa::create(&dir.path().join("stranger")).unwrap();
+    assert!(read_one(Dialer::new(&presenting(&stranger, &ca.ca_file, dir.path()), &[]).unwrap()).await.is_err());
+    assert!(seen.recv().await.unwrap().is_err());
+
     // Rotated to a certificate of another CA: clients trusting only the first now fail,
     // clients trusting the new one succeed, without restarting the server.
     let ca2 = DevCa::create(&dir.path().join("ca2")).unwrap();
@@ -125,4 +134,34 @@ async fn handshakes_identity_and_reload() {
     )
     .unwrap();
     read_one(insecure).await.unwrap();
+}
+
+/// A client's files presenting `ca`'s own certificate, trusting `trusted`.
+fn presenting(ca: &DevCa, trusted: &std::path::Path, dir: &std::path::Path) -> ClientFiles {
+    let key = dir.join(format!("{}-key.pem", ca.ca_file.parent().unwrap().file_name().unwrap().to_string_lossy()));
+    std::fs::write(&key, ca.key.serialize_pem()).unwrap();
+    ClientFiles {
+        ca_file: Some(trusted.to_path_buf()),
+        cert_file: Some(ca.ca_file.clone()),
+        key_file: Some(key),
+        ..Default::default()
+    }
+}
+
+/// etcd reads a revocation list as PEM or DER (its e2e fixture is DER): both
+/// give the same list, and anything else is a parse error naming the file.
+#[test]
+fn revocation_lists_are_read_as_pem_or_der() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::create(&dir.path().join("ca")).unwrap();
+    let alice = ca.issue("alice", &[]).unwrap();
+    let pem = ca.revoke(&[&alice]).unwrap();
+    let from_pem = crls(&pem).unwrap();
+    assert_eq!(from_pem.len(), 1);
+    let der = dir.path().join("revoke.crl");
+    std::fs::write(&der, from_pem[0].as_ref()).unwrap();
+    assert_eq!(crls(&der).unwrap(), from_pem);
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "-----BEGIN X509 CRL-----\nnot base64\n-----END X509 CRL-----\n").unwrap();
+    assert!(matches!(crls(&bad), Err(TlsError::Parse { .. })));
 }

@@ -429,8 +429,13 @@ impl<S: StateMachine> Driver<S> {
             let conf = r.prs().conf();
             st.voters = conf.voters().ids().iter().collect();
             st.learners = conf.learners().iter().copied().collect();
-            st.progress =
-                if role == StateRole::Leader { r.prs().iter().map(|(id, pr)| (*id, pr.matched)).collect() } else { vec![] };
+            let leading = role == StateRole::Leader;
+            st.progress = if leading { r.prs().iter().map(|(id, pr)| (*id, pr.matched)).collect() } else { vec![] };
+            st.active = if leading {
+                r.prs().iter().filter(|(id, pr)| **id == me || pr.recent_active).map(|(id, _)| *id).collect()
+            } else {
+                vec![]
+            };
         });
         let was_leader = self.role == StateRole::Leader;
         if role != self.role {

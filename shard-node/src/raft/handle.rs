@@ -46,6 +46,9 @@ pub struct RaftStatus {
     pub last_index: u64,
     /// On the leader: every member's matched log index.
     pub progress: Vec<(u64, u64)>,
+    /// On the leader: the members heard from within the last election
+    /// timeout (raft's check-quorum view), itself included.
+    pub active: Vec<u64>,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
 }

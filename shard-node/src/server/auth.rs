@@ -72,7 +72,22 @@ impl Caller {
     }
 
     pub fn put(&self, group: &Group, r: &PutRequest) -> Result<()> {
-        self.on(group, |a, u| a.check_put(u, r))
+        self.on(group, |a, u| a.check_put(u, r))?;
+        if r.lease != 0 {
+            self.lease_puts(group, r.lease)?;
+        }
+        Ok(())
+    }
+
+    /// etcd's checkLeasePuts: whoever revokes lease `id`, or attaches a key
+    /// to it, must be allowed to write every key it holds (a revoke deletes
+    /// them all).
+    pub fn lease_puts(&self, group: &Group, id: i64) -> Result<()> {
+        if self.revision == 0 {
+            return Ok(());
+        }
+        let keys = group.sm.lease_time_to_live(id, true).map(|t| t.keys).unwrap_or_default();
+        self.on(group, |a, u| keys.iter().try_for_each(|k| a.permitted(u, k, &[], Access::Write)))
     }
 
     pub fn delete(&self, group: &Group, r: &DeleteRangeRequest) -> Result<()> {

@@ -46,6 +46,54 @@ impl ClusterService {
         Ok(())
     }
 
+    /// etcd's mayAddMember under --strict-reconfig-check: a new voter must
+    /// leave a quorum among the voters that have started (published their
+    /// name), counting the new one as not started — except a second member
+    /// added to a one-member cluster (how a restored member is grown).
+    fn may_add_voter(&self) -> Result<(), Error> {
+        if !self.group.settings.strict_reconfig_check {
+            return Ok(());
+        }
+        let (voters, started) = self.voters_started(None);
+        let members = voters + 1;
+        if (started, members) != (1, 2) && started < members / 2 + 1 {
+            return Err(Error::MemberNotEnoughStarted);
+        }
+        Ok(())
+    }
+
+    /// etcd's mayRemoveMember under --strict-reconfig-check: removing a
+    /// voter must leave a quorum of started voters, and — unless the removed
+    /// one is unreachable already — of voters the leader heard from lately.
+    fn may_remove(&self, member: &MemberContext) -> Result<(), Error> {
+        let st = self.group.status();
+        if !self.group.settings.strict_reconfig_check || st.learners.contains(&member.id) {
+            return Ok(());
+        }
+        let (voters, started) = self.voters_started(Some(member.id));
+        if started < voters / 2 + 1 {
+            return Err(Error::MemberNotEnoughStarted);
+        }
+        // Who is connected is the leader's knowledge (raft's check-quorum
+        // view); a follower leaves that check to the started count.
+        if !st.is_leader || (member.id != self.group.member_id && !st.active.contains(&member.id)) {
+            return Ok(());
+        }
+        let active = st.voters.iter().filter(|v| st.active.contains(v)).count();
+        if active.saturating_sub(1) < 1 + st.voters.len().saturating_sub(1) / 2 {
+            return Err(Error::Unhealthy);
+        }
+        Ok(())
+    }
+
+    /// Voters (but `except`), and how many of them have started.
+    fn voters_started(&self, except: Option<u64>) -> (usize, usize) {
+        let voters = self.group.status().voters;
+        let members = self.group.sm.members();
+        let counted: Vec<&MemberContext> = members.all().filter(|m| voters.contains(&m.id) && Some(m.id) != except).collect();
+        (counted.len(), counted.iter().filter(|m| !m.name.is_empty()).count())
+    }
+
     /// Client URL of the leader, for what only the leader can decide.
     fn leader_client_url(&self) -> Result<String, Error> {
         let leader = self.group.status().leader;
@@ -72,6 +120,9 @@ impl Cluster for ClusterService {
             client_urls: vec![],
             is_learner: r.is_learner,
         };
+        if !r.is_learner {
+            self.may_add_voter()?;
+        }
         let change = if r.is_learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
         self.group.propose_conf_change(change, member).await?.result?;
         let members = self.members();
@@ -84,6 +135,7 @@ impl Cluster for ClusterService {
         super::auth::Caller::of(&self.group, &req)?.admin(&self.group)?;
         let id = req.into_inner().id;
         let member = self.group.sm.member(id).ok_or(Error::MemberNotFound)?;
+        self.may_remove(&member)?;
         self.group.propose_conf_change(ConfChangeType::RemoveNode, member).await?.result?;
         Ok(Response::new(MemberRemoveResponse { header: self.header(), members: self.members() }))
     }
