@@ -94,10 +94,10 @@ async fn handshakes_identity_and_reload() {
     // A trusted CA's own self-signed certificate as a client's (etcd's e2e
     // fixture CommonName-root.crt is one): Go accepts it, and so does this
     // server; another CA's self-signed one is refused.
-    read_one(Dialer::new(&presenting(&ca, &ca.ca_file, dir.path()), &[]).unwrap()).await.unwrap();
+    read_one(Dialer::new(&presenting(&ca, &ca.ca_file), &[]).unwrap()).await.unwrap();
     assert_eq!(seen.recv().await.unwrap().unwrap().common_name.as_deref(), Some("tessera dev CA"));
     let stranger = DevCa::create(&dir.path().join("stranger")).unwrap();
-    assert!(read_one(Dialer::new(&presenting(&stranger, &ca.ca_file, dir.path()), &[]).unwrap()).await.is_err());
+    assert!(read_one(Dialer::new(&presenting(&stranger, &ca.ca_file), &[]).unwrap()).await.is_err());
     assert!(seen.recv().await.unwrap().is_err());
 
     // Rotated to a certificate of another CA: clients trusting only the first now fail,
@@ -137,8 +137,8 @@ async fn handshakes_identity_and_reload() {
 }
 
 /// A client's files presenting `ca`'s own certificate, trusting `trusted`.
-fn presenting(ca: &DevCa, trusted: &std::path::Path, dir: &std::path::Path) -> ClientFiles {
-    let key = dir.join(format!("{}-key.pem", ca.ca_file.parent().unwrap().file_name().unwrap().to_string_lossy()));
+fn presenting(ca: &DevCa, trusted: &std::path::Path) -> ClientFiles {
+    let key = ca.ca_file.with_file_name("ca-key.pem");
     std::fs::write(&key, ca.key.serialize_pem()).unwrap();
     ClientFiles {
         ca_file: Some(trusted.to_path_buf()),

@@ -54,7 +54,7 @@ impl ClusterService {
         if !self.group.settings.strict_reconfig_check {
             return Ok(());
         }
-        let (voters, started) = self.voters_started(None);
+        let (voters, started) = self.voters_started(&self.group.status().voters, None);
         let members = voters + 1;
         if (started, members) != (1, 2) && started < members / 2 + 1 {
             return Err(Error::MemberNotEnoughStarted);
@@ -70,7 +70,7 @@ impl ClusterService {
         if !self.group.settings.strict_reconfig_check || st.learners.contains(&member.id) {
             return Ok(());
         }
-        let (voters, started) = self.voters_started(Some(member.id));
+        let (voters, started) = self.voters_started(&st.voters, Some(member.id));
         if started < voters / 2 + 1 {
             return Err(Error::MemberNotEnoughStarted);
         }
@@ -86,9 +86,8 @@ impl ClusterService {
         Ok(())
     }
 
-    /// Voters (but `except`), and how many of them have started.
-    fn voters_started(&self, except: Option<u64>) -> (usize, usize) {
-        let voters = self.group.status().voters;
+    /// Of `voters` (but `except`): how many there are, and how many have started.
+    fn voters_started(&self, voters: &[u64], except: Option<u64>) -> (usize, usize) {
         let members = self.group.sm.members();
         let counted: Vec<&MemberContext> = members.all().filter(|m| voters.contains(&m.id) && Some(m.id) != except).collect();
         (counted.len(), counted.iter().filter(|m| !m.name.is_empty()).count())
