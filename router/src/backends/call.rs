@@ -61,7 +61,14 @@ fn next_after(failure: &Status, access: Access) -> Next {
         return Next::Fail; // route again by the newer map (`rerouting`), not on another replica
     }
     let delivered = !not_delivered(failure);
-    let transient = matches!(failure.code(), Code::Unavailable | Code::Unknown | Code::Cancelled);
+    let transient = match failure.code() {
+        Code::Unavailable | Code::Cancelled => true,
+        // An error of etcd's table answered as Unknown (the election
+        // service's, as etcd answers them) is the group's answer; any
+        // other Unknown is the transport's and may pass.
+        Code::Unknown => tessera_rpc::Error::from_status(failure).is_none(),
+        _ => false,
+    };
     match access {
         Access::Write if delivered => Next::Fail,
         Access::Read | Access::Serializable if delivered && !transient => Next::Fail,
@@ -166,6 +173,10 @@ mod tests {
             assert_eq!(next_after(&not_hosted, access), Next::TryAnother { node_down: true });
             let compacted: Status = Error::Compacted.into();
             assert_eq!(next_after(&compacted, access), Next::Fail);
+            // etcd's election errors are Unknown too, but an answer.
+            let no_leader: Status = Error::ElectionNoLeader.into();
+            assert_eq!(no_leader.code(), Code::Unknown);
+            assert_eq!(next_after(&no_leader, access), Next::Fail);
         }
     }
 
