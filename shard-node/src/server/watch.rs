@@ -233,7 +233,7 @@ impl WatchStream {
         for i in 0..self.watchers.len() {
             let w = &self.watchers[i];
             let ending = self.group.sm.ending_watch(self.epoch, &w.key, &w.range_end);
-            let upto_here = ending.map_or(current, |(_, fence_rev)| current.min(fence_rev));
+            let upto_here = catch_up_to(current, ending);
             if w.next_rev > upto_here {
                 if let Some((epoch, _)) = ending {
                     fenced.push((w.id, epoch));
@@ -388,5 +388,29 @@ impl WatchStream {
             self.send(WatchResponse { header: self.header(current), watch_id: id, ..Default::default() }).await?;
         }
         Ok(())
+    }
+}
+
+/// Where a watcher is brought this round: the hub's `current` revision,
+/// or for one a fence or an adoption ends (`ending`: its epoch and the
+/// revision it still gets events up to) that revision. Everything up to it
+/// is applied once the fence is seen, and `current` may have been read
+/// before the fence and the last writes under it were applied: bounded by
+/// that stale `current`, the watcher would be ended without those writes
+/// (and its successor, routed by the new map, never sends them).
+fn catch_up_to(current: i64, ending: Option<(u64, i64)>) -> i64 {
+    ending.map_or(current, |(_, fence_rev)| fence_rev)
+}
+
+#[cfg(test)]
+mod catch_up_tests {
+    use super::catch_up_to;
+
+    #[test]
+    fn a_fenced_watcher_is_brought_to_its_fence_whatever_was_read_before() {
+        assert_eq!(catch_up_to(3040, None), 3040);
+        // Read before two writes and the fence at 3042 were applied.
+        assert_eq!(catch_up_to(3040, Some((7, 3042))), 3042);
+        assert_eq!(catch_up_to(3050, Some((7, 3042))), 3042);
     }
 }
