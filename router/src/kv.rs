@@ -230,7 +230,8 @@ impl Kv for KvService {
         if req.lease != 0 {
             leases::check_lease_puts(&self.backends, &caller, req.lease, deadline).await?;
         }
-        Ok(self.backends.answer(self.backends.rerouting(deadline, || self.put_routed(&req, deadline)).await?))
+        let routed = self.backends.rerouting(deadline, || self.put_routed(&req, deadline));
+        Ok(self.backends.answer(self.auth.write_for(&caller, routed).await?))
     }
 
     async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
@@ -241,7 +242,8 @@ impl Kv for KvService {
             return Err(empty_key());
         }
         caller.delete(&req)?;
-        Ok(self.backends.answer(self.backends.rerouting(deadline, || self.delete_routed(&req, deadline)).await?))
+        let routed = self.backends.rerouting(deadline, || self.delete_routed(&req, deadline));
+        Ok(self.backends.answer(self.auth.write_for(&caller, routed).await?))
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
@@ -249,7 +251,8 @@ impl Kv for KvService {
         let caller = self.auth.caller(&req).await?;
         let req = req.into_inner();
         caller.txn(&req)?;
-        Ok(self.backends.answer(self.backends.rerouting(deadline, || self.txn_routed(&req, deadline)).await?))
+        let routed = self.backends.rerouting(deadline, || self.txn_routed(&req, deadline));
+        Ok(self.backends.answer(self.auth.write_for(&caller, routed).await?))
     }
 
     async fn compact(&self, req: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {

@@ -6,30 +6,15 @@
 //! certificate is allowed only its prefix, including on a range across
 //! groups; a change made through one router holds at the others.
 
-use clap::Parser;
+mod common;
+
+use common::router_of;
 use std::time::{Duration, Instant};
 use tessera_proto::etcdserverpb::auth_client::AuthClient;
 use tessera_proto::etcdserverpb::AuthStatusRequest;
 use tessera_testkit::auth::{self, jwt_flag, run, session_mismatches, set_up_users, ALICE, ROOT};
 use tessera_testkit::etcd::{etcdctl, RealEtcd};
 use tessera_testkit::Federation;
-
-/// A router of `f`'s federation, in this process, with `flags`.
-async fn router_of(f: &Federation, flags: &[&str]) -> router::Running {
-    let placement = format!("--placement-endpoints={}", f.store());
-    let mut args = vec!["router", &placement, "--bcrypt-cost=4"];
-    if !flags.iter().any(|f| f.starts_with("--listen-client-urls")) {
-        args.push("--listen-client-urls=http://127.0.0.1:0");
-    }
-    args.extend_from_slice(flags);
-    let running = router::start(router::Config::parse_from(args)).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while running.backends.routing().is_err() {
-        assert!(Instant::now() < deadline, "the router never got the map");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    running
-}
 
 /// The groups a range of keys spans in `f`'s map.
 async fn groups_of_range(f: &Federation, key: &[u8], end: &[u8]) -> usize {

@@ -167,7 +167,15 @@ impl StateMachine {
             let refusal = refused(&t.alarms, op)
                 .or_else(|| t.fences.check_op(cmd.epoch, op).err())
                 .or_else(|| t.cross.check_op(op).err())
-                .or_else(|| checked_by_auth(op).then(|| t.auth.stale(cmd.auth_revision)).flatten())
+                .or_else(|| {
+                    checked_by_auth(op)
+                        .then(|| {
+                            t.auth
+                                .stale(cmd.auth_revision)
+                                .or_else(|| crate::auth::federation::refusal(&t.federation_auth, cmd.forwarded.as_ref(), op))
+                        })
+                        .flatten()
+                })
                 .or_else(|| revision_passed(&cmd, t.mvcc.rev));
             if let Op::Compact(c) = op {
                 let mut batch = WriteBatch::default();
@@ -183,6 +191,26 @@ impl StateMachine {
                 if result.is_ok() {
                     self.compaction.notify_one();
                 }
+                return Some((proposer, ApplyOutput { result, rev }));
+            }
+            if let Op::FederationAuth(state) = op {
+                // Changes no key: no revision. An older store than the one
+                // logged (a router's late install) changes nothing.
+                let mut batch = WriteBatch::default();
+                let result = match refusal {
+                    Some(e) => Err(e),
+                    None => {
+                        if state.revision > t.federation_auth.revision() {
+                            t.federation_auth = crate::auth::AuthStore::from_state(state.clone());
+                            let key = self.keys.meta(crate::auth::federation::META_FEDERATION_AUTH);
+                            batch.put(key, state.encode_to_vec());
+                        }
+                        Ok(Applied::Done)
+                    }
+                };
+                self.mark_applied(index, &mut batch);
+                self.commit(index, batch);
+                let rev = t.mvcc.rev;
                 return Some((proposer, ApplyOutput { result, rev }));
             }
             if let Op::Auth(change) = op {
@@ -351,7 +379,9 @@ impl StateMachine {
                 Ok(Applied::Done)
             }
             // Applied above, outside a txn.
-            Op::Compact(_) | Op::MoveStage(_) | Op::MoveTarget(_) | Op::MoveRelease(_) | Op::Auth(_) => Ok(Applied::Done),
+            Op::Compact(_) | Op::MoveStage(_) | Op::MoveTarget(_) | Op::MoveRelease(_) | Op::Auth(_) | Op::FederationAuth(_) => {
+                Ok(Applied::Done)
+            }
             Op::TxnPrepare(_) | Op::TxnCommit(_) | Op::TxnAbort(_) => unreachable!("applied by apply_cross"),
         }
     }

@@ -2,6 +2,7 @@
 //! (`tessera_rpc::auth`); simple tokens, handed out through this group's
 //! raft, are this node's (`tokens`).
 
+pub mod federation;
 pub mod tokens;
 
 pub use tessera_rpc::auth::{jwt, Access, AuthApplied, AuthStore};

@@ -36,6 +36,14 @@ pub struct GroupSettings {
     pub strict_reconfig_check: bool,
 }
 
+/// Who a write's permissions were checked for (`Command.auth_revision`,
+/// `Command.forwarded`); none for the group's own proposals.
+#[derive(Default)]
+struct Checked {
+    auth_revision: u64,
+    forwarded: Option<tessera_proto::tessera::command::Forwarded>,
+}
+
 /// The revision a proposal carries (`Command.revision_hint`).
 #[derive(Clone, Copy)]
 enum Hint {
@@ -114,15 +122,26 @@ impl Group {
     /// carries the map epoch of the call it serves (`fence::routed_epoch`)
     /// and, in a federation, a revision from the oracle if it writes keys.
     pub async fn propose(&self, op: Op) -> Result<ApplyOutput> {
-        self.propose_checked(op, 0).await
+        let hint = self.hint_for(&op);
+        self.propose_at(op, hint, Checked::default()).await
     }
 
     /// `propose` for a write whose caller's permissions were checked at
     /// auth revision `auth_revision`: refused when applied after an auth
-    /// change (etcd's "revision of auth store is old").
+    /// change (etcd's "revision of auth store is old"). In a federation the
+    /// caller a router forwarded goes with it (`crate::auth::federation`).
     pub async fn propose_checked(&self, op: Op, auth_revision: u64) -> Result<ApplyOutput> {
-        let hint = if crate::apply::takes_own_revision(&op) && self.oracle.is_some() { Hint::Fresh } else { Hint::None };
-        self.propose_at(op, hint, auth_revision).await
+        let checked = Checked { auth_revision, forwarded: crate::auth::federation::forwarded() };
+        let hint = self.hint_for(&op);
+        self.propose_at(op, hint, checked).await
+    }
+
+    fn hint_for(&self, op: &Op) -> Hint {
+        if crate::apply::takes_own_revision(op) && self.oracle.is_some() {
+            Hint::Fresh
+        } else {
+            Hint::None
+        }
     }
 
     /// Raises the group's revision to at least `rev` (a bump: a raft entry
@@ -138,7 +157,7 @@ impl Group {
             // To `rev`, not further: a write this node handed a higher
             // revision may still be on its way to the log, and would be
             // passed (and proposed again).
-            self.propose_at(Op::Bump(RevisionBump {}), Hint::Floor(rev), 0).await?.result?;
+            self.propose_at(Op::Bump(RevisionBump {}), Hint::Floor(rev), Checked::default()).await?.result?;
         }
         Ok(self.sm.current_revision())
     }
@@ -179,7 +198,7 @@ impl Group {
     /// prepare only if its coordinator asked (it prepares in group order),
     /// else the coordinator aborts and tries again. A write whose revision
     /// the group passed before applying it is proposed again with a fresh one.
-    async fn propose_at(&self, op: Op, hint: Hint, auth_revision: u64) -> Result<ApplyOutput> {
+    async fn propose_at(&self, op: Op, hint: Hint, checked: Checked) -> Result<ApplyOutput> {
         let started = tokio::time::Instant::now();
         let timeout = self.settings.request_timeout;
         let waits = match &op {
@@ -187,7 +206,9 @@ impl Group {
             op => crate::cross::held_back(op),
         };
         let epoch = crate::fence::routed_epoch();
-        let mut cmd = Command { member_id: self.member_id, seq: 0, revision_hint: 0, epoch, auth_revision, op: Some(op) };
+        let Checked { auth_revision, forwarded } = checked;
+        let mut cmd =
+            Command { member_id: self.member_id, seq: 0, revision_hint: 0, epoch, auth_revision, forwarded, op: Some(op) };
         let mut moves = self.sm.moves.subscribe();
         loop {
             moves.borrow_and_update();

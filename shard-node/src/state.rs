@@ -47,6 +47,9 @@ pub(crate) struct Tables {
     pub cross: CrossTxns,
     /// Users, roles, permissions (`crate::auth`).
     pub auth: crate::auth::AuthStore,
+    /// In a federation: the federation's auth store as this group logged
+    /// it (`crate::auth::federation`); off and empty outside one.
+    pub federation_auth: crate::auth::AuthStore,
 }
 
 /// A lease as TimeToLive reports it.
@@ -111,6 +114,7 @@ impl StateMachine {
             oracle: Reservation::default(),
             cross: CrossTxns::default(),
             auth: Default::default(),
+            federation_auth: Default::default(),
         };
         let hub = WatchHub::new(tables.mvcc.rev, watch_ring);
         let sm = Self {
@@ -142,6 +146,11 @@ impl StateMachine {
         self.auth_gate.store(if auth.enabled() { auth.revision() } else { 0 }, Ordering::Release);
     }
 
+    /// The federation auth revision this group logged (0: none).
+    pub fn federation_auth_revision(&self) -> u64 {
+        self.tables.read().federation_auth.revision()
+    }
+
     /// `f` over the auth store (under the state lock: keep it short).
     pub fn auth<R>(&self, f: impl FnOnce(&crate::auth::AuthStore) -> R) -> R {
         f(&self.tables.read().auth)
@@ -161,18 +170,22 @@ impl StateMachine {
         };
         let oracle = Reservation::load(self.engine.as_ref(), &self.keys)?;
         let cross = CrossTxns::load(self.engine.as_ref(), &self.keys)?;
-        let auth = match self.engine.get(&self.keys.meta(META_AUTH))? {
-            Some(v) => {
-                crate::auth::AuthStore::from_state(AuthState::decode(v.as_slice()).map_err(|e| Error::Internal(e.to_string()))?)
-            }
-            None => Default::default(),
+        let load_auth = |name: &str| -> Result<crate::auth::AuthStore> {
+            Ok(match self.engine.get(&self.keys.meta(name))? {
+                Some(v) => crate::auth::AuthStore::from_state(
+                    AuthState::decode(v.as_slice()).map_err(|e| Error::Internal(e.to_string()))?,
+                ),
+                None => Default::default(),
+            })
         };
+        let auth = load_auth(META_AUTH)?;
+        let federation_auth = load_auth(crate::auth::federation::META_FEDERATION_AUTH)?;
         let applied = self.engine.get(&self.keys.meta(META_APPLIED))?.map(|v| decode_u64(&v)).unwrap_or(0);
         let rev = mvcc.rev;
         {
             let mut t = self.tables.write();
             self.set_auth_gate(&auth);
-            *t = Tables { mvcc, leases, members, alarms, fences, oracle, cross, auth };
+            *t = Tables { mvcc, leases, members, alarms, fences, oracle, cross, auth, federation_auth };
             self.cross_holder.send_replace(t.cross.prepared().map(|p| p.id));
             let mut live = self.liveness.lock();
             if live.is_primary() {

@@ -19,10 +19,12 @@ pub use service::FederationAuth;
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::{AuthKeys, StateRx};
 use tessera_proto::etcdserverpb::{DeleteRangeRequest, PutRequest, TxnRequest};
+use tessera_proto::tessera::command::Forwarded;
 use tessera_rpc::auth::jwt::Jwt;
 use tessera_rpc::auth::{Access, AuthStore};
 use tessera_rpc::tls::ClientIdentity;
@@ -133,6 +135,39 @@ impl Gate {
     }
 }
 
+tokio::task_local! {
+    /// The caller of the client call being served, passed to the groups
+    /// with every call made for it (`Backends::request`). A task-local, as
+    /// the call's identity belongs to the whole call and not to each of the
+    /// functions routing it.
+    static ACTING_FOR: Forwarded;
+}
+
+/// The caller the current call is made for, if a service said so.
+pub(crate) fn acting_for() -> Option<Forwarded> {
+    ACTING_FOR.try_with(|f| f.clone()).ok()
+}
+
+impl Gate {
+    /// Runs a write `caller` asked for: each group it reaches is told who
+    /// asked and the auth revision they were checked at, and refuses the
+    /// write if it logged a newer auth store first (`crate::auth::federation`
+    /// on the node). Such a refusal means this router is behind: it reads
+    /// the store again so the client's retry is checked by the new one.
+    pub async fn write_for<R>(&self, caller: &Caller, f: impl Future<Output = Result<R, Status>>) -> Result<R, Status> {
+        let Some(forwarded) = caller.forwarded() else { return f.await };
+        let out = ACTING_FOR.scope(forwarded, f).await;
+        if let Err(s) = &out {
+            if Error::from_status(s) == Some(Error::AuthOldRevision) {
+                if let Err(e) = self.keys.read().await {
+                    tracing::debug!(error = %e, "auth store not read again after a group's newer one");
+                }
+            }
+        }
+        out
+    }
+}
+
 /// The caller of one request, and the auth store it is checked against.
 #[derive(Clone)]
 pub struct Caller {
@@ -170,5 +205,11 @@ impl Caller {
     /// Whether anything is checked (auth on).
     pub fn checked(&self) -> bool {
         self.store.enabled()
+    }
+
+    /// What the groups are told of this caller (None while the federation
+    /// never had an auth store: nothing to be newer than).
+    fn forwarded(&self) -> Option<Forwarded> {
+        (self.store.revision() > 0).then(|| Forwarded { user: self.user.clone(), auth_revision: self.store.revision() })
     }
 }

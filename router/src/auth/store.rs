@@ -60,6 +60,9 @@ impl Followed for FollowedState {
 
 /// Publishes `store` unless this router already has its revision (or a newer one).
 fn publish(tx: &watch::Sender<Option<Arc<AuthStore>>>, store: AuthStore) {
+    if tx.borrow().is_some() {
+        fail::fail_point!("auth::publish", |_| ());
+    }
     tx.send_if_modified(|cur| {
         if cur.as_ref().is_some_and(|c| c.revision() >= store.revision()) {
             return false;

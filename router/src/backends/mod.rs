@@ -71,11 +71,16 @@ impl Backends {
         self.member_id
     }
 
-    /// A request to `group` with the router's metadata. Its timeout is the
-    /// caller's: what is left of the client's deadline, or a stream's own.
+    /// A request to `group` with the router's metadata (and the client's
+    /// identity, for a write made for one: `auth::Gate::write_for`). Its
+    /// timeout is the caller's: what is left of the client's deadline, or a
+    /// stream's own.
     pub(crate) fn request<T>(&self, r: &Routing, group: u64, msg: T) -> Request<T> {
         let mut req = metadata::group_request(group, msg);
         req.metadata_mut().insert(metadata::EPOCH_HEADER, r.epoch().into());
+        if let Some(caller) = crate::auth::acting_for() {
+            metadata::forward(&mut req, &caller);
+        }
         req
     }
 }

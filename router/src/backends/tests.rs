@@ -152,6 +152,13 @@ impl Shard for SlowGroup {
         Err(Status::unimplemented("fence"))
     }
 
+    async fn install_auth(
+        &self,
+        _req: Request<tessera_proto::tessera::command::AuthState>,
+    ) -> Result<Response<tessera_proto::tessera::shard::InstallAuthResponse>, Status> {
+        Err(Status::unimplemented("auth"))
+    }
+
     async fn txn_prepare(&self, _req: Request<TxnPrepare>) -> Result<Response<TxnPrepareResponse>, Status> {
         Err(Status::unimplemented("txn"))
     }

@@ -27,7 +27,15 @@ impl Side {
 
     fn apply_with(&mut self, op: Op, hint: i64, epoch: u64) -> ApplyOutput {
         self.index += 1;
-        let cmd = Command { member_id: 1, seq: self.index, revision_hint: hint, epoch, auth_revision: 0, op: Some(op) };
+        let cmd = Command {
+            member_id: 1,
+            seq: self.index,
+            revision_hint: hint,
+            epoch,
+            auth_revision: 0,
+            forwarded: None,
+            op: Some(op),
+        };
         self.sm.apply_command(self.index, &cmd.encode_to_vec()).unwrap().1
     }
 

@@ -95,7 +95,12 @@ async fn dispatch(node: Arc<Node>, req: axum::extract::Request) -> axum::respons
         Ok(r) => r,
         Err(s) => return s.into_http(),
     };
-    match crate::fence::routed(routed.epoch, tower::ServiceExt::oneshot(replica.api.clone(), req)).await {
+    let forwarded = match tessera_rpc::metadata::forwarded(req.headers()) {
+        Ok(f) => f,
+        Err(e) => return tonic::Status::invalid_argument(e.to_string()).into_http(),
+    };
+    let call = crate::auth::federation::forwarded_by(forwarded, tower::ServiceExt::oneshot(replica.api.clone(), req));
+    match crate::fence::routed(routed.epoch, call).await {
         Ok(r) => r,
         Err(e) => match e {},
     }

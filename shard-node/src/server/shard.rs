@@ -1,7 +1,8 @@
 //! Tessera's own calls on the client port: revision bumps (how a router
 //! moves an idle group's watermark past a revision), fences (placement,
 //! before a map change moves a prefix), the steps of moving a prefix with
-//! its data (`crate::moves`), cross-group txns and replica stats.
+//! its data (`crate::moves`), cross-group txns, replica stats, and the
+//! federation's auth store (`crate::auth::federation`).
 
 use crate::apply::Applied;
 use crate::cross::Ended;
@@ -10,13 +11,13 @@ use crate::group::Group;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_proto::etcdserverpb::RangeRequest;
-use tessera_proto::tessera::command::{command::Op, Fence};
+use tessera_proto::tessera::command::{command::Op, AuthState, Fence};
 use tessera_proto::tessera::command::{MoveRelease, MoveStage, MoveTarget, TxnAbort, TxnCommit, TxnPrepare};
 use tessera_proto::tessera::shard::shard_server::Shard;
 use tessera_proto::tessera::shard::{
-    BumpRequest, BumpResponse, ExportRequest, ExportResponse, FenceRequest, FenceResponse, MoveReleaseResponse,
-    MoveStageResponse, MoveTargetResponse, OpFailure, StatsRequest, StatsResponse, TxnAbortResponse, TxnCommitResponse,
-    TxnPrepareResponse, UnitStats, UnitsRequest, UnitsResponse,
+    BumpRequest, BumpResponse, ExportRequest, ExportResponse, FenceRequest, FenceResponse, InstallAuthResponse,
+    MoveReleaseResponse, MoveStageResponse, MoveTargetResponse, OpFailure, StatsRequest, StatsResponse, TxnAbortResponse,
+    TxnCommitResponse, TxnPrepareResponse, UnitStats, UnitsRequest, UnitsResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -58,6 +59,18 @@ impl Shard for ShardService {
             RangeRequest { range_end: shardmap::prefix_end(&prefix), key: prefix, count_only: true, ..Default::default() };
         let (resp, rev) = g.sm.range(&count)?;
         Ok(Response::new(FenceResponse { header: Some(g.header(rev)), keys: resp.count }))
+    }
+
+    async fn install_auth(&self, req: Request<AuthState>) -> Result<Response<InstallAuthResponse>, Status> {
+        let state = req.into_inner();
+        let g = &self.group;
+        // Applied here means committed: every write applied after this
+        // answer is after it in the log.
+        if state.revision > g.sm.federation_auth_revision() {
+            g.propose(Op::FederationAuth(state)).await?.result?;
+        }
+        let auth_revision = g.sm.federation_auth_revision();
+        Ok(Response::new(InstallAuthResponse { header: Some(g.header(g.sm.current_revision())), auth_revision }))
     }
 
     async fn stats(&self, _req: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
