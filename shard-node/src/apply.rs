@@ -14,7 +14,7 @@ use crate::error::{Error, Refusal, Result};
 use crate::membership;
 use crate::mvcc::WriteTxn;
 use crate::raft::{Proposer, StateMachine as RaftStateMachine};
-use crate::state::{StateMachine, META_ALARMS, META_APPLIED, META_AUTH};
+use crate::state::{StateMachine, Tables, META_ALARMS, META_APPLIED, META_AUTH};
 use prost::Message;
 use raft::prelude::ConfChangeV2;
 use std::time::Duration;
@@ -82,6 +82,16 @@ fn checked_by_auth(op: &Op) -> bool {
     matches!(op, Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::LeaseRevoke(_))
 }
 
+/// What auth refuses of `cmd` when applied: a write checked before a
+/// change of the group's own store, or (in a federation) before the
+/// federation's store the group logged, or not permitted by it.
+fn auth_refusal(t: &Tables, cmd: &Command, op: &Op) -> Option<Error> {
+    if !checked_by_auth(op) {
+        return None;
+    }
+    t.auth.stale(cmd.auth_revision).or_else(|| crate::auth::federation::refusal(&t.federation_auth, cmd.forwarded.as_ref(), op))
+}
+
 /// etcd's capped applier: what an active alarm refuses.
 fn refused(alarms: &[AlarmMember], op: &Op) -> Option<Error> {
     let has = |t: AlarmType| alarms.iter().any(|a| a.alarm == t as i32);
@@ -146,6 +156,15 @@ impl StateMachine {
         self.commit(index, batch);
     }
 
+    /// Applies `op` as entry `index`, proposed by member 1 (its seq the
+    /// index) with `hint` and `epoch`: the state machine tests' one way in.
+    #[cfg(test)]
+    pub(crate) fn apply_test_entry(&self, index: u64, op: Op, hint: i64, epoch: u64) -> (Proposer, ApplyOutput) {
+        let cmd =
+            Command { member_id: 1, seq: index, revision_hint: hint, epoch, auth_revision: 0, forwarded: None, op: Some(op) };
+        self.apply_command(index, &cmd.encode_to_vec()).unwrap()
+    }
+
     /// Applies a normal entry; returns who proposed it and what it produced.
     pub fn apply_command(&self, index: u64, data: &[u8]) -> Option<(Proposer, ApplyOutput)> {
         let cmd = match Command::decode(data) {
@@ -167,15 +186,7 @@ impl StateMachine {
             let refusal = refused(&t.alarms, op)
                 .or_else(|| t.fences.check_op(cmd.epoch, op).err())
                 .or_else(|| t.cross.check_op(op).err())
-                .or_else(|| {
-                    checked_by_auth(op)
-                        .then(|| {
-                            t.auth
-                                .stale(cmd.auth_revision)
-                                .or_else(|| crate::auth::federation::refusal(&t.federation_auth, cmd.forwarded.as_ref(), op))
-                        })
-                        .flatten()
-                })
+                .or_else(|| auth_refusal(t, &cmd, op))
                 .or_else(|| revision_passed(&cmd, t.mvcc.rev));
             if let Op::Compact(c) = op {
                 let mut batch = WriteBatch::default();

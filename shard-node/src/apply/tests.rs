@@ -30,16 +30,7 @@ impl Fixture {
     /// Applies `op` as the next entry, proposed with `hint` and `epoch`.
     fn apply_with(&mut self, op: Op, hint: i64, epoch: u64) -> ApplyOutput {
         self.index += 1;
-        let cmd = Command {
-            member_id: 1,
-            seq: self.index,
-            revision_hint: hint,
-            epoch,
-            auth_revision: 0,
-            forwarded: None,
-            op: Some(op),
-        };
-        let (p, out) = self.sm.apply_command(self.index, &cmd.encode_to_vec()).unwrap();
+        let (p, out) = self.sm.apply_test_entry(self.index, op, hint, epoch);
         assert_eq!(p, Proposer { member: 1, seq: self.index });
         out
     }

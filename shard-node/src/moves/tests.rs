@@ -9,7 +9,7 @@ use crate::engine::{Engine, MemoryEngine};
 use crate::error::Refusal;
 use std::sync::Arc;
 use tessera_proto::etcdserverpb::{DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest};
-use tessera_proto::tessera::command::{command::Op, Command, Fence};
+use tessera_proto::tessera::command::{command::Op, Fence};
 
 struct Side {
     engine: Arc<dyn Engine>,
@@ -27,16 +27,7 @@ impl Side {
 
     fn apply_with(&mut self, op: Op, hint: i64, epoch: u64) -> ApplyOutput {
         self.index += 1;
-        let cmd = Command {
-            member_id: 1,
-            seq: self.index,
-            revision_hint: hint,
-            epoch,
-            auth_revision: 0,
-            forwarded: None,
-            op: Some(op),
-        };
-        self.sm.apply_command(self.index, &cmd.encode_to_vec()).unwrap().1
+        self.sm.apply_test_entry(self.index, op, hint, epoch).1
     }
 
     fn apply(&mut self, op: Op) -> ApplyOutput {
