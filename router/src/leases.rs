@@ -192,7 +192,10 @@ impl Lease for LeaseService {
         // allowed to write every one of them.
         check_lease_puts(&self.backends, &caller, id, deadline).await?;
         // On every group at once: all of the lease's keys go at one revision.
-        match crate::cross_txn::revoke_lease(&self.backends, id, deadline).await? {
+        // Its prepares name the caller: a group that logged a newer auth
+        // store refuses them (`auth::Gate::write_for`).
+        let revoked = self.auth.write_for(&caller, crate::cross_txn::revoke_lease(&self.backends, id, deadline));
+        match revoked.await? {
             Some(h) => self.backends.answer_now(LeaseRevokeResponse { header: Some(h) }, deadline).await,
             None => Err(Error::LeaseNotFound.into()),
         }

@@ -79,7 +79,7 @@ pub struct ApplyOutput {
 /// The data writes whose permissions were checked against the auth store
 /// when they were proposed.
 fn checked_by_auth(op: &Op) -> bool {
-    matches!(op, Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::LeaseRevoke(_))
+    matches!(op, Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::LeaseRevoke(_) | Op::TxnPrepare(_))
 }
 
 /// What auth refuses of `cmd` when applied: a write checked before a

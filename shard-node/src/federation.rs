@@ -100,14 +100,21 @@ pub async fn run(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) 
         }
     }
     tracing::info!(name = me.name, "registered with placement");
-    let mut maps = shardmap::watcher::follow(endpoints, node.parts.dialer.clone());
+    let mut maps = shardmap::watcher::follow(endpoints.clone(), node.parts.dialer.clone());
+    let (auth_tx, mut auth) = tokio::sync::watch::channel(None);
+    let followed = crate::auth::federation::FollowedAuthState(auth_tx);
+    tokio::spawn(shardmap::watcher::follow_key(endpoints, node.parts.dialer.clone(), followed));
     loop {
         let map = maps.borrow_and_update().clone();
         if let Some(map) = map {
             reconcile(&node, &map).await;
         }
+        if let Some(state) = auth.borrow_and_update().clone() {
+            crate::auth::federation::install_led(&node, &state);
+        }
         tokio::select! {
             r = maps.changed() => if r.is_err() { return },
+            r = auth.changed() => if r.is_err() { return },
             _ = stop.changed() => return,
             // Retry what failed (a join whose group had no leader yet).
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}

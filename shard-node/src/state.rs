@@ -435,8 +435,23 @@ impl StateMachine {
     /// Waits until the group holds no cross-group txn prepared (writes
     /// would be refused until then), at most `timeout`.
     pub async fn wait_unheld(&self, timeout: Duration) -> Result<()> {
+        self.wait_holder(|h| h.is_none(), timeout).await
+    }
+
+    /// The cross-group txn prepared here, if any.
+    pub fn cross_held(&self) -> Option<i64> {
+        *self.cross_holder.borrow()
+    }
+
+    /// Waits until cross-group txn `id` is no longer prepared here
+    /// (committed, aborted or fenced), at most `timeout`.
+    pub async fn wait_txn_ended(&self, id: i64, timeout: Duration) -> Result<()> {
+        self.wait_holder(|h| *h != Some(id), timeout).await
+    }
+
+    async fn wait_holder(&self, done: impl FnMut(&Option<i64>) -> bool, timeout: Duration) -> Result<()> {
         let mut rx = self.cross_holder.subscribe();
-        let waited = tokio::time::timeout(timeout, rx.wait_for(|h| h.is_none())).await.map(|r| r.map(|_| ()));
+        let waited = tokio::time::timeout(timeout, rx.wait_for(done)).await.map(|r| r.map(|_| ()));
         match waited {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Error::Stopped),

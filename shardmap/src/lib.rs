@@ -14,6 +14,10 @@ pub use unit::placement_unit;
 
 /// The key in placement's own store that holds the map (JSON).
 pub const MAP_KEY: &[u8] = b"/tessera/placement/map";
+/// The federation's auth store (an encoded `AuthState`): changed by
+/// routers, followed by routers (which check calls against it) and by
+/// nodes (which install it on the groups they lead).
+pub const AUTH_STATE_KEY: &[u8] = b"/tessera/auth/state";
 
 /// etcd's "end of a prefix" for a range: the prefix with its last byte
 /// below 0xff incremented; `\0` (every key from the start) for none.

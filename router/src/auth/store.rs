@@ -20,7 +20,7 @@ use tessera_rpc::Error;
 use tokio::sync::watch;
 use tonic::Status;
 
-pub const STATE_KEY: &[u8] = b"/tessera/auth/state";
+pub const STATE_KEY: &[u8] = shardmap::AUTH_STATE_KEY;
 pub const TOKENS_PREFIX: &[u8] = b"/tessera/auth/tokens/";
 
 pub type StateRx = watch::Receiver<Option<Arc<AuthStore>>>;

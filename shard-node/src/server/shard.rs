@@ -69,6 +69,14 @@ impl Shard for ShardService {
         if state.revision > g.sm.federation_auth_revision() {
             g.propose(Op::FederationAuth(state)).await?.result?;
         }
+        // A cross-group txn prepared here before the store was logged was
+        // checked against an older one, and its commit cannot be refused:
+        // the change is answered once it has ended (one is prepared at a
+        // time; one prepared after the store was logged was checked by it,
+        // and waiting for it too only costs its commit's round trip).
+        if let Some(held) = g.sm.cross_held() {
+            g.sm.wait_txn_ended(held, g.settings.request_timeout).await?;
+        }
         let auth_revision = g.sm.federation_auth_revision();
         Ok(Response::new(InstallAuthResponse { header: Some(g.header(g.sm.current_revision())), auth_revision }))
     }
@@ -95,7 +103,13 @@ impl Shard for ShardService {
         let g = &self.group;
         let req = req.into_inner();
         let revoke = req.revoke_lease;
-        let out = g.propose(Op::TxnPrepare(req)).await?;
+        // Checked as the write it prepares: refused if the group logged a
+        // newer federation auth store than the router checked it at
+        // (`crate::auth::federation`). Its commit is never refused: once
+        // prepared everywhere the txn is decided (an auth change waits for
+        // it instead, `install_auth`). The group's own auth is off in a
+        // federation: no revision of its own store to check.
+        let out = g.propose_checked(Op::TxnPrepare(req), 0).await?;
         let Applied::Prepared { revision, compares, failures } = out.result? else {
             return Err(unexpected());
         };
