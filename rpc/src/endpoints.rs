@@ -5,12 +5,32 @@
 use crate::tls::Dialer;
 use axum::http::StatusCode;
 use axum::routing::get;
-use prometheus::{Encoder, TextEncoder};
+use prometheus::{register_int_gauge_vec, Encoder, IntGaugeVec, TextEncoder};
+use std::sync::LazyLock;
 
 /// The etcd API level implemented (3.5's watch-progress semantics, which
 /// Kubernetes relies on); reported by `/version` and Maintenance.Status.
 pub const ETCD_API_VERSION: &str = "3.5.17";
 const ETCD_CLUSTER_VERSION: &str = "3.5.0";
+
+/// etcd's version series (dashboards and upgrade checks read them): 1 on
+/// the version served, as `/version` reports it.
+static SERVER_VERSION: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "etcd_server_version",
+        "Which version is running. 1 for 'server_version' label with current version.",
+        &["server_version"]
+    )
+    .expect("register etcd_server_version")
+});
+static CLUSTER_VERSION: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "etcd_cluster_version",
+        "Which version is running. 1 for 'cluster_version' label with current cluster version",
+        &["cluster_version"]
+    )
+    .expect("register etcd_cluster_version")
+});
 
 /// etcd's request limit (--max-request-bytes default).
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1572864;
@@ -67,6 +87,10 @@ where
     H: Fn() -> F + Clone + Send + Sync + 'static,
     F: std::future::Future<Output = bool> + Send,
 {
+    SERVER_VERSION.with_label_values(&[ETCD_API_VERSION]).set(1);
+    // etcd labels the cluster version major.minor ("3.5").
+    let minor = ETCD_CLUSTER_VERSION.rsplit_once('.').map_or(ETCD_CLUSTER_VERSION, |(m, _)| m);
+    CLUSTER_VERSION.with_label_values(&[minor]).set(1);
     axum::Router::new()
         .route("/version", get(|| async { version_json() }))
         .route(
@@ -87,4 +111,18 @@ where
                 async { metrics_text() }
             }),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_say_the_version_version_says() {
+        let _ = routes(|| async { true }, || {});
+        let text = metrics_text();
+        assert!(text.contains(&format!("etcd_server_version{{server_version=\"{ETCD_API_VERSION}\"}} 1")), "{text}");
+        assert!(text.contains("etcd_cluster_version{cluster_version=\"3.5\"} 1"), "{text}");
+        assert!(version_json().contains(&format!("\"etcdserver\":\"{ETCD_API_VERSION}\"")));
+    }
 }

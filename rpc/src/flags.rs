@@ -144,6 +144,8 @@ impl ServeTlsArgs {
             client_cert_auth: self.client_cert_auth,
             crl_file: path(&self.client_crl_file),
             auto_tls: self.auto_tls,
+            allowed_cn: None,
+            allowed_hostname: None,
         }
     }
 

@@ -67,7 +67,10 @@ pub async fn serve_with_streams(
                 Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
                     Ok(Ok((stream, identity))) => (Box::new(stream), identity),
                     // etcd logs these too ("rejected connection from ...").
-                    Ok(Err(e)) => return tracing::info!(%peer, error = %e, "rejected connection: TLS handshake failed"),
+                    Ok(Err(e)) => {
+                        let error = crate::tls::handshake_error(&e);
+                        return tracing::info!(%peer, error, "rejected connection: TLS handshake failed");
+                    }
                     Err(_) => return tracing::info!(%peer, "rejected connection: TLS handshake timed out"),
                 },
             };
@@ -154,7 +157,10 @@ pub fn incoming(
                     None => Box::new(tcp),
                     Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
                         Ok(Ok((stream, _))) => Box::new(stream),
-                        Ok(Err(e)) => return tracing::info!(%peer, error = %e, "rejected peer connection: TLS handshake failed"),
+                        Ok(Err(e)) => {
+                            let error = crate::tls::handshake_error(&e);
+                            return tracing::info!(%peer, error, "rejected peer connection: TLS handshake failed");
+                        }
                         Err(_) => return tracing::info!(%peer, "rejected peer connection: TLS handshake timed out"),
                     },
                 };

@@ -52,6 +52,12 @@ pub struct TlsFiles {
     pub crl_file: Option<PathBuf>,
     /// Generate a self-signed certificate (in `auto_dir`) when none is given.
     pub auto_tls: bool,
+    /// Accept only client certificates with this subject common name
+    /// (etcd's `--peer-cert-allowed-cn`).
+    pub allowed_cn: Option<String>,
+    /// Accept only client certificates valid for this host name (etcd's
+    /// `--peer-cert-allowed-hostname`: the certificate's DNS or IP names).
+    pub allowed_hostname: Option<String>,
 }
 
 impl TlsFiles {
@@ -67,6 +73,17 @@ impl TlsFiles {
         }
         if self.client_cert_auth && self.trusted_ca_file.is_none() && !self.auto_tls {
             return Err(TlsError::Config(format!("{side}: client certificate authentication needs a trusted CA file")));
+        }
+        // etcd would take these and check nothing on its server side
+        // without client certificate authentication: refused instead.
+        if (self.allowed_cn.is_some() || self.allowed_hostname.is_some()) && !self.client_cert_auth {
+            return Err(TlsError::Config(format!(
+                "{side}: an allowed common name or host name needs client certificate authentication"
+            )));
+        }
+        if self.allowed_cn.is_some() && self.allowed_hostname.is_some() {
+            // etcd 3.4's "AllowedCN and AllowedHostname are mutually exclusive".
+            return Err(TlsError::Config(format!("{side}: the allowed common name and host name are mutually exclusive")));
         }
         Ok(())
     }
@@ -281,7 +298,8 @@ impl Source {
                     v = v.with_crls(crls(crl)?);
                 }
                 let inner = v.build().map_err(|e| TlsError::Config(e.to_string()))?;
-                builder.with_client_cert_verifier(Arc::new(TrustedSelfSigned { inner, roots: certs(ca)? }))
+                let allowed = Allowed { cn: self.files.allowed_cn.clone(), hostname: self.files.allowed_hostname.clone() };
+                builder.with_client_cert_verifier(Arc::new(TrustedSelfSigned { inner, roots: certs(ca)?, allowed }))
             }
             _ => builder.with_no_client_auth(),
         };
@@ -303,6 +321,75 @@ fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsEr
     CertificateRevocationListDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError::Parse { path: path.to_path_buf(), msg: e.to_string() })
+}
+
+/// The DNS names and IP addresses a certificate is valid for.
+fn alt_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else { return vec![] };
+    let Ok(Some(san)) = parsed.subject_alternative_name() else { return vec![] };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            GeneralName::IPAddress(ip) => match ip.len() {
+                4 => Some(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*ip).ok()?).to_string()),
+                16 => Some(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*ip).ok()?).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// A failed TLS handshake as etcd (Go's crypto/tls) words it where the
+/// other side refused it — "remote error: tls: bad certificate" — so log
+/// alerts written for etcd keep working; any other error as its chain reads.
+pub fn handshake_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = vec![];
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
+            // io::Error's source() skips the error it wraps.
+            err.downcast_ref::<io::Error>().and_then(io::Error::get_ref).and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::AlertReceived(alert)) = tls {
+            return format!("remote error: tls: {}", go_alert_text(*alert));
+        }
+        chain.push(err.to_string());
+        cur = err.source();
+    }
+    chain.dedup();
+    chain.join(": ")
+}
+
+/// Go's text for a TLS alert (crypto/tls alert.go).
+fn go_alert_text(alert: rustls::AlertDescription) -> String {
+    use rustls::AlertDescription as A;
+    match alert {
+        A::CloseNotify => "close notify",
+        A::UnexpectedMessage => "unexpected message",
+        A::BadRecordMac => "bad record MAC",
+        A::HandshakeFailure => "handshake failure",
+        A::BadCertificate => "bad certificate",
+        A::UnsupportedCertificate => "unsupported certificate",
+        A::CertificateRevoked => "revoked certificate",
+        A::CertificateExpired => "expired certificate",
+        A::CertificateUnknown => "unknown certificate",
+        A::IllegalParameter => "illegal parameter",
+        A::UnknownCA => "unknown certificate authority",
+        A::AccessDenied => "access denied",
+        A::DecodeError => "error decoding message",
+        A::DecryptError => "error decrypting message",
+        A::ProtocolVersion => "protocol version not supported",
+        A::InsufficientSecurity => "insufficient security level",
+        A::InternalError => "internal error",
+        A::CertificateRequired => "certificate required",
+        A::NoApplicationProtocol => "no application protocol",
+        other => return format!("{other:?}"),
+    }
+    .to_string()
 }
 
 fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
@@ -421,7 +508,51 @@ async fn stream(config: Option<Arc<rustls::ClientConfig>>, host: &str, port: u16
     }
     let config = config.unwrap_or_else(|| Arc::new(no_roots()));
     let name = ServerName::try_from(host.to_string()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    Ok(Box::new(tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?))
+    let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(go_worded)?;
+    Ok(Box::new(GoWorded(tls)))
+}
+
+/// A TLS error in Go's words (`handshake_error`), carried as text: h2 keeps
+/// only the text of an I/O error, and with TLS 1.3 a server refusing our
+/// certificate shows only on the first read, inside h2.
+fn go_worded(e: io::Error) -> io::Error {
+    let tls = e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>());
+    if tls {
+        io::Error::new(e.kind(), handshake_error(&e))
+    } else {
+        e
+    }
+}
+
+/// A client TLS stream whose errors read as `go_worded`.
+struct GoWorded<S>(S);
+
+impl<S: AsyncRead + Unpin> AsyncRead for GoWorded<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf).map_err(go_worded)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for GoWorded<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf).map_err(go_worded)
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs).map_err(go_worded)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx).map_err(go_worded)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx).map_err(go_worded)
+    }
 }
 
 /// No dialer TLS configured: an `https://` server cannot be verified.
@@ -467,7 +598,8 @@ impl tower::Service<http::Uri> for Connector {
 /// Accepts any server certificate (its signature over the handshake is
 /// still checked): `--insecure-skip-tls-verify`, and auto-TLS peers, whose
 /// certificates no CA signed.
-/// Client certificates as Go's crypto/x509 checks them: webpki's checks,
+/// Client certificates as Go's crypto/x509 checks them (then etcd's allowed
+/// common name or host name): webpki's checks,
 /// and also a certificate that is itself one of the trusted CAs (a
 /// self-signed certificate given as both, like etcd's e2e fixture
 /// CommonName-root.crt), which webpki refuses as a CA used as an end entity.
@@ -476,6 +608,51 @@ impl tower::Service<http::Uri> for Connector {
 struct TrustedSelfSigned {
     inner: Arc<dyn ClientCertVerifier>,
     roots: Vec<CertificateDer<'static>>,
+    allowed: Allowed,
+}
+
+/// Who may connect among the certificates the CA vouches for
+/// (`--peer-cert-allowed-cn`, `--peer-cert-allowed-hostname`).
+#[derive(Debug, Default)]
+struct Allowed {
+    cn: Option<String>,
+    hostname: Option<String>,
+}
+
+impl Allowed {
+    /// Refused as etcd refuses it: the handshake fails with a "bad
+    /// certificate" alert (what the caller's log shows).
+    fn check(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        let refused = |expected: &str, presented: Vec<String>| {
+            // etcd's words for it (its operators' alerts look for them).
+            tracing::warn!(
+                allowed = expected,
+                ?presented,
+                error = "client certificate authentication failed",
+                "rejected a client certificate"
+            );
+            rustls::Error::InvalidCertificate(match ServerName::try_from(expected.to_string()) {
+                Ok(expected) => rustls::CertificateError::NotValidForNameContext { expected, presented },
+                Err(_) => rustls::CertificateError::NotValidForName,
+            })
+        };
+        if let Some(cn) = &self.cn {
+            let presented = common_name(cert);
+            if presented.as_deref() != Some(cn.as_str()) {
+                return Err(refused(cn, presented.into_iter().map(|n| format!("CN={n}")).collect()));
+            }
+        }
+        if let Some(host) = &self.hostname {
+            let valid = ServerName::try_from(host.as_str()).ok().is_some_and(|name| {
+                rustls::server::ParsedCertificate::try_from(cert)
+                    .is_ok_and(|parsed| rustls::client::verify_server_name(&parsed, &name).is_ok())
+            });
+            if !valid {
+                return Err(refused(host, alt_names(cert)));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl ClientCertVerifier for TrustedSelfSigned {
@@ -494,12 +671,14 @@ impl ClientCertVerifier for TrustedSelfSigned {
                 .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
             let at = x509_parser::time::ASN1Time::from_timestamp(now.as_secs() as i64)
                 .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
-            return match cert.validity().is_valid_at(at) {
-                true => Ok(ClientCertVerified::assertion()),
-                false => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Expired)),
-            };
+            if !cert.validity().is_valid_at(at) {
+                return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Expired));
+            }
+        } else {
+            self.inner.verify_client_cert(end_entity, intermediates, now)?;
         }
-        self.inner.verify_client_cert(end_entity, intermediates, now)
+        self.allowed.check(end_entity)?;
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

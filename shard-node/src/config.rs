@@ -155,6 +155,12 @@ pub struct PeerTlsArgs {
     /// Path to the peer certificate revocation list file.
     #[arg(long, default_value = "")]
     pub peer_crl_file: String,
+    /// Allowed CN for inter peer authentication.
+    #[arg(long, default_value = "")]
+    pub peer_cert_allowed_cn: String,
+    /// Allowed TLS hostname for inter peer authentication.
+    #[arg(long, default_value = "")]
+    pub peer_cert_allowed_hostname: String,
 }
 
 /// `client-transport-security:` / `peer-transport-security:` in etcd's YAML.
@@ -167,6 +173,8 @@ pub struct TransportSecurity {
     pub client_cert_auth: bool,
     pub auto_tls: bool,
     pub crl_file: String,
+    pub allowed_cn: String,
+    pub allowed_hostname: String,
 }
 
 fn path(s: &str) -> Option<PathBuf> {
@@ -223,6 +231,8 @@ impl Config {
                         peer_client_cert_auth: t.client_cert_auth,
                         peer_auto_tls: t.auto_tls,
                         peer_crl_file: t.crl_file,
+                        peer_cert_allowed_cn: t.allowed_cn,
+                        peer_cert_allowed_hostname: t.allowed_hostname,
                     };
                 }
                 Ok(c)
@@ -281,6 +291,8 @@ impl Config {
             client_cert_auth: p.peer_client_cert_auth,
             crl_file: path(&p.peer_crl_file),
             auto_tls: p.peer_auto_tls,
+            allowed_cn: (!p.peer_cert_allowed_cn.is_empty()).then(|| p.peer_cert_allowed_cn.clone()),
+            allowed_hostname: (!p.peer_cert_allowed_hostname.is_empty()).then(|| p.peer_cert_allowed_hostname.clone()),
         }
     }
 

@@ -22,6 +22,87 @@ fn half_given_flags_are_refused() {
     assert!(f.validate("client").is_err());
     let f = TlsFiles { client_cert_auth: true, cert_file: Some("c".into()), key_file: Some("k".into()), ..Default::default() };
     assert!(f.validate("client").is_err());
+    // An allowed name with nothing to check it against, or both kinds.
+    let served = TlsFiles { cert_file: Some("c".into()), key_file: Some("k".into()), ..Default::default() };
+    let f = TlsFiles { allowed_cn: Some("a".into()), ..served.clone() };
+    assert!(f.validate("peer").unwrap_err().to_string().contains("needs client certificate authentication"));
+    let f = TlsFiles {
+        allowed_cn: Some("a".into()),
+        allowed_hostname: Some("a".into()),
+        client_cert_auth: true,
+        trusted_ca_file: Some("ca".into()),
+        ..served.clone()
+    };
+    assert!(f.validate("peer").unwrap_err().to_string().contains("mutually exclusive"));
+}
+
+/// Serves `tls` on a local port: each accepted connection writes one byte;
+/// each handshake's outcome goes to the receiver.
+async fn serve_one_byte(tls: Arc<ServerTls>) -> (String, tokio::sync::mpsc::UnboundedReceiver<Result<ClientIdentity, String>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (tls, seen_tx) = (tls.clone(), seen_tx.clone());
+            tokio::spawn(async move {
+                let r = tls.accept(tcp).await.map(|(mut s, id)| {
+                    tokio::spawn(async move {
+                        let _ = tokio::io::AsyncWriteExt::write_all(&mut s, b"x").await;
+                    });
+                    id
+                });
+                let _ = seen_tx.send(r.map_err(|e| handshake_error(&e)));
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// Reads the one byte `url` serves, as `who` (a certificate of `ca`).
+async fn read_one_as(ca: &DevCa, who: &CertFiles, url: &str) -> std::io::Result<()> {
+    let files = ClientFiles {
+        ca_file: Some(ca.ca_file.clone()),
+        cert_file: Some(who.cert_file.clone()),
+        key_file: Some(who.key_file.clone()),
+        insecure_skip_verify: false,
+    };
+    let (mut io, _) = Dialer::new(&files, &[]).unwrap().http1(url).await?;
+    let mut b = [0u8; 1];
+    tokio::io::AsyncReadExt::read_exact(&mut io, &mut b).await?;
+    Ok(())
+}
+
+/// etcd's --peer-cert-allowed-cn and --peer-cert-allowed-hostname: of the
+/// certificates the CA signed, only the allowed one connects; the refused
+/// caller reads what etcd's would ("remote error: tls: bad certificate").
+#[tokio::test]
+async fn only_the_allowed_common_name_or_host_name_connects() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::create(&dir.path().join("ca")).unwrap();
+    let server = ca.issue("server", &["127.0.0.1".into()]).unwrap();
+    let alice = ca.issue("alice", &["alice.example".into()]).unwrap();
+    let bob = ca.issue("bob", &["bob.example".into()]).unwrap();
+    let requiring = |allowed_cn: Option<&str>, allowed_hostname: Option<&str>| TlsFiles {
+        cert_file: Some(server.cert_file.clone()),
+        key_file: Some(server.key_file.clone()),
+        trusted_ca_file: Some(ca.ca_file.clone()),
+        client_cert_auth: true,
+        allowed_cn: allowed_cn.map(Into::into),
+        allowed_hostname: allowed_hostname.map(Into::into),
+        ..Default::default()
+    };
+    for files in [requiring(Some("alice"), None), requiring(None, Some("alice.example"))] {
+        let tls = ServerTls::new(&files, &[], dir.path(), &[]).unwrap().unwrap();
+        let (url, mut seen) = serve_one_byte(tls).await;
+        read_one_as(&ca, &alice, &url).await.unwrap();
+        assert_eq!(seen.recv().await.unwrap().unwrap().common_name.as_deref(), Some("alice"));
+        let refused = read_one_as(&ca, &bob, &url).await.unwrap_err();
+        assert_eq!(handshake_error(&refused), "remote error: tls: bad certificate", "{files:?}");
+        let why = seen.recv().await.unwrap().unwrap_err();
+        assert!(why.contains("not valid for name") && why.contains("bob"), "{why}");
+    }
 }
 
 /// A server with client-cert-auth, a client with and without a certificate

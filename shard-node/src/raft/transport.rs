@@ -113,6 +113,9 @@ fn report(mailboxes: &Mailboxes, group: u64, msg: Msg) {
 /// Keeps one stream to a peer open, reconnecting with backoff.
 async fn peer_loop(url: String, mut rx: mpsc::Receiver<Outgoing>, mailboxes: Mailboxes, dialer: tessera_rpc::tls::Dialer) {
     let mut backoff = Duration::from_millis(50);
+    // Logged when it changes (a peer still starting, then refusing our
+    // certificate), not on every retry.
+    let mut last_error = None;
     'connect: loop {
         let channel = match tonic::transport::Endpoint::from_shared(url.clone()) {
             Ok(ep) => dialer.connect(ep.connect_timeout(Duration::from_secs(1))).await,
@@ -123,7 +126,8 @@ async fn peer_loop(url: String, mut rx: mpsc::Receiver<Outgoing>, mailboxes: Mai
         };
         let channel = match channel {
             Ok(c) => c,
-            Err(_) => {
+            Err(e) => {
+                log_if_new(&mut last_error, &url, &e);
                 // Tell raft about what could not be delivered meanwhile.
                 while let Ok(out) = rx.try_recv() {
                     fail(&mailboxes, &out);
@@ -144,7 +148,11 @@ async fn peer_loop(url: String, mut rx: mpsc::Receiver<Outgoing>, mailboxes: Mai
             let batch = RaftBatch { group_id: out.group, messages: out.msgs.clone() };
             if stx.send(batch).await.is_err() {
                 fail(&mailboxes, &out);
-                let _ = call.await;
+                // Where a peer refusing our certificate shows with TLS 1.3
+                // (after our side of the handshake was done).
+                if let Ok(Err(status)) = call.await {
+                    log_if_new(&mut last_error, &url, &status);
+                }
                 continue 'connect;
             }
             if out.snapshot {
@@ -152,6 +160,15 @@ async fn peer_loop(url: String, mut rx: mpsc::Receiver<Outgoing>, mailboxes: Mai
             }
         }
         return;
+    }
+}
+
+/// Logs why `url` cannot be reached, unless that was the last reason.
+fn log_if_new(last: &mut Option<String>, url: &str, e: &(dyn std::error::Error + 'static)) {
+    let error = tessera_rpc::tls::handshake_error(e);
+    if last.as_ref() != Some(&error) {
+        tracing::warn!(url, error, "cannot reach peer");
+        *last = Some(error);
     }
 }
 
