@@ -130,6 +130,14 @@ fn revision_passed(cmd: &Command, rev: i64) -> Option<Error> {
     (own && cmd.revision_hint > 0 && cmd.revision_hint <= rev).then_some(Refusal::RevisionPassed { current: rev }.into())
 }
 
+/// A store at the last revision takes no more commands (the next revision
+/// would overflow). Reached only through a corrupted log or a hint no
+/// oracle hands out (i64::MAX): refused, never a panic or a revision
+/// written twice.
+fn revisions_exhausted(rev: i64) -> Option<Error> {
+    (rev == i64::MAX).then(|| Error::Internal("revision space exhausted".into()))
+}
+
 /// The commands that write at a revision of their own: in a federation,
 /// a fresh timestamp of the oracle (`Group::propose_checked`).
 pub(crate) fn takes_own_revision(op: &Op) -> bool {
@@ -187,7 +195,8 @@ impl StateMachine {
                 .or_else(|| t.fences.check_op(cmd.epoch, op).err())
                 .or_else(|| t.cross.check_op(op).err())
                 .or_else(|| auth_refusal(t, &cmd, op))
-                .or_else(|| revision_passed(&cmd, t.mvcc.rev));
+                .or_else(|| revision_passed(&cmd, t.mvcc.rev))
+                .or_else(|| revisions_exhausted(t.mvcc.rev));
             if let Op::Compact(c) = op {
                 let mut batch = WriteBatch::default();
                 let result = match refusal {

@@ -23,8 +23,8 @@ impl Members {
         let (start, end) = keys.table(b'n');
         let mut by_id = BTreeMap::new();
         engine.scan(&start, &end, &mut |k, v| {
-            if let Ok(m) = MemberContext::decode(v) {
-                by_id.insert(decode_u64(keys.suffix(k)), m);
+            if let (Ok(id), Ok(m)) = (decode_u64(keys.suffix(k)), MemberContext::decode(v)) {
+                by_id.insert(id, m);
             }
             true
         })?;

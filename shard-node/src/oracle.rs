@@ -40,7 +40,7 @@ pub struct Reservation {
 
 impl Reservation {
     pub fn load(engine: &dyn crate::engine::Engine, keys: &GroupKeys) -> Result<Self> {
-        let limit = engine.get(&keys.meta(META_LIMIT))?.map(|v| crate::engine::keys::decode_i64(&v)).unwrap_or(0);
+        let limit = engine.get(&keys.meta(META_LIMIT))?.map(|v| crate::engine::keys::decode_i64(&v)).transpose()?.unwrap_or(0);
         Ok(Reservation { limit })
     }
 

@@ -61,7 +61,7 @@ pub struct Replica {
 /// its own).
 fn next_incarnation(engine: &dyn Engine, keys: &GroupKeys) -> anyhow::Result<u64> {
     let key = keys.identity("incarnation");
-    let next = engine.get(&key)?.map_or(0, |v| decode_u64(&v)) + 1;
+    let next = engine.get(&key)?.map(|v| decode_u64(&v)).transpose()?.unwrap_or(0) + 1;
     let mut batch = WriteBatch::default();
     batch.put(key, next.to_be_bytes().to_vec());
     engine.write(batch, true)?;
@@ -69,7 +69,7 @@ fn next_incarnation(engine: &dyn Engine, keys: &GroupKeys) -> anyhow::Result<u64
 }
 
 fn identity(engine: &dyn Engine, keys: &GroupKeys, name: &str) -> anyhow::Result<Option<u64>> {
-    Ok(engine.get(&keys.identity(name))?.map(|v| decode_u64(&v)))
+    Ok(engine.get(&keys.identity(name))?.map(|v| decode_u64(&v)).transpose()?)
 }
 
 /// Whether this node has data for `group` (it hosted it before).

@@ -180,7 +180,7 @@ impl StateMachine {
         };
         let auth = load_auth(META_AUTH)?;
         let federation_auth = load_auth(crate::auth::federation::META_FEDERATION_AUTH)?;
-        let applied = self.engine.get(&self.keys.meta(META_APPLIED))?.map(|v| decode_u64(&v)).unwrap_or(0);
+        let applied = self.engine.get(&self.keys.meta(META_APPLIED))?.map(|v| decode_u64(&v)).transpose()?.unwrap_or(0);
         let rev = mvcc.rev;
         {
             let mut t = self.tables.write();

@@ -250,3 +250,15 @@ fn an_undecodable_entry_is_skipped_but_counted_as_applied() {
     f.index = 1;
     assert_eq!(f.put("a", "1", 0), Ok(2));
 }
+
+#[test]
+fn a_store_at_the_last_revision_refuses_writes_and_reopens() {
+    let mut f = Fixture::new();
+    let put = |k: &str| Op::Put(PutRequest { key: k.into(), value: b"v".to_vec(), ..Default::default() });
+    // A hint no oracle hands out (a corrupted log): taken, then nothing more.
+    assert!(f.apply_with(put("/a"), i64::MAX, 0).result.is_ok());
+    assert_eq!(f.sm.current_revision(), i64::MAX);
+    let refused = f.apply(put("/a")).result.unwrap_err();
+    assert_eq!(refused.to_string(), Error::Internal("revision space exhausted".into()).to_string());
+    assert_eq!(f.reopen().current_revision(), i64::MAX);
+}

@@ -90,14 +90,42 @@ impl GroupKeys {
     }
 }
 
-pub fn decode_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(a)
+/// A stored integer: exactly 8 bytes, big-endian. Anything else is
+/// corruption (or a snapshot not written by a member), never a panic.
+pub fn decode_u64(b: &[u8]) -> super::Result<u64> {
+    <[u8; 8]>::try_from(b).map(u64::from_be_bytes).map_err(|_| corrupt_integer(b))
 }
 
-pub fn decode_i64(b: &[u8]) -> i64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    i64::from_be_bytes(a)
+/// `decode_u64`, signed.
+pub fn decode_i64(b: &[u8]) -> super::Result<i64> {
+    <[u8; 8]>::try_from(b).map(i64::from_be_bytes).map_err(|_| corrupt_integer(b))
+}
+
+/// The two integers of a 16-byte suffix or value (a revision, a lease's
+/// TTLs, a truncated log's index and term).
+pub fn decode_pair(b: &[u8]) -> super::Result<(i64, i64)> {
+    match b.len() {
+        16 => Ok((decode_i64(&b[..8])?, decode_i64(&b[8..])?)),
+        _ => Err(corrupt_integer(b)),
+    }
+}
+
+fn corrupt_integer(b: &[u8]) -> super::EngineError {
+    super::EngineError(format!("corrupt stored integer ({} bytes)", b.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_integers_of_another_length_are_corruption_not_a_panic() {
+        assert_eq!(decode_u64(&7u64.to_be_bytes()).unwrap(), 7);
+        assert_eq!(decode_i64(&(-7i64).to_be_bytes()).unwrap(), -7);
+        assert!(decode_u64(&[1, 2, 3]).is_err());
+        assert!(decode_i64(&[0; 9]).is_err());
+        let pair = [5i64.to_be_bytes(), 6i64.to_be_bytes()].concat();
+        assert_eq!(decode_pair(&pair).unwrap(), (5, 6));
+        assert!(decode_pair(&pair[..15]).is_err());
+    }
 }

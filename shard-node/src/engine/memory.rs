@@ -1,5 +1,6 @@
 //! An engine in memory, for unit tests of everything above the trait
-//! (stores, lease table, raft log, state machine, driver). Same contract as
+//! (stores, lease table, raft log, state machine, driver) and the fuzz
+//! targets (fuzz/: thousands of state machines a second). Same contract as
 //! rocksdb's: atomic batches, consistent scans; `sync` is a no-op.
 
 use super::{BatchOp, Engine, Result, WriteBatch};

@@ -7,11 +7,9 @@
 //! durable, which is what lets apply skip the fsync.
 
 pub mod keys;
-#[cfg(test)]
 mod memory;
 mod rocks;
 
-#[cfg(test)]
 pub use memory::MemoryEngine;
 pub use rocks::RocksEngine;
 

@@ -5,7 +5,7 @@
 //! `keys` are exactly the live keys attached to it. When a lease expires is
 //! not replicated: see `liveness.rs`.
 
-use crate::engine::keys::{decode_i64, GroupKeys};
+use crate::engine::keys::{decode_i64, decode_pair, GroupKeys};
 use crate::engine::{Engine, WriteBatch};
 use crate::error::Result;
 use std::collections::{BTreeMap, BTreeSet};
@@ -43,14 +43,20 @@ impl LeaseTable {
     pub fn reload(&mut self, engine: &dyn Engine, attached: impl Iterator<Item = (Vec<u8>, i64)>) -> Result<()> {
         self.leases.clear();
         let (start, end) = self.keys.table(b'l');
+        let mut bad = None;
         engine.scan(&start, &end, &mut |k, v| {
-            if v.len() >= 16 {
-                let id = decode_i64(self.keys.suffix(k));
-                let l = Lease { id, ttl: decode_i64(&v[..8]), remaining_ttl: decode_i64(&v[8..16]), keys: BTreeSet::new() };
-                self.leases.insert(id, l);
+            // A lease's value: its TTL and remaining TTL (`encode`).
+            match (decode_i64(self.keys.suffix(k)), decode_pair(v)) {
+                (Ok(id), Ok((ttl, remaining_ttl))) => {
+                    self.leases.insert(id, Lease { id, ttl, remaining_ttl, keys: BTreeSet::new() });
+                }
+                _ => bad = Some(format!("corrupt lease {:?}", self.keys.suffix(k))),
             }
-            true
+            bad.is_none()
         })?;
+        if let Some(e) = bad {
+            return Err(crate::error::Error::Internal(e));
+        }
         for (key, id) in attached {
             if let Some(l) = self.leases.get_mut(&id) {
                 l.keys.insert(key);

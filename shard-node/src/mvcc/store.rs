@@ -10,7 +10,7 @@
 
 use super::range;
 use super::{KeyIndex, Rev};
-use crate::engine::keys::{decode_i64, GroupKeys};
+use crate::engine::keys::{decode_i64, decode_pair, GroupKeys};
 use crate::engine::{Engine, WriteBatch};
 use crate::error::{Error, Result};
 use prost::Message;
@@ -77,6 +77,17 @@ impl State {
     }
 }
 
+/// A revision key's suffix: (main, sub), both big-endian. Revisions start
+/// at 1 and subs at 0: a negative one (which would sort after every
+/// positive one, breaking each key's history order) is corruption.
+fn revision_of(suffix: &[u8]) -> Result<Rev> {
+    let (main, sub) = decode_pair(suffix)?;
+    if main < 1 || sub < 0 {
+        return Err(Error::Internal(format!("corrupt revision key ({main}, {sub})")));
+    }
+    Ok(Rev::new(main, sub))
+}
+
 impl MvccStore {
     pub fn new(engine: Arc<dyn Engine>, keys: GroupKeys) -> Self {
         Self { engine, keys }
@@ -95,8 +106,13 @@ impl MvccStore {
         let mut bytes = 0u64;
         self.engine.scan(&start, &end, &mut |k, v| {
             bytes += v.len() as u64;
-            let suffix = self.keys.suffix(k);
-            let rev = Rev::new(decode_i64(&suffix[..8]), decode_i64(&suffix[8..16]));
+            let rev = match revision_of(self.keys.suffix(k)) {
+                Ok(rev) => rev,
+                Err(e) => {
+                    bad = Some(e.to_string());
+                    return false;
+                }
+            };
             match KeyValue::decode(v) {
                 Ok(kv) => match place(&kv.key, rev.sub) {
                     Place::Live => &mut index,
@@ -119,13 +135,15 @@ impl MvccStore {
         if let Some(e) = bad {
             return Err(Error::Internal(format!("corrupt revision value: {e}")));
         }
-        let meta =
-            |name, empty| -> Result<i64> { Ok(self.engine.get(&self.keys.meta(name))?.map(|v| decode_i64(&v)).unwrap_or(empty)) };
+        let meta = |name, empty| -> Result<i64> {
+            Ok(self.engine.get(&self.keys.meta(name))?.map(|v| decode_i64(&v)).transpose()?.unwrap_or(empty))
+        };
         // As etcd, an empty store is at revision 1 (its first write is 2):
         // a list of nothing still returns a revision a watch can start from.
         let compact_rev = meta(META_COMPACT, 0)?;
         // Data written before compactions ran in the background was compacted at apply.
-        let compacted_to = self.engine.get(&self.keys.meta(META_COMPACTED))?.map_or(compact_rev, |v| decode_i64(&v));
+        let compacted_to =
+            self.engine.get(&self.keys.meta(META_COMPACTED))?.map(|v| decode_i64(&v)).transpose()?.unwrap_or(compact_rev);
         Ok(State { index, rev: meta(META_REV, 1)?, compact_rev, compacted_to, bytes, staged, retired })
     }
 
@@ -173,8 +191,8 @@ impl MvccStore {
         let mut revs = 0usize;
         let mut bad = None;
         self.engine.scan(&start, &end, &mut |k, v| {
-            let suffix = self.keys.suffix(k);
-            let (main, sub) = (decode_i64(&suffix[..8]), decode_i64(&suffix[8..16]));
+            // Written by this store (`load` checked every one).
+            let Ok(Rev { main, sub }) = revision_of(self.keys.suffix(k)) else { return true };
             if main != last_main {
                 if revs == max_revs {
                     return false;
@@ -262,7 +280,7 @@ impl MvccStore {
         let mut h = crc32fast::Hasher::new();
         self.engine.scan(&start, &end, &mut |k, v| {
             let suffix = self.keys.suffix(k);
-            let r = Rev::new(decode_i64(&suffix[..8]), decode_i64(&suffix[8..16]));
+            let Ok(r) = revision_of(suffix) else { return true };
             if r.main > compact || kept.contains(&r) {
                 h.update(suffix);
                 h.update(v);

@@ -71,19 +71,28 @@ impl RaftStorage {
         };
         let truncated = match get(keys.truncated_state())? {
             Some(v) => {
-                Truncated { index: crate::engine::keys::decode_u64(&v[..8]), term: crate::engine::keys::decode_u64(&v[8..16]) }
+                let (index, term) = crate::engine::keys::decode_pair(&v).map_err(other)?;
+                // Stored as two u64s: the same bits.
+                Truncated { index: index as u64, term: term as u64 }
             }
             None => Truncated::default(),
         };
         let (start, end) = keys.table(b'L');
         let mut last_index = truncated.index;
         // The log is short (compacted behind snapshots): find its end.
+        let mut bad = None;
         engine
             .scan(&start, &end, &mut |k, _| {
-                last_index = crate::engine::keys::decode_u64(keys.suffix(k));
-                true
+                match crate::engine::keys::decode_u64(keys.suffix(k)) {
+                    Ok(index) => last_index = index,
+                    Err(e) => bad = Some(e),
+                }
+                bad.is_none()
             })
             .map_err(other)?;
+        if let Some(e) = bad {
+            return Err(other(e));
+        }
         Ok(Self {
             engine,
             keys,

@@ -29,7 +29,10 @@ impl WatchHub {
     /// `capacity`: bytes of recent events to keep in memory.
     pub fn new(current_rev: i64, capacity: usize) -> Self {
         Self {
-            ring: Mutex::leaf("watch ring", Ring { batches: VecDeque::new(), bytes: 0, covered_from: current_rev + 1 }),
+            ring: Mutex::leaf(
+                "watch ring",
+                Ring { batches: VecDeque::new(), bytes: 0, covered_from: current_rev.saturating_add(1) },
+            ),
             capacity,
             rev: watch::channel(current_rev).0,
         }
@@ -59,7 +62,7 @@ impl WatchHub {
         let mut r = self.ring.lock();
         r.batches.clear();
         r.bytes = 0;
-        r.covered_from = rev + 1;
+        r.covered_from = rev.saturating_add(1);
         drop(r);
         self.rev.send_replace(rev);
     }
