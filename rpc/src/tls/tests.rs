@@ -125,26 +125,7 @@ async fn handshakes_identity_and_reload() {
         ..Default::default()
     };
     let tls = ServerTls::new(&files, &[], dir.path(), &[]).unwrap().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server_tls = tls.clone();
-    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let (tls, seen_tx) = (server_tls.clone(), seen_tx.clone());
-            tokio::spawn(async move {
-                let r = tls.accept(tcp).await.map(|(mut s, id)| {
-                    tokio::spawn(async move {
-                        let _ = tokio::io::AsyncWriteExt::write_all(&mut s, b"x").await;
-                    });
-                    id
-                });
-                let _ = seen_tx.send(r.map_err(|e| e.to_string()));
-            });
-        }
-    });
-    let url = format!("https://127.0.0.1:{port}");
+    let (url, mut seen) = serve_one_byte(tls).await;
     let with_cert = Dialer::new(
         &ClientFiles {
             ca_file: Some(ca.ca_file.clone()),
