@@ -33,6 +33,7 @@ runs=(
   "0 105 14 skew,multi,cut"
   "3 106 16 crash,disk,kill,move"
   "0 107 14 crash,disk"
+  "3 108 20 kill,pause,isolate,move --auth"
 )
 failed=0
 i=0

@@ -80,6 +80,11 @@ struct RunArgs {
     /// Keep a failing run's data directories too (by default only its logs, history and report).
     #[arg(long)]
     keep_data: bool,
+    /// Routers serve TLS with client-certificate auth, auth is enabled, and
+    /// the workloads run as a user whose role allows only their keys (a
+    /// federation only).
+    #[arg(long)]
+    auth: bool,
     /// Print the report as JSON (for `chaos table`).
     #[arg(long)]
     json: bool,
@@ -111,6 +116,7 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
     cfg.learners = a.learners;
     cfg.artifacts = a.artifacts;
     cfg.keep_data = a.keep_data;
+    cfg.auth = a.auth;
     let mutations = a.mutate.as_deref().map(prove::parse).transpose().map_err(anyhow::Error::msg)?;
     let (mut report, h) = chaos::run::run(cfg)?;
     if let Some(path) = &a.history {

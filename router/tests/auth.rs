@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tessera_proto::etcdserverpb::auth_client::AuthClient;
 use tessera_proto::etcdserverpb::AuthStatusRequest;
 use tessera_testkit::auth::{self, jwt_flag, run, session_mismatches, set_up_users, ALICE, ROOT};
-use tessera_testkit::etcd::{etcdctl, RealEtcd};
+use tessera_testkit::etcd::{etcdctl_with_cert, RealEtcd};
 use tessera_testkit::Federation;
 
 /// The groups a range of keys spans in `f`'s map.
@@ -78,18 +78,9 @@ async fn auth_holds_at_every_router() {
         "--client-cert-auth".to_string(),
     ];
     let second = router_of(&f, &flags.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let endpoint = format!("https://{}", second.addr);
     let as_cert = |cert: &tessera_rpc::tls::CertFiles, args: &[&str]| {
-        let endpoint = format!("https://{}", second.addr);
-        let tls = [
-            format!("--cacert={}", ca.ca_file.display()),
-            format!("--cert={}", cert.cert_file.display()),
-            format!("--key={}", cert.key_file.display()),
-        ];
-        let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
-        all.extend_from_slice(args);
-        let out = etcdctl(&endpoint, &all);
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
+        etcdctl_with_cert(&endpoint, &ca.ca_file, &cert.cert_file, &cert.key_file, args)
     };
     let (ok, out) = as_cert(&alice, &["put", "/registry/pods/ns1/by-cert", "1"]);
     assert!(ok, "alice may write her prefix: {out}");

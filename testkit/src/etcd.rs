@@ -2,6 +2,7 @@
 //! comparisons, and etcdctl.
 
 use crate::net::fresh_host;
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,17 @@ pub fn etcdctl(endpoint: &str, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("etcdctl is installed (scripts/prereqs.sh)")
+}
+
+/// etcdctl over TLS to `endpoint` (`https://...`) with the client
+/// certificate `cert` and its `key`, trusting `ca`: whether it succeeded,
+/// and its stdout and stderr together.
+pub fn etcdctl_with_cert(endpoint: &str, ca: &Path, cert: &Path, key: &Path, args: &[&str]) -> (bool, String) {
+    let tls = [format!("--cacert={}", ca.display()), format!("--cert={}", cert.display()), format!("--key={}", key.display())];
+    let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
+    all.extend_from_slice(args);
+    let out = etcdctl(endpoint, &all);
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 /// A real etcd server, for side-by-side comparisons.

@@ -171,9 +171,10 @@ impl Cluster {
         net: Option<Arc<Network>>,
         skew: Option<Skewable>,
         base: &Path,
+        certs: Option<&super::auth::Certs>,
     ) -> anyhow::Result<Cluster> {
         let mut c = Cluster::empty(net, skew, base)?;
-        match c.start_federation(plan, groups, learners).await {
+        match c.start_federation(plan, groups, learners, certs).await {
             Ok(()) => Ok(c),
             Err(e) => Err(c.failed(e)),
         }
@@ -187,7 +188,13 @@ impl Cluster {
         }
     }
 
-    async fn start_federation(&mut self, plan: &Plan, groups: usize, learners: usize) -> anyhow::Result<()> {
+    async fn start_federation(
+        &mut self,
+        plan: &Plan,
+        groups: usize,
+        learners: usize,
+        certs: Option<&super::auth::Certs>,
+    ) -> anyhow::Result<()> {
         let c = self;
         let dir = c.dir.path().to_path_buf();
         let store: Vec<&String> = plan.names.iter().filter(|n| n.starts_with("placement-store-")).collect();
@@ -227,12 +234,19 @@ impl Cluster {
             true
         })
         .await?;
+        // With auth, routers serve TLS and take the caller from its certificate.
+        let (scheme, tls_flags, health) = match certs {
+            Some(c) => ("https", c.router_flags(), c.root()?),
+            None => ("http", vec![], tessera_rpc::tls::Dialer::plain()),
+        };
         for r in plan.names.iter().filter(|n| n.starts_with("router-")) {
             let url = format!("{}:2379", plan.host(r));
-            let args =
-                vec![format!("--listen-client-urls=http://{url}"), format!("--placement-endpoints={}", store_urls.join(","))];
+            let mut args =
+                vec![format!("--listen-client-urls={scheme}://{url}"), format!("--placement-endpoints={}", store_urls.join(","))];
+            args.extend(tls_flags.iter().cloned());
             c.add(r, "router", args)?;
-            c.wait("the router", Duration::from_secs(30), || tessera_rpc::endpoints::probe_health(&url)).await?;
+            let probe = format!("{scheme}://{url}");
+            c.wait("the router", Duration::from_secs(30), || tessera_rpc::endpoints::probe_health_via(&health, &probe)).await?;
             c.endpoints.push(url);
         }
         Ok(())

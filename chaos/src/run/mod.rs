@@ -2,6 +2,7 @@
 //! network of its own, drive the workloads while injecting faults, heal,
 //! read everything back, check the history and report.
 
+pub mod auth;
 pub mod client;
 pub mod clock;
 pub mod cluster;
@@ -97,6 +98,9 @@ pub struct RunConfig {
     pub artifacts: Option<PathBuf>,
     /// Keep a failing run's data directories too (hundreds of MB).
     pub keep_data: bool,
+    /// Routers serve TLS, auth is on and the workloads run as a user
+    /// allowed only their keys (`auth`; a federation only).
+    pub auth: bool,
 }
 
 impl RunConfig {
@@ -115,6 +119,7 @@ impl RunConfig {
             learners: 0,
             artifacts: None,
             keep_data: false,
+            auth: false,
         }
     }
 
@@ -130,7 +135,10 @@ impl RunConfig {
             Workload::Etcd => "etcd",
             Workload::Both => "both",
         };
-        let cross = format!(" --cross-unit-txns {}", self.etcd.cross_unit_txns);
+        let mut cross = format!(" --cross-unit-txns {}", self.etcd.cross_unit_txns);
+        if self.auth {
+            cross.push_str(" --auth");
+        }
         format!(
             "chaos run --groups {groups} --seconds {} --seed {} --faults '{}' --fault-every {} --workload {workload} \
              --routers {}{cross}",
@@ -159,6 +167,9 @@ impl RunConfig {
 /// the calling thread, until the run ends) lives in the clients' namespace.
 pub fn run(cfg: RunConfig) -> anyhow::Result<(RunReport, History)> {
     let mode = cfg.net_mode()?;
+    if cfg.auth && !matches!(cfg.target, Target::Federation { .. }) {
+        anyhow::bail!("--auth runs a federation (a standalone group's auth is etcd's own, tested by etcd's e2e tests)");
+    }
     let plan = match cfg.target {
         Target::Federation { .. } => Plan::federation(3 + cfg.learners, cfg.routers.max(1), mode),
         Target::Standalone { members } => Plan::standalone(members, mode),
@@ -219,8 +230,12 @@ async fn run_on(
 ) -> anyhow::Result<(RunReport, History)> {
     let base = cfg.artifacts.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&base)?;
+    let certs_dir = tempfile::Builder::new().prefix("chaos-certs-").tempdir_in(&base)?;
+    let certs = cfg.auth.then(|| auth::Certs::create(certs_dir.path(), &plan.hosts)).transpose()?;
     let cluster = match cfg.target {
-        Target::Federation { groups } => Cluster::federation(&plan, groups, cfg.learners, network.clone(), skew, &base).await?,
+        Target::Federation { groups } => {
+            Cluster::federation(&plan, groups, cfg.learners, network.clone(), skew, &base, certs.as_ref()).await?
+        }
         Target::Standalone { .. } => Cluster::standalone(&plan, network.clone(), skew, &base).await?,
     };
     // A federation's clients spread over its routers. A standalone group's
@@ -231,7 +246,26 @@ async fn run_on(
         Target::Federation { .. } => cluster.endpoints.clone(),
         Target::Standalone { .. } => vec![cluster.endpoints[cfg.seed as usize % cluster.endpoints.len()].clone()],
     };
-    let channels: Vec<tonic::transport::Channel> = endpoints.iter().map(|e| connect(e)).collect::<Result<_, _>>()?;
+    // The workloads' channels, and the run's own (as root with auth).
+    let (channels, own, dialer) = match &certs {
+        Some(c) => {
+            let (user, root) = (c.user()?, c.root()?);
+            let user_ch = endpoints.iter().map(|e| auth::channel(&user, e)).collect::<anyhow::Result<Vec<_>>>()?;
+            let root_ch = endpoints.iter().map(|e| auth::channel(&root, e)).collect::<anyhow::Result<Vec<_>>>()?;
+            (user_ch, root_ch, root)
+        }
+        None => {
+            let plain = endpoints.iter().map(|e| connect(e)).collect::<anyhow::Result<Vec<_>>>()?;
+            (plain.clone(), plain, tessera_rpc::tls::Dialer::plain())
+        }
+    };
+    let mut auth_violations = vec![];
+    if certs.is_some() {
+        let mut prefixes: Vec<&str> = kube::RESOURCES.to_vec();
+        prefixes.push(etcd::PREFIX);
+        auth::enable(own[0].clone(), &prefixes, &[kube::COMPACT_KEY]).await?;
+        auth_violations.extend(auth::probe(channels[0].clone(), own[0].clone()).await);
+    }
     let cluster = Arc::new(Mutex::new(cluster));
     let rec = Recorder::default();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -258,8 +292,11 @@ async fn run_on(
         None => None,
     };
 
+    if certs.is_some() {
+        auth_violations.extend(auth::probe(channels[channels.len() - 1].clone(), own[0].clone()).await);
+    }
     // Healed: read the whole key space back once.
-    let final_read = final_read(&channels, &rec).await;
+    let final_read = final_read(&own, &rec).await;
     let mut history = rec.take();
     history.final_read = final_read;
     let check = check_all(&history);
@@ -270,8 +307,11 @@ async fn run_on(
     };
     let mut report = RunReport::new(&cfg, net_text, injected, kube, etcd, check, switch);
     report.workload_violations.extend(rec.take_violations().into_iter().map(|v| format!("protocol: {v}")));
+    report.workload_violations.extend(auth_violations);
     if matches!(cfg.target, Target::Federation { .. }) {
-        report.workload_violations.extend(left_in_doubt(&endpoints).await);
+        let scheme = if certs.is_some() { "https" } else { "http" };
+        let urls: Vec<String> = endpoints.iter().map(|e| format!("{scheme}://{e}")).collect();
+        report.workload_violations.extend(left_in_doubt(&dialer, &urls).await);
     }
     {
         let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
@@ -312,13 +352,13 @@ fn connect(endpoint: &str) -> anyhow::Result<tonic::transport::Channel> {
 /// Cross-group txns a lost coordinator left prepared must be finished by
 /// recovery: once the system is healed, every router must soon see no
 /// group holding one for long (its `tessera_router_cross_group_txns_in_doubt`).
-async fn left_in_doubt(routers: &[String]) -> Option<String> {
+async fn left_in_doubt(dialer: &tessera_rpc::tls::Dialer, routers: &[String]) -> Option<String> {
     const GAUGE: &str = "tessera_router_cross_group_txns_in_doubt ";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let mut stuck = vec![];
         for r in routers {
-            let body = tessera_rpc::endpoints::http_get(r, "/metrics").await.unwrap_or_default();
+            let body = tessera_rpc::endpoints::http_get_via(dialer, r, "/metrics").await.unwrap_or_default();
             let held = body.lines().find_map(|l| l.strip_prefix(GAUGE)).and_then(|v| v.trim().parse::<f64>().ok());
             if held != Some(0.0) {
                 stuck.push(format!("{r}: {}", held.map_or("no answer".into(), |h| format!("{h} groups"))));

@@ -141,6 +141,7 @@ async fn peer_loop(url: String, mut rx: mpsc::Receiver<Outgoing>, mailboxes: Mai
             }
         };
         backoff = Duration::from_millis(50);
+        let up_since = std::time::Instant::now();
         let mut client = PeerClient::new(channel).max_encoding_message_size(usize::MAX);
         let (stx, srx) = mpsc::channel::<RaftBatch>(64);
         let call = tokio::spawn(async move { client.raft(ReceiverStream::new(srx)).await });
@@ -148,6 +149,14 @@ async fn peer_loop(url: String, mut rx: mpsc::Receiver<Outgoing>, mailboxes: Mai
             let batch = RaftBatch { group_id: out.group, messages: out.msgs.clone() };
             if stx.send(batch).await.is_err() {
                 fail(&mailboxes, &out);
+                // A connection that stayed up was a recovery: the reason it
+                // ends, and any after, is news again, even if it is the one
+                // logged before the recovery. (A connection refused at once,
+                // say our certificate by a TLS 1.3 peer, is not: that would
+                // log on every retry.)
+                if up_since.elapsed() >= RECOVERED_AFTER {
+                    last_error = None;
+                }
                 // Where a peer refusing our certificate shows with TLS 1.3
                 // (after our side of the handshake was done).
                 if let Ok(Err(status)) = call.await {
@@ -162,6 +171,10 @@ async fn peer_loop(url: String, mut rx: mpsc::Receiver<Outgoing>, mailboxes: Mai
         return;
     }
 }
+
+/// How long a peer connection must have carried batches before its end
+/// counts as a new failure (logged even for the reason logged before).
+const RECOVERED_AFTER: Duration = Duration::from_secs(5);
 
 /// Logs why `url` cannot be reached, unless that was the last reason.
 fn log_if_new(last: &mut Option<String>, url: &str, e: &(dyn std::error::Error + 'static)) {

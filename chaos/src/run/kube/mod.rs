@@ -33,7 +33,7 @@ use tonic::transport::Channel;
 
 pub const RESOURCES: [&str; 4] = ["/registry/pods/", "/registry/configmaps/", "/registry/leases/", "/registry/events/"];
 /// The key kube-apiserver's compactor coordinates on.
-const COMPACT_KEY: &str = "compact_rev_key";
+pub const COMPACT_KEY: &str = "compact_rev_key";
 
 #[derive(Clone, Debug)]
 pub struct KubeConfig {
