@@ -17,12 +17,13 @@ tools=${TESSERA_TOOLS:-$HOME/.cache/tessera/tools}
 deb34=$tools/etcd-3.4
 # Users, roles and auth (simple, JWT, CN), and client/peer/auto TLS with
 # puts, gets, deletes, leases, members, txns and watches, and the gateway;
+# snapshots (saved, checked and corrupted as etcd's bbolt files);
 # peers refused by --peer-cert-allowed-cn / --peer-cert-allowed-hostname.
 # Not TestV3Curl_MaxStreams_ReachLimit_*: etcd's gateway reaches its own
 # gRPC server over one connection, so --max-concurrent-streams also limits
 # curl's calls there; shard-node's gateway calls in-process. (Failing, they
 # leave their "etcd" running on the harness's ports for every later test.)
-E2E_SUITE='^TestCtlV3(Auth|User|Role|Put|Get|Del|Lease|Member|Txn|Watch)|^TestV3Curl([A-Z]|_MaxStreams_BelowLimit)|^TestEtcdPeer(CN|Name)Auth$'
+E2E_SUITE='^TestCtlV3(Auth|User|Role|Put|Get|Del|Lease|Member|Txn|Watch|Snapshot)|^TestV3Curl([A-Z]|_MaxStreams_BelowLimit)|^TestEtcdPeer(CN|Name)Auth$'
 regex=${1:-$E2E_SUITE}
 known=$here/../tests/etcd-e2e/known-failures.txt
 node=${SHARD_NODE:-$CARGO_TARGET_DIR/debug/shard-node}

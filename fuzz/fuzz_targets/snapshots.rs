@@ -4,28 +4,33 @@
 //! then read. A corrupt snapshot must be refused with an error, never
 //! panic, and whatever loads must answer reads.
 //!
-//! Input: `[mode][bytes]`; mode odd: a backup file (checked, then its
-//! state), even: the state itself.
+//! Input: `[mode][bytes]`; mode 1 (of 4): a backup file (checksum checked,
+//! then its state read from the bbolt file), 2 and 3: a backup file's body
+//! without the checksum (so the bbolt reader meets what the fuzzer makes),
+//! 0: the state itself.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use shard_node::engine::keys::GroupKeys;
 use shard_node::engine::{Engine, MemoryEngine, WriteBatch};
 use shard_node::raft::StateMachine as _;
-use shard_node::snapshot::decode_backup;
+use shard_node::snapshot::{backup_state, decode_backup};
 use shard_node::state::StateMachine;
 use std::sync::Arc;
 use tessera_proto::etcdserverpb::RangeRequest;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, body)) = data.split_first() else { return };
-    let state = if mode & 1 == 1 {
-        match decode_backup(body) {
+    let state = match mode & 3 {
+        0 => body,
+        1 => match decode_backup(body) {
             Ok(state) => state,
             Err(_) => return,
-        }
-    } else {
-        body
+        },
+        _ => match backup_state(body) {
+            Ok(state) => state,
+            Err(_) => return,
+        },
     };
     let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::default());
     let sm = StateMachine::open(engine.clone(), GroupKeys::new(3), 1 << 12).expect("an empty store opens");

@@ -37,7 +37,7 @@ use tessera_proto::etcdserverpb::request_op::Request as OpRequest;
 use tessera_proto::etcdserverpb::TxnRequest;
 use tessera_proto::tessera::command::{command::Op, Fence, Fences as FenceList, Incoming};
 
-const META_FENCES: &str = "fences";
+pub(crate) const META_FENCES: &str = "fences";
 
 tokio::task_local! {
     /// The map epoch of the call being served. A task-local rather than a
@@ -64,9 +64,14 @@ pub struct Fences {
 
 impl Fences {
     pub fn load(engine: &dyn Engine, keys: &GroupKeys) -> Result<Self> {
-        let (list, incoming) = match engine.get(&keys.meta(META_FENCES))? {
+        Self::decode(engine.get(&keys.meta(META_FENCES))?.as_deref())
+    }
+
+    /// The fences as stored (under `META_FENCES`), or none.
+    pub(crate) fn decode(stored: Option<&[u8]>) -> Result<Self> {
+        let (list, incoming) = match stored {
             Some(v) => {
-                let l = FenceList::decode(v.as_slice()).map_err(|e| Error::Internal(e.to_string()))?;
+                let l = FenceList::decode(v).map_err(|e| Error::Internal(e.to_string()))?;
                 (l.fences, l.incoming)
             }
             None => (vec![], vec![]),

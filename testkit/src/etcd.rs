@@ -49,10 +49,30 @@ impl RealEtcd {
         Self::start_binary(crate::bins::etcd_tool(version, "etcd"), &[]).await
     }
 
+    /// Debian's etcd 3.4 on the data directory `etcdctl snapshot restore`
+    /// makes of the snapshot file `backup`.
+    pub async fn restored_from(backup: &Path) -> RealEtcd {
+        Self::start_from(Some(backup), "etcd".into(), &[]).await
+    }
+
     async fn start_binary(etcd: std::path::PathBuf, flags: &[String]) -> RealEtcd {
+        Self::start_from(None, etcd, flags).await
+    }
+
+    async fn start_from(backup: Option<&Path>, etcd: std::path::PathBuf, flags: &[String]) -> RealEtcd {
         let tmp = tempfile::tempdir().unwrap();
         let host = fresh_host();
         let (client, peer) = (format!("http://{host}:2379"), format!("http://{host}:2380"));
+        if let Some(backup) = backup {
+            let out = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["snapshot", "restore", backup.to_str().unwrap(), "--name", "ref"])
+                .args(["--data-dir", tmp.path().join("d").to_str().unwrap()])
+                .args(["--initial-cluster", &format!("ref={peer}"), "--initial-advertise-peer-urls", &peer])
+                .output()
+                .expect("etcdctl is installed (scripts/prereqs.sh)");
+            assert!(out.status.success(), "etcdctl snapshot restore: {}", String::from_utf8_lossy(&out.stderr));
+        }
         let child = crate::bins::command(etcd)
             .args(["--name", "ref", "--data-dir", tmp.path().join("d").to_str().unwrap()])
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])

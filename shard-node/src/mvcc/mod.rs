@@ -11,6 +11,6 @@ pub use key_index::{Entry, KeyIndex};
 pub(crate) use range::read_revision;
 pub use range::{key_in_range, RangeBounds};
 pub use revision::{next_revision, Rev};
-pub(crate) use store::META_COMPACTED;
 pub use store::{MvccStore, Place, State};
+pub(crate) use store::{META_COMPACT, META_COMPACTED};
 pub use txn::{LeaseMove, TxnOutcome, WriteTxn};

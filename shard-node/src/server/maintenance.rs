@@ -111,7 +111,7 @@ impl Maintenance for MaintenanceService {
         let sm = self.group.sm.clone();
         let header = self.header();
         let file = tokio::task::spawn_blocking(move || {
-            snapshot::encode_state(sm.engine.as_ref(), &sm.keys).map(|s| snapshot::encode_backup(&s))
+            snapshot::encode_state(sm.engine.as_ref(), &sm.keys).and_then(|s| snapshot::encode_backup(&s))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
