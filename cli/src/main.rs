@@ -159,6 +159,18 @@ enum GroupCmd {
         #[arg(long, default_value_t = 0)]
         learners: usize,
     },
+    /// Give away every prefix pinned to a group, with its data, to the
+    /// groups holding the fewest bytes (one move each); then `group remove`
+    /// takes it out. Groups on the ring cannot leave yet.
+    Drain {
+        group: u64,
+        /// Copy at most this many MB per second per move (0: no limit).
+        #[arg(long, default_value_t = 0.0)]
+        rate_mb: f64,
+    },
+    /// Take a drained group out of the map (it must own nothing and hold no
+    /// key); its nodes stop its replicas and delete their data.
+    Remove { group: u64 },
     /// etcd's HashKV on every replica of a group: do they hold the same?
     Hashkv {
         group: u64,
@@ -268,6 +280,29 @@ async fn main() {
                         a.group,
                         nodes.join(","),
                         a.epoch
+                    )
+                })
+            }
+            Cmd::Group { cmd: GroupCmd::Drain { group, rate_mb } } => {
+                let drained = p.drain_group(group, (rate_mb * 1e6) as u64).await?;
+                show(json, &drained, |d| {
+                    let mut out: Vec<String> = d.moves.iter().map(moves::summary).collect();
+                    out.push(format!(
+                        "group {} drained: {} prefixes moved away (map epoch {}); `tessera group remove {}` takes it out",
+                        d.group,
+                        d.moves.len(),
+                        d.epoch,
+                        d.group
+                    ));
+                    out.join("\n")
+                })
+            }
+            Cmd::Group { cmd: GroupCmd::Remove { group } } => {
+                let removed = p.remove_group(group).await?;
+                show(json, &removed, |r| {
+                    format!(
+                        "group {} removed (map epoch {}); its nodes stop its replicas and delete their data",
+                        r.group, r.epoch
                     )
                 })
             }

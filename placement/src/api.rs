@@ -206,3 +206,26 @@ pub struct RebalancePlan {
     pub notes: Vec<String>,
     pub executed: Vec<String>,
 }
+
+/// Drain a group (`tessera group drain`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct GroupDrainRequest {
+    /// Copy at most this many bytes per second per move (0: as fast as it goes).
+    #[serde(default)]
+    pub rate_bytes: u64,
+}
+
+/// What a drain moved: one move per prefix the group had.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct GroupDrained {
+    pub group: u64,
+    pub moves: Vec<MoveReport>,
+    pub epoch: u64,
+}
+
+/// A group taken out of the map.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct GroupRemoved {
+    pub group: u64,
+    pub epoch: u64,
+}

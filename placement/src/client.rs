@@ -44,6 +44,14 @@ impl PlacementClient {
         self.call("POST", "/tessera/v1/groups", Some(req)).await
     }
 
+    pub async fn drain_group(&self, group: u64, rate_bytes: u64) -> Result<GroupDrained> {
+        self.call("POST", &format!("/tessera/v1/groups/{group}/drain"), Some(&GroupDrainRequest { rate_bytes })).await
+    }
+
+    pub async fn remove_group(&self, group: u64) -> Result<GroupRemoved> {
+        self.call::<(), _>("DELETE", &format!("/tessera/v1/groups/{group}"), None).await
+    }
+
     pub async fn add_learner(&self, group: u64, node: Option<String>) -> Result<LearnerAdded> {
         self.call("POST", &format!("/tessera/v1/groups/{group}/learners"), Some(&LearnerAddRequest { node })).await
     }

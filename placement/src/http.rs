@@ -3,8 +3,8 @@
 //! from its kind, body `ErrorBody`).
 
 use crate::api::{
-    ErrorBody, GroupAddRequest, InitRequest, LearnerAddRequest, MoveCancelRequest, MoveRequest, PinRequest, RebalanceRequest,
-    SpreadRequest,
+    ErrorBody, GroupAddRequest, GroupDrainRequest, InitRequest, LearnerAddRequest, MoveCancelRequest, MoveRequest, PinRequest,
+    RebalanceRequest, SpreadRequest,
 };
 use crate::error::{ErrorKind, PlacementError};
 use crate::ops::Placement;
@@ -48,6 +48,16 @@ pub fn routes(placement: Placement) -> Router {
         .route(
             "/tessera/v1/groups",
             post(|State(p): State<Placement>, Json(r): Json<GroupAddRequest>| async move { reply(p.add_group(&r).await) }),
+        )
+        .route(
+            "/tessera/v1/groups/{id}",
+            delete(|State(p): State<Placement>, Path(group): Path<u64>| async move { reply(p.remove_group(group).await) }),
+        )
+        .route(
+            "/tessera/v1/groups/{id}/drain",
+            post(|State(p): State<Placement>, Path(group): Path<u64>, body: Option<Json<GroupDrainRequest>>| async move {
+                reply(p.drain_group(group, body.map_or(0, |b| b.0.rate_bytes)).await)
+            }),
         )
         .route(
             "/tessera/v1/groups/{id}/learners",

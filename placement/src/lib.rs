@@ -7,13 +7,14 @@
 //!
 //! - `Placement`: the operations, as typed functions (`ops`, `members`,
 //!   `ownership` for fenced pins and spreads, `moves` for moving a prefix
-//!   with its data).
+//!   with its data, `drain` for a group leaving).
 //! - `api`: their requests and answers; `http::routes` serves them as
 //!   JSON, `client::PlacementClient` (the CLI) calls them.
 
 pub mod api;
 mod assign;
 pub mod client;
+mod drain;
 mod error;
 pub mod failpoints;
 pub mod http;

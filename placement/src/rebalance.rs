@@ -98,13 +98,17 @@ fn movable(map: &ShardMap, unit: &str) -> bool {
 pub fn plan(map: &ShardMap, units: &[Unit], t: &Thresholds) -> RebalancePlan {
     let mut moves: Vec<PlannedMove> = vec![];
     let mut notes: Vec<String> = vec![];
-    let groups: Vec<u64> = map.groups.keys().copied().collect();
+    // A draining group gives its units away (`group drain`): it takes none.
+    let groups: Vec<u64> = map.groups.keys().copied().filter(|g| !map.draining_groups.contains(g)).collect();
+    for g in &map.draining_groups {
+        notes.push(format!("group {g} is draining: left out"));
+    }
     if groups.len() < 2 {
         notes.push("one group: nothing to balance".into());
         return RebalancePlan { moves, notes, executed: vec![] };
     }
     // Per group, as the moves planned so far leave it.
-    let mut units: Vec<Unit> = units.iter().filter(|u| map.groups.contains_key(&u.group)).cloned().collect();
+    let mut units: Vec<Unit> = units.iter().filter(|u| groups.contains(&u.group)).cloned().collect();
     for (measure, floor) in [("bytes", t.min_bytes as f64), ("writes", t.min_writes_per_s)] {
         let of = |u: &Unit| if measure == "bytes" { u.bytes as f64 } else { u.writes_per_s };
         let totals = |units: &[Unit]| {
@@ -311,5 +315,15 @@ mod tests {
         assert!(p.moves.is_empty() && p.notes.iter().any(|n| n.contains("no unit of it fits")), "{p:?}");
         let p = plan(&map(&[1, 2]), &[unit("/r/", 1, 60, 0.0), unit("/r/x/y/", 1, 60, 0.0)], &small());
         assert!(p.moves.is_empty(), "only whole units (the map's depth) move: {p:?}");
+    }
+
+    #[test]
+    fn a_draining_group_is_given_nothing() {
+        let mut m = map(&[1, 2, 3]);
+        m.draining_groups.insert(3);
+        let units = [unit("/r/a/", 1, 60, 0.0), unit("/r/b/", 1, 30, 0.0), unit("/r/c/", 1, 20, 0.0)];
+        let p = plan(&m, &units, &small());
+        assert!(!p.moves.is_empty() && p.moves.iter().all(|mv| mv.to == 2), "{p:?}");
+        assert!(p.notes.iter().any(|n| n.contains("group 3 is draining")), "{p:?}");
     }
 }

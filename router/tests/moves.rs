@@ -416,25 +416,65 @@ async fn new_groups_take_a_third_each_of_a_full_group_under_writes() {
     let done = f.tessera(&["rebalance", "--min-mib", "0", "--margin", "0.1", "--max-moves", "100", "--json"]);
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
     let plan: placement::api::RebalancePlan = serde_json::from_slice(&done.stdout).unwrap();
-    stop.store(true, Ordering::Relaxed);
-    let last = writing.await.unwrap();
     assert!(plan.executed.iter().all(|e| e.starts_with("moved")), "{plan:?}");
     assert!(plan.moves.len() >= 30, "about two thirds of the units move: {plan:?}");
 
-    let units = placement::PlacementClient::new(f.placement()).units().await.unwrap();
-    let mut bytes: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut keys = 0;
-    for u in units.units.iter().filter(|u| u.keys > 0) {
-        *bytes.entry(u.group).or_default() += u.bytes;
-        keys += u.keys;
-    }
-    assert_eq!(keys, 50 * 200);
+    let admin = placement::PlacementClient::new(f.placement());
+    let bytes_per_group = |units: &placement::api::UnitsReport| {
+        let mut bytes: BTreeMap<u64, u64> = BTreeMap::new();
+        for u in units.units.iter().filter(|u| u.keys > 0) {
+            *bytes.entry(u.group).or_default() += u.bytes;
+        }
+        bytes
+    };
+    let bytes = bytes_per_group(&admin.units().await.unwrap());
     let total: u64 = bytes.values().sum();
     assert_eq!(bytes.len(), 3, "{bytes:?}");
     for (g, b) in &bytes {
         let share = *b as f64 / total as f64;
         assert!((0.23..=0.43).contains(&share), "group {g} holds {:.0}% of the bytes: {bytes:?}", share * 100.0);
     }
+
+    // One of the new groups leaves again, under the same writes: drained
+    // (its units move to the others with their data), then removed.
+    let leaving = *map_of(&f).await.groups.keys().max().unwrap();
+    let refused = f.tessera(&["group", "drain", "1"]);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("on the ring"));
+    let refused = f.tessera(&["group", "remove", &leaving.to_string()]);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("drain it first"));
+    let drained = f.tessera(&["group", "drain", &leaving.to_string(), "--json"]);
+    assert!(drained.status.success(), "{}", String::from_utf8_lossy(&drained.stderr));
+    let drained: placement::api::GroupDrained = serde_json::from_slice(&drained.stdout).unwrap();
+    assert!(drained.moves.len() >= 10 && drained.moves.iter().all(|m| m.outcome == "moved" && m.to != leaving), "{drained:?}");
+    let removed = f.tessera(&["group", "remove", &leaving.to_string()]);
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    let map = map_of(&f).await;
+    assert!(!map.groups.contains_key(&leaving) && map.removed_groups.contains(&leaving), "{map:?}");
+    assert!(!map.pins.values().any(|g| *g == leaving));
+    stop.store(true, Ordering::Relaxed);
+    let last = writing.await.unwrap();
+    // Its nodes stop the replicas: none answers for it any more.
+    let node_urls: Vec<String> = map.nodes.values().map(|n| n.client_url.clone()).collect();
+    wait::until_async("the removed group's replicas to stop", Duration::from_secs(20), || {
+        let urls = node_urls.clone();
+        async move {
+            for url in urls {
+                let Ok(mut kv) = KvClient::connect(url).await else { continue };
+                let req = RangeRequest { key: vec![0], range_end: vec![0], count_only: true, ..Default::default() };
+                if kv.range(group_request(leaving, req)).await.is_ok() {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+
+    let units = admin.units().await.unwrap();
+    let keys: i64 = units.units.iter().map(|u| u.keys).sum();
+    assert_eq!(keys, 50 * 200);
+    let bytes = bytes_per_group(&units);
+    assert_eq!(bytes.len(), 2, "the two groups left hold every key: {bytes:?}");
     for (key, value) in last {
         let got = kv.range(RangeRequest { key: key.clone().into_bytes(), ..Default::default() }).await.unwrap().into_inner();
         assert_eq!(got.kvs[0].value, value.into_bytes(), "{key}");

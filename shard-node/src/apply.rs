@@ -257,6 +257,18 @@ impl StateMachine {
                 return Some((proposer, ApplyOutput { result: result.map(Applied::Auth), rev }));
             }
             if matches!(op, Op::MoveStage(_) | Op::MoveTarget(_) | Op::MoveRelease(_)) {
+                match op {
+                    Op::MoveStage(_) => {
+                        fail::fail_point!("apply::move_stage");
+                    }
+                    Op::MoveTarget(m) if m.action == MoveAction::Adopt as i32 => {
+                        fail::fail_point!("apply::move_adopt");
+                    }
+                    Op::MoveRelease(_) => {
+                        fail::fail_point!("apply::move_release");
+                    }
+                    _ => {}
+                }
                 let compact_before = t.mvcc.compact_rev;
                 let mut batch = WriteBatch::default();
                 let result = match (refusal, op) {

@@ -22,6 +22,12 @@ pub const ALL: &[&str] = &[
     "apply::after_commit",
     // apply.rs: a fence raised (a map change on its way).
     "apply::fence",
+    // apply.rs: the steps of a move with its data, before they are applied:
+    // history staged on the target, the target adopting it, a source
+    // releasing the prefix.
+    "apply::move_stage",
+    "apply::move_adopt",
+    "apply::move_release",
     // apply/cross.rs: a cross-group txn's prepare and commit (its part),
     // before they are applied.
     "apply::txn_prepare",

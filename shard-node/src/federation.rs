@@ -131,9 +131,11 @@ async fn reconcile(node: &Arc<Node>, routing: &Routing) {
         // Placement drops a replica from the map only after the group
         // committed its removal, so the data is no longer needed. A group
         // missing from the map altogether is left alone (a map that lost
-        // it is more likely a mistake than an instruction).
+        // it is more likely a mistake than an instruction); one `group
+        // remove` took out is listed as removed.
         let id = r.group.id;
-        if map.groups.get(&id).is_some_and(|info| info.replica_on(name).is_none()) {
+        let removed = map.removed_groups.contains(&id);
+        if removed || map.groups.get(&id).is_some_and(|info| info.replica_on(name).is_none()) {
             if let Err(e) = retire(node, id).await {
                 tracing::error!(group = id, error = %e, "retiring a removed replica");
             }

@@ -66,6 +66,14 @@ pub struct ShardMap {
     /// back). Routing does not read it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub moves: BTreeMap<String, MoveRecord>,
+    /// Groups taken out (`group remove`): their nodes stop the replicas and
+    /// delete the data. A group merely missing from the map is left alone
+    /// (a map that lost it is more likely a mistake than an order).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub removed_groups: BTreeSet<u64>,
+    /// Groups being drained (`group drain`): the rebalancer gives them nothing.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub draining_groups: BTreeSet<u64>,
 }
 
 /// A move of a prefix with its data, as the map records it.
@@ -128,6 +136,8 @@ impl Default for ShardMap {
             pins: BTreeMap::new(),
             spreads: BTreeMap::new(),
             moves: BTreeMap::new(),
+            removed_groups: BTreeSet::new(),
+            draining_groups: BTreeSet::new(),
         }
     }
 }

@@ -17,7 +17,10 @@
 //! - move: a workload prefix moved with its data to another group (the
 //!   router and every group keep serving it); in a third of them placement
 //!   is killed at a step of the move (a failpoint), and the placement
-//!   started again finishes or rolls it back;
+//!   started again finishes or rolls it back; in another third a data node
+//!   crashes where its replica applies a step of the move (staging, the
+//!   target's adoption, a source's release: the leader's replica or a
+//!   follower's, as it falls), and the move goes on without it or rolls back;
 //! - multi: two or three of the other enabled kinds at once.
 
 use super::cluster::Cluster;
@@ -195,6 +198,10 @@ const CRASH_POINTS: &[(&str, &str)] = &[
     ("engine::before_sync", "3%panic"),
 ];
 
+/// shard-node's failpoints at the steps of a move, which only a move
+/// passes (so the move fault arms them, not the crash fault).
+const MOVE_CRASH_POINTS: &[&str] = &["apply::move_stage", "apply::move_adopt", "apply::move_release"];
+
 /// A router's crash points: steps of a cross-group txn it coordinates.
 const ROUTER_CRASH_POINTS: &[(&str, &str)] =
     &[("cross_txn::after_prepare", "20%panic"), ("cross_txn::before_commit", "20%panic")];
@@ -212,6 +219,8 @@ struct Targets {
     routers: Vec<usize>,
     /// Placement (a federation's), with its move failpoints.
     placement: Option<usize>,
+    /// The shard-nodes that host the data groups (not placement's store).
+    data_nodes: Vec<usize>,
 }
 
 impl Targets {
@@ -224,6 +233,9 @@ impl Targets {
             nodes: (0..c.procs.len()).filter(|&i| c.procs[i].args[0].ends_with("shard-node")).collect(),
             routers: (0..c.procs.len()).filter(|&i| c.procs[i].args[0].ends_with("router")).collect(),
             placement: c.procs.iter().position(|p| p.name == "placement"),
+            data_nodes: (0..c.procs.len())
+                .filter(|&i| c.procs[i].args[0].ends_with("shard-node") && !c.procs[i].name.starts_with("placement-store"))
+                .collect(),
         }
     }
     fn host_name(&self, h: usize) -> String {
@@ -350,10 +362,19 @@ fn plan(kind: FaultKind, t: &Targets, kinds: &[FaultKind], rng: &mut Rng) -> (Ve
             let prefix = MOVED_PREFIXES[rng.below(MOVED_PREFIXES.len() as u64) as usize];
             let mut steps = vec![];
             let mut what = format!("move {prefix}");
-            if rng.chance(33) {
-                let point = PLACEMENT_CRASH_POINTS[rng.below(PLACEMENT_CRASH_POINTS.len() as u64) as usize];
-                steps.push(Step::Failpoints(pl, format!("{point}=panic")));
-                what.push_str(&format!(" (placement dies at {point})"));
+            match rng.below(3) {
+                0 => {
+                    let point = PLACEMENT_CRASH_POINTS[rng.below(PLACEMENT_CRASH_POINTS.len() as u64) as usize];
+                    steps.push(Step::Failpoints(pl, format!("{point}=panic")));
+                    what.push_str(&format!(" (placement dies at {point})"));
+                }
+                1 if !t.data_nodes.is_empty() => {
+                    let node = t.data_nodes[rng.below(t.data_nodes.len() as u64) as usize];
+                    let point = MOVE_CRASH_POINTS[rng.below(MOVE_CRASH_POINTS.len() as u64) as usize];
+                    steps.push(Step::Failpoints(node, format!("{point}=panic")));
+                    what.push_str(&format!(" ({} dies at {point})", t.names[node]));
+                }
+                _ => {}
             }
             steps.push(Step::Move { prefix, pick: rng.next_u64() });
             (steps, ms(rng, 200, 1500), what)
@@ -517,6 +538,7 @@ mod tests {
     #[test]
     fn the_crash_points_are_shard_nodes_failpoints() {
         let mut ours: Vec<&str> = super::CRASH_POINTS.iter().map(|(p, _)| *p).collect();
+        ours.extend(super::MOVE_CRASH_POINTS);
         let mut theirs = shard_node::failpoints::ALL.to_vec();
         ours.sort();
         theirs.sort();

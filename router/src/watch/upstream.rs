@@ -60,6 +60,13 @@ pub async fn upstream(
         let targets = match b.routing().and_then(|r| Ok((b.targets_on(&r, group, Prefer::Leader, Lane::Streams)?, r))) {
             Ok(t) => t,
             Err(_) => {
+                // A group taken out of the map (`group remove`, after it
+                // gave everything away): the watcher routes again by the
+                // current map, which gives it nothing of the range.
+                if let Some(r) = b.routing().ok().filter(|r| r.map.removed_groups.contains(&group)) {
+                    let _ = tx.send(Up::Rerouted { group, epoch: r.epoch() }).await;
+                    return;
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }

@@ -1,0 +1,148 @@
+//! A group leaving the federation: `drain` marks it draining (the
+//! rebalancer gives it nothing from then on) and gives away every prefix
+//! pinned to it, with its data (one move each, `crate::moves`), to the
+//! group holding the fewest bytes at the time; `remove` then takes the
+//! group out of the map once it owns nothing and holds no key, and the
+//! nodes stop its replicas and delete their data. A drain cut short (a
+//! move rolled back, placement gone) is run again: it moves what is left.
+//!
+//! Groups on the ring cannot leave yet: the units the ring gives them are
+//! not listed anywhere (any key may hash there), and moving a unit with
+//! fewer slashes than the map's depth would take its whole subtree. Groups
+//! added with `group add` are off the ring and own only pins (an admin's,
+//! or the rebalancer's), which is what a drain moves.
+
+use crate::api::{GroupDrained, GroupRemoved};
+use crate::error::{PlacementError, Result};
+use crate::ops::Placement;
+use shardmap::ShardMap;
+use std::collections::BTreeMap;
+
+/// Why `group` cannot give away what it owns by moving pins, if it cannot.
+fn cannot_drain(map: &ShardMap, group: u64) -> Option<String> {
+    if map.ring.contains(&group) {
+        return Some(format!(
+            "group {group} is on the ring, and leaving the ring with its data is not built yet (only groups added \
+             with `group add`, which own pins, can leave)"
+        ));
+    }
+    if let Some((p, _)) = map.spreads.iter().find(|(_, gs)| gs.contains(&group)) {
+        return Some(format!("group {group} is one of the groups the prefix {p:?} is spread over (a spread's keys do not move)"));
+    }
+    if let Some((p, _)) = map.moves.iter().find(|(_, m)| m.to == group || m.from.contains(&group)) {
+        return Some(format!("a move of {p:?} involving group {group} is in flight (see `tessera moves`)"));
+    }
+    None
+}
+
+impl Placement {
+    /// Moves every prefix pinned to `group` to the other group holding the
+    /// fewest bytes (as it stands after the moves before it), one at a time.
+    pub async fn drain_group(&self, group: u64, rate_bytes: u64) -> Result<GroupDrained> {
+        let map = self.map().await?;
+        if !map.groups.contains_key(&group) {
+            return Err(PlacementError::not_found(format!("no group {group}")));
+        }
+        if let Some(why) = cannot_drain(&map, group) {
+            return Err(PlacementError::conflict(why));
+        }
+        let others: Vec<u64> = map.groups.keys().copied().filter(|g| *g != group && !map.draining_groups.contains(g)).collect();
+        if others.is_empty() {
+            return Err(PlacementError::conflict(format!("group {group} is the only group: its keys have nowhere to go")));
+        }
+        // From now on the rebalancer gives it nothing (it would be the emptiest).
+        self.store.update(|m| Ok::<_, PlacementError>(m.groups.contains_key(&group) && m.draining_groups.insert(group))).await?;
+        let mut bytes: BTreeMap<u64, u64> = others.iter().map(|g| (*g, 0)).collect();
+        let units = self.units().await?;
+        for u in &units.units {
+            if let Some(b) = bytes.get_mut(&u.group) {
+                *b += u.bytes;
+            }
+        }
+        let pinned: Vec<String> = map.pins.iter().filter(|(_, g)| **g == group).map(|(p, _)| p.clone()).collect();
+        let mut moves = vec![];
+        for prefix in pinned {
+            let (&to, _) = bytes.iter().min_by_key(|(g, b)| (**b, **g)).expect("another group");
+            let report = self.move_prefix(&prefix, to, rate_bytes).await?;
+            if report.outcome == "rolled_back" {
+                let why = report.error.clone().unwrap_or_default();
+                return Err(PlacementError::unavailable(format!(
+                    "moving {prefix:?} to group {to} rolled back ({why}); {} prefixes moved before it; run the drain again",
+                    moves.len()
+                )));
+            }
+            *bytes.entry(to).or_default() += report.bytes;
+            moves.push(report);
+        }
+        let epoch = self.map().await?.epoch;
+        Ok(GroupDrained { group, moves, epoch })
+    }
+
+    /// Takes `group` out of the map: only once it owns nothing (off the
+    /// ring, no pin, no spread, no move) and holds no live key. The nodes
+    /// then stop its replicas and delete their data.
+    pub async fn remove_group(&self, group: u64) -> Result<GroupRemoved> {
+        let map = self.map().await?;
+        if !map.groups.contains_key(&group) {
+            return Err(PlacementError::not_found(format!("no group {group}")));
+        }
+        if let Some(why) = cannot_drain(&map, group) {
+            return Err(PlacementError::conflict(why));
+        }
+        if let Some((p, _)) = map.pins.iter().find(|(_, g)| **g == group) {
+            return Err(PlacementError::conflict(format!(
+                "prefix {p:?} is pinned to group {group}: drain it first (`tessera group drain {group}`)"
+            )));
+        }
+        let units = self.units().await?;
+        if units.partial.contains(&group) {
+            return Err(PlacementError::unavailable(format!(
+                "not every replica of group {group} answered; cannot tell that it holds no keys"
+            )));
+        }
+        let keys: i64 = units.units.iter().filter(|u| u.group == group).map(|u| u.keys).sum();
+        if keys > 0 {
+            return Err(PlacementError::conflict(format!("group {group} still holds {keys} keys")));
+        }
+        let mut removed = false;
+        let map = self
+            .store
+            .update(|m| {
+                // The checks again, on the map the change is made to.
+                if !m.groups.contains_key(&group) || cannot_drain(m, group).is_some() || m.pins.values().any(|g| *g == group) {
+                    return Ok::<_, PlacementError>(false);
+                }
+                m.groups.remove(&group);
+                m.draining_groups.remove(&group);
+                m.removed_groups.insert(group);
+                removed = true;
+                Ok(true)
+            })
+            .await?;
+        if !removed {
+            return Err(PlacementError::conflict(format!("group {group} changed while it was being removed; try again")));
+        }
+        Ok(GroupRemoved { group, epoch: map.epoch })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardmap::{GroupInfo, MovePhase, MoveRecord};
+
+    #[test]
+    fn only_a_group_off_the_ring_with_nothing_in_flight_can_leave() {
+        let mut map = ShardMap { ring: vec![1, 2], ..Default::default() };
+        for g in 1..=4 {
+            map.groups.insert(g, GroupInfo { id: g, replicas: vec![] });
+        }
+        map.pins.insert("/a/".into(), 3);
+        map.spreads.insert("/s/".into(), vec![2, 4]);
+        assert!(cannot_drain(&map, 1).unwrap().contains("on the ring"));
+        assert!(cannot_drain(&map, 4).unwrap().contains("spread over"));
+        assert_eq!(cannot_drain(&map, 3), None, "pins are what a drain moves");
+        map.moves.insert("/a/".into(), MoveRecord { to: 4, from: vec![3], phase: MovePhase::Copying, epoch: 0, adopt: None });
+        assert!(cannot_drain(&map, 3).unwrap().contains("in flight"));
+    }
+}
