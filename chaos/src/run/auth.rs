@@ -92,10 +92,6 @@ pub fn channel(dialer: &Dialer, endpoint: &str) -> anyhow::Result<Channel> {
     Ok(dialer.lazy(ep))
 }
 
-fn prefix_end(p: &[u8]) -> Vec<u8> {
-    shardmap::prefix_end(p)
-}
-
 /// Users, roles and `auth enable`, through a router as root: root (no
 /// password: its certificate names it), and `USER` with read and write on
 /// the workloads' prefixes and the key kube-apiserver's compactor uses.
@@ -111,7 +107,7 @@ pub async fn enable(root: Channel, prefixes: &[&str], keys: &[&str]) -> anyhow::
     }
     let grants = prefixes
         .iter()
-        .map(|p| (p.as_bytes().to_vec(), prefix_end(p.as_bytes())))
+        .map(|p| (p.as_bytes().to_vec(), shardmap::prefix_end(p.as_bytes())))
         .chain(keys.iter().map(|k| (k.as_bytes().to_vec(), vec![])));
     for (key, range_end) in grants {
         let perm = Permission { perm_type: PermType::Readwrite as i32, key, range_end };

@@ -49,16 +49,16 @@ fn revision_key(main: i64, sub: i64) -> Vec<u8> {
 /// The buckets etcd would hold for the state `entries` (the state tables'
 /// keys without the group prefix, table byte first, in key order).
 pub fn buckets<'a>(entries: impl Iterator<Item = Result<(&'a [u8], &'a [u8])>> + Clone) -> Result<Vec<Bucket>> {
-    let meta = |name: &str| -> Result<Option<&'a [u8]>> {
-        for e in entries.clone() {
-            let (k, v) = e?;
-            if k.first() == Some(&b'm') && &k[1..] == name.as_bytes() {
-                return Ok(Some(v));
-            }
+    // The meta table in one pass (the fences decide what is live).
+    let mut metas: std::collections::BTreeMap<&'a [u8], &'a [u8]> = Default::default();
+    for e in entries.clone() {
+        let (k, v) = e?;
+        if let Some(name) = k.strip_prefix(b"m") {
+            metas.insert(name, v);
         }
-        Ok(None)
-    };
-    let fences = Fences::decode(meta(META_FENCES)?)?;
+    }
+    let meta = |name: &str| metas.get(name.as_bytes()).copied();
+    let fences = Fences::decode(meta(META_FENCES))?;
     let (mut keys, mut leases) = (vec![], vec![]);
     for e in entries.clone() {
         let (k, v) = e?;
@@ -84,11 +84,11 @@ pub fn buckets<'a>(entries: impl Iterator<Item = Result<(&'a [u8], &'a [u8])>> +
         }
     }
     let mut meta_items = vec![];
-    if let Some(applied) = meta(crate::state::META_APPLIED)? {
+    if let Some(applied) = meta(crate::state::META_APPLIED) {
         meta_items.push((b"consistent_index".to_vec(), decode_u64(applied)?.to_be_bytes().to_vec()));
     }
-    let scheduled = meta(crate::mvcc::META_COMPACT)?.map(decode_i64).transpose()?.unwrap_or(0);
-    let finished = meta(crate::mvcc::META_COMPACTED)?.map(decode_i64).transpose()?.unwrap_or(scheduled);
+    let scheduled = meta(crate::mvcc::META_COMPACT).map(decode_i64).transpose()?.unwrap_or(0);
+    let finished = meta(crate::mvcc::META_COMPACTED).map(decode_i64).transpose()?.unwrap_or(scheduled);
     if finished > 0 {
         meta_items.push((b"finishedCompactRev".to_vec(), revision_key(finished, 0)));
     }
@@ -96,7 +96,7 @@ pub fn buckets<'a>(entries: impl Iterator<Item = Result<(&'a [u8], &'a [u8])>> +
         meta_items.push((b"scheduledCompactRev".to_vec(), revision_key(scheduled, 0)));
     }
     meta_items.sort();
-    let auth = match meta(crate::state::META_AUTH)? {
+    let auth = match meta(crate::state::META_AUTH) {
         Some(v) => AuthState::decode(v).map_err(|e| Error::Internal(format!("corrupt auth state: {e}")))?,
         None => AuthState::default(),
     };
