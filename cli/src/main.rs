@@ -80,6 +80,30 @@ enum Cmd {
         #[arg(long, default_value_t = 0.0)]
         rate_mb: f64,
     },
+    /// Spread a prefix's subtrees (e.g. the namespaces under
+    /// /registry/pods/) over groups with their data: each moves, online, to
+    /// the group a spread would give it. Keys right under the prefix, and
+    /// subtrees created later, stay with its owner (run it again for those).
+    Split {
+        /// The prefix, ending with '/' (e.g. /registry/pods/).
+        prefix: String,
+        /// Comma-separated group ids (at least two; the owner may be one).
+        groups: String,
+        /// Copy at most this many MB per second per move (0: no limit).
+        #[arg(long, default_value_t = 0.0)]
+        rate_mb: f64,
+    },
+    /// Undo a split: everything under a prefix moves to one group with its
+    /// data (the parts first, then the prefix), and the pins under it go.
+    Merge {
+        /// The prefix, ending with '/'.
+        prefix: String,
+        /// The group to hold all of it.
+        group: u64,
+        /// Copy at most this many MB per second per move (0: no limit).
+        #[arg(long, default_value_t = 0.0)]
+        rate_mb: f64,
+    },
     /// Moves in flight and the most recent ones.
     Moves {
         /// Stop the move of this prefix (it rolls back, unless its cutover committed).
@@ -87,7 +111,7 @@ enum Cmd {
         cancel: Option<String>,
     },
     /// Moves units from groups above the mean (bytes, then writes/s) to the
-    /// emptiest; --dry-run prints the plan and why.
+    /// emptiest, or splits a unit too hot to move; --dry-run prints the plan and why.
     Rebalance {
         /// Plan and explain only.
         #[arg(long)]
@@ -120,8 +144,10 @@ enum Cmd {
     },
     /// Which placement unit and group hold a key.
     Where {
-        /// The key (e.g. /registry/pods/default/web-0).
-        key: String,
+        /// The key (e.g. /registry/pods/default/web-0). Named apart from the
+        /// global --key (a TLS key file), which would take its value.
+        #[arg(value_name = "KEY")]
+        lookup: String,
     },
     /// Manage groups.
     Group {
@@ -212,6 +238,14 @@ fn show<T: serde::Serialize>(json: bool, answer: &T, summary: impl FnOnce(&T) ->
     Ok(())
 }
 
+/// Comma-separated group ids (`1,2,3`).
+fn parse_groups(groups: &str) -> anyhow::Result<Vec<u64>> {
+    groups
+        .split(',')
+        .map(|g| g.trim().parse().map_err(|_| anyhow::anyhow!("{g:?} is not a group id (expected e.g. 1,2,3)")))
+        .collect()
+}
+
 fn ownership(c: &placement::api::OwnershipChanged) -> String {
     let to = c.groups.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     match c.changed {
@@ -244,6 +278,15 @@ async fn main() {
                 let report = moves::run(&p, &req, json).await?;
                 show(json, &report, moves::summary)
             }
+            Cmd::Split { prefix, groups, rate_mb } => {
+                let groups = parse_groups(&groups)?;
+                let req = placement::api::SplitRequest { prefix, groups, rate_bytes: (rate_mb * 1e6) as u64 };
+                show(json, &p.split(&req).await?, moves::split_summary)
+            }
+            Cmd::Merge { prefix, group, rate_mb } => {
+                let req = placement::api::MergeRequest { prefix, group, rate_bytes: (rate_mb * 1e6) as u64 };
+                show(json, &p.merge(&req).await?, moves::merge_summary)
+            }
             Cmd::Moves { cancel: Some(prefix) } => {
                 p.cancel_move(&prefix).await?;
                 show(json, &serde_json::json!({ "cancelled": prefix }), |_| {
@@ -262,12 +305,12 @@ async fn main() {
                 show(json, &p.rebalance(&req).await?, moves::plan)
             }
             Cmd::Top { interval, by, limit } => show(json, &top::run(&p, interval, &by, limit).await?, top::print),
-            Cmd::Where { key } => {
+            Cmd::Where { lookup } => {
                 let map = p.map().await?;
-                show(json, &moves::locate(&map, &key), moves::located)
+                show(json, &moves::locate(&map, &lookup), moves::located)
             }
             Cmd::Spread { prefix, groups } => {
-                let groups: Vec<u64> = groups.split(',').map(|g| g.trim().parse()).collect::<Result<_, _>>()?;
+                let groups = parse_groups(&groups)?;
                 show(json, &p.spread(&prefix, &groups).await?, ownership)
             }
             Cmd::Group { cmd: GroupCmd::Add { replicas, learners } } => {

@@ -1,7 +1,7 @@
 //! `tessera move`, `moves` and `where`: moving a prefix with its data (with
 //! a progress line while it runs), the moves in flight, where a key lives.
 
-use placement::api::{MoveProgress, MoveReport, MoveRequest, MovesList, RebalancePlan};
+use placement::api::{MergeReport, MoveProgress, MoveReport, MoveRequest, MovesList, RebalancePlan, SplitReport};
 use placement::PlacementClient;
 use serde::Serialize;
 use shardmap::ShardMap;
@@ -128,9 +128,42 @@ pub fn plan(p: &RebalancePlan) -> String {
         out.push("no move needed".to_string());
     }
     for m in &p.moves {
-        out.push(format!("move {} from group {} to group {}: {}", m.unit, m.from, m.to, m.why));
+        if m.split_over.is_empty() {
+            out.push(format!("move {} from group {} to group {}: {}", m.unit, m.from, m.to, m.why));
+        } else {
+            let over = m.split_over.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+            out.push(format!("split {} from group {} over groups {over}: {}", m.unit, m.from, m.why));
+        }
     }
     out.extend(p.notes.iter().cloned());
     out.extend(p.executed.iter().map(|e| format!("done: {e}")));
+    out.join("\n")
+}
+
+pub fn split_summary(r: &SplitReport) -> String {
+    let mut out: Vec<String> = r.moves.iter().map(summary).collect();
+    let over = r.groups.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    out.push(format!(
+        "{} split over groups {over}: {} subtrees moved, {} stayed on group {}, {} keys right under it stayed (map epoch {})",
+        r.prefix,
+        r.moves.len(),
+        r.stayed,
+        r.owner,
+        r.leaves,
+        r.epoch
+    ));
+    out.join("\n")
+}
+
+pub fn merge_summary(r: &MergeReport) -> String {
+    let mut out: Vec<String> = r.moves.iter().map(summary).collect();
+    out.push(format!(
+        "{} merged on group {}: {} moves, {} pins under it dropped (map epoch {})",
+        r.prefix,
+        r.group,
+        r.moves.len(),
+        r.pins_dropped,
+        r.epoch
+    ));
     out.join("\n")
 }

@@ -195,7 +195,11 @@ fn default_interval_ms() -> u64 {
 pub struct PlannedMove {
     pub unit: String,
     pub from: u64,
+    /// The group it moves to (0 for a split).
     pub to: u64,
+    /// A split: the unit's subtrees spread over these groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split_over: Vec<u64>,
     pub why: String,
 }
 
@@ -220,6 +224,50 @@ pub struct GroupDrainRequest {
 pub struct GroupDrained {
     pub group: u64,
     pub moves: Vec<MoveReport>,
+    pub epoch: u64,
+}
+
+/// `tessera split PREFIX GROUPS`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct SplitRequest {
+    pub prefix: String,
+    pub groups: Vec<u64>,
+    #[serde(default)]
+    pub rate_bytes: u64,
+}
+
+/// What a split did: one move per subtree that went to another group.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct SplitReport {
+    pub prefix: String,
+    pub groups: Vec<u64>,
+    /// The group the prefix itself (and what was not moved) stays on.
+    pub owner: u64,
+    pub moves: Vec<MoveReport>,
+    /// Subtrees the split left on `owner` (their spread group is it).
+    pub stayed: usize,
+    /// Keys right under the prefix (no subtree of their own): they stay.
+    pub leaves: u64,
+    pub epoch: u64,
+}
+
+/// `tessera merge PREFIX GROUP`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct MergeRequest {
+    pub prefix: String,
+    pub group: u64,
+    #[serde(default)]
+    pub rate_bytes: u64,
+}
+
+/// What a merge did: the parts under the prefix moved to the group, then
+/// the prefix; `pins_dropped` pins under it said nothing the prefix's does not.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct MergeReport {
+    pub prefix: String,
+    pub group: u64,
+    pub moves: Vec<MoveReport>,
+    pub pins_dropped: usize,
     pub epoch: u64,
 }
 

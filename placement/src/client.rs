@@ -64,6 +64,14 @@ impl PlacementClient {
         self.call("PUT", "/tessera/v1/pins", Some(&PinRequest { prefix: prefix.into(), group })).await
     }
 
+    pub async fn split(&self, req: &SplitRequest) -> Result<SplitReport> {
+        self.call("POST", "/tessera/v1/splits", Some(req)).await
+    }
+
+    pub async fn merge(&self, req: &MergeRequest) -> Result<MergeReport> {
+        self.call("POST", "/tessera/v1/merges", Some(req)).await
+    }
+
     pub async fn spread(&self, prefix: &str, groups: &[u64]) -> Result<OwnershipChanged> {
         self.call("PUT", "/tessera/v1/spreads", Some(&SpreadRequest { prefix: prefix.into(), groups: groups.to_vec() })).await
     }

@@ -63,14 +63,7 @@ impl Placement {
         let mut moves = vec![];
         for prefix in pinned {
             let (&to, _) = bytes.iter().min_by_key(|(g, b)| (**b, **g)).expect("another group");
-            let report = self.move_prefix(&prefix, to, rate_bytes).await?;
-            if report.outcome == "rolled_back" {
-                let why = report.error.clone().unwrap_or_default();
-                return Err(PlacementError::unavailable(format!(
-                    "moving {prefix:?} to group {to} rolled back ({why}); {} prefixes moved before it; run the drain again",
-                    moves.len()
-                )));
-            }
+            let report = self.move_in_batch(&prefix, to, rate_bytes, moves.len(), "drain").await?;
             *bytes.entry(to).or_default() += report.bytes;
             moves.push(report);
         }

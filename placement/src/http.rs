@@ -3,8 +3,8 @@
 //! from its kind, body `ErrorBody`).
 
 use crate::api::{
-    ErrorBody, GroupAddRequest, GroupDrainRequest, InitRequest, LearnerAddRequest, MoveCancelRequest, MoveRequest, PinRequest,
-    RebalanceRequest, SpreadRequest,
+    ErrorBody, GroupAddRequest, GroupDrainRequest, InitRequest, LearnerAddRequest, MergeRequest, MoveCancelRequest, MoveRequest,
+    PinRequest, RebalanceRequest, SplitRequest, SpreadRequest,
 };
 use crate::error::{ErrorKind, PlacementError};
 use crate::ops::Placement;
@@ -88,6 +88,18 @@ pub fn routes(placement: Placement) -> Router {
                     reply(p.move_prefix(&r.prefix, r.group, r.rate_bytes).await)
                 },
             ),
+        )
+        .route(
+            "/tessera/v1/splits",
+            post(|State(p): State<Placement>, Json(r): Json<SplitRequest>| async move {
+                reply(p.split(&r.prefix, &r.groups, r.rate_bytes).await)
+            }),
+        )
+        .route(
+            "/tessera/v1/merges",
+            post(|State(p): State<Placement>, Json(r): Json<MergeRequest>| async move {
+                reply(p.merge(&r.prefix, r.group, r.rate_bytes).await)
+            }),
         )
         .route(
             "/tessera/v1/rebalance",

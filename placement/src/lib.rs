@@ -7,7 +7,8 @@
 //!
 //! - `Placement`: the operations, as typed functions (`ops`, `members`,
 //!   `ownership` for fenced pins and spreads, `moves` for moving a prefix
-//!   with its data, `drain` for a group leaving).
+//!   with its data, `split` for spreading one over groups and merging it
+//!   back, `drain` for a group leaving).
 //! - `api`: their requests and answers; `http::routes` serves them as
 //!   JSON, `client::PlacementClient` (the CLI) calls them.
 
@@ -23,6 +24,7 @@ mod moves;
 mod ops;
 mod ownership;
 pub mod rebalance;
+mod split;
 mod units;
 
 pub use client::PlacementClient;

@@ -277,6 +277,27 @@ impl Placement {
         outcome.map(|()| report)
     }
 
+    /// One move of a batch (a drain, split or merge): a move rolled back
+    /// stops the batch, saying how far it got (`done` moves before it) and
+    /// that running it again does the rest.
+    pub(crate) async fn move_in_batch(
+        &self,
+        prefix: &str,
+        to: u64,
+        rate_bytes: u64,
+        done: usize,
+        batch: &str,
+    ) -> Result<MoveReport> {
+        let report = self.move_prefix(prefix, to, rate_bytes).await?;
+        if report.outcome == "rolled_back" {
+            let why = report.error.clone().unwrap_or_default();
+            return Err(PlacementError::unavailable(format!(
+                "moving {prefix:?} to group {to} rolled back ({why}); {done} moves done before it; run the {batch} again"
+            )));
+        }
+        Ok(report)
+    }
+
     async fn drive(&self, prefix: &str, to: u64, from: &[u64], rate_bytes: u64, report: &mut MoveReport) -> Result<()> {
         let mut phases = Phases::new();
         let mut copied = Copied { cursors: from.iter().map(|g| (*g, (0, 0))).collect(), ..Default::default() };

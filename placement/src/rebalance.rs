@@ -11,9 +11,11 @@
 //!   unit to the group lowest in that measure: the unit that brings the two
 //!   closest (at most half their difference, so a move never overshoots),
 //!   up to `max_moves` in a round;
-//! - a unit that alone takes more than the mean of writes cannot be helped
-//!   by a move (its new group would be as hot): the plan says a split is
-//!   needed (splits are not built yet).
+//! - for writes, a unit that alone takes more than half the gap cannot be
+//!   helped by a move (its new group would be as hot): it is split, its
+//!   subtrees spread over every group (`crate::split`), and the round ends
+//!   (the next one sees the groups as the split left them). Sizes are
+//!   evened out by whole units only.
 //!
 //! Only whole units move (prefixes with the map's depth of slashes, so a
 //! pin of one covers exactly its keys), and never one under a pin, a spread
@@ -146,20 +148,28 @@ pub fn plan(map: &ShardMap, units: &[Unit], t: &Thresholds) -> RebalancePlan {
                 ));
                 break;
             }
+            // The unit that brings `top` and `low` closest without overshooting.
+            let want = (high - low) / 2.0;
             if measure == "writes" {
-                if let Some(hot) = units.iter().filter(|u| u.group == top && of(u) > mean).max_by(|a, b| of(a).total_cmp(&of(b)))
-                {
-                    notes.push(format!(
-                        "writes: unit {} on group {top} alone takes {} (mean per group {}): moving it moves the hot spot; it needs a split (not built yet)",
+                // A unit that alone takes more than half the gap moves the hot
+                // spot wherever it goes: its subtrees are spread instead.
+                let hottest =
+                    units.iter().filter(|u| u.group == top && movable(map, &u.unit)).max_by(|a, b| of(a).total_cmp(&of(b)));
+                if let Some(hot) = hottest.filter(|u| of(u) > want) {
+                    let why = format!(
+                        "writes: group {top} takes {} (mean {}, margin {:.0}%); unit {} alone takes {}, more than half the gap to group {low_g} ({}): moving it would move the hot spot, so its subtrees are spread over every group",
+                        fmt(measure, high),
+                        fmt(measure, mean),
+                        t.margin * 100.0,
                         hot.unit,
                         fmt(measure, of(hot)),
-                        fmt(measure, mean)
-                    ));
+                        fmt(measure, low)
+                    );
+                    moves.push(PlannedMove { unit: hot.unit.clone(), from: top, to: 0, split_over: groups.clone(), why });
+                    // How the split leaves the groups is known after it: the next round sees.
                     break;
                 }
             }
-            // The unit that brings `top` and `low` closest without overshooting.
-            let want = (high - low) / 2.0;
             let best = units
                 .iter()
                 .filter(|u| u.group == top && movable(map, &u.unit) && of(u) > 0.0 && of(u) <= want)
@@ -179,7 +189,7 @@ pub fn plan(map: &ShardMap, units: &[Unit], t: &Thresholds) -> RebalancePlan {
                 u.unit,
                 fmt(measure, of(u))
             );
-            moves.push(PlannedMove { unit: u.unit.clone(), from: top, to: low_g, why });
+            moves.push(PlannedMove { unit: u.unit.clone(), from: top, to: low_g, split_over: vec![], why });
             // The next choice sees the groups as this move leaves them.
             let moved = u.unit.clone();
             units.iter_mut().filter(|x| x.unit == moved && x.group == top).for_each(|x| x.group = low_g);
@@ -210,6 +220,21 @@ impl Placement {
             return Ok(p);
         }
         for m in &p.moves {
+            if !m.split_over.is_empty() {
+                let outcome = match self.split(&m.unit, &m.split_over, 0).await {
+                    Ok(r) => format!(
+                        "split {} over groups {:?} ({} subtrees moved, {} stayed)",
+                        m.unit,
+                        m.split_over,
+                        r.moves.len(),
+                        r.stayed
+                    ),
+                    Err(e) => format!("splitting {} failed: {e}", m.unit),
+                };
+                tracing::info!(unit = m.unit, why = m.why, outcome, "rebalanced");
+                p.executed.push(outcome);
+                continue;
+            }
             let outcome = match self.move_prefix(&m.unit, m.to, 0).await {
                 Ok(r) => format!("moved {} to group {} ({} keys, writes paused {} ms)", m.unit, m.to, r.keys, r.write_pause_ms),
                 Err(e) => format!("moving {} to group {} failed: {e}", m.unit, m.to),
@@ -302,12 +327,20 @@ mod tests {
     }
 
     #[test]
-    fn a_unit_hotter_than_the_mean_needs_a_split_and_pinned_ones_stay() {
-        let m = map(&[1, 2]);
-        let hot = [unit("/r/hot/", 1, 1, 1000.0), unit("/r/b/", 1, 1, 10.0), unit("/r/c/", 2, 1, 10.0)];
+    fn a_hot_unit_is_split_and_pinned_ones_stay() {
+        let m = map(&[1, 2, 3]);
+        // 10x the others' writes: moving it anywhere would overshoot.
+        let mut hot: Vec<Unit> = (0..9).map(|i| unit(&format!("/r/u{i}/"), 1 + i % 3, 1, 10.0)).collect();
+        hot.push(unit("/r/hot/", 1, 1, 100.0));
         let p = plan(&m, &hot, &small());
-        assert!(p.moves.is_empty(), "{p:?}");
-        assert!(p.notes.iter().any(|n| n.contains("/r/hot/") && n.contains("split")), "{p:?}");
+        assert_eq!(p.moves.len(), 1, "{p:?}");
+        assert_eq!((p.moves[0].unit.as_str(), p.moves[0].from, p.moves[0].split_over.as_slice()), ("/r/hot/", 1, &[1, 2, 3][..]));
+        assert!(p.moves[0].why.contains("would move the hot spot"), "{p:?}");
+        // Once split (pins under it), it is an admin's placement: left alone.
+        let mut split = map(&[1, 2, 3]);
+        split.pins.insert("/r/hot/ns1/".into(), 2);
+        let p = plan(&split, &hot, &small());
+        assert!(p.moves.iter().all(|mv| mv.unit != "/r/hot/" && mv.split_over.is_empty()), "{p:?}");
         let mut pinned = map(&[1, 2]);
         pinned.pins.insert("/r/".into(), 1);
         let full = [unit("/r/a/", 1, 60, 0.0), unit("/r/b/", 1, 30, 0.0)];

@@ -27,17 +27,34 @@ fn key(i: usize) -> Vec<u8> {
     format!("{PREFIX}ns{}/w{i:05}", i % 7).into_bytes()
 }
 
-/// Live keys under PREFIX in `group`, read from a replica directly.
+/// Live keys under PREFIX in `group`, read from its first replica that answers.
 async fn count_in(map: &shardmap::ShardMap, group: u64) -> i64 {
-    let rep = &map.groups[&group].replicas[0];
-    let mut kv = KvClient::connect(map.nodes[&rep.node].client_url.clone()).await.unwrap();
     let req = RangeRequest {
         key: PREFIX.into(),
         range_end: shardmap::prefix_end(PREFIX.as_bytes()),
         count_only: true,
         ..Default::default()
     };
-    kv.range(group_request(group, req)).await.unwrap().into_inner().count
+    let mut last = None;
+    for rep in &map.groups[&group].replicas {
+        let Ok(mut kv) = KvClient::connect(map.nodes[&rep.node].client_url.clone()).await else { continue };
+        match kv.range(group_request(group, req.clone())).await {
+            Ok(r) => return r.into_inner().count,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("no replica of group {group} answered: {last:?}")
+}
+
+/// Live keys under PREFIX, through the router.
+async fn count_through(kv: &mut KvClient<Channel>) -> i64 {
+    let req = RangeRequest {
+        key: PREFIX.into(),
+        range_end: shardmap::prefix_end(PREFIX.as_bytes()),
+        count_only: true,
+        ..Default::default()
+    };
+    kv.range(req).await.unwrap().into_inner().count
 }
 
 async fn map_of(f: &Federation) -> shardmap::ShardMap {
@@ -286,19 +303,96 @@ async fn a_move_whose_placement_dies_is_rolled_back_or_finished_by_the_next() {
     let map = move_interrupted(&mut f, "move::after_commit", new).await;
     assert_eq!(map.clone().routing().group_of(&key(0)), Some(new));
     assert_eq!((count_in(&map, old).await, count_in(&map, new).await), (0, 201));
-    let got = kv
-        .range(RangeRequest {
-            key: PREFIX.into(),
-            range_end: shardmap::prefix_end(PREFIX.as_bytes()),
-            count_only: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(got.count, 201);
+    assert_eq!(count_through(&mut kv).await, 201);
     kv.put(PutRequest { key: key(501), value: b"v".to_vec(), ..Default::default() }).await.unwrap();
     assert_eq!(count_in(&map, new).await, 202);
+}
+
+/// The node leading `group` (from `tessera status`), once there is one.
+async fn leader_of(f: &Federation, group: u64) -> String {
+    let mut leader = None;
+    wait::until("a leader", Duration::from_secs(30), || {
+        let status = f.status_json();
+        let g = status["groups"].as_array().unwrap().iter().find(|g| g["id"].as_u64() == Some(group)).cloned();
+        leader = g.and_then(|g| g["leader"].as_str().map(String::from));
+        leader.is_some()
+    })
+    .await;
+    leader.unwrap()
+}
+
+/// The leader of the move's source or target dies where its replica
+/// applies a step (shard-node's failpoints: staging, adoption, release),
+/// and the router is killed while a move runs: each move ends finished or
+/// rolled back, the prefix's keys all in exactly the group the map gives
+/// them, and writes through the router go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_whose_source_or_target_leader_dies_at_each_step_ends_in_one_owner() {
+    let mut f = Federation::start(2);
+    let mut kv = f.kv().await;
+    let mut written = 0;
+    for i in 0..300 {
+        kv.put(PutRequest { key: key(i), value: vec![b'v'; 64], ..Default::default() }).await.unwrap();
+        written += 1;
+    }
+    for (failpoint, dies) in [("apply::move_stage", "target"), ("apply::move_adopt", "target"), ("apply::move_release", "source")]
+    {
+        let map = map_of(&f).await;
+        let owner = map.clone().routing().group_of(&key(0)).unwrap();
+        let other = *map.groups.keys().find(|g| **g != owner).unwrap();
+        let group = if dies == "target" { other } else { owner };
+        // Its leader restarted with the failpoint armed, then made leader again.
+        let node = leader_of(&f, group).await;
+        let args = f.kill9(f.pid(&node));
+        f.restart_with_env(&args, &[("FAILPOINTS", &format!("{failpoint}=panic"))]);
+        wait::until("the node to lead again", Duration::from_secs(30), || {
+            f.tessera(&["group", "move-leader", &group.to_string(), &node]).status.success()
+        })
+        .await;
+        let moved = f.tessera(&["move", PREFIX, &other.to_string(), "--json"]);
+        let said = if moved.status.success() { &moved.stdout } else { &moved.stderr };
+        eprintln!("{failpoint} on the {dies}'s leader {node}: {}", String::from_utf8_lossy(said).replace('\n', " "));
+        wait::until("the node to die at the failpoint", Duration::from_secs(30), || f.restarted_exited()).await;
+        f.kill_restarted();
+        f.restart(&args);
+        let placement = placement::PlacementClient::new(f.placement());
+        wait::until_async("the move to be finished or rolled back", Duration::from_secs(60), || {
+            let placement = placement.clone();
+            async move { placement.map().await.is_ok_and(|m| m.moves.is_empty()) }
+        })
+        .await;
+        let map = map_of(&f).await;
+        let now = map.clone().routing().group_of(&key(0)).unwrap();
+        let gone = if now == owner { other } else { owner };
+        wait::until_async("the prefix's keys in exactly one group", Duration::from_secs(30), || {
+            let map = map.clone();
+            async move { (count_in(&map, now).await, count_in(&map, gone).await) == (written, 0) }
+        })
+        .await;
+        kv.put(PutRequest { key: key(1000 + written as usize), value: b"after".to_vec(), ..Default::default() }).await.unwrap();
+        written += 1;
+    }
+
+    // The router killed while a move copies (rate-limited to last ~2 s): the
+    // move does not need it; a new router serves the moved prefix.
+    let map = map_of(&f).await;
+    let owner = map.clone().routing().group_of(&key(0)).unwrap();
+    let other = *map.groups.keys().find(|g| **g != owner).unwrap();
+    let router = f.kill9(f.pid_of_router());
+    let placement = f.placement();
+    let moving = std::thread::spawn(move || {
+        tessera_testkit::bins::command(tessera_testkit::bins::path("tessera"))
+            .args(["move", PREFIX, &other.to_string(), "--rate-mb", "0.01", "--json", "--placement", &placement])
+            .output()
+            .unwrap()
+    });
+    f.restart(&router);
+    let moved = moving.join().unwrap();
+    assert!(moved.status.success(), "{}", String::from_utf8_lossy(&moved.stderr));
+    let mut kv = f.kv().await;
+    assert_eq!(count_through(&mut kv).await, written);
+    let map = map_of(&f).await;
+    assert_eq!((count_in(&map, other).await, count_in(&map, owner).await), (written, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ pub mod store;
 pub mod unit;
 pub mod watcher;
 
-pub use map::{Adoption, GroupInfo, MovePhase, MoveRecord, NodeInfo, Replica, ShardMap};
+pub use map::{next_segment, spread_group, Adoption, GroupInfo, MovePhase, MoveRecord, NodeInfo, Replica, ShardMap};
 pub use unit::placement_unit;
 
 /// The key in placement's own store that holds the map (JSON).

@@ -162,12 +162,18 @@ impl ShardMap {
 }
 
 /// The segment of `key` after `prefix`, up to and including the next `/`.
-fn next_segment<'a>(key: &'a [u8], prefix: &[u8]) -> &'a [u8] {
+pub fn next_segment<'a>(key: &'a [u8], prefix: &[u8]) -> &'a [u8] {
     let rest = &key[prefix.len()..];
     match rest.iter().position(|b| *b == b'/') {
         Some(i) => &rest[..=i],
         None => rest,
     }
+}
+
+/// The group of `groups` a spread gives the keys whose next segment is
+/// `segment` (a split moves a subtree where a spread would put it).
+pub fn spread_group(segment: &[u8], groups: &[u64]) -> u64 {
+    groups[(hash(segment) % groups.len() as u64) as usize]
 }
 
 impl Routing {
@@ -192,7 +198,7 @@ impl Routing {
     pub fn group_of(&self, key: &[u8]) -> Option<u64> {
         match self.entry(key) {
             Some((_, Entry::Pin(g))) => Some(g),
-            Some((p, Entry::Spread(gs))) => Some(gs[(hash(next_segment(key, p)) % gs.len() as u64) as usize]),
+            Some((p, Entry::Spread(gs))) => Some(spread_group(next_segment(key, p), gs)),
             None => self.ring.owner(placement_unit(key, self.map.depth)),
         }
     }

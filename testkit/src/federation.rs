@@ -163,6 +163,11 @@ impl Federation {
         self.restarted.push(cmd.spawn().unwrap());
     }
 
+    /// Whether the child `restart` started last has exited (e.g. at a failpoint).
+    pub fn restarted_exited(&mut self) -> bool {
+        self.restarted.last_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
     /// Kills the child `restart` started last (a process the test restarted).
     pub fn kill_restarted(&mut self) {
         if let Some(mut c) = self.restarted.pop() {
