@@ -11,8 +11,9 @@
 //!   unit to the group lowest in that measure: the unit that brings the two
 //!   closest (at most half their difference, so a move never overshoots),
 //!   up to `max_moves` in a round;
-//! - for writes, a unit that alone takes more than half the gap cannot be
-//!   helped by a move (its new group would be as hot): it is split, its
+//! - for writes, a unit that alone is above the mean by more than the
+//!   margin cannot be helped by moves (its group stays above wherever it
+//!   is, whatever else moves away): it is split, its
 //!   subtrees spread over every group (`crate::split`), and the round ends
 //!   (the next one sees the groups as the split left them). Sizes are
 //!   evened out by whole units only.
@@ -151,19 +152,22 @@ pub fn plan(map: &ShardMap, units: &[Unit], t: &Thresholds) -> RebalancePlan {
             // The unit that brings `top` and `low` closest without overshooting.
             let want = (high - low) / 2.0;
             if measure == "writes" {
-                // A unit that alone takes more than half the gap moves the hot
-                // spot wherever it goes: its subtrees are spread instead.
+                // A unit that alone is above the mean by more than the margin
+                // keeps whichever group holds it there (moves only move the
+                // hot spot, and moving its neighbours away does not help):
+                // its subtrees are spread instead.
+                let limit = mean * (1.0 + t.margin);
                 let hottest =
                     units.iter().filter(|u| u.group == top && movable(map, &u.unit)).max_by(|a, b| of(a).total_cmp(&of(b)));
-                if let Some(hot) = hottest.filter(|u| of(u) > want) {
+                if let Some(hot) = hottest.filter(|u| of(u) > limit) {
                     let why = format!(
-                        "writes: group {top} takes {} (mean {}, margin {:.0}%); unit {} alone takes {}, more than half the gap to group {low_g} ({}): moving it would move the hot spot, so its subtrees are spread over every group",
+                        "writes: group {top} takes {} (mean {}, margin {:.0}%); unit {} alone takes {}, above the mean and margin ({}) wherever it goes: moving it would move the hot spot, so its subtrees are spread over every group",
                         fmt(measure, high),
                         fmt(measure, mean),
                         t.margin * 100.0,
                         hot.unit,
                         fmt(measure, of(hot)),
-                        fmt(measure, low)
+                        fmt(measure, limit)
                     );
                     moves.push(PlannedMove { unit: hot.unit.clone(), from: top, to: 0, split_over: groups.clone(), why });
                     // How the split leaves the groups is known after it: the next round sees.
@@ -329,13 +333,19 @@ mod tests {
     #[test]
     fn a_hot_unit_is_split_and_pinned_ones_stay() {
         let m = map(&[1, 2, 3]);
-        // 10x the others' writes: moving it anywhere would overshoot.
+        // 10x the others' writes: above the mean and margin wherever it goes.
         let mut hot: Vec<Unit> = (0..9).map(|i| unit(&format!("/r/u{i}/"), 1 + i % 3, 1, 10.0)).collect();
         hot.push(unit("/r/hot/", 1, 1, 100.0));
         let p = plan(&m, &hot, &small());
         assert_eq!(p.moves.len(), 1, "{p:?}");
         assert_eq!((p.moves[0].unit.as_str(), p.moves[0].from, p.moves[0].split_over.as_slice()), ("/r/hot/", 1, &[1, 2, 3][..]));
         assert!(p.moves[0].why.contains("would move the hot spot"), "{p:?}");
+        // The busiest unit above half the gap but not above the mean and
+        // margin: moving a smaller one balances the groups, so no split.
+        let two = [unit("/r/a/", 1, 1, 60.0), unit("/r/b/", 1, 1, 40.0)];
+        let p = plan(&map(&[1, 2]), &two, &Thresholds { margin: 0.2, ..small() });
+        assert_eq!(p.moves.len(), 1, "{p:?}");
+        assert_eq!((p.moves[0].unit.as_str(), p.moves[0].to, p.moves[0].split_over.len()), ("/r/b/", 2, 0), "{p:?}");
         // Once split (pins under it), it is an admin's placement: left alone.
         let mut split = map(&[1, 2, 3]);
         split.pins.insert("/r/hot/ns1/".into(), 2);
