@@ -172,3 +172,24 @@ pub async fn move_leader(d: &Dialer, map: &ShardMap, group: u64, node: &str) -> 
     m.move_leader(group_request(group, MoveLeaderRequest { target_id: *target })).await?;
     Ok(format!("group {group}'s leader is now the replica on {node} ({target:x})"))
 }
+
+/// `group join` / `group add --ring`: each move, then the ring change.
+pub fn joined(j: &placement::api::RingJoined) -> String {
+    let mut out: Vec<String> = j.moves.iter().map(crate::moves::summary).collect();
+    let bytes: u64 = j.moves.iter().map(|m| m.bytes).sum();
+    out.push(format!(
+        "group {} is on the ring (map epoch {}): {} units moved there with {}; older maps refused for {} ms at the ring change",
+        j.group,
+        j.epoch,
+        j.moves.len(),
+        crate::moves::mb(bytes),
+        j.flip_ms
+    ));
+    for k in &j.kept {
+        out.push(format!(
+            "unit {:?} stays on group {} (fewer slashes than the depth: it cannot move as a prefix)",
+            k.unit, k.group
+        ));
+    }
+    out.join("\n")
+}

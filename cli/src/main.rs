@@ -175,8 +175,8 @@ enum ReplicaCmd {
 
 #[derive(Subcommand)]
 enum GroupCmd {
-    /// Create a group (off the ring: give it prefixes with move or pin);
-    /// waits until it has a leader.
+    /// Create a group; waits until it has a leader. Off the ring (give it
+    /// prefixes with move, or let the rebalancer), unless --ring.
     Add {
         /// Voters.
         #[arg(long, default_value_t = 3)]
@@ -184,6 +184,22 @@ enum GroupCmd {
         /// Learners (read-only replicas).
         #[arg(long, default_value_t = 0)]
         learners: usize,
+        /// Then join the ring with the units it gives the group, moved
+        /// online with their data (as `group join`).
+        #[arg(long)]
+        ring: bool,
+        /// With --ring: copy at most this many MB per second per move (0: no limit).
+        #[arg(long, default_value_t = 0.0)]
+        rate_mb: f64,
+    },
+    /// Put a group on the consistent-hash ring: the units the ring then
+    /// gives it (~1/N of them) move there online with their data, one move
+    /// each, then the ring changes at one fenced map epoch. Run again if cut short.
+    Join {
+        group: u64,
+        /// Copy at most this many MB per second per move (0: no limit).
+        #[arg(long, default_value_t = 0.0)]
+        rate_mb: f64,
     },
     /// Give away every prefix pinned to a group, with its data, to the
     /// groups holding the fewest bytes (one move each); then `group remove`
@@ -313,7 +329,15 @@ async fn main() {
                 let groups = parse_groups(&groups)?;
                 show(json, &p.spread(&prefix, &groups).await?, ownership)
             }
-            Cmd::Group { cmd: GroupCmd::Add { replicas, learners } } => {
+            Cmd::Group { cmd: GroupCmd::Add { replicas, learners, ring: true, rate_mb } } => {
+                let added = p.add_group(&placement::api::GroupAddRequest { replicas, learners }).await?;
+                group::wait_for_leader(&p, added.group, std::time::Duration::from_secs(60)).await?;
+                show(json, &p.join_ring(added.group, (rate_mb * 1e6) as u64).await?, group::joined)
+            }
+            Cmd::Group { cmd: GroupCmd::Join { group, rate_mb } } => {
+                show(json, &p.join_ring(group, (rate_mb * 1e6) as u64).await?, group::joined)
+            }
+            Cmd::Group { cmd: GroupCmd::Add { replicas, learners, ring: false, .. } } => {
                 let added = p.add_group(&placement::api::GroupAddRequest { replicas, learners }).await?;
                 group::wait_for_leader(&p, added.group, std::time::Duration::from_secs(60)).await?;
                 show(json, &added, |a| {

@@ -34,7 +34,7 @@ pub async fn run(p: &PlacementClient, req: &MoveRequest, json: bool) -> anyhow::
     }
 }
 
-fn mb(bytes: u64) -> String {
+pub fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
 

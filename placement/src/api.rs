@@ -227,6 +227,35 @@ pub struct GroupDrained {
     pub epoch: u64,
 }
 
+/// `tessera group join GROUP` (and `group add --ring`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct RingJoinRequest {
+    /// Copy at most this many bytes per second per move (0: no limit).
+    #[serde(default)]
+    pub rate_bytes: u64,
+}
+
+/// A unit whose keys stay on a group the ring no longer gives it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct KeptUnit {
+    pub unit: String,
+    pub group: u64,
+}
+
+/// What a group's joining the ring did.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct RingJoined {
+    pub group: u64,
+    /// The units the ring now gives it, moved with their data.
+    pub moves: Vec<MoveReport>,
+    /// Units the ring would give it that stay where they are (unit pins:
+    /// fewer slashes than the depth, so they cannot move as a prefix).
+    pub kept: Vec<KeptUnit>,
+    /// How long the ring's groups refused calls routed by the old map.
+    pub flip_ms: u64,
+    pub epoch: u64,
+}
+
 /// `tessera split PREFIX GROUPS`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct SplitRequest {

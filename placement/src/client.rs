@@ -44,6 +44,10 @@ impl PlacementClient {
         self.call("POST", "/tessera/v1/groups", Some(req)).await
     }
 
+    pub async fn join_ring(&self, group: u64, rate_bytes: u64) -> Result<RingJoined> {
+        self.call("POST", &format!("/tessera/v1/groups/{group}/ring"), Some(&RingJoinRequest { rate_bytes })).await
+    }
+
     pub async fn drain_group(&self, group: u64, rate_bytes: u64) -> Result<GroupDrained> {
         self.call("POST", &format!("/tessera/v1/groups/{group}/drain"), Some(&GroupDrainRequest { rate_bytes })).await
     }

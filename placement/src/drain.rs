@@ -26,6 +26,11 @@ fn cannot_drain(map: &ShardMap, group: u64) -> Option<String> {
              with `group add`, which own pins, can leave)"
         ));
     }
+    if let Some((u, _)) = map.unit_pins.iter().find(|(_, g)| **g == group) {
+        return Some(format!(
+            "group {group} keeps the keys of unit {u:?} since a ring change (fewer slashes than the depth: it cannot move as a prefix)"
+        ));
+    }
     if let Some((p, _)) = map.spreads.iter().find(|(_, gs)| gs.contains(&group)) {
         return Some(format!("group {group} is one of the groups the prefix {p:?} is spread over (a spread's keys do not move)"));
     }
@@ -137,5 +142,8 @@ mod tests {
         assert_eq!(cannot_drain(&map, 3), None, "pins are what a drain moves");
         map.moves.insert("/a/".into(), MoveRecord { to: 4, from: vec![3], phase: MovePhase::Copying, epoch: 0, adopt: None });
         assert!(cannot_drain(&map, 3).unwrap().contains("in flight"));
+        map.moves.clear();
+        map.unit_pins.insert("/r/".into(), 3);
+        assert!(cannot_drain(&map, 3).unwrap().contains("unit \"/r/\""));
     }
 }

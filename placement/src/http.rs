@@ -4,7 +4,7 @@
 
 use crate::api::{
     ErrorBody, GroupAddRequest, GroupDrainRequest, InitRequest, LearnerAddRequest, MergeRequest, MoveCancelRequest, MoveRequest,
-    PinRequest, RebalanceRequest, SplitRequest, SpreadRequest,
+    PinRequest, RebalanceRequest, RingJoinRequest, SplitRequest, SpreadRequest,
 };
 use crate::error::{ErrorKind, PlacementError};
 use crate::ops::Placement;
@@ -57,6 +57,12 @@ pub fn routes(placement: Placement) -> Router {
             "/tessera/v1/groups/{id}/drain",
             post(|State(p): State<Placement>, Path(group): Path<u64>, body: Option<Json<GroupDrainRequest>>| async move {
                 reply(p.drain_group(group, body.map_or(0, |b| b.0.rate_bytes)).await)
+            }),
+        )
+        .route(
+            "/tessera/v1/groups/{id}/ring",
+            post(|State(p): State<Placement>, Path(group): Path<u64>, body: Option<Json<RingJoinRequest>>| async move {
+                reply(p.join_ring(group, body.map_or(0, |b| b.0.rate_bytes)).await)
             }),
         )
         .route(

@@ -8,7 +8,7 @@
 //! - `Placement`: the operations, as typed functions (`ops`, `members`,
 //!   `ownership` for fenced pins and spreads, `moves` for moving a prefix
 //!   with its data, `split` for spreading one over groups and merging it
-//!   back, `drain` for a group leaving).
+//!   back, `drain` for a group leaving, `ring` for one joining the ring).
 //! - `api`: their requests and answers; `http::routes` serves them as
 //!   JSON, `client::PlacementClient` (the CLI) calls them.
 
@@ -24,6 +24,7 @@ mod moves;
 mod ops;
 mod ownership;
 pub mod rebalance;
+mod ring;
 mod split;
 mod units;
 

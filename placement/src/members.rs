@@ -60,6 +60,36 @@ where
     Err(PlacementError::unavailable(format!("group {group}: {last}")))
 }
 
+/// A page of at most `limit` of `group`'s keys in `[from, end)` (etcd's
+/// range encoding), keys only, linearizable, and whether more follow. Not
+/// routed by a map, so never fenced: placement's listings see everything
+/// the group holds.
+pub(crate) async fn keys_page(
+    dialer: &tessera_rpc::tls::Dialer,
+    map: &ShardMap,
+    group: u64,
+    from: &[u8],
+    end: &[u8],
+    limit: i64,
+) -> Result<(Vec<Vec<u8>>, bool)> {
+    use tessera_proto::etcdserverpb::kv_client::KvClient;
+    use tessera_proto::etcdserverpb::RangeRequest;
+    let req = RangeRequest { key: from.to_vec(), range_end: end.to_vec(), keys_only: true, limit, ..Default::default() };
+    let resp = on_group(
+        dialer,
+        map,
+        group,
+        None,
+        |ch| {
+            let r = group_request(group, req.clone());
+            async move { KvClient::new(ch).range(r).await }
+        },
+        |_| None,
+    )
+    .await?;
+    Ok((resp.kvs.into_iter().map(|kv| kv.key).collect(), resp.more))
+}
+
 impl Placement {
     /// Adds a learner to `group` on `node` (or the least loaded node
     /// without a replica of it): a raft conf change in the group first,

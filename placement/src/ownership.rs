@@ -131,7 +131,7 @@ impl Placement {
 
     /// Moves the map past a fence that did not lead to a change, so routers
     /// stop being refused under the prefix (a no-op if the map already is).
-    async fn lift(&self, epoch: u64) {
+    pub(crate) async fn lift(&self, epoch: u64) {
         if let Err(e) = self.store.update(|m| Ok::<_, PlacementError>(m.epoch < epoch)).await {
             tracing::warn!(error = %e, epoch, "could not lift a fence; the next map change will");
         }
@@ -141,7 +141,7 @@ impl Placement {
 /// Fences `prefix` at `epoch` in each of `groups`; answers the keys they
 /// hold under it with the fence applied, and the highest revision of theirs
 /// at the fence.
-async fn fence(dialer: &Dialer, map: &ShardMap, prefix: &str, groups: &[u64], epoch: u64) -> Result<(i64, i64)> {
+pub(crate) async fn fence(dialer: &Dialer, map: &ShardMap, prefix: &str, groups: &[u64], epoch: u64) -> Result<(i64, i64)> {
     let req = FenceRequest { prefix: prefix.as_bytes().to_vec(), epoch, pending: false };
     let answers = futures::future::join_all(groups.iter().map(|g| {
         on_group(
@@ -169,7 +169,7 @@ async fn fence(dialer: &Dialer, map: &ShardMap, prefix: &str, groups: &[u64], ep
 /// Raises each of `groups` past `revision`, so every event they will have
 /// under the prefix comes after the old owners' last one (a watch routed
 /// again from there misses none).
-async fn raise(dialer: &Dialer, map: &ShardMap, groups: &[u64], revision: i64) -> Result<()> {
+pub(crate) async fn raise(dialer: &Dialer, map: &ShardMap, groups: &[u64], revision: i64) -> Result<()> {
     let answers = futures::future::join_all(groups.iter().map(|g| {
         on_group(
             dialer,

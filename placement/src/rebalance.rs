@@ -86,7 +86,7 @@ pub fn units_between(first: &UnitsReport, second: &UnitsReport) -> Vec<Unit> {
 }
 
 /// Whether the unit may be moved by the rebalancer.
-fn movable(map: &ShardMap, unit: &str) -> bool {
+pub(crate) fn movable(map: &ShardMap, unit: &str) -> bool {
     let whole = unit.ends_with('/') && unit.matches('/').count() == map.depth;
     let placed = map
         .pins

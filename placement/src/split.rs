@@ -19,13 +19,11 @@
 
 use crate::api::{MergeReport, SplitReport};
 use crate::error::{PlacementError, Result};
-use crate::members::{group_request, on_group};
+use crate::members::keys_page;
 use crate::moves::{check_prefix, overlap};
 use crate::ops::Placement;
 use shardmap::{next_segment, prefix_end, spread_group, ShardMap};
 use std::collections::BTreeSet;
-use tessera_proto::etcdserverpb::kv_client::KvClient;
-use tessera_proto::etcdserverpb::RangeRequest;
 
 /// Keys read per listing call.
 const LIST_BATCH: i64 = 1000;
@@ -79,28 +77,9 @@ impl Placement {
         let end = prefix_end(prefix.as_bytes());
         let mut from = prefix.as_bytes().to_vec();
         loop {
-            let req = RangeRequest {
-                key: from.clone(),
-                range_end: end.clone(),
-                keys_only: true,
-                limit: LIST_BATCH,
-                ..Default::default()
-            };
-            let resp = on_group(
-                self.dialer(),
-                map,
-                group,
-                None,
-                |ch| {
-                    let r = group_request(group, req.clone());
-                    async move { KvClient::new(ch).range(r).await }
-                },
-                |_| None,
-            )
-            .await?;
-            let keys: Vec<Vec<u8>> = resp.kvs.into_iter().map(|kv| kv.key).collect();
+            let (keys, more) = keys_page(self.dialer(), map, group, &from, &end, LIST_BATCH).await?;
             match out.take(prefix.as_bytes(), &keys) {
-                Some(next) if resp.more || keys.len() as i64 == LIST_BATCH => from = next,
+                Some(next) if more || keys.len() as i64 == LIST_BATCH => from = next,
                 _ => return Ok(out),
             }
             if from >= end {

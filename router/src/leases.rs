@@ -32,14 +32,9 @@ fn all_groups(b: &Backends) -> Result<Vec<u64>, Status> {
     Ok(b.routing()?.map.groups.keys().copied().collect())
 }
 
-/// The home group of a lease: stable for the ring's groups.
+/// The home group of a lease: stable across ring changes (`ShardMap::lease_home`).
 pub fn home(b: &Backends, id: i64) -> Result<u64, Status> {
-    let r = b.routing()?;
-    let pool: Vec<u64> = if r.map.ring.is_empty() { r.map.groups.keys().copied().collect() } else { r.map.ring.clone() };
-    if pool.is_empty() {
-        return Err(Status::unavailable("tessera: the shard map has no groups yet"));
-    }
-    Ok(pool[(shardmap::ring::hash(&id.to_be_bytes()) % pool.len() as u64) as usize])
+    b.routing()?.map.lease_home(id).ok_or_else(|| Status::unavailable("tessera: the shard map has no groups yet"))
 }
 
 async fn ttl_in(

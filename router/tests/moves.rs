@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tessera_proto::etcdserverpb::kv_client::KvClient;
-use tessera_proto::etcdserverpb::request_op::Request;
 use tessera_proto::etcdserverpb::watch_client::WatchClient;
 use tessera_proto::etcdserverpb::watch_request::RequestUnion;
-use tessera_proto::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest};
+use tessera_proto::etcdserverpb::{PutRequest, RangeRequest, WatchCreateRequest, WatchRequest};
 use tessera_rpc::metadata::group_request;
+use tessera_testkit::writer::{fill_units, prev_kv_writer};
 use tessera_testkit::{wait, Federation};
 use tonic::transport::Channel;
 
@@ -465,48 +465,15 @@ async fn new_groups_take_a_third_each_of_a_full_group_under_writes() {
     let f = Federation::start(1);
     let mut kv = f.kv().await;
     let unit = |u: usize| format!("/registry/kind{u:02}/");
-    for (u, half) in (0..50).flat_map(|u| [(u, 0), (u, 100)]) {
-        let success = (half..half + 100)
-            .map(|i| RequestOp {
-                request: Some(Request::RequestPut(PutRequest {
-                    key: format!("{}ns/o{i}", unit(u)).into_bytes(),
-                    value: vec![b'v'; 256],
-                    ..Default::default()
-                })),
-            })
-            .collect();
-        kv.txn(TxnRequest { success, ..Default::default() }).await.unwrap();
-    }
+    fill_units(&mut kv, &(0..50).map(unit).collect::<Vec<_>>(), 200).await;
     for _ in 0..2 {
         let added = f.tessera(&["group", "add", "--replicas", "3"]);
         assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
     }
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writing = {
-        let (mut kv, stop) = (kv.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut last: BTreeMap<String, String> = BTreeMap::new();
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let key = format!("{}ns/o{}", unit(n % 50), n % 7);
-                let value = format!("w{n}");
-                let put = PutRequest {
-                    key: key.clone().into_bytes(),
-                    value: value.clone().into_bytes(),
-                    prev_kv: true,
-                    ..Default::default()
-                };
-                let prev = kv.put(put).await.expect("a write during the rebalance").into_inner().prev_kv.unwrap();
-                if let Some(expected) = last.get(&key) {
-                    assert_eq!(&String::from_utf8(prev.value).unwrap(), expected, "{key} lost a write");
-                }
-                last.insert(key, value);
-            }
-            last
-        })
-    };
+    let written: Vec<String> = (1..=50 * 7).map(|n| format!("{}ns/o{}", unit(n % 50), n % 7)).collect();
+    let writing = tokio::spawn(prev_kv_writer(kv.clone(), written, stop.clone()));
     let done = f.tessera(&["rebalance", "--min-mib", "0", "--margin", "0.1", "--max-moves", "100", "--json"]);
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
     let plan: placement::api::RebalancePlan = serde_json::from_slice(&done.stdout).unwrap();
@@ -546,7 +513,7 @@ async fn new_groups_take_a_third_each_of_a_full_group_under_writes() {
     assert!(!map.groups.contains_key(&leaving) && map.removed_groups.contains(&leaving), "{map:?}");
     assert!(!map.pins.values().any(|g| *g == leaving));
     stop.store(true, Ordering::Relaxed);
-    let last = writing.await.unwrap();
+    let last = writing.await.unwrap().last;
     // Its nodes stop the replicas: none answers for it any more.
     let node_urls: Vec<String> = map.nodes.values().map(|n| n.client_url.clone()).collect();
     wait::until_async("the removed group's replicas to stop", Duration::from_secs(20), || {

@@ -12,8 +12,8 @@ use std::time::Duration;
 use tessera_proto::etcdserverpb::kv_client::KvClient;
 use tessera_proto::etcdserverpb::{PutRequest, RangeRequest};
 use tessera_rpc::metadata::group_request;
+use tessera_testkit::writer::prev_kv_writer;
 use tessera_testkit::{wait, Federation};
-use tonic::transport::Channel;
 
 const NAMESPACES: usize = 12;
 const PER_NAMESPACE: usize = 5;
@@ -44,32 +44,11 @@ fn keys(hot: &str, cold: &[String]) -> (Vec<String>, Vec<String>) {
     (h, cold.iter().map(|u| format!("{u}ns/o")).collect())
 }
 
-/// Writes ten keys of the hot unit for each key of every cold one, until
-/// stopped; every put's prev_kv must be the last value written.
-async fn writer(mut kv: KvClient<Channel>, hot: Vec<String>, cold: Vec<String>, stop: Arc<AtomicBool>) -> usize {
-    let mut last: BTreeMap<String, String> = BTreeMap::new();
-    let mut n = 0usize;
-    while !stop.load(Ordering::Relaxed) {
-        let mut round: Vec<&String> = (0..10 * cold.len()).map(|i| &hot[(n + i * 7) % hot.len()]).collect();
-        round.extend(cold.iter());
-        for key in round {
-            n += 1;
-            let value = format!("w{n}");
-            let put = PutRequest {
-                key: key.clone().into_bytes(),
-                value: value.clone().into_bytes(),
-                prev_kv: true,
-                ..Default::default()
-            };
-            let resp = kv.put(put).await.unwrap_or_else(|e| panic!("a write to {key} during the split: {e}")).into_inner();
-            if let Some(expected) = last.get(key) {
-                let prev = String::from_utf8(resp.prev_kv.expect("the key exists").value).unwrap();
-                assert_eq!(&prev, expected, "{key} lost a write");
-            }
-            last.insert(key.clone(), value);
-        }
-    }
-    n
+/// The writer's keys: ten of the hot unit for each key of every cold one.
+fn ten_to_one(hot: &[String], cold: &[String]) -> Vec<String> {
+    let mut round: Vec<String> = (0..10 * cold.len()).map(|i| hot[(i * 7) % hot.len()].clone()).collect();
+    round.extend(cold.iter().cloned());
+    round
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,7 +66,7 @@ async fn a_hot_unit_is_split_by_the_rebalancer_within_a_minute_and_merged_back()
         kv.put(PutRequest { key: k.clone().into_bytes(), value: b"0".to_vec(), ..Default::default() }).await.unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let writing = tokio::spawn(writer(kv.clone(), hot_keys.clone(), cold_keys.clone(), stop.clone()));
+    let writing = tokio::spawn(prev_kv_writer(kv.clone(), ten_to_one(&hot_keys, &cold_keys), stop.clone()));
 
     // `top` names the hot unit first, by writes.
     let top = f.tessera(&["top", "--by", "writes", "--interval", "1", "--json"]);
@@ -157,7 +136,7 @@ async fn a_hot_unit_is_split_by_the_rebalancer_within_a_minute_and_merged_back()
     let merged: placement::api::MergeReport = serde_json::from_slice(&merged.stdout).unwrap();
     assert!(merged.moves.iter().all(|m| m.outcome == "moved"), "{merged:?}");
     stop.store(true, Ordering::Relaxed);
-    let writes = writing.await.unwrap();
+    let writes = writing.await.unwrap().puts.len();
     let map = map_of(&f).await;
     assert_eq!(map.pins.get(&hot), Some(&2));
     assert!(!map.pins.keys().any(|p| p.starts_with(&hot) && p.len() > hot.len()), "pins under it dropped: {:?}", map.pins);

@@ -52,10 +52,10 @@ pub struct ShardMap {
     pub next_group: u64,
     pub nodes: BTreeMap<String, NodeInfo>,
     pub groups: BTreeMap<u64, GroupInfo>,
-    /// Groups on the consistent-hash ring. A group joins it only while no
-    /// data exists (moving units with their data is a later feature), so
-    /// `group add` leaves new groups off the ring: give them prefixes with
-    /// pin or spread.
+    /// Groups on the consistent-hash ring. `group add` leaves a new group
+    /// off it (give it prefixes with move, or let the rebalancer); `group
+    /// add --ring` / `group join` moves it onto it with the units the ring
+    /// then gives it (placement's `ring` module).
     pub ring: Vec<u64>,
     /// prefix → group, for the prefix and its subtree.
     pub pins: BTreeMap<String, u64>,
@@ -74,6 +74,18 @@ pub struct ShardMap {
     /// Groups being drained (`group drain`): the rebalancer gives them nothing.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub draining_groups: BTreeSet<u64>,
+    /// Placement units kept on a group the ring no longer gives them: a
+    /// unit with fewer slashes than `depth` (`""`, `/registry/`) holds
+    /// data when the ring changes, and cannot move as a prefix without its
+    /// subtree. Only the unit's own keys follow it (unlike a pin); pins and
+    /// spreads still win, the ring decides the rest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unit_pins: BTreeMap<String, u64>,
+    /// The groups leases are granted on (by id), once the ring has changed:
+    /// the ring as it was then, so a lease's home stays where it was
+    /// granted. Empty: the ring's groups (or every group, without a ring).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lease_homes: Vec<u64>,
 }
 
 /// A move of a prefix with its data, as the map records it.
@@ -121,6 +133,22 @@ impl ShardMap {
         rs.sort_by_key(|(r, _)| r.learner);
         rs
     }
+
+    /// The groups a lease with id `id` may be granted on, and of those its
+    /// home (`lease_homes`, else the ring, else every group).
+    pub fn lease_home(&self, id: i64) -> Option<u64> {
+        let pool: Vec<u64> = if !self.lease_homes.is_empty() {
+            self.lease_homes.clone()
+        } else if !self.ring.is_empty() {
+            self.ring.clone()
+        } else {
+            self.groups.keys().copied().collect()
+        };
+        if pool.is_empty() {
+            return None;
+        }
+        Some(pool[(hash(&id.to_be_bytes()) % pool.len() as u64) as usize])
+    }
 }
 
 impl Default for ShardMap {
@@ -138,6 +166,8 @@ impl Default for ShardMap {
             moves: BTreeMap::new(),
             removed_groups: BTreeSet::new(),
             draining_groups: BTreeSet::new(),
+            unit_pins: BTreeMap::new(),
+            lease_homes: vec![],
         }
     }
 }
@@ -199,8 +229,29 @@ impl Routing {
         match self.entry(key) {
             Some((_, Entry::Pin(g))) => Some(g),
             Some((p, Entry::Spread(gs))) => Some(spread_group(next_segment(key, p), gs)),
-            None => self.ring.owner(placement_unit(key, self.map.depth)),
+            None => self.unit_owner(placement_unit(key, self.map.depth)),
         }
+    }
+
+    /// The owner of placement unit `unit`'s keys that no pin or spread
+    /// covers: its unit pin, else the ring.
+    fn unit_owner(&self, unit: &[u8]) -> Option<u64> {
+        match std::str::from_utf8(unit).ok().and_then(|u| self.map.unit_pins.get(u)) {
+            Some(g) => Some(*g),
+            None => self.ring.owner(unit),
+        }
+    }
+
+    /// Whether the keys of placement unit `unit` (those no deeper pin or
+    /// spread takes) are placed by the ring: no pin, spread or unit pin
+    /// covers the unit itself.
+    pub fn ring_places(&self, unit: &[u8]) -> bool {
+        self.entry(unit).is_none() && !std::str::from_utf8(unit).is_ok_and(|u| self.map.unit_pins.contains_key(u))
+    }
+
+    /// The ring's owner of `unit`, whatever covers it.
+    pub fn ring_owner(&self, unit: &[u8]) -> Option<u64> {
+        self.ring.owner(unit)
     }
 
     /// Every group that may hold keys in `[key, range_end)` (etcd's range
@@ -228,9 +279,13 @@ impl Routing {
             }
             Some((_, Entry::Spread(gs))) => out.extend(gs.iter().copied()),
             None if prefix_fixes_unit(common, self.map.depth) => {
-                out.extend(self.ring.owner(placement_unit(common, self.map.depth)))
+                out.extend(self.unit_owner(placement_unit(common, self.map.depth)))
             }
-            None => out.extend(self.map.ring.iter().copied()),
+            None => {
+                out.extend(self.map.ring.iter().copied());
+                // Kept units' keys may fall in the range (a superset is safe).
+                out.extend(self.map.unit_pins.values().copied());
+            }
         }
         out.into_iter().collect()
     }
@@ -271,6 +326,34 @@ mod tests {
         assert!(reg.contains(&7) && reg.contains(&4) && reg.contains(&1));
         // a range past every pinned prefix does not name the pinned group
         assert!(!r.groups_for_range(b"a", b"b").contains(&7));
+    }
+
+    #[test]
+    fn a_unit_pin_keeps_only_its_units_keys() {
+        let mut m = map().map;
+        m.unit_pins.insert("/registry/".into(), 9);
+        m.unit_pins.insert("".into(), 8);
+        let before = map();
+        let r = m.routing();
+        assert_eq!(r.group_of(b"/registry/health"), Some(9));
+        assert_eq!(r.group_of(b"compact_rev_key"), Some(8));
+        // deeper units still follow the ring, pins still win
+        assert_eq!(r.group_of(b"/registry/pods/ns/a"), before.group_of(b"/registry/pods/ns/a"));
+        assert_eq!(r.group_of(b"/registry/pinned/x"), Some(7));
+        assert_eq!(r.groups_for_range(b"/registry/health", b""), vec![9]);
+        let all = r.groups_for_range(b"", b"\0");
+        assert!(all.contains(&8) && all.contains(&9), "{all:?}");
+        assert!(!r.ring_places(b"/registry/") && !r.ring_places(b"/registry/pinned/") && r.ring_places(b"/registry/pods/"));
+    }
+
+    #[test]
+    fn a_lease_keeps_its_home_once_lease_homes_are_set() {
+        let mut m = ShardMap { ring: vec![1, 2, 3], ..Default::default() };
+        let homes: Vec<Option<u64>> = (0..100).map(|id| m.lease_home(id)).collect();
+        m.lease_homes = m.ring.clone();
+        m.ring.push(4);
+        assert_eq!((0..100).map(|id| m.lease_home(id)).collect::<Vec<_>>(), homes);
+        assert_eq!(ShardMap::default().lease_home(1), None);
     }
 }
 

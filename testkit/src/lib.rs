@@ -7,7 +7,8 @@
 //! - `net`: a loopback address of a test's own.
 //! - `group`: a shard-node group (etcd flags), `etcd`: real etcd beside it.
 //! - `federation`: a whole federation through `tessera dev`.
-//! - `load`: a write load for fault tests; `proxy`: a TCP proxy that holds traffic.
+//! - `load`: a write load for fault tests; `writer`: one that checks each
+//!   put's prev_kv; `proxy`: a TCP proxy that holds traffic.
 //! - `auth`: etcd's auth session and scenarios, asked the same of any server.
 //! - `recipes`, `json_http`: client scenarios and a raw HTTP client;
 //!   `range_stream`: etcd 3.7's RangeStream asked the same of any server.
@@ -25,6 +26,7 @@ pub mod range_stream;
 pub mod recipes;
 pub mod txn;
 pub mod wait;
+pub mod writer;
 
 pub use federation::Federation;
 pub use group::Cluster;

@@ -48,8 +48,10 @@ impl Shard for ShardService {
 
     async fn fence(&self, req: Request<FenceRequest>) -> Result<Response<FenceResponse>, Status> {
         let FenceRequest { prefix, epoch, pending } = req.into_inner();
-        if prefix.is_empty() || epoch == 0 {
-            return Err(Status::invalid_argument("tessera: a fence needs a prefix and an epoch"));
+        // The empty prefix fences every key: a ring change (any unit may
+        // change owner) refuses every call routed by an older map.
+        if epoch == 0 {
+            return Err(Status::invalid_argument("tessera: a fence needs an epoch"));
         }
         let g = &self.group;
         // Applied on this member: every write ordered before the fence is
