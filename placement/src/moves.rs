@@ -383,8 +383,13 @@ impl Placement {
         fail::fail_point!("move::after_commit", |_| Err(PlacementError::unavailable("failpoint move::after_commit")));
         self.track(prefix, |d| d.progress.phase = "adopting".into());
         let record = map.moves.get(prefix).cloned().ok_or_else(|| PlacementError::unavailable("the move's record is gone"))?;
-        report.keys = self.finish(&map, prefix, &record).await?;
-        report.write_pause_ms = paused.map_or(0, |p| p.elapsed().as_millis() as u64);
+        let (keys, adopted) = self.finish(&map, prefix, &record).await?;
+        report.keys = keys;
+        // Writes under the prefix go on at the target once it adopted; the
+        // sources' releases after that hold nothing routed by the new map
+        // under the prefix (a source that is slow to release, e.g. its leader
+        // crashed there, holds only wide reads that overlap it).
+        report.write_pause_ms = paused.map_or(0, |p| adopted.duration_since(p).as_millis() as u64);
         phases.end("adopt");
         report.epoch = map.epoch;
         report.revisions = copied.revisions;
@@ -472,8 +477,9 @@ impl Placement {
     }
 
     /// The target adopts, the sources release, the record goes; the live
-    /// keys the sources gave away. Each step is idempotent.
-    async fn finish(&self, map: &ShardMap, prefix: &str, r: &MoveRecord) -> Result<i64> {
+    /// keys the sources gave away, and when the target had adopted. Each
+    /// step is idempotent.
+    async fn finish(&self, map: &ShardMap, prefix: &str, r: &MoveRecord) -> Result<(i64, Instant)> {
         let adopt = r.adopt.clone().unwrap_or_default();
         let msg = MoveTarget {
             prefix: prefix.as_bytes().to_vec(),
@@ -484,6 +490,7 @@ impl Placement {
             revision: adopt.revision,
         };
         target(self.dialer(), map, r.to, msg).await?;
+        let adopted = Instant::now();
         fail::fail_point!("move::after_adopt", |_| Err(PlacementError::unavailable("failpoint move::after_adopt")));
         let mut keys = 0;
         for g in &r.from {
@@ -492,7 +499,7 @@ impl Placement {
                     .await?;
         }
         self.store.update(|m| Ok::<_, PlacementError>(m.moves.remove(prefix).is_some())).await?;
-        Ok(keys)
+        Ok((keys, adopted))
     }
 
     /// Rolls back a move not committed: the target drops what it staged,

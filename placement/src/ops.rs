@@ -14,11 +14,16 @@ pub struct Placement {
     pub(crate) store: Store,
     /// The moves this placement drives (`crate::moves`).
     pub(crate) tracker: std::sync::Arc<std::sync::Mutex<crate::moves::Tracker>>,
+    /// Units the rebalancer split and that had nothing to spread (every
+    /// key a leaf, or every subtree already where a spread puts it): not
+    /// planned again until this placement restarts. A leaf lock, never
+    /// held across an await.
+    pub(crate) unsplittable: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Placement {
     pub fn new(store: Store) -> Self {
-        Placement { store, tracker: Default::default() }
+        Placement { store, tracker: Default::default(), unsplittable: Default::default() }
     }
 
     /// How placement reaches its store and the groups.

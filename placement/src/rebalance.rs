@@ -27,7 +27,7 @@ use crate::error::Result;
 use crate::ops::Placement;
 use serde::{Deserialize, Serialize};
 use shardmap::ShardMap;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Thresholds of a rebalancing round.
@@ -99,6 +99,12 @@ pub(crate) fn movable(map: &ShardMap, unit: &str) -> bool {
 
 /// The plan for one round.
 pub fn plan(map: &ShardMap, units: &[Unit], t: &Thresholds) -> RebalancePlan {
+    plan_knowing(map, units, t, &BTreeSet::new())
+}
+
+/// The plan for one round, knowing which hot units a split found nothing
+/// to spread in (they are not planned as splits again).
+pub fn plan_knowing(map: &ShardMap, units: &[Unit], t: &Thresholds, unsplittable: &BTreeSet<String>) -> RebalancePlan {
     let mut moves: Vec<PlannedMove> = vec![];
     let mut notes: Vec<String> = vec![];
     // A draining group gives its units away (`group drain`): it takes none.
@@ -160,6 +166,15 @@ pub fn plan(map: &ShardMap, units: &[Unit], t: &Thresholds) -> RebalancePlan {
                 let hottest =
                     units.iter().filter(|u| u.group == top && movable(map, &u.unit)).max_by(|a, b| of(a).total_cmp(&of(b)));
                 if let Some(hot) = hottest.filter(|u| of(u) > limit) {
+                    if unsplittable.contains(&hot.unit) {
+                        notes.push(format!(
+                            "writes: unit {} alone takes {}, above the mean and margin ({}), but a split of it found nothing to spread (its keys are leaves, or its subtrees already where a spread puts them): left where it is",
+                            hot.unit,
+                            fmt(measure, of(hot)),
+                            fmt(measure, limit)
+                        ));
+                        break;
+                    }
                     let why = format!(
                         "writes: group {top} takes {} (mean {}, margin {:.0}%); unit {} alone takes {}, above the mean and margin ({}) wherever it goes: moving it would move the hot spot, so its subtrees are spread over every group",
                         fmt(measure, high),
@@ -219,13 +234,21 @@ impl Placement {
         tokio::time::sleep(Duration::from_millis(req.interval_ms.clamp(100, 60_000))).await;
         let second = self.units().await?;
         let map = self.map().await?;
-        let mut p = plan(&map, &units_between(&first, &second), &t);
+        let unsplittable = self.unsplittable.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut p = plan_knowing(&map, &units_between(&first, &second), &t, &unsplittable);
         if req.dry_run {
             return Ok(p);
         }
         for m in &p.moves {
             if !m.split_over.is_empty() {
                 let outcome = match self.split(&m.unit, &m.split_over, 0).await {
+                    Ok(r) if r.moves.is_empty() => {
+                        self.unsplittable.lock().unwrap_or_else(|p| p.into_inner()).insert(m.unit.clone());
+                        format!(
+                            "split {} found nothing to spread ({} subtrees stayed, {} leaf keys): not planned again",
+                            m.unit, r.stayed, r.leaves
+                        )
+                    }
                     Ok(r) => format!(
                         "split {} over groups {:?} ({} subtrees moved, {} stayed)",
                         m.unit,
@@ -317,6 +340,19 @@ mod tests {
             p.moves.len()
         );
         assert!(p.notes.iter().any(|n| n.contains("within 10%")), "{p:?}");
+    }
+
+    #[test]
+    fn a_hot_unit_a_split_found_nothing_in_is_not_split_again() {
+        let m = map(&[1, 2, 3]);
+        let units = [unit("/r/hot/", 1, 0, 1000.0), unit("/r/a/", 1, 0, 10.0), unit("/r/b/", 2, 0, 10.0)];
+        let p = plan(&m, &units, &small());
+        assert_eq!(p.moves.len(), 1, "{p:?}");
+        assert_eq!(p.moves[0].split_over, vec![1, 2, 3], "{p:?}");
+        let known: BTreeSet<String> = ["/r/hot/".to_string()].into();
+        let p = plan_knowing(&m, &units, &small(), &known);
+        assert!(p.moves.is_empty(), "{p:?}");
+        assert!(p.notes.iter().any(|n| n.contains("found nothing to spread")), "{p:?}");
     }
 
     #[test]

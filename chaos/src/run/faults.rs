@@ -14,8 +14,12 @@
 //! - skew: one process's clock (libfaketime, `clock`) runs 1.25–2× fast for
 //!   a while or jumps 1–4 s ahead, then runs at half speed until it is back
 //!   on true time (a clock left ahead would stretch the process's waits);
-//! - move: a workload prefix moved with its data to another group (the
-//!   router and every group keep serving it); in a third of them placement
+//! - move: the federation changes shape under the load: a workload prefix
+//!   moved with its data to another group (the router and every group keep
+//!   serving it), or split over every group (its subtrees move), or merged
+//!   back onto one once split, or a new group added and put on the ring
+//!   with its units (up to two per run; one left off the ring by a crash is
+//!   joined by the next); in a third of them placement
 //!   is killed at a step of the move (a failpoint), and the placement
 //!   started again finishes or rolls it back; in another third a data node
 //!   crashes where its replica applies a step of the move (staging, the
@@ -162,8 +166,9 @@ enum Step {
     Jump(usize, f64),
     /// Restarted with these failpoints armed (`FAILPOINTS`); healed by a clean restart.
     Failpoints(usize, String),
-    /// Moves this prefix with its data to another group (`pick` chooses
-    /// among the groups that do not own it now); done while the fault holds.
+    /// Changes the federation's shape around this prefix (`reshape`:
+    /// move, split, merge, or a group joining the ring; `pick` chooses);
+    /// done while the fault holds.
     Move {
         prefix: &'static str,
         pick: u64,
@@ -407,15 +412,24 @@ fn apply(c: &mut Cluster, id: u64, step: &Step) -> anyhow::Result<()> {
             c.kill(i);
             c.start_with(i, &[("FAILPOINTS", spec)])?;
         }
-        Step::Move { .. } => {} // async: `move_prefix`
+        Step::Move { .. } => {} // async: `reshape`
     }
     Ok(())
 }
 
-/// Moves `prefix` with its data to a group that does not own it (chosen
-/// by `pick`) through placement's admin API; what happened, for the report.
-async fn move_prefix(admin: &placement::PlacementClient, prefix: &str, pick: u64) -> String {
-    let moved = async {
+/// Groups a run may add to the ring (beyond those it started with).
+const MAX_JOINS: usize = 2;
+/// Groups this run added.
+static GROUPS_ADDED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Changes the federation's shape through placement's admin API, chosen by
+/// `pick`: merges `prefix` onto one group if it was split, else (one time
+/// in six, while fewer than `MAX_JOINS` groups were added) puts a group on
+/// the ring — one left off it by an interrupted join first —, else splits
+/// `prefix` over every group (one time in three) or moves it with its data
+/// to a group that does not own it. What happened, for the report.
+async fn reshape(admin: &placement::PlacementClient, prefix: &str, pick: u64) -> String {
+    let reshaped = async {
         // Placement may have just been restarted (with a failpoint): ready first.
         let mut map = admin.map().await;
         for _ in 0..100 {
@@ -426,15 +440,52 @@ async fn move_prefix(admin: &placement::PlacementClient, prefix: &str, pick: u64
             map = admin.map().await;
         }
         let map = map?;
+        let groups: Vec<u64> = map.groups.keys().copied().filter(|g| !map.draining_groups.contains(g)).collect();
+        let split_before = map.pins.keys().chain(map.spreads.keys()).any(|p| p.starts_with(prefix) && p.len() > prefix.len());
+        if split_before {
+            let to = groups[(pick % groups.len() as u64) as usize];
+            let r = admin.merge(&placement::api::MergeRequest { prefix: prefix.into(), group: to, rate_bytes: 0 }).await?;
+            return Ok(format!("merged onto group {to}: {} moves, {} pins dropped", r.moves.len(), r.pins_dropped));
+        }
+        let off_ring = groups.iter().copied().find(|g| !map.ring.contains(g));
+        let added = GROUPS_ADDED.load(std::sync::atomic::Ordering::Relaxed);
+        if pick.is_multiple_of(6) && (off_ring.is_some() || added < MAX_JOINS) {
+            let group = match off_ring {
+                Some(g) => g,
+                None => {
+                    let first = map.groups.values().next().map_or(1, |g| g.replicas.iter().filter(|r| !r.learner).count());
+                    let g = admin.add_group(&placement::api::GroupAddRequest { replicas: first, learners: 0 }).await?.group;
+                    GROUPS_ADDED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    g
+                }
+            };
+            // A new group may have no leader yet: its moves and the flip need one.
+            let mut joined = admin.join_ring(group, 0).await;
+            for _ in 0..20 {
+                if joined.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                joined = admin.join_ring(group, 0).await;
+            }
+            let j = joined?;
+            return Ok(format!("group {group} joined the ring: {} units moved, flip {} ms", j.moves.len(), j.flip_ms));
+        }
+        if pick % 3 == 1 && groups.len() > 1 {
+            let r = admin
+                .split(&placement::api::SplitRequest { prefix: prefix.into(), groups: groups.clone(), rate_bytes: 0 })
+                .await?;
+            return Ok(format!("split over {groups:?}: {} subtrees moved, {} stayed", r.moves.len(), r.stayed));
+        }
         let owner = map.clone().routing().groups_for_range(prefix.as_bytes(), &shardmap::prefix_end(prefix.as_bytes()));
-        let others: Vec<u64> = map.groups.keys().copied().filter(|g| !owner.contains(g)).collect();
-        let Some(to) = others.get((pick % others.len().max(1) as u64) as usize) else {
+        let others: Vec<u64> = groups.iter().copied().filter(|g| !owner.contains(g)).collect();
+        let Some(to) = others.get((pick / 6 % others.len().max(1) as u64) as usize) else {
             return Ok::<_, placement::PlacementError>("no other group".to_string());
         };
         let r = admin.move_prefix(&placement::api::MoveRequest { prefix: prefix.into(), group: *to, rate_bytes: 0 }).await?;
-        Ok(format!("to group {to}: {} keys, paused {} ms", r.keys, r.write_pause_ms))
+        Ok(format!("moved to group {to}: {} keys, paused {} ms", r.keys, r.write_pause_ms))
     };
-    match tokio::time::timeout(Duration::from_secs(60), moved).await {
+    match tokio::time::timeout(Duration::from_secs(120), reshaped).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => format!("failed: {e}"),
         Err(_) => "timed out".into(),
@@ -500,7 +551,7 @@ pub async fn inject(
         let admin = lock().placement.clone().map(placement::PlacementClient::new);
         for s in &steps {
             if let (Step::Move { prefix, pick }, Some(admin)) = (s, &admin) {
-                let outcome = move_prefix(admin, prefix, *pick).await;
+                let outcome = reshape(admin, prefix, *pick).await;
                 what.push_str(&format!(": {outcome}"));
             }
         }
