@@ -48,6 +48,21 @@ impl PlacementClient {
         self.call("POST", &format!("/tessera/v1/groups/{group}/ring"), Some(&RingJoinRequest { rate_bytes })).await
     }
 
+    /// `join_ring` for a group just added: its moves and the ring flip
+    /// need its leader, so it is asked again (every 0.5 s, `tries` times)
+    /// until one answers; the last error otherwise.
+    pub async fn join_new_group(&self, group: u64, rate_bytes: u64, tries: usize) -> Result<RingJoined> {
+        let mut joined = self.join_ring(group, rate_bytes).await;
+        for _ in 1..tries {
+            if joined.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            joined = self.join_ring(group, rate_bytes).await;
+        }
+        joined
+    }
+
     pub async fn drain_group(&self, group: u64, rate_bytes: u64) -> Result<GroupDrained> {
         self.call("POST", &format!("/tessera/v1/groups/{group}/drain"), Some(&GroupDrainRequest { rate_bytes })).await
     }

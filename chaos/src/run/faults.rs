@@ -459,16 +459,7 @@ async fn reshape(admin: &placement::PlacementClient, prefix: &str, pick: u64) ->
                     g
                 }
             };
-            // A new group may have no leader yet: its moves and the flip need one.
-            let mut joined = admin.join_ring(group, 0).await;
-            for _ in 0..20 {
-                if joined.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                joined = admin.join_ring(group, 0).await;
-            }
-            let j = joined?;
+            let j = admin.join_new_group(group, 0, 20).await?;
             return Ok(format!("group {group} joined the ring: {} units moved, flip {} ms", j.moves.len(), j.flip_ms));
         }
         if pick % 3 == 1 && groups.len() > 1 {
