@@ -155,6 +155,10 @@ struct Copied {
     staged_keys: i64,
     /// Filled by the last pass (under the fences).
     source_keys: i64,
+    /// The last pass's digests of the live keys: the target's staged, and
+    /// the sources' summed (`ExportResponse.digest`).
+    staged_digest: u64,
+    source_digest: u64,
     compact_revision: i64,
     leases: Vec<LeaseCopy>,
 }
@@ -333,12 +337,19 @@ impl Placement {
                 MoveTarget { prefix: prefix.as_bytes().to_vec(), action: Action::Cutover as i32, epoch, ..Default::default() };
             target(self.dialer(), &map, to, cutover).await?;
             copied.source_keys = 0;
+            copied.source_digest = 0;
             copied.leases.clear();
             self.copy_pass(&map, prefix, to, &mut copied, 0, true).await?;
             if copied.staged_keys != copied.source_keys {
                 return Err(PlacementError::unavailable(format!(
                     "copy check failed: {} live keys staged on group {to}, {} on the sources",
                     copied.staged_keys, copied.source_keys
+                )));
+            }
+            if copied.staged_digest != copied.source_digest {
+                return Err(PlacementError::unavailable(format!(
+                    "copy check failed: the {} live keys staged on group {to} are not the sources' (their latest revisions differ)",
+                    copied.staged_keys
                 )));
             }
             let adopt = Adoption {
@@ -432,6 +443,7 @@ impl Placement {
                         stage(self.dialer(), map, to, reset).await?;
                         c.cursors.values_mut().for_each(|v| *v = (0, 0));
                         c.source_keys = 0;
+                        c.source_digest = 0;
                         c.leases.clear();
                         continue 'restart;
                     }
@@ -441,11 +453,12 @@ impl Placement {
                         self.dialer(),
                         map,
                         to,
-                        MoveStage { prefix: prefix.as_bytes().to_vec(), entries: x.entries, ..Default::default() },
+                        MoveStage { prefix: prefix.as_bytes().to_vec(), entries: x.entries, digest: last, ..Default::default() },
                     )
                     .await?;
                     fail::fail_point!("move::after_stage");
                     c.staged_keys = staged.keys;
+                    c.staged_digest = staged.digest;
                     c.revisions += n;
                     c.bytes += bytes;
                     bytes_this_pass += bytes;
@@ -466,6 +479,7 @@ impl Placement {
                     if x.done {
                         if last {
                             c.source_keys += x.keys;
+                            c.source_digest = c.source_digest.wrapping_add(x.digest);
                             c.leases.extend(x.leases);
                         }
                         break;

@@ -59,6 +59,8 @@ pub enum Applied {
     Staged {
         keys: i64,
         bytes: u64,
+        /// `moves::live_digest` of the staged keys, when asked for (else 0).
+        digest: u64,
     },
     /// A move's source released the prefix: live keys it gave away.
     Released {

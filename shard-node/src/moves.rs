@@ -61,6 +61,8 @@ pub struct Export {
     pub leases: Vec<LeaseCopy>,
     /// Live keys under the prefix.
     pub keys: i64,
+    /// `live_digest` of the prefix, when done and asked for leases.
+    pub digest: u64,
 }
 
 /// The keys of `index` under `prefix`.
@@ -76,6 +78,21 @@ fn keys_under(index: &BTreeMap<Vec<u8>, KeyIndex>, prefix: &[u8]) -> Vec<Vec<u8>
 
 fn live_keys(index: &BTreeMap<Vec<u8>, KeyIndex>, prefix: &[u8]) -> i64 {
     under(index, prefix).filter(|(_, ki)| ki.latest().is_some()).count() as i64
+}
+
+/// A digest of the live keys under `prefix`: each key with its latest
+/// revision (main), creation, version, lease and stored size, hashed and
+/// summed — order-free, so the digests of a move's sources add up to the
+/// target's staged digest when the copy is whole (a key short of its last
+/// write changes it, where a key count does not).
+pub(crate) fn live_digest(index: &BTreeMap<Vec<u8>, KeyIndex>, prefix: &[u8]) -> u64 {
+    under(index, prefix).filter_map(|(k, ki)| ki.latest().map(|e| (k, e))).fold(0u64, |sum, (k, e)| {
+        let mut b = k.clone();
+        for n in [e.rev.main, e.create, e.version, e.lease, e.size as i64] {
+            b.extend(n.to_be_bytes());
+        }
+        sum.wrapping_add(shardmap::ring::hash(&b))
+    })
 }
 
 fn moves_error(what: &str) -> Error {
@@ -151,6 +168,7 @@ impl StateMachine {
             revision: st.rev,
             leases,
             keys: live_keys(&st.index, prefix),
+            digest: if done && with_leases { live_digest(&st.index, prefix) } else { 0 },
         })
     }
 
@@ -175,7 +193,7 @@ impl StateMachine {
         }
         if s.abandon {
             t.fences.abandon(&s.prefix, &self.keys, batch);
-            return Ok(Applied::Staged { keys: 0, bytes: 0 });
+            return Ok(Applied::Staged { keys: 0, bytes: 0, digest: 0 });
         }
         if s.reset {
             // History of the prefix this group gave away before: the
@@ -217,7 +235,8 @@ impl StateMachine {
             batch.put(self.keys.revision(rev.main, rev.sub), m.value.clone());
         }
         let keys = live_keys(&t.mvcc.staged, &s.prefix);
-        Ok(Applied::Staged { keys, bytes: t.mvcc.bytes })
+        let digest = if s.digest { live_digest(&t.mvcc.staged, &s.prefix) } else { 0 };
+        Ok(Applied::Staged { keys, bytes: t.mvcc.bytes, digest })
     }
 
     /// The target's cutover and adoption (`MoveTarget`).

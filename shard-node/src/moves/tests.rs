@@ -57,7 +57,7 @@ fn copy(src: &Side, dst: &mut Side, prefix: &[u8], from: Rev, reset: bool) -> Re
     let mut first = reset;
     loop {
         let x = src.sm.export(prefix, cursor, 10, false).unwrap();
-        let stage = MoveStage { prefix: prefix.to_vec(), reset: first, entries: x.entries, abandon: false };
+        let stage = MoveStage { prefix: prefix.to_vec(), reset: first, entries: x.entries, ..Default::default() };
         first = false;
         assert!(matches!(dst.apply(Op::MoveStage(stage)).result, Ok(Applied::Staged { .. })));
         cursor = x.next;
@@ -108,6 +108,14 @@ fn a_prefix_moves_with_its_history_leases_and_revisions() {
     copy(&src, &mut dst, b"/a/b/", cursor, false);
     let last = src.sm.export(b"/a/b/", Rev::default(), 1 << 20, true).unwrap();
     assert_eq!(last.keys, 3);
+    // The copy check: the staged keys' digest is the source's, and a key
+    // short of its last write (staged as it was before) changes it.
+    let ask = MoveStage { prefix: b"/a/b/".to_vec(), digest: true, ..Default::default() };
+    let Ok(Applied::Staged { digest, .. }) = dst.apply(Op::MoveStage(ask)).result else { panic!("staged") };
+    assert!(last.digest != 0 && digest == last.digest, "{digest:x} vs {:x}", last.digest);
+    let mut short = dst.sm.tables.read().mvcc.staged.clone();
+    short.get_mut(b"/a/b/1".as_slice()).unwrap().pop_last();
+    assert_ne!(crate::moves::live_digest(&short, b"/a/b/"), last.digest);
     assert_eq!(last.leases.iter().map(|l| l.id).collect::<Vec<_>>(), vec![7]);
     let cutover = MoveTarget { prefix: b"/a/b/".to_vec(), action: Action::Cutover as i32, epoch: 5, ..Default::default() };
     assert!(dst.apply(Op::MoveTarget(cutover)).result.is_ok());

@@ -175,16 +175,17 @@ impl Shard for ShardService {
             compact_revision: x.compact_revision,
             leases: x.leases,
             keys: x.keys,
+            digest: x.digest,
         }))
     }
 
     async fn move_stage(&self, req: Request<MoveStage>) -> Result<Response<MoveStageResponse>, Status> {
         let g = &self.group;
         let out = g.propose(Op::MoveStage(req.into_inner())).await?;
-        let Applied::Staged { keys, bytes } = out.result? else {
+        let Applied::Staged { keys, bytes, digest } = out.result? else {
             return Err(unexpected());
         };
-        Ok(Response::new(MoveStageResponse { header: Some(g.header(out.rev)), keys, bytes }))
+        Ok(Response::new(MoveStageResponse { header: Some(g.header(out.rev)), keys, bytes, digest }))
     }
 
     async fn move_target(&self, req: Request<MoveTarget>) -> Result<Response<MoveTargetResponse>, Status> {
