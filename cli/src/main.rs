@@ -297,11 +297,15 @@ async fn main() {
             Cmd::Split { prefix, groups, rate_mb } => {
                 let groups = parse_groups(&groups)?;
                 let req = placement::api::SplitRequest { prefix, groups, rate_bytes: (rate_mb * 1e6) as u64 };
-                show(json, &p.split(&req).await?, moves::split_summary)
+                let under = req.prefix.clone();
+                let split = moves::with_progress(&p, json, p.split(&req), |m| m.prefix.starts_with(&under)).await?;
+                show(json, &split, moves::split_summary)
             }
             Cmd::Merge { prefix, group, rate_mb } => {
                 let req = placement::api::MergeRequest { prefix, group, rate_bytes: (rate_mb * 1e6) as u64 };
-                show(json, &p.merge(&req).await?, moves::merge_summary)
+                let under = req.prefix.clone();
+                let merged = moves::with_progress(&p, json, p.merge(&req), |m| m.prefix.starts_with(&under)).await?;
+                show(json, &merged, moves::merge_summary)
             }
             Cmd::Moves { cancel: Some(prefix) } => {
                 p.cancel_move(&prefix).await?;
@@ -332,10 +336,12 @@ async fn main() {
             Cmd::Group { cmd: GroupCmd::Add { replicas, learners, ring: true, rate_mb } } => {
                 let added = p.add_group(&placement::api::GroupAddRequest { replicas, learners }).await?;
                 group::wait_for_leader(&p, added.group, std::time::Duration::from_secs(60)).await?;
-                show(json, &p.join_ring(added.group, (rate_mb * 1e6) as u64).await?, group::joined)
+                let joining = p.join_ring(added.group, (rate_mb * 1e6) as u64);
+                show(json, &moves::with_progress(&p, json, joining, |m| m.to == added.group).await?, group::joined)
             }
             Cmd::Group { cmd: GroupCmd::Join { group, rate_mb } } => {
-                show(json, &p.join_ring(group, (rate_mb * 1e6) as u64).await?, group::joined)
+                let joining = p.join_ring(group, (rate_mb * 1e6) as u64);
+                show(json, &moves::with_progress(&p, json, joining, |m| m.to == group).await?, group::joined)
             }
             Cmd::Group { cmd: GroupCmd::Add { replicas, learners, ring: false, .. } } => {
                 let added = p.add_group(&placement::api::GroupAddRequest { replicas, learners }).await?;
@@ -351,7 +357,8 @@ async fn main() {
                 })
             }
             Cmd::Group { cmd: GroupCmd::Drain { group, rate_mb } } => {
-                let drained = p.drain_group(group, (rate_mb * 1e6) as u64).await?;
+                let draining = p.drain_group(group, (rate_mb * 1e6) as u64);
+                let drained = moves::with_progress(&p, json, draining, |m| m.from.contains(&group)).await?;
                 show(json, &drained, |d| {
                     let mut out: Vec<String> = d.moves.iter().map(moves::summary).collect();
                     out.push(format!(

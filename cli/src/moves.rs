@@ -10,13 +10,24 @@ use std::time::Duration;
 
 /// Runs the move; while it runs, a progress line on a terminal's stderr.
 pub async fn run(p: &PlacementClient, req: &MoveRequest, json: bool) -> anyhow::Result<MoveReport> {
+    with_progress(p, json, p.move_prefix(req), |m| m.prefix == req.prefix).await
+}
+
+/// Awaits `op` (a move, or an operation made of moves: split, merge,
+/// drain, a ring join); while it runs, a progress line on a terminal's
+/// stderr for the move in flight that `ours` picks.
+pub async fn with_progress<T>(
+    p: &PlacementClient,
+    json: bool,
+    op: impl std::future::Future<Output = Result<T, placement::PlacementError>>,
+    ours: impl Fn(&MoveProgress) -> bool,
+) -> anyhow::Result<T> {
     let show_progress = !json && std::io::stderr().is_terminal();
-    let moving = p.move_prefix(req);
-    tokio::pin!(moving);
+    tokio::pin!(op);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
-            done = &mut moving => {
+            done = &mut op => {
                 if show_progress {
                     eprint!("\r\x1b[2K");
                 }
@@ -24,7 +35,7 @@ pub async fn run(p: &PlacementClient, req: &MoveRequest, json: bool) -> anyhow::
             }
             _ = tick.tick(), if show_progress => {
                 if let Ok(list) = p.moves().await {
-                    if let Some(m) = list.in_flight.iter().find(|m| m.prefix == req.prefix) {
+                    if let Some(m) = list.in_flight.iter().find(|m| ours(m)) {
                         eprint!("\r\x1b[2K{}", progress(m));
                         let _ = std::io::stderr().flush();
                     }
