@@ -120,6 +120,7 @@ pub fn locate(map: &ShardMap, key: &str) -> Location {
         (Some(p), Some(s)) if p.len() >= s.len() => format!("pin {p}"),
         (_, Some(s)) => format!("spread {s}"),
         (Some(p), None) => format!("pin {p}"),
+        (None, None) if map.unit_pins.contains_key(&unit) => format!("unit pin {unit:?} (kept there by a ring change)"),
         (None, None) => format!("ring (unit {unit})"),
     };
     let group = map.clone().routing().group_of(k);

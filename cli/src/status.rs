@@ -38,6 +38,9 @@ pub struct Status {
     pub ring: Vec<u64>,
     pub pins: std::collections::BTreeMap<String, u64>,
     pub spreads: std::collections::BTreeMap<String, Vec<u64>>,
+    /// Units kept on a group by a ring change (their own keys only).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub unit_pins: std::collections::BTreeMap<String, u64>,
     pub nodes: Vec<shardmap::NodeInfo>,
     pub groups: Vec<GroupStatus>,
 }
@@ -94,6 +97,7 @@ pub async fn collect(d: &Dialer, map: &ShardMap) -> Status {
         ring: map.ring.clone(),
         pins: map.pins.clone(),
         spreads: map.spreads.clone(),
+        unit_pins: map.unit_pins.clone(),
         nodes: map.nodes.values().cloned().collect(),
         groups,
     }
@@ -106,6 +110,9 @@ pub fn print(s: &Status) {
     }
     for (p, gs) in &s.spreads {
         println!("  spread {p:?} -> groups {gs:?}");
+    }
+    for (u, g) in &s.unit_pins {
+        println!("  unit   {u:?} (its own keys only) -> group {g}");
     }
     for g in &s.groups {
         println!(

@@ -40,7 +40,7 @@ use crate::ownership::{fence, raise};
 use shardmap::ring::Ring;
 use shardmap::unit::{placement_unit, prefix_fixes_unit};
 use shardmap::{prefix_end, ShardMap};
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 /// Keys read per listing call (most calls end in a unit the next skips).
@@ -53,7 +53,7 @@ const MOVES_WAIT: Duration = Duration::from_secs(120);
 /// The placement units a group holds keys of, from keys-only listings.
 #[derive(Debug, Default, PartialEq)]
 pub(crate) struct UnitWalk {
-    pub units: std::collections::BTreeSet<Vec<u8>>,
+    pub units: BTreeSet<Vec<u8>>,
 }
 
 impl UnitWalk {
@@ -117,13 +117,13 @@ fn drop_implied(m: &mut ShardMap, group: u64) {
     m.unit_pins.retain(|u, g| ring.owner(u.as_bytes()) != Some(*g));
 }
 
-/// The units of `listed` (unit → a group holding its keys) whose keys the
-/// ring places and that `next` gives another group than the map's ring:
-/// each with the group it stays on.
-fn changing(map: &ShardMap, listed: &BTreeMap<Vec<u8>, u64>, next: &Ring) -> Vec<KeptUnit> {
+/// The units of `listed` (holding keys on the ring's groups) whose keys
+/// the ring places and that `next` gives another group than the map's
+/// ring: each with the group it stays on.
+fn changing(map: &ShardMap, listed: &BTreeSet<Vec<u8>>, next: &Ring) -> Vec<KeptUnit> {
     let routing = map.clone().routing();
     listed
-        .keys()
+        .iter()
         .filter(|u| routing.ring_places(u))
         .filter_map(|u| {
             let was = routing.ring_owner(u)?;
@@ -146,13 +146,11 @@ impl Placement {
         }
     }
 
-    /// Every unit holding keys on the groups of `map`'s ring → one of them.
-    async fn ring_units(&self, map: &ShardMap) -> Result<BTreeMap<Vec<u8>, u64>> {
-        let mut all = BTreeMap::new();
+    /// Every unit holding keys on the groups of `map`'s ring.
+    async fn ring_units(&self, map: &ShardMap) -> Result<BTreeSet<Vec<u8>>> {
+        let mut all = BTreeSet::new();
         for g in &map.ring {
-            for u in self.units_of(map, *g).await?.units {
-                all.entry(u).or_insert(*g);
-            }
+            all.extend(self.units_of(map, *g).await?.units);
         }
         Ok(all)
     }
@@ -188,10 +186,8 @@ impl Placement {
         for u in units {
             let map = self.map().await?;
             let unit = String::from_utf8_lossy(u).into_owned();
-            if next.owner(u) != Some(group) || !whole(&map, u) || !crate::rebalance::movable(&map, &unit) {
-                continue;
-            }
-            if !map.clone().routing().ring_places(u) {
+            // Movable: whole, and nothing pinned, spread or moving in or over it.
+            if next.owner(u) != Some(group) || !crate::rebalance::movable(&map, &unit) {
                 continue;
             }
             let done = moves.len();
@@ -215,15 +211,22 @@ impl Placement {
         }
         let ring: Vec<u64> = map.ring.iter().copied().chain([group]).collect();
         let next = Ring::new(&ring);
-        let listed: Vec<Vec<u8>> = self.ring_units(&map).await?.into_keys().collect();
+        let listed: Vec<Vec<u8>> = self.ring_units(&map).await?.into_iter().collect();
         self.move_units(&listed, group, &next, rate_bytes, &mut report.moves).await?;
         let (kept, flip_ms, epoch) = self.flip_ring(&ring, group).await?;
         report.flip_ms = flip_ms;
         report.epoch = epoch;
         // Settle: the whole units kept on their old owners move on to
-        // `group` now that the ring gives it to them, and their pins go.
+        // `group` now that the ring gives it to them, and their pins go
+        // (not those with pins or spreads inside: a move of a prefix whose
+        // parts stay elsewhere moves no data; they stay pinned).
         let map = self.map().await?;
-        for k in kept.iter().filter(|k| whole(&map, k.unit.as_bytes())) {
+        let settles = |k: &&KeptUnit| {
+            let mut m = map.clone();
+            m.pins.remove(&k.unit);
+            crate::rebalance::movable(&m, &k.unit)
+        };
+        for k in kept.iter().filter(settles) {
             let done = report.moves.len();
             report.moves.push(self.move_in_batch(&k.unit, group, rate_bytes, done, "ring join").await?);
         }
@@ -236,7 +239,8 @@ impl Placement {
             })
             .await?;
         report.epoch = settled.epoch;
-        report.kept = kept.into_iter().filter(|k| !whole(&settled, k.unit.as_bytes())).collect();
+        report.kept =
+            kept.into_iter().filter(|k| settled.pins.get(&k.unit).or(settled.unit_pins.get(&k.unit)) == Some(&k.group)).collect();
         Ok(report)
     }
 
@@ -313,7 +317,7 @@ mod tests {
         // One unit moved before the flip (pinned to 3), another pinned by an admin to 3.
         m.pins.insert(to3[0].clone(), 3);
         m.pins.insert("/admin/".into(), 3);
-        let listed: BTreeMap<Vec<u8>, u64> = units.iter().map(|u| (u.as_bytes().to_vec(), 1)).collect();
+        let listed: BTreeSet<Vec<u8>> = units.iter().map(|u| u.as_bytes().to_vec()).collect();
         let kept = changing(&m, &listed, &next);
         let before = m.clone().routing();
         assert!(kept.iter().all(|k| k.unit != *to3[0]), "a pinned unit is not the ring's");

@@ -111,6 +111,12 @@ async fn two_groups_join_the_ring_with_their_units_under_writes_a_lease_and_a_wa
     for u in ["", "/registry/"] {
         let kept = map.unit_pins.get(u).copied();
         assert_eq!(kept.is_some(), ring.owner(u.as_bytes()) != Some(1), "unit {u:?} stays on group 1: {:?}", map.unit_pins);
+        if kept.is_some() {
+            let key = if u.is_empty() { "compact_rev_key".to_string() } else { format!("{u}health") };
+            let w = f.tessera(&["where", &key]);
+            let said = String::from_utf8_lossy(&w.stdout);
+            assert!(said.contains("group 1") && said.contains("unit pin"), "{said}");
+        }
     }
 
     // A rebalance evens the bytes out to a third each (± 10 %), still under writes.

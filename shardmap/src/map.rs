@@ -134,8 +134,9 @@ impl ShardMap {
         rs
     }
 
-    /// The groups a lease with id `id` may be granted on, and of those its
-    /// home (`lease_homes`, else the ring, else every group).
+    /// The home group of lease `id` (granted there; its answer is the
+    /// keepalive's), hashed from the id over `lease_homes`, else the ring,
+    /// else every group.
     pub fn lease_home(&self, id: i64) -> Option<u64> {
         let pool: Vec<u64> = if !self.lease_homes.is_empty() {
             self.lease_homes.clone()
