@@ -49,6 +49,10 @@ const MAX_PASSES: u32 = 20;
 const ATTEMPTS: usize = 5;
 /// Moves done that `tessera moves` lists.
 const RECENT: usize = 20;
+/// An export not answered this long asks another replica too (the first
+/// answer wins): a replica that restarted answers only once it caught up
+/// with the group's commit index.
+const EXPORT_HEDGE_AFTER: Duration = Duration::from_millis(500);
 
 /// The moves this placement drives, and the last ones done (in memory: a
 /// placement that restarts forgets them; the map's records it does not).
@@ -107,12 +111,35 @@ async fn stage(d: &Dialer, map: &ShardMap, to: u64, msg: MoveStage) -> Result<Mo
     .await
 }
 
+/// Exports from the first of `g`'s replicas to answer: one is asked, and
+/// one more every `EXPORT_HEDGE_AFTER` while none has (or when one fails).
+/// Any replica's export is whole up to the call (it waits for ReadIndex).
 async fn export(d: &Dialer, map: &ShardMap, g: u64, msg: ExportRequest) -> Result<ExportResponse> {
-    shard(d, map, g, "exporting", |mut c| {
-        let r = group_request(g, msg.clone());
-        async move { c.export(r).await }
-    })
-    .await
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let ask = |url: String| {
+        let msg = msg.clone();
+        async move {
+            let ch = shardmap::watcher::channel(&url, d).await.map_err(|e| e.to_string())?;
+            let mut c = ShardClient::new(ch).max_decoding_message_size(64 << 20);
+            c.export(group_request(g, msg)).await.map(tonic::Response::into_inner).map_err(|e| e.message().to_string())
+        }
+    };
+    let mut urls = map.replica_urls(g).into_iter().map(|(_, u)| u.to_string());
+    let mut asked: FuturesUnordered<_> = urls.next().map(ask).into_iter().collect();
+    let mut last = String::from("no reachable member");
+    while !asked.is_empty() {
+        tokio::select! {
+            Some(answer) = asked.next() => match answer {
+                Ok(x) => return Ok(x),
+                Err(e) => {
+                    last = e;
+                    asked.extend(urls.next().map(ask));
+                }
+            },
+            _ = tokio::time::sleep(EXPORT_HEDGE_AFTER) => asked.extend(urls.next().map(ask)),
+        }
+    }
+    Err(PlacementError::unavailable(format!("exporting on group {g}: {last}")))
 }
 
 async fn target(d: &Dialer, map: &ShardMap, to: u64, msg: MoveTarget) -> Result<()> {
