@@ -201,9 +201,11 @@ enum GroupCmd {
         #[arg(long, default_value_t = 0.0)]
         rate_mb: f64,
     },
-    /// Give away every prefix pinned to a group, with its data, to the
-    /// groups holding the fewest bytes (one move each); then `group remove`
-    /// takes it out. Groups on the ring cannot leave yet.
+    /// Give away everything a group holds, with its data: off the ring (its
+    /// units move to the groups the ring then names), every prefix pinned to
+    /// it to the groups holding the fewest bytes (one move each), the keys
+    /// of its unit pins in one last move, its leases copied to their new
+    /// homes; then `group remove` takes it out.
     Drain {
         group: u64,
         /// Copy at most this many MB per second per move (0: no limit).
@@ -361,10 +363,14 @@ async fn main() {
                 let drained = moves::with_progress(&p, json, draining, |m| m.from.contains(&group)).await?;
                 show(json, &drained, |d| {
                     let mut out: Vec<String> = d.moves.iter().map(moves::summary).collect();
+                    if d.ring_flip_ms > 0 {
+                        out.push(format!("group {} left the ring (older maps refused for {} ms)", d.group, d.ring_flip_ms));
+                    }
                     out.push(format!(
-                        "group {} drained: {} prefixes moved away (map epoch {}); `tessera group remove {}` takes it out",
+                        "group {} drained: {} moves, {} leases copied to their new homes (map epoch {}); `tessera group remove {}` takes it out",
                         d.group,
                         d.moves.len(),
+                        d.leases_copied,
                         d.epoch,
                         d.group
                     ));

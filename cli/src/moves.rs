@@ -69,9 +69,10 @@ pub fn summary(r: &MoveReport) -> String {
         return format!("{} is already on group {} (map epoch {})", r.prefix, r.to, r.epoch);
     }
     let phases = r.phases.iter().map(|p| format!("{} {} ms", p.phase, p.ms)).collect::<Vec<_>>().join(", ");
+    // A leaving group's remainder moves under the empty prefix.
+    let what = if r.prefix.is_empty() { "the keys of its unit pins".to_string() } else { r.prefix.clone() };
     format!(
-        "{} moved from group(s) {from} to group {} (map epoch {}): {} live keys, {} revisions, {} at {:.1} MB/s; writes paused {} ms; {phases}",
-        r.prefix,
+        "{what} moved from group(s) {from} to group {} (map epoch {}): {} live keys, {} revisions, {} at {:.1} MB/s; writes paused {} ms; {phases}",
         r.to,
         r.epoch,
         r.keys,

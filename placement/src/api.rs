@@ -225,6 +225,13 @@ pub struct GroupDrained {
     pub group: u64,
     pub moves: Vec<MoveReport>,
     pub epoch: u64,
+    /// How long the group refused older maps while it left the ring (ms;
+    /// 0: it was not on it).
+    #[serde(default)]
+    pub ring_flip_ms: u64,
+    /// Leases copied to their new homes.
+    #[serde(default)]
+    pub leases_copied: u64,
 }
 
 /// `tessera group join GROUP` (and `group add --ring`).

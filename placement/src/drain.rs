@@ -1,16 +1,15 @@
 //! A group leaving the federation: `drain` marks it draining (the
-//! rebalancer gives it nothing from then on) and gives away every prefix
-//! pinned to it, with its data (one move each, `crate::moves`), to the
-//! group holding the fewest bytes at the time; `remove` then takes the
-//! group out of the map once it owns nothing and holds no key, and the
-//! nodes stop its replicas and delete their data. A drain cut short (a
-//! move rolled back, placement gone) is run again: it moves what is left.
-//!
-//! Groups on the ring cannot leave yet: the units the ring gives them are
-//! not listed anywhere (any key may hash there), and moving a unit with
-//! fewer slashes than the map's depth would take its whole subtree. Groups
-//! added with `group add` are off the ring and own only pins (an admin's,
-//! or the rebalancer's), which is what a drain moves.
+//! rebalancer gives it nothing, new leases are granted elsewhere), takes it
+//! off the ring with its units (`crate::ring`, leaving), gives away every
+//! prefix pinned to it, with its data (one move each, `crate::moves`), to
+//! the group holding the fewest bytes at the time, then its remainder —
+//! the keys of its unit pins (`""`, `/registry/`: units too shallow to move
+//! as a prefix) — in one move under the empty prefix, and copies its
+//! leases to their new homes (a keyless lease lives only there). `remove`
+//! then takes the group out of the map once it owns nothing and holds no
+//! key, and the nodes stop its replicas and delete their data. A drain cut
+//! short (a move rolled back, placement gone) is run again: it does what
+//! is left.
 
 use crate::api::{GroupDrained, GroupRemoved};
 use crate::error::{PlacementError, Result};
@@ -20,17 +19,6 @@ use std::collections::BTreeMap;
 
 /// Why `group` cannot give away what it owns by moving pins, if it cannot.
 fn cannot_drain(map: &ShardMap, group: u64) -> Option<String> {
-    if map.ring.contains(&group) {
-        return Some(format!(
-            "group {group} is on the ring, and leaving the ring with its data is not built yet (only groups added \
-             with `group add`, which own pins, can leave)"
-        ));
-    }
-    if let Some((u, _)) = map.unit_pins.iter().find(|(_, g)| **g == group) {
-        return Some(format!(
-            "group {group} keeps the keys of unit {u:?} since a ring change (fewer slashes than the depth: it cannot move as a prefix)"
-        ));
-    }
     if let Some((p, _)) = map.spreads.iter().find(|(_, gs)| gs.contains(&group)) {
         return Some(format!("group {group} is one of the groups the prefix {p:?} is spread over (a spread's keys do not move)"));
     }
@@ -38,6 +26,17 @@ fn cannot_drain(map: &ShardMap, group: u64) -> Option<String> {
         return Some(format!("a move of {p:?} involving group {group} is in flight (see `tessera moves`)"));
     }
     None
+}
+
+/// Why `group` still owns keys by the ring or unit pins (a drain gives
+/// them away), if it does.
+fn owns_units(map: &ShardMap, group: u64) -> Option<String> {
+    if map.ring.contains(&group) {
+        return Some(format!("group {group} is on the ring: drain it first (`tessera group drain {group}`)"));
+    }
+    map.unit_pins.iter().find(|(_, g)| **g == group).map(|(u, _)| {
+        format!("group {group} keeps the keys of unit {u:?} (a unit pin): drain it first (`tessera group drain {group}`)")
+    })
 }
 
 impl Placement {
@@ -64,16 +63,41 @@ impl Placement {
                 *b += u.bytes;
             }
         }
+        let left = self.leave_ring(group, rate_bytes).await?;
+        let mut moves = left.moves;
+        let map = self.map().await?;
         let pinned: Vec<String> = map.pins.iter().filter(|(_, g)| **g == group).map(|(p, _)| p.clone()).collect();
-        let mut moves = vec![];
         for prefix in pinned {
             let (&to, _) = bytes.iter().min_by_key(|(g, b)| (**b, **g)).expect("another group");
             let report = self.move_in_batch(&prefix, to, rate_bytes, moves.len(), "drain").await?;
             *bytes.entry(to).or_default() += report.bytes;
             moves.push(report);
         }
+        let map = self.map().await?;
+        if map.unit_pins.values().any(|g| *g == group) {
+            // The remainder goes to the emptiest group that took none before.
+            let to = bytes
+                .iter()
+                .filter(|(g, _)| !map.took_remainder.contains(g))
+                .min_by_key(|(g, b)| (**b, **g))
+                .map(|(g, _)| *g)
+                .ok_or_else(|| {
+                    PlacementError::conflict(format!(
+                        "group {group} keeps unit pins, and every other group took a leaving group's remainder before"
+                    ))
+                })?;
+            let report = self.move_remainder(group, to, rate_bytes).await?;
+            if report.outcome == "rolled_back" {
+                let why = report.error.clone().unwrap_or_default();
+                return Err(PlacementError::unavailable(format!(
+                    "moving group {group}'s remainder to group {to} rolled back ({why}); run the drain again"
+                )));
+            }
+            moves.push(report);
+        }
+        let leases_copied = self.copy_leases_off(group).await?;
         let epoch = self.map().await?.epoch;
-        Ok(GroupDrained { group, moves, epoch })
+        Ok(GroupDrained { group, moves, epoch, ring_flip_ms: left.flip_ms, leases_copied })
     }
 
     /// Takes `group` out of the map: only once it owns nothing (off the
@@ -84,7 +108,7 @@ impl Placement {
         if !map.groups.contains_key(&group) {
             return Err(PlacementError::not_found(format!("no group {group}")));
         }
-        if let Some(why) = cannot_drain(&map, group) {
+        if let Some(why) = cannot_drain(&map, group).or_else(|| owns_units(&map, group)) {
             return Err(PlacementError::conflict(why));
         }
         if let Some((p, _)) = map.pins.iter().find(|(_, g)| **g == group) {
@@ -107,7 +131,10 @@ impl Placement {
             .store
             .update(|m| {
                 // The checks again, on the map the change is made to.
-                if !m.groups.contains_key(&group) || cannot_drain(m, group).is_some() || m.pins.values().any(|g| *g == group) {
+                if !m.groups.contains_key(&group)
+                    || cannot_drain(m, group).or_else(|| owns_units(m, group)).is_some()
+                    || m.pins.values().any(|g| *g == group)
+                {
                     return Ok::<_, PlacementError>(false);
                 }
                 m.groups.remove(&group);
@@ -137,13 +164,17 @@ mod tests {
         }
         map.pins.insert("/a/".into(), 3);
         map.spreads.insert("/s/".into(), vec![2, 4]);
-        assert!(cannot_drain(&map, 1).unwrap().contains("on the ring"));
+        assert_eq!(cannot_drain(&map, 1), None, "a drain takes a group off the ring");
+        assert!(owns_units(&map, 1).unwrap().contains("on the ring"));
         assert!(cannot_drain(&map, 4).unwrap().contains("spread over"));
         assert_eq!(cannot_drain(&map, 3), None, "pins are what a drain moves");
-        map.moves.insert("/a/".into(), MoveRecord { to: 4, from: vec![3], phase: MovePhase::Copying, epoch: 0, adopt: None });
+        map.moves.insert(
+            "/a/".into(),
+            MoveRecord { to: 4, from: vec![3], phase: MovePhase::Copying, epoch: 0, adopt: None, remainder: false },
+        );
         assert!(cannot_drain(&map, 3).unwrap().contains("in flight"));
         map.moves.clear();
         map.unit_pins.insert("/r/".into(), 3);
-        assert!(cannot_drain(&map, 3).unwrap().contains("unit \"/r/\""));
+        assert!(owns_units(&map, 3).unwrap().contains("unit \"/r/\""));
     }
 }

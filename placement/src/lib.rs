@@ -8,7 +8,8 @@
 //! - `Placement`: the operations, as typed functions (`ops`, `members`,
 //!   `ownership` for fenced pins and spreads, `moves` for moving a prefix
 //!   with its data, `split` for spreading one over groups and merging it
-//!   back, `drain` for a group leaving, `ring` for one joining the ring).
+//!   back, `drain` for a group leaving — off the ring, `leases` copied —, `ring`
+//!   for one joining or leaving the ring).
 //! - `api`: their requests and answers; `http::routes` serves them as
 //!   JSON, `client::PlacementClient` (the CLI) calls them.
 
@@ -19,6 +20,7 @@ mod drain;
 mod error;
 pub mod failpoints;
 pub mod http;
+mod leases;
 mod members;
 mod moves;
 mod ops;

@@ -188,6 +188,43 @@ struct Copied {
     source_digest: u64,
     compact_revision: i64,
     leases: Vec<LeaseCopy>,
+    /// A leaving group's remainder (`Placement::move_remainder`), and the
+    /// map's epoch when the move began.
+    remainder: bool,
+    since_epoch: u64,
+}
+
+impl Copied {
+    /// The target's staging, (re)started.
+    fn reset(&self, prefix: &str) -> MoveStage {
+        MoveStage {
+            prefix: prefix.as_bytes().to_vec(),
+            reset: true,
+            remainder: self.remainder,
+            epoch: self.since_epoch,
+            ..Default::default()
+        }
+    }
+}
+
+impl MoveReport {
+    /// The report of a move starting at map `epoch` (filled as it goes).
+    fn starting(prefix: &str, to: u64, from: &[u64], epoch: u64) -> Self {
+        MoveReport {
+            prefix: prefix.into(),
+            to,
+            from: from.to_vec(),
+            outcome: "moved".into(),
+            error: None,
+            epoch,
+            keys: 0,
+            revisions: 0,
+            bytes: 0,
+            phases: vec![],
+            write_pause_ms: 0,
+            copy_mb_per_s: 0.0,
+        }
+    }
 }
 
 /// Phase timings.
@@ -225,20 +262,7 @@ impl Placement {
         }
         let from: Vec<u64> =
             map.clone().routing().groups_for_range(prefix.as_bytes(), &end).into_iter().filter(|g| *g != to).collect();
-        let mut report = MoveReport {
-            prefix: prefix.into(),
-            to,
-            from: from.clone(),
-            outcome: "moved".into(),
-            error: None,
-            epoch: map.epoch,
-            keys: 0,
-            revisions: 0,
-            bytes: 0,
-            phases: vec![],
-            write_pause_ms: 0,
-            copy_mb_per_s: 0.0,
-        };
+        let mut report = MoveReport::starting(prefix, to, &from, map.epoch);
         if let Some((p, _)) = map.moves.iter().find(|(p, _)| overlap(p, prefix)) {
             return Err(PlacementError::conflict(format!("a move of {p:?} is in flight (see `tessera moves`)")));
         }
@@ -251,7 +275,36 @@ impl Placement {
             }
             return Ok(report);
         }
-        let record = MoveRecord { to, from: from.clone(), phase: MovePhase::Copying, epoch: 0, adopt: None };
+        self.run_move(prefix, to, from, rate_bytes, false, started, report).await
+    }
+
+    /// A leaving group's remainder — the keys of its unit pins, all it
+    /// holds once it owns nothing else — moves to group `to` under the
+    /// empty prefix; the commit gives `to` those unit pins (or drops them
+    /// where the ring gives `to` the unit).
+    pub(crate) async fn move_remainder(&self, group: u64, to: u64, rate_bytes: u64) -> Result<MoveReport> {
+        let started = Instant::now();
+        let map = self.map().await?;
+        if let Some(why) = cannot_give_remainder(&map, group, to) {
+            return Err(PlacementError::conflict(why));
+        }
+        let report = MoveReport::starting("", to, &[group], map.epoch);
+        self.run_move("", to, vec![group], rate_bytes, true, started, report).await
+    }
+
+    /// Records the move, drives it, and finishes or rolls it back.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_move(
+        &self,
+        prefix: &str,
+        to: u64,
+        from: Vec<u64>,
+        rate_bytes: u64,
+        remainder: bool,
+        started: Instant,
+        mut report: MoveReport,
+    ) -> Result<MoveReport> {
+        let record = MoveRecord { to, from: from.clone(), phase: MovePhase::Copying, epoch: 0, adopt: None, remainder };
         self.store
             .update(|m| {
                 if let Some((p, _)) = m.moves.iter().find(|(p, _)| overlap(p, prefix)) {
@@ -271,7 +324,7 @@ impl Placement {
                 ..Default::default()
             }
         });
-        let driven = self.drive(prefix, to, &from, rate_bytes, &mut report).await;
+        let driven = self.drive(prefix, to, &from, rate_bytes, remainder, &mut report).await;
         let outcome = match driven {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -329,12 +382,20 @@ impl Placement {
         Ok(report)
     }
 
-    async fn drive(&self, prefix: &str, to: u64, from: &[u64], rate_bytes: u64, report: &mut MoveReport) -> Result<()> {
+    async fn drive(
+        &self,
+        prefix: &str,
+        to: u64,
+        from: &[u64],
+        rate_bytes: u64,
+        remainder: bool,
+        report: &mut MoveReport,
+    ) -> Result<()> {
         let mut phases = Phases::new();
-        let mut copied = Copied { cursors: from.iter().map(|g| (*g, (0, 0))).collect(), ..Default::default() };
+        let mut copied = Copied { cursors: from.iter().map(|g| (*g, (0, 0))).collect(), remainder, ..Default::default() };
         let map = self.map().await?;
-        let reset = MoveStage { prefix: prefix.as_bytes().to_vec(), reset: true, ..Default::default() };
-        stage(self.dialer(), &map, to, reset).await?;
+        copied.since_epoch = map.epoch;
+        stage(self.dialer(), &map, to, copied.reset(prefix)).await?;
         let mut passes = 0;
         loop {
             passes += 1;
@@ -392,6 +453,18 @@ impl Placement {
                     raced = m.epoch != map.epoch;
                     if raced {
                         return Ok::<_, PlacementError>(false);
+                    }
+                    if remainder {
+                        if let Some(why) = cannot_give_remainder(m, from[0], to) {
+                            return Err(PlacementError::conflict(format!("the map changed during the move: {why}")));
+                        }
+                        give_remainder(m, from[0], to);
+                        let r =
+                            m.moves.get_mut(prefix).ok_or_else(|| PlacementError::unavailable("the move's record is gone"))?;
+                        r.phase = MovePhase::Committed;
+                        r.epoch = epoch;
+                        r.adopt = Some(adopt.clone());
+                        return Ok(true);
                     }
                     // Someone pinned or spread part of it meanwhile: the
                     // sources fenced and copied are not all of it any more.
@@ -466,8 +539,7 @@ impl Placement {
                             compacted = x.compact_revision,
                             "a source compacted past the copy; starting over"
                         );
-                        let reset = MoveStage { prefix: prefix.as_bytes().to_vec(), reset: true, ..Default::default() };
-                        stage(self.dialer(), map, to, reset).await?;
+                        stage(self.dialer(), map, to, c.reset(prefix)).await?;
                         c.cursors.values_mut().for_each(|v| *v = (0, 0));
                         c.source_keys = 0;
                         c.source_digest = 0;
@@ -480,7 +552,13 @@ impl Placement {
                         self.dialer(),
                         map,
                         to,
-                        MoveStage { prefix: prefix.as_bytes().to_vec(), entries: x.entries, digest: last, ..Default::default() },
+                        MoveStage {
+                            prefix: prefix.as_bytes().to_vec(),
+                            entries: x.entries,
+                            digest: last,
+                            remainder: c.remainder,
+                            ..Default::default()
+                        },
                     )
                     .await?;
                     fail::fail_point!("move::after_stage");
@@ -529,6 +607,7 @@ impl Placement {
             leases: adopt.leases.iter().map(|(id, ttl)| LeaseCopy { id: *id, ttl: *ttl }).collect(),
             compact_revision: adopt.compact_revision,
             revision: adopt.revision,
+            remainder: r.remainder,
         };
         target(self.dialer(), map, r.to, msg).await?;
         let adopted = Instant::now();
@@ -547,7 +626,8 @@ impl Placement {
     /// the sources lift their fences, the record goes (the map's epoch
     /// moves past the fences').
     async fn roll_back(&self, map: &ShardMap, prefix: &str, r: &MoveRecord) -> Result<()> {
-        let abandon = MoveStage { prefix: prefix.as_bytes().to_vec(), abandon: true, ..Default::default() };
+        let abandon =
+            MoveStage { prefix: prefix.as_bytes().to_vec(), abandon: true, remainder: r.remainder, ..Default::default() };
         stage(self.dialer(), map, r.to, abandon).await?;
         for g in &r.from {
             release(self.dialer(), map, *g, MoveRelease { prefix: prefix.as_bytes().to_vec(), epoch: r.epoch, moved: false })
@@ -568,8 +648,14 @@ impl Placement {
     async fn settle(&self, prefix: &str) -> Result<MovePhase> {
         let map = self.map().await?;
         let Some(r) = map.moves.get(prefix).cloned() else {
-            // Finished or rolled back already: the map says which.
-            return Ok(if map.pins.contains_key(prefix) { MovePhase::Committed } else { MovePhase::Copying });
+            // Finished or rolled back already: the map says which (a
+            // remainder's: whether a draining group still has unit pins).
+            let committed = if prefix.is_empty() {
+                !map.unit_pins.values().any(|g| map.draining_groups.contains(g))
+            } else {
+                map.pins.contains_key(prefix)
+            };
+            return Ok(if committed { MovePhase::Committed } else { MovePhase::Copying });
         };
         match r.phase {
             MovePhase::Committed => self.finish(&map, prefix, &r).await.map(|_| MovePhase::Committed),
@@ -670,6 +756,43 @@ pub(crate) fn kept_elsewhere(map: &ShardMap, prefix: &str, to: u64) -> Option<Ve
     (owners != [to]).then_some(owners)
 }
 
+/// Why `group`'s remainder cannot move to `to` now, if it cannot: the
+/// group must own nothing but unit pins (off the ring, no pin, spread or
+/// move), and `to` must not have taken a remainder before.
+pub(crate) fn cannot_give_remainder(map: &ShardMap, group: u64, to: u64) -> Option<String> {
+    if !map.groups.contains_key(&to) || to == group {
+        return Some(format!("group {to} cannot take group {group}'s keys"));
+    }
+    if map.took_remainder.contains(&to) {
+        return Some(format!("group {to} took a leaving group's remainder before (each group takes one)"));
+    }
+    if map.ring.contains(&group) {
+        return Some(format!("group {group} is still on the ring"));
+    }
+    if let Some((p, _)) = map.pins.iter().find(|(_, g)| **g == group) {
+        return Some(format!("prefix {p:?} is still pinned to group {group}"));
+    }
+    if map.spreads.values().any(|gs| gs.contains(&group)) {
+        return Some(format!("group {group} is still one of a spread's groups"));
+    }
+    // (A remainder's own record, under "", is checked when it is made.)
+    if let Some(p) = map.moves.keys().find(|p| !p.is_empty()) {
+        return Some(format!("a move of {p:?} is in flight"));
+    }
+    None
+}
+
+/// The map change of a remainder's move: `group`'s unit pins go to `to`,
+/// or go where the ring gives `to` the unit anyway.
+fn give_remainder(m: &mut ShardMap, group: u64, to: u64) {
+    let ring = shardmap::ring::Ring::new(&m.ring);
+    m.unit_pins.retain(|u, g| *g != group || ring.owner(u.as_bytes()) != Some(to));
+    for g in m.unit_pins.values_mut().filter(|g| **g == group) {
+        *g = to;
+    }
+    m.took_remainder.insert(to);
+}
+
 /// The map change of a move: `prefix` pinned to `to` (a spread of it goes).
 fn pin(m: &mut ShardMap, prefix: &str, to: u64) -> bool {
     m.spreads.remove(prefix);
@@ -687,5 +810,29 @@ mod tests {
         assert!(check_prefix("/registry/pods").unwrap_err().message.contains("must end with '/'"));
         assert!(check_prefix("").is_err());
         assert!(overlap("/a/", "/a/b/") && overlap("/a/b/", "/a/") && !overlap("/a/b/", "/a/c/"));
+    }
+
+    #[test]
+    fn a_remainder_goes_once_its_group_owns_nothing_else_and_only_once_to_a_group() {
+        let mut m = ShardMap { ring: vec![1, 2], ..Default::default() };
+        for g in 1..=3 {
+            m.groups.insert(g, shardmap::GroupInfo { id: g, replicas: vec![] });
+        }
+        m.unit_pins.insert("".into(), 3);
+        m.unit_pins.insert("/registry/".into(), 3);
+        m.pins.insert("/a/".into(), 3);
+        assert!(cannot_give_remainder(&m, 3, 1).unwrap().contains("pinned"));
+        m.pins.clear();
+        assert_eq!(cannot_give_remainder(&m, 3, 1), None);
+        let ring = shardmap::ring::Ring::new(&[1, 2]);
+        let before = m.clone().routing();
+        give_remainder(&mut m, 3, 1);
+        for (u, key) in [("", "compact_rev_key"), ("/registry/", "/registry/health")] {
+            let by_ring = ring.owner(u.as_bytes()) == Some(1);
+            assert_eq!(m.unit_pins.get(u), (!by_ring).then_some(&1), "{u:?}");
+            assert_eq!(before.group_of(key.as_bytes()), Some(3));
+            assert_eq!(m.clone().routing().group_of(key.as_bytes()), Some(1), "{key}");
+        }
+        assert!(cannot_give_remainder(&m, 2, 1).unwrap().contains("took a leaving group's remainder"));
     }
 }

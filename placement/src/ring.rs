@@ -26,6 +26,14 @@
 //! 3. **Settle.** The whole units kept on their old owner move to N as in
 //!    step 1 and their pins go; shallow ones stay (unit pins).
 //!
+//! **Leaving** (`leave_ring`, the first step of `group drain` for a ring
+//! group) is the same with the ring minus the group: its units move to the
+//! groups the smaller ring names, then the flip fences only the leaving
+//! group (only its units change owner), raises the others past it, lists
+//! its units again and keeps those it still holds pinned (or unit-pinned)
+//! to it; the drain then moves its pins, and its unit pins go with its
+//! remainder (`Placement::move_remainder`).
+//!
 //! The flip pauses every call routed by the old map on the ring's groups
 //! for its fence → commit (milliseconds: one fence entry per group, a
 //! keys-only listing that skips whole units, one map write). A join cut
@@ -80,8 +88,8 @@ fn whole(map: &ShardMap, unit: &[u8]) -> bool {
 }
 
 /// The map `m` with `ring` as its ring: kept units pinned to their old
-/// owner, and the pins to `joined` / unit pins the new ring implies gone.
-fn flipped(m: &mut ShardMap, ring: &[u64], joined: u64, kept: &[KeptUnit]) {
+/// owner, and the pins to `gaining` / unit pins the new ring implies gone.
+fn flipped(m: &mut ShardMap, ring: &[u64], gaining: &[u64], kept: &[KeptUnit]) {
     if m.lease_homes.is_empty() {
         m.lease_homes = m.ring.clone();
     }
@@ -93,17 +101,17 @@ fn flipped(m: &mut ShardMap, ring: &[u64], joined: u64, kept: &[KeptUnit]) {
             m.unit_pins.insert(k.unit.clone(), k.group);
         }
     }
-    drop_implied(m, joined);
+    drop_implied(m, gaining);
 }
 
-/// Drops the pins to `group` of whole units, and the unit pins, that say
+/// Drops the pins to `groups` of whole units, and the unit pins, that say
 /// what the ring says (a map change that routes no key differently).
-fn drop_implied(m: &mut ShardMap, group: u64) {
+fn drop_implied(m: &mut ShardMap, groups: &[u64]) {
     let ring = Ring::new(&m.ring);
     let implied: Vec<String> = m
         .pins
         .iter()
-        .filter(|(p, g)| **g == group && whole(m, p.as_bytes()) && ring.owner(p.as_bytes()) == Some(group))
+        .filter(|(p, g)| groups.contains(g) && whole(m, p.as_bytes()) && ring.owner(p.as_bytes()) == Some(**g))
         .filter(|(p, _)| {
             let mut without = m.clone();
             without.pins.remove(*p);
@@ -146,11 +154,13 @@ impl Placement {
         }
     }
 
-    /// Every unit holding keys on the groups of `map`'s ring.
-    async fn ring_units(&self, map: &ShardMap) -> Result<BTreeSet<Vec<u8>>> {
+    /// Every unit holding keys on `groups` (listed concurrently: a flip
+    /// lists while older maps' calls wait).
+    async fn units_on(&self, map: &ShardMap, groups: &[u64]) -> Result<BTreeSet<Vec<u8>>> {
+        let walks = futures::future::join_all(groups.iter().map(|g| self.units_of(map, *g))).await;
         let mut all = BTreeSet::new();
-        for g in &map.ring {
-            all.extend(self.units_of(map, *g).await?.units);
+        for w in walks {
+            all.extend(w?.units);
         }
         Ok(all)
     }
@@ -173,25 +183,25 @@ impl Placement {
         }
     }
 
-    /// Moves the whole, movable units of `units` the ring `next` gives
-    /// `group` there, one at a time.
+    /// Moves each whole, movable unit of `units` to the group `to` names
+    /// for it (None: it stays), one at a time.
     async fn move_units(
         &self,
         units: &[Vec<u8>],
-        group: u64,
-        next: &Ring,
+        to: impl Fn(&[u8]) -> Option<u64>,
         rate_bytes: u64,
         moves: &mut Vec<MoveReport>,
+        batch: &str,
     ) -> Result<()> {
         for u in units {
             let map = self.map().await?;
             let unit = String::from_utf8_lossy(u).into_owned();
             // Movable: whole, and nothing pinned, spread or moving in or over it.
-            if next.owner(u) != Some(group) || !crate::rebalance::movable(&map, &unit) {
+            let Some(group) = to(u).filter(|_| crate::rebalance::movable(&map, &unit)) else {
                 continue;
-            }
+            };
             let done = moves.len();
-            moves.push(self.move_in_batch(&unit, group, rate_bytes, done, "ring join").await?);
+            moves.push(self.move_in_batch(&unit, group, rate_bytes, done, batch).await?);
         }
         Ok(())
     }
@@ -205,19 +215,29 @@ impl Placement {
         if map.draining_groups.contains(&group) {
             return Err(PlacementError::conflict(format!("group {group} is draining: it takes nothing")));
         }
-        let mut report = RingJoined { group, moves: vec![], kept: vec![], flip_ms: 0, epoch: map.epoch };
         if map.ring.contains(&group) {
-            return Ok(report); // joined before
+            return Ok(RingJoined { group, moves: vec![], kept: vec![], flip_ms: 0, epoch: map.epoch });
+            // joined before
         }
         let ring: Vec<u64> = map.ring.iter().copied().chain([group]).collect();
-        let next = Ring::new(&ring);
-        let listed: Vec<Vec<u8>> = self.ring_units(&map).await?.into_iter().collect();
-        self.move_units(&listed, group, &next, rate_bytes, &mut report.moves).await?;
-        let (kept, flip_ms, epoch) = self.flip_ring(&ring, group).await?;
+        let flip = Flip { ring, fenced: map.ring.clone(), gaining: vec![group] };
+        self.change_ring(&map, &flip, group, rate_bytes, "ring join").await
+    }
+
+    /// A ring change with the data (module doc): the units the fenced
+    /// groups hold move to the gaining group the new ring names for each,
+    /// the ring flips, kept whole units then move on and their pins go.
+    async fn change_ring(&self, map: &ShardMap, flip: &Flip, group: u64, rate_bytes: u64, batch: &str) -> Result<RingJoined> {
+        let mut report = RingJoined { group, moves: vec![], kept: vec![], flip_ms: 0, epoch: map.epoch };
+        let next = Ring::new(&flip.ring);
+        let to = |u: &[u8]| next.owner(u).filter(|g| flip.gaining.contains(g));
+        let listed: Vec<Vec<u8>> = self.units_on(map, &flip.fenced).await?.into_iter().collect();
+        self.move_units(&listed, to, rate_bytes, &mut report.moves, batch).await?;
+        let (kept, flip_ms, epoch) = self.flip_ring(flip).await?;
         report.flip_ms = flip_ms;
         report.epoch = epoch;
         // Settle: the whole units kept on their old owners move on to
-        // `group` now that the ring gives it to them, and their pins go
+        // their new owner now that the ring names it, and their pins go
         // (not those with pins or spreads inside: a move of a prefix whose
         // parts stay elsewhere moves no data; they stay pinned).
         let map = self.map().await?;
@@ -227,14 +247,15 @@ impl Placement {
             crate::rebalance::movable(&m, &k.unit)
         };
         for k in kept.iter().filter(settles) {
+            let Some(to) = to(k.unit.as_bytes()) else { continue };
             let done = report.moves.len();
-            report.moves.push(self.move_in_batch(&k.unit, group, rate_bytes, done, "ring join").await?);
+            report.moves.push(self.move_in_batch(&k.unit, to, rate_bytes, done, batch).await?);
         }
         let settled = self
             .store
             .update(|m| {
                 let before = (m.pins.len(), m.unit_pins.len());
-                drop_implied(m, group);
+                drop_implied(m, &flip.gaining);
                 Ok::<_, PlacementError>((m.pins.len(), m.unit_pins.len()) != before)
             })
             .await?;
@@ -244,19 +265,20 @@ impl Placement {
         Ok(report)
     }
 
-    /// Step 2 of the module doc: the ring becomes `ring` (with `joined`) at
-    /// a fenced epoch. Answers the units kept on their old owners, how
-    /// long the ring's groups refused older maps (ms) and the epoch.
-    async fn flip_ring(&self, ring: &[u64], joined: u64) -> Result<(Vec<KeptUnit>, u64, u64)> {
+    /// Step 2 of the module doc: the ring becomes `flip.ring` at a fenced
+    /// epoch. Answers the units kept on their old owners, how long the
+    /// fenced groups refused older maps (ms) and the epoch.
+    async fn flip_ring(&self, flip: &Flip) -> Result<(Vec<KeptUnit>, u64, u64)> {
+        let (ring, gaining) = (&flip.ring, &flip.gaining);
         let next = Ring::new(ring);
         for _ in 0..ATTEMPTS {
             let map = self.no_moves_in_flight().await?;
             let epoch = map.epoch + 1;
             let started = Instant::now();
             let fenced = async {
-                let (_, revision) = fence(self.dialer(), &map, "", &map.ring, epoch).await?;
-                raise(self.dialer(), &map, &[joined], revision).await?;
-                self.ring_units(&map).await
+                let (_, revision) = fence(self.dialer(), &map, "", &flip.fenced, epoch).await?;
+                raise(self.dialer(), &map, gaining, revision).await?;
+                self.units_on(&map, &flip.fenced).await
             };
             let listed = match fenced.await {
                 Ok(l) => l,
@@ -272,7 +294,7 @@ impl Placement {
                 .update(|m| {
                     raced = m.epoch != map.epoch;
                     if !raced {
-                        flipped(m, ring, joined, &kept);
+                        flipped(m, ring, gaining, &kept);
                     }
                     Ok::<_, PlacementError>(!raced)
                 })
@@ -282,8 +304,39 @@ impl Placement {
             }
             tracing::info!(epoch, now = committed.epoch, "map changed while fencing the ring; fencing again");
         }
-        Err(PlacementError::unavailable("the map kept changing while fencing the ring; run the join again"))
+        Err(PlacementError::unavailable("the map kept changing while fencing the ring; run the command again"))
     }
+
+    /// Group `group` leaves the ring, giving each unit it holds to the
+    /// group the ring without it names (module doc, "Leaving"). Units it
+    /// keeps (shallow ones, or whole ones with pins inside) stay pinned or
+    /// unit-pinned to it, for the drain to move.
+    pub(crate) async fn leave_ring(&self, group: u64, rate_bytes: u64) -> Result<RingJoined> {
+        let map = self.map().await?;
+        if !map.ring.contains(&group) {
+            return Ok(RingJoined { group, moves: vec![], kept: vec![], flip_ms: 0, epoch: map.epoch });
+            // left before
+        }
+        let ring: Vec<u64> = map.ring.iter().copied().filter(|g| *g != group).collect();
+        if ring.is_empty() {
+            return Err(PlacementError::conflict(format!(
+                "group {group} is the only group on the ring: add another with `tessera group add --ring` first"
+            )));
+        }
+        // Only the leaving group's units change owner: it alone is fenced;
+        // the others are raised past it (a unit whose keys it deleted
+        // starts on its new owner above that history).
+        let flip = Flip { ring: ring.clone(), fenced: vec![group], gaining: ring };
+        self.change_ring(&map, &flip, group, rate_bytes, "drain").await
+    }
+}
+
+/// A ring change: the new ring, the groups whose units change owner (they
+/// are fenced and listed) and those that gain units (raised past them).
+struct Flip {
+    ring: Vec<u64>,
+    fenced: Vec<u64>,
+    gaining: Vec<u64>,
 }
 
 #[cfg(test)]
@@ -323,7 +376,7 @@ mod tests {
         assert!(kept.iter().all(|k| k.unit != *to3[0]), "a pinned unit is not the ring's");
         assert_eq!(kept.len(), units.iter().filter(|u| next.owner(u.as_bytes()) == Some(3)).count() - 1);
         let mut after = m.clone();
-        flipped(&mut after, &[1, 2, 3], 3, &kept);
+        flipped(&mut after, &[1, 2, 3], &[3], &kept);
         assert_eq!(after.lease_homes, vec![1, 2]);
         assert!(!after.pins.contains_key(to3[0].as_str()), "the moved unit's pin is implied by the ring");
         assert_eq!(after.pins.get("/admin/"), Some(&3), "a pin that is not a whole unit stays");
@@ -337,5 +390,30 @@ mod tests {
         assert!(after.unit_pins.keys().all(|u| !whole(&after, u.as_bytes())));
         let fresh = (0..200).map(|i| format!("/new/k{i}/")).find(|u| next.owner(u.as_bytes()) == Some(3)).unwrap();
         assert_eq!(r.group_of(format!("{fresh}a").as_bytes()), Some(3));
+    }
+
+    #[test]
+    fn a_leaving_group_keeps_what_it_holds_until_the_drain_moves_it() {
+        let m = ShardMap { ring: vec![1, 2, 3], ..Default::default() };
+        let now = Ring::new(&[1, 2, 3]);
+        let next = Ring::new(&[1, 2]);
+        let units: Vec<String> = (0..60).map(|i| format!("/r/kind{i}/")).chain(["/r/".into(), "".into()]).collect();
+        let on3: BTreeSet<Vec<u8>> =
+            units.iter().filter(|u| now.owner(u.as_bytes()) == Some(3)).map(|u| u.as_bytes().to_vec()).collect();
+        assert!(on3.len() > 5);
+        let kept = changing(&m, &on3, &next);
+        assert_eq!(kept.len(), on3.len(), "every unit it holds changes owner");
+        assert!(kept.iter().all(|k| k.group == 3));
+        let mut after = m.clone();
+        flipped(&mut after, &[1, 2], &[1, 2], &kept);
+        assert_eq!((after.ring.clone(), after.lease_homes.clone()), (vec![1, 2], vec![1, 2, 3]));
+        let (before, r) = (m.clone().routing(), after.clone().routing());
+        for u in &units {
+            let key = if whole(&after, u.as_bytes()) { format!("{u}ns/x") } else { format!("{u}leaf") };
+            assert_eq!(r.group_of(key.as_bytes()), before.group_of(key.as_bytes()), "{u}");
+        }
+        // A unit it did not hold goes by the smaller ring at once.
+        let fresh = (0..200).map(|i| format!("/new/k{i}/")).find(|u| now.owner(u.as_bytes()) == Some(3)).unwrap();
+        assert_ne!(r.group_of(format!("{fresh}a").as_bytes()), Some(3));
     }
 }

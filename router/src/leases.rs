@@ -137,28 +137,52 @@ type KeepAliveStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<LeaseKeepA
 /// group's, which granted the lease: TTL 0 there means it is gone (never
 /// granted, or revoked — on every group at once, an expired one only after
 /// its keys are deleted), whatever copies elsewhere answered before that.
+/// Once its home drains (it leaves the federation), the copies answer: the
+/// longest TTL among them (placement copies every lease of a leaving group
+/// to the lease's new home before it goes).
 async fn renew_everywhere(b: &Backends, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
     let groups = all_groups(b)?;
-    let home = home(b, id)?;
-    let deadline = Deadline::default_from_now();
-    let answers = join_all(groups.iter().map(|g| {
-        b.call(*g, Access::Read, deadline, LeaseKeepAliveRequest { id }, |ch, r| async move {
-            let (md, ext, msg) = r.into_parts();
-            let req = Request::from_parts(md, ext, tokio_stream::once(msg));
-            let mut s = lease_client(ch).lease_keep_alive(req).await?.into_inner();
-            match s.message().await? {
-                Some(m) => Ok(Response::new(m)),
-                None => Err(Status::unavailable("keepalive stream closed")),
+    let Some(home) = b.routing()?.map.lease_answerer(id) else {
+        let answers = join_all(groups.iter().map(|g| renew_on(b, *g, id))).await;
+        let mut best: Option<LeaseKeepAliveResponse> = None;
+        let mut failed = None;
+        for a in answers {
+            match a {
+                Ok(a) if best.as_ref().is_none_or(|x| a.ttl > x.ttl) => best = Some(a),
+                Ok(_) => {}
+                Err(e) => failed = Some(e),
             }
-        })
-    }))
-    .await;
+        }
+        // A copy that did not answer may be the one with time left.
+        return match (best, failed) {
+            (Some(a), None) => Ok(a),
+            (Some(a), Some(_)) if a.ttl > 0 => Ok(a),
+            (_, Some(e)) => Err(e),
+            (None, None) => Err(Status::unavailable("tessera: the shard map has no groups")),
+        };
+    };
+    let answers = join_all(groups.iter().map(|g| renew_on(b, *g, id))).await;
     groups
         .iter()
         .zip(answers)
         .find(|(g, _)| **g == home)
         .map(|(_, a)| a)
         .unwrap_or_else(|| Err(Status::unavailable("tessera: the lease's home group is not in the shard map")))
+}
+
+/// One keepalive of lease `id` on `group`.
+async fn renew_on(b: &Backends, group: u64, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+    let deadline = Deadline::default_from_now();
+    b.call(group, Access::Read, deadline, LeaseKeepAliveRequest { id }, |ch, r| async move {
+        let (md, ext, msg) = r.into_parts();
+        let req = Request::from_parts(md, ext, tokio_stream::once(msg));
+        let mut s = lease_client(ch).lease_keep_alive(req).await?.into_inner();
+        match s.message().await? {
+            Some(m) => Ok(Response::new(m)),
+            None => Err(Status::unavailable("keepalive stream closed")),
+        }
+    })
+    .await
 }
 
 #[tonic::async_trait]

@@ -7,6 +7,9 @@
 //! exactly the group the map names and readable through the router; a
 //! rebalance then evens the bytes out to a third each (± 10 %); the lease
 //! keeps its home; a unit created afterwards goes where the new ring says.
+//! Then the first group — on the ring, holding the shallow units and home
+//! of every lease — drains (leaves the ring, its remainder and leases go)
+//! and is removed, still under the writer and the watch.
 
 use etcd_client::{Client, PutOptions, WatchOptions};
 use std::collections::{BTreeMap, BTreeSet};
@@ -65,7 +68,7 @@ async fn watch_registry(c: &mut Client, start: i64) -> (Seen, tokio::task::JoinH
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_groups_join_the_ring_with_their_units_under_writes_a_lease_and_a_watch() {
+async fn two_groups_join_the_ring_then_the_first_leaves_with_its_data_under_writes_leases_and_a_watch() {
     let f = Federation::start(1);
     let mut kv = f.kv().await;
     let mut etcd = Client::connect([f.endpoint()], None).await.unwrap();
@@ -84,6 +87,8 @@ async fn two_groups_join_the_ring_with_their_units_under_writes_a_lease_and_a_wa
             etcd.put(k.as_str(), "l", Some(PutOptions::new().with_lease(lease))).await.unwrap().header().unwrap().revision();
     }
     let total = (UNITS * PER_UNIT + shallow.len() + leased.len()) as i64;
+    // A lease with no keys: it lives only on its home (group 1), until group 1 leaves.
+    let keyless = etcd.lease_grant(300, None).await.unwrap().id();
 
     let (seen, watching) = watch_registry(&mut etcd, last_rev + 1).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -133,6 +138,27 @@ async fn two_groups_join_the_ring_with_their_units_under_writes_a_lease_and_a_wa
         assert!((0.23..=0.43).contains(&share), "group {g} holds {:.0}% of the bytes: {bytes:?}", share * 100.0);
     }
 
+    // Group 1 — on the ring, holding the shallow units, home of both
+    // leases — leaves with its data, under the writer and the watch.
+    let drained = f.tessera(&["group", "drain", "1", "--json"]);
+    assert!(drained.status.success(), "{}", String::from_utf8_lossy(&drained.stderr));
+    let drained: placement::api::GroupDrained = serde_json::from_slice(&drained.stdout).unwrap();
+    assert!(drained.moves.iter().all(|m| m.outcome == "moved" && m.to != 1 && m.from == [1]), "{drained:?}");
+    assert!(drained.moves.iter().any(|m| m.prefix.is_empty() && m.keys >= 3), "its unit pins' keys moved: {drained:?}");
+    assert!(drained.leases_copied >= 1, "the keyless lease was copied: {drained:?}");
+    eprintln!(
+        "group 1 drained: {} moves, left the ring in {} ms, {} leases copied",
+        drained.moves.len(),
+        drained.ring_flip_ms,
+        drained.leases_copied
+    );
+    let removed = f.tessera(&["group", "remove", "1", "--json"]);
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    let map = map_of(&f).await;
+    assert_eq!(map.ring, vec![2, 3]);
+    assert!(!map.groups.contains_key(&1) && map.removed_groups.contains(&1));
+    assert!(map.pins.values().chain(map.unit_pins.values()).all(|g| *g != 1), "{map:?}");
+
     stop.store(true, Ordering::Relaxed);
     let acked = writing.await.unwrap();
     assert!(acked.puts.len() > 100, "the writer kept writing: {}", acked.puts.len());
@@ -172,15 +198,25 @@ async fn two_groups_join_the_ring_with_their_units_under_writes_a_lease_and_a_wa
         assert_eq!(etcd.get(k, None).await.unwrap().kvs().len(), 1, "{k}");
     }
 
-    // The lease kept its home: renewed and listing its keys through the router.
+    // The leases outlived their home: renewed and listing their keys through the router.
     let (mut keeper, mut renewals) = etcd.lease_keep_alive(lease).await.unwrap();
     keeper.keep_alive().await.unwrap();
     assert!(renewals.message().await.unwrap().unwrap().ttl() > 0);
     let ttl = etcd.lease_time_to_live(lease, Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys())).await.unwrap();
     assert_eq!(ttl.keys().len(), leased.len());
+    let (mut keeper, mut renewals) = etcd.lease_keep_alive(keyless).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    assert!(renewals.message().await.unwrap().unwrap().ttl() > 0, "the keyless lease lives on");
+    assert!(etcd.lease_time_to_live(keyless, None).await.unwrap().ttl() > 0);
+    // A lease granted now lives on a serving group and renews.
+    let fresh_lease = etcd.lease_grant(60, None).await.unwrap().id();
+    let (mut keeper, mut renewals) = etcd.lease_keep_alive(fresh_lease).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    assert!(renewals.message().await.unwrap().unwrap().ttl() > 0);
 
     // A unit created now goes where the new ring says.
     let fresh = (0..400).map(|i| format!("/registry/fresh{i}/")).find(|u| routing.group_of(u.as_bytes()) == Some(3)).unwrap();
+    assert_eq!(shardmap::ring::Ring::new(&[2, 3]).owner(fresh.as_bytes()), Some(3));
     let key = format!("{fresh}ns/x");
     etcd.put(key.as_str(), "x", None).await.unwrap();
     assert!(keys_in(&map, 3).await.contains(&key.into_bytes()));

@@ -159,17 +159,29 @@ impl Fences {
     }
 
     /// The map gave `prefix` to this group at `epoch`; the group's revision
-    /// is `revision`. Fences this group had on the prefix (it gave it away
-    /// before) end: the prefix is its own again. Whether it was staged
-    /// (false: adopted before).
-    pub fn adopt(&mut self, prefix: &[u8], epoch: u64, revision: i64, keys: &GroupKeys, batch: &mut WriteBatch) -> Result<bool> {
+    /// is `revision`. With `end_fences`, fences this group had on the prefix
+    /// (it gave it away before) end: the prefix is its own again (not for a
+    /// leaving group's remainder, taken under the empty prefix: only its
+    /// unit pins' keys are this group's now). Whether it was staged (false:
+    /// adopted before).
+    pub fn adopt(
+        &mut self,
+        prefix: &[u8],
+        epoch: u64,
+        revision: i64,
+        end_fences: bool,
+        keys: &GroupKeys,
+        batch: &mut WriteBatch,
+    ) -> Result<bool> {
         let i = self.incoming.iter_mut().find(|i| i.prefix == prefix).ok_or_else(not_moving)?;
         if i.adopted_epoch != 0 {
             return Ok(false);
         }
         i.adopted_epoch = epoch;
         i.revision = revision;
-        self.list.retain(|f| !f.prefix.starts_with(prefix));
+        if end_fences {
+            self.list.retain(|f| !f.prefix.starts_with(prefix));
+        }
         self.save(keys, batch);
         Ok(true)
     }
@@ -416,8 +428,8 @@ mod tests {
         f.cutover(b"/a/b/", 10, &keys, &mut batch).unwrap();
         assert!(f.check_range(9, b"/a/b/k", &[]).is_ok());
         assert!(matches!(f.check_range(10, b"/", b"0"), Err(Error::Refused(Refusal::PrefixMoving))));
-        assert!(f.adopt(b"/a/b/", 11, 500, &keys, &mut batch).unwrap());
-        assert!(!f.adopt(b"/a/b/", 11, 600, &keys, &mut batch).unwrap(), "adopted once");
+        assert!(f.adopt(b"/a/b/", 11, 500, true, &keys, &mut batch).unwrap());
+        assert!(!f.adopt(b"/a/b/", 11, 600, true, &keys, &mut batch).unwrap(), "adopted once");
         assert!(!f.is_staged(b"/a/b/k"));
         assert!(f.check_range(11, b"/a/b/k", &[]).is_ok());
         assert!(matches!(f.check_range(10, b"/a/b/k", &[]), Err(Error::Refused(Refusal::EpochNotMatch { current: 11 }))));

@@ -181,11 +181,14 @@ impl StateMachine {
 
     /// The target's staging (`MoveStage`).
     pub(crate) fn apply_stage(&self, t: &mut Tables, s: &MoveStage, batch: &mut WriteBatch) -> Result<Applied> {
-        if s.prefix.is_empty() {
-            return Err(moves_error("a move needs a prefix"));
+        if s.prefix.is_empty() != s.remainder {
+            return Err(moves_error("a move needs a prefix (the empty prefix only for a group's remainder)"));
         }
         if s.reset || s.abandon {
-            if t.fences.incoming(&s.prefix).is_some_and(|i| i.adopted_epoch != 0) {
+            // Adopted here by this move (a step repeated), or — a remainder
+            // only — by an earlier one, before this move began.
+            let adopted = t.fences.incoming(&s.prefix).map_or(0, |i| i.adopted_epoch);
+            if adopted != 0 && !(s.remainder && adopted < s.epoch) {
                 return Err(moves_error("the prefix was adopted here already"));
             }
             let dropped = take_under(&mut t.mvcc.staged, &s.prefix);
@@ -199,8 +202,13 @@ impl StateMachine {
             // History of the prefix this group gave away before: the
             // sources' replaces it (stale history in the index, of keys
             // deleted before they moved, is replaced key by key at adoption).
-            let old = take_under(&mut t.mvcc.retired, &s.prefix);
-            delete_all(&mut t.mvcc, self, old.into_iter().flat_map(|(_, ki)| ki.into_entries()), batch);
+            // (Not for a remainder: under the empty prefix that would be
+            // every prefix this group gave away, and a leaving group's unit
+            // pins were never given away by another.)
+            if !s.remainder {
+                let old = take_under(&mut t.mvcc.retired, &s.prefix);
+                delete_all(&mut t.mvcc, self, old.into_iter().flat_map(|(_, ki)| ki.into_entries()), batch);
+            }
             t.fences.stage(&s.prefix, &self.keys, batch);
         } else if !t.fences.staging(&s.prefix) {
             return Err(moves_error("no move of that prefix to this group is staging"));
@@ -267,7 +275,7 @@ impl StateMachine {
         if compact > rev {
             return Err(Error::FutureRev);
         }
-        if !t.fences.adopt(&m.prefix, m.epoch, rev, &self.keys, batch)? {
+        if !t.fences.adopt(&m.prefix, m.epoch, rev, !m.remainder, &self.keys, batch)? {
             return Ok(Applied::Done);
         }
         st.rev = rev;

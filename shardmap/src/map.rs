@@ -86,6 +86,11 @@ pub struct ShardMap {
     /// granted. Empty: the ring's groups (or every group, without a ring).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lease_homes: Vec<u64>,
+    /// Groups that took a leaving group's remainder (its unit pins' keys,
+    /// moved under the empty prefix): each takes one, as a second would be
+    /// staged under the same (empty) prefix as the first's keys.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub took_remainder: BTreeSet<u64>,
 }
 
 /// A move of a prefix with its data, as the map records it.
@@ -101,6 +106,10 @@ pub struct MoveRecord {
     /// Once committed: what the target needs to adopt the prefix.
     #[serde(default)]
     pub adopt: Option<Adoption>,
+    /// A leaving group's remainder (its unit pins' keys, under the empty
+    /// prefix): the commit moves its unit pins, not a pin.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remainder: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,10 +143,12 @@ impl ShardMap {
         rs
     }
 
-    /// The home group of lease `id` (granted there; its answer is the
-    /// keepalive's), hashed from the id over `lease_homes`, else the ring,
-    /// else every group.
-    pub fn lease_home(&self, id: i64) -> Option<u64> {
+    /// The group lease `id` was granted on, if it still answers for it (its
+    /// answer is the keepalive's): hashed from the id over `lease_homes`,
+    /// else the ring, else every group — None once that group is draining
+    /// or gone (the lease's copies answer then: placement copies a leaving
+    /// group's leases to their new homes before it goes).
+    pub fn lease_answerer(&self, id: i64) -> Option<u64> {
         let pool: Vec<u64> = if !self.lease_homes.is_empty() {
             self.lease_homes.clone()
         } else if !self.ring.is_empty() {
@@ -145,10 +156,31 @@ impl ShardMap {
         } else {
             self.groups.keys().copied().collect()
         };
-        if pool.is_empty() {
-            return None;
+        let home = *pool.get((hash(&id.to_be_bytes()) % pool.len().max(1) as u64) as usize)?;
+        self.serves_leases(home).then_some(home)
+    }
+
+    /// The group lease `id` is granted on (and copied to when its home
+    /// leaves): its home while that serves, else hashed from the id over
+    /// the pool's groups that still serve (the ring's, or every group's).
+    pub fn lease_home(&self, id: i64) -> Option<u64> {
+        if let Some(home) = self.lease_answerer(id) {
+            return Some(home);
         }
-        Some(pool[(hash(&id.to_be_bytes()) % pool.len() as u64) as usize])
+        let serving = |pool: &[u64]| pool.iter().copied().filter(|g| self.serves_leases(*g)).collect::<Vec<u64>>();
+        let mut pool = serving(&self.lease_homes);
+        if pool.is_empty() {
+            pool = serving(&self.ring);
+        }
+        if pool.is_empty() {
+            pool = serving(&self.groups.keys().copied().collect::<Vec<_>>());
+        }
+        pool.get((hash(&id.to_be_bytes()) % pool.len().max(1) as u64) as usize).copied()
+    }
+
+    /// Whether `group` is in the map and not draining (it takes new leases).
+    fn serves_leases(&self, group: u64) -> bool {
+        self.groups.contains_key(&group) && !self.draining_groups.contains(&group)
     }
 }
 
@@ -169,6 +201,7 @@ impl Default for ShardMap {
             draining_groups: BTreeSet::new(),
             unit_pins: BTreeMap::new(),
             lease_homes: vec![],
+            took_remainder: BTreeSet::new(),
         }
     }
 }
@@ -350,11 +383,27 @@ mod tests {
     #[test]
     fn a_lease_keeps_its_home_once_lease_homes_are_set() {
         let mut m = ShardMap { ring: vec![1, 2, 3], ..Default::default() };
+        for g in 1..=4 {
+            m.groups.insert(g, GroupInfo { id: g, replicas: vec![] });
+        }
         let homes: Vec<Option<u64>> = (0..100).map(|id| m.lease_home(id)).collect();
         m.lease_homes = m.ring.clone();
         m.ring.push(4);
         assert_eq!((0..100).map(|id| m.lease_home(id)).collect::<Vec<_>>(), homes);
         assert_eq!(ShardMap::default().lease_home(1), None);
+        // A home that drains stops answering; its leases get a new home
+        // among the serving groups, the others keep theirs.
+        let gone = homes[0].unwrap();
+        m.draining_groups.insert(gone);
+        for id in 0..100 {
+            match homes[id as usize] {
+                Some(h) if h == gone => {
+                    assert_eq!(m.lease_answerer(id), None);
+                    assert!(m.lease_home(id).is_some_and(|n| n != gone));
+                }
+                h => assert_eq!((m.lease_answerer(id), m.lease_home(id)), (h, h)),
+            }
+        }
     }
 }
 

@@ -421,13 +421,18 @@ fn apply(c: &mut Cluster, id: u64, step: &Step) -> anyhow::Result<()> {
 const MAX_JOINS: usize = 2;
 /// Groups this run added.
 static GROUPS_ADDED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Whether a group left (drained and removed) in this run: one may.
+static GROUP_LEFT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Changes the federation's shape through placement's admin API, chosen by
 /// `pick`: merges `prefix` onto one group if it was split, else (one time
 /// in six, while fewer than `MAX_JOINS` groups were added) puts a group on
 /// the ring — one left off it by an interrupted join first —, else splits
 /// `prefix` over every group (one time in three) or moves it with its data
-/// to a group that does not own it. What happened, for the report.
+/// to a group that does not own it. Once per run (one time in six, with
+/// three groups or more) the first group on the ring — the one holding the
+/// shallow units and most lease homes — drains and is removed; a drain cut
+/// short is run again first. What happened, for the report.
 async fn reshape(admin: &placement::PlacementClient, prefix: &str, pick: u64) -> String {
     let reshaped = async {
         // Placement may have just been restarted (with a failpoint): ready first.
@@ -446,6 +451,19 @@ async fn reshape(admin: &placement::PlacementClient, prefix: &str, pick: u64) ->
             let to = groups[(pick % groups.len() as u64) as usize];
             let r = admin.merge(&placement::api::MergeRequest { prefix: prefix.into(), group: to, rate_bytes: 0 }).await?;
             return Ok(format!("merged onto group {to}: {} moves, {} pins dropped", r.moves.len(), r.pins_dropped));
+        }
+        let draining = map.draining_groups.iter().next().copied();
+        let leaves = pick % 6 == 3 && groups.len() > 2 && !GROUP_LEFT.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(group) = draining.or(map.ring.first().copied().filter(|_| leaves)) {
+            let d = admin.drain_group(group, 0).await?;
+            admin.remove_group(group).await?;
+            GROUP_LEFT.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Ok(format!(
+                "group {group} left: {} moves, off the ring in {} ms, {} leases copied, removed",
+                d.moves.len(),
+                d.ring_flip_ms,
+                d.leases_copied
+            ));
         }
         let off_ring = groups.iter().copied().find(|g| !map.ring.contains(g));
         let added = GROUPS_ADDED.load(std::sync::atomic::Ordering::Relaxed);

@@ -129,6 +129,7 @@ fn a_prefix_moves_with_its_history_leases_and_revisions() {
         leases: last.leases.clone(),
         compact_revision: last.compact_revision,
         revision: last.revision,
+        remainder: false,
     };
     // Raised past the source already (routers bump idle groups): the
     // adoption leaves its revision, and its watch ring still must not
@@ -227,6 +228,7 @@ fn move_all(a: &mut Side, b: &mut Side, prefix: &[u8], epoch: u64) {
         leases: last.leases,
         compact_revision: last.compact_revision,
         revision: last.revision,
+        remainder: false,
     };
     assert!(b.apply(Op::MoveTarget(adopt)).result.is_ok());
     let release = MoveRelease { prefix: prefix.to_vec(), epoch: epoch + 1, moved: true };
@@ -266,4 +268,66 @@ fn a_prefix_moves_back_and_forth_and_keeps_its_history() {
     assert_eq!(b.reopen().key_count(), 3);
     assert!(b.put("/p/q/9", 0, 8).is_ok());
     assert_eq!(a.put("/p/q/9", 0, 7), Err(Error::Refused(Refusal::EpochNotMatch { current: 8 })));
+}
+
+#[test]
+fn a_leaving_groups_remainder_moves_under_the_empty_prefix_and_the_target_keeps_what_it_gave_away() {
+    let (mut src, mut dst) = (Side::new(1), Side::new(2));
+    // The leaving group holds only its unit pins' keys (kube-apiserver's shallow keys).
+    src.put("compact_rev_key", 0, 0).unwrap();
+    src.put("/registry/health", 0, 0).unwrap();
+    src.put("/registry/health", 0, 0).unwrap();
+    // The target has keys of its own, a ring flip's fence on every key, and
+    // a prefix it gave away (released: its history retired here).
+    dst.put("/z/own", 0, 0).unwrap();
+    dst.put("/g/x", 0, 0).unwrap();
+    let flip = Fence { prefix: vec![], epoch: 2, revision: 0, pending: false, released: false };
+    assert!(dst.apply(Op::Fence(flip)).result.is_ok());
+    let gave = Fence { prefix: b"/g/".to_vec(), epoch: 3, revision: 0, pending: true, released: false };
+    assert!(dst.apply(Op::Fence(gave)).result.is_ok());
+    let release = MoveRelease { prefix: b"/g/".to_vec(), epoch: 3, moved: true };
+    assert!(matches!(dst.apply(Op::MoveRelease(release)).result, Ok(Applied::Released { keys: 1 })));
+
+    // The empty prefix is only a remainder's.
+    let plain = MoveStage { reset: true, ..Default::default() };
+    assert!(dst.apply(Op::MoveStage(plain)).result.is_err());
+    let x = src.sm.export(b"", Rev::default(), 1 << 20, true).unwrap();
+    assert!(x.done && x.keys == 2);
+    let stage = MoveStage { reset: true, entries: x.entries, remainder: true, epoch: 5, digest: true, ..Default::default() };
+    let Ok(Applied::Staged { keys, digest, .. }) = dst.apply(Op::MoveStage(stage)).result else { panic!("staged") };
+    assert_eq!((keys, digest), (2, x.digest));
+    assert_eq!(dst.keys("").len(), 1, "staged keys are not read; the target's own are");
+    let cutover = MoveTarget { action: Action::Cutover as i32, epoch: 6, remainder: true, ..Default::default() };
+    assert!(dst.apply(Op::MoveTarget(cutover)).result.is_ok());
+    let adopt = MoveTarget {
+        action: Action::Adopt as i32,
+        epoch: 6,
+        compact_revision: x.compact_revision,
+        revision: x.revision,
+        remainder: true,
+        ..Default::default()
+    };
+    assert!(dst.apply(Op::MoveTarget(adopt)).result.is_ok());
+    let release = MoveRelease { prefix: vec![], epoch: 6, moved: true };
+    assert!(src.apply(Op::Fence(Fence { prefix: vec![], epoch: 6, revision: 0, pending: true, released: false })).result.is_ok());
+    assert!(matches!(src.apply(Op::MoveRelease(release)).result, Ok(Applied::Released { keys: 2 })));
+
+    // The target reads its own keys and the remainder's, not what it gave
+    // away; its fences stay; so after a reopen.
+    let want: Vec<&str> = vec!["/registry/health", "/z/own", "compact_rev_key"];
+    for sm in [&dst.sm, &dst.reopen()] {
+        let end = vec![0];
+        let (r, _) = sm.range(&RangeRequest { key: vec![0], range_end: end, ..Default::default() }).unwrap();
+        let keys: Vec<String> = r.kvs.into_iter().map(|kv| String::from_utf8(kv.key).unwrap()).collect();
+        assert_eq!(keys, want);
+        let fences = sm.tables.read().fences.given_away_at(b"/g/x");
+        assert!(fences.is_some(), "the given-away prefix stays given away");
+    }
+    assert_eq!(dst.put("/z/own", 0, 1), Err(Error::Refused(Refusal::EpochNotMatch { current: 6 })));
+    assert!(src.keys("").is_empty(), "the leaving group holds nothing");
+    // A reset of this (adopted) move repeated is refused; a later move's is not.
+    let stale = MoveStage { reset: true, remainder: true, epoch: 5, ..Default::default() };
+    assert!(dst.apply(Op::MoveStage(stale)).result.is_err());
+    let later = MoveStage { reset: true, remainder: true, epoch: 7, ..Default::default() };
+    assert!(dst.apply(Op::MoveStage(later)).result.is_ok());
 }

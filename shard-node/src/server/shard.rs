@@ -156,9 +156,8 @@ impl Shard for ShardService {
 
     async fn export(&self, req: Request<ExportRequest>) -> Result<Response<ExportResponse>, Status> {
         let r = req.into_inner();
-        if r.prefix.is_empty() {
-            return Err(Status::invalid_argument("tessera: an export needs a prefix"));
-        }
+        // The empty prefix exports everything the group holds: a leaving
+        // group's remainder (its unit pins) once it owns nothing else.
         let g = &self.group;
         // Everything committed before the call is here.
         g.read_index().await?;
