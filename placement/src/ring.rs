@@ -82,9 +82,11 @@ impl UnitWalk {
     }
 }
 
-/// A unit with `depth` slashes: a prefix that is exactly its keys.
+/// A unit with exactly `depth` slashes: a prefix that is exactly its keys,
+/// and that the ring hashes as it hashes them (a deeper prefix — a split's
+/// subtree pin — is hashed by its unit, not by itself).
 fn whole(map: &ShardMap, unit: &[u8]) -> bool {
-    unit.ends_with(b"/") && prefix_fixes_unit(unit, map.depth)
+    unit.ends_with(b"/") && unit.iter().filter(|b| **b == b'/').count() == map.depth
 }
 
 /// The map `m` with `ring` as its ring: kept units pinned to their old
@@ -412,6 +414,15 @@ mod tests {
             let key = if whole(&after, u.as_bytes()) { format!("{u}ns/x") } else { format!("{u}leaf") };
             assert_eq!(r.group_of(key.as_bytes()), before.group_of(key.as_bytes()), "{u}");
         }
+        // A split's subtree pin (deeper than a unit) stays, whatever the
+        // ring hashes its own letters to.
+        let mut split = m.clone();
+        let deep: Vec<String> = (0..40).map(|i| format!("/r/kind0/ns{i}/")).collect();
+        for p in &deep {
+            split.pins.insert(p.clone(), if next.owner(p.as_bytes()) == Some(1) { 1 } else { 2 });
+        }
+        drop_implied(&mut split, &[1, 2]);
+        assert_eq!(split.pins.len(), deep.len(), "a subtree pin is not implied by the ring");
         // A unit it did not hold goes by the smaller ring at once.
         let fresh = (0..200).map(|i| format!("/new/k{i}/")).find(|u| now.owner(u.as_bytes()) == Some(3)).unwrap();
         assert_ne!(r.group_of(format!("{fresh}a").as_bytes()), Some(3));
