@@ -87,6 +87,12 @@ pub(crate) fn check_prefix(prefix: &str) -> Result<()> {
     Ok(())
 }
 
+/// A Shard client taking a whole export chunk (values of up to `CHUNK_BYTES`,
+/// one value past it at most: a group's request limit).
+fn shard_client(ch: Channel) -> ShardClient<Channel> {
+    ShardClient::new(ch).max_decoding_message_size(64 << 20)
+}
+
 /// Calls `group`'s Shard service (any replica that answers).
 async fn shard<R, Fut>(
     d: &Dialer,
@@ -98,7 +104,7 @@ async fn shard<R, Fut>(
 where
     Fut: Future<Output = std::result::Result<tonic::Response<R>, tonic::Status>>,
 {
-    on_group(d, map, group, None, |ch| call(ShardClient::new(ch).max_decoding_message_size(64 << 20)), |_| None)
+    on_group(d, map, group, None, |ch| call(shard_client(ch)), |_| None)
         .await
         .map_err(|e| PlacementError::unavailable(format!("{what} on group {group}: {e}")))
 }
@@ -120,7 +126,7 @@ async fn export(d: &Dialer, map: &ShardMap, g: u64, msg: ExportRequest) -> Resul
         let msg = msg.clone();
         async move {
             let ch = shardmap::watcher::channel(&url, d).await.map_err(|e| e.to_string())?;
-            let mut c = ShardClient::new(ch).max_decoding_message_size(64 << 20);
+            let mut c = shard_client(ch);
             c.export(group_request(g, msg)).await.map(tonic::Response::into_inner).map_err(|e| e.message().to_string())
         }
     };
@@ -162,7 +168,7 @@ async fn release(d: &Dialer, map: &ShardMap, g: u64, msg: MoveRelease) -> Result
 
 /// Fences `prefix` at `epoch` on `g`, pending; its revision at the fence.
 async fn fence(d: &Dialer, map: &ShardMap, g: u64, prefix: &str, epoch: u64) -> Result<i64> {
-    let msg = FenceRequest { prefix: prefix.as_bytes().to_vec(), epoch, pending: true };
+    let msg = FenceRequest { prefix: prefix.as_bytes().to_vec(), epoch, pending: true, count: false };
     let resp = shard(d, map, g, "fencing", |mut c| {
         let r = group_request(g, msg.clone());
         async move { c.fence(r).await }

@@ -93,7 +93,7 @@ impl Placement {
             }
             let owners = map.clone().routing().groups_for_range(prefix.as_bytes(), &shardmap::prefix_end(prefix.as_bytes()));
             let epoch = map.epoch + 1;
-            let fenced = match fence(self.dialer(), &map, prefix, &owners, epoch).await {
+            let fenced = match fence(self.dialer(), &map, prefix, &owners, epoch, true).await {
                 Ok((0, revision)) => raise(self.dialer(), &map, to, revision).await.map(|_| 0),
                 other => other.map(|(keys, _)| keys),
             };
@@ -139,10 +139,17 @@ impl Placement {
 }
 
 /// Fences `prefix` at `epoch` in each of `groups`; answers the keys they
-/// hold under it with the fence applied, and the highest revision of theirs
-/// at the fence.
-pub(crate) async fn fence(dialer: &Dialer, map: &ShardMap, prefix: &str, groups: &[u64], epoch: u64) -> Result<(i64, i64)> {
-    let req = FenceRequest { prefix: prefix.as_bytes().to_vec(), epoch, pending: false };
+/// hold under it with the fence applied (0 unless `count`), and the
+/// highest revision of theirs at the fence.
+pub(crate) async fn fence(
+    dialer: &Dialer,
+    map: &ShardMap,
+    prefix: &str,
+    groups: &[u64],
+    epoch: u64,
+    count: bool,
+) -> Result<(i64, i64)> {
+    let req = FenceRequest { prefix: prefix.as_bytes().to_vec(), epoch, pending: false, count };
     let answers = futures::future::join_all(groups.iter().map(|g| {
         on_group(
             dialer,

@@ -114,10 +114,11 @@ fn drop_implied(m: &mut ShardMap, groups: &[u64]) {
         .pins
         .iter()
         .filter(|(p, g)| groups.contains(g) && whole(m, p.as_bytes()) && ring.owner(p.as_bytes()) == Some(**g))
+        // Without the pin the ring places the unit: no shorter pin or
+        // spread covers it, and no unit pin names it.
         .filter(|(p, _)| {
-            let mut without = m.clone();
-            without.pins.remove(*p);
-            without.routing().ring_places(p.as_bytes())
+            let shorter = m.pins.keys().chain(m.spreads.keys()).any(|q| q.len() < p.len() && p.starts_with(q.as_str()));
+            !shorter && !m.unit_pins.contains_key(*p)
         })
         .map(|(p, _)| p.clone())
         .collect();
@@ -278,7 +279,7 @@ impl Placement {
             let epoch = map.epoch + 1;
             let started = Instant::now();
             let fenced = async {
-                let (_, revision) = fence(self.dialer(), &map, "", &flip.fenced, epoch).await?;
+                let (_, revision) = fence(self.dialer(), &map, "", &flip.fenced, epoch, false).await?;
                 raise(self.dialer(), &map, gaining, revision).await?;
                 self.units_on(&map, &flip.fenced).await
             };

@@ -22,7 +22,7 @@ use crate::error::{PlacementError, Result};
 use crate::members::keys_page;
 use crate::moves::{check_prefix, overlap};
 use crate::ops::Placement;
-use shardmap::{next_segment, prefix_end, spread_group, ShardMap};
+use shardmap::{next_segment, prefix_end, spread_group, strictly_under, ShardMap};
 use std::collections::BTreeSet;
 
 /// Keys read per listing call.
@@ -62,8 +62,8 @@ impl Segments {
 /// if one group owns all of that.
 fn base_owner(map: &ShardMap, prefix: &str) -> Option<u64> {
     let mut m = map.clone();
-    m.pins.retain(|p, _| !(p.starts_with(prefix) && p.len() > prefix.len()));
-    m.spreads.retain(|p, _| !(p.starts_with(prefix) && p.len() > prefix.len()));
+    m.pins.retain(|p, _| !strictly_under(p, prefix));
+    m.spreads.retain(|p, _| !strictly_under(p, prefix));
     match m.routing().groups_for_range(prefix.as_bytes(), &prefix_end(prefix.as_bytes()))[..] {
         [g] => Some(g),
         _ => None,
@@ -148,13 +148,8 @@ impl Placement {
         if !map.groups.contains_key(&group) {
             return Err(PlacementError::not_found(format!("no group {group}")));
         }
-        let mut parts: Vec<String> = map
-            .pins
-            .keys()
-            .chain(map.spreads.keys())
-            .filter(|p| p.starts_with(prefix) && p.len() > prefix.len())
-            .cloned()
-            .collect();
+        let mut parts: Vec<String> =
+            map.pins.keys().chain(map.spreads.keys()).filter(|p| strictly_under(p, prefix)).cloned().collect();
         // Deepest first: each move then finds nothing under it kept elsewhere.
         parts.sort_by_key(|p| std::cmp::Reverse(p.len()));
         parts.dedup();
@@ -172,12 +167,8 @@ impl Placement {
                 if m.pins.get(prefix) != Some(&group) {
                     return Err(PlacementError::conflict(format!("{prefix:?} was given to another group meanwhile")));
                 }
-                let redundant: Vec<String> = m
-                    .pins
-                    .iter()
-                    .filter(|(p, g)| p.starts_with(prefix) && p.len() > prefix.len() && **g == group)
-                    .map(|(p, _)| p.clone())
-                    .collect();
+                let redundant: Vec<String> =
+                    m.pins.iter().filter(|(p, g)| strictly_under(p, prefix) && **g == group).map(|(p, _)| p.clone()).collect();
                 dropped = redundant.len();
                 for p in &redundant {
                     m.pins.remove(p);

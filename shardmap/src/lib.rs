@@ -32,6 +32,12 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// Whether prefix `p` lies strictly under `prefix` (a deeper pin or spread
+/// of its subtree).
+pub fn strictly_under(p: &str, prefix: &str) -> bool {
+    p.len() > prefix.len() && p.starts_with(prefix)
+}
+
 /// Whether any key under `prefix` falls in `[key, range_end)` (etcd's
 /// range encoding: an empty end is the single key, `\0` every key from
 /// `key` on).

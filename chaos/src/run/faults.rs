@@ -446,7 +446,7 @@ async fn reshape(admin: &placement::PlacementClient, prefix: &str, pick: u64) ->
         }
         let map = map?;
         let groups: Vec<u64> = map.groups.keys().copied().filter(|g| !map.draining_groups.contains(g)).collect();
-        let split_before = map.pins.keys().chain(map.spreads.keys()).any(|p| p.starts_with(prefix) && p.len() > prefix.len());
+        let split_before = map.pins.keys().chain(map.spreads.keys()).any(|p| shardmap::strictly_under(p, prefix));
         if split_before {
             let to = groups[(pick % groups.len() as u64) as usize];
             let r = admin.merge(&placement::api::MergeRequest { prefix: prefix.into(), group: to, rate_bytes: 0 }).await?;
