@@ -40,8 +40,9 @@ fn owns_units(map: &ShardMap, group: u64) -> Option<String> {
 }
 
 impl Placement {
-    /// Moves every prefix pinned to `group` to the other group holding the
-    /// fewest bytes (as it stands after the moves before it), one at a time.
+    /// Gives away everything `group` holds (module doc): off the ring, its
+    /// pins to the groups holding the fewest bytes (as it stands after the
+    /// moves before), one at a time, its remainder, its leases.
     pub async fn drain_group(&self, group: u64, rate_bytes: u64) -> Result<GroupDrained> {
         let map = self.map().await?;
         if !map.groups.contains_key(&group) {
@@ -54,8 +55,19 @@ impl Placement {
         if others.is_empty() {
             return Err(PlacementError::conflict(format!("group {group} is the only group: its keys have nowhere to go")));
         }
-        // From now on the rebalancer gives it nothing (it would be the emptiest).
-        self.store.update(|m| Ok::<_, PlacementError>(m.groups.contains_key(&group) && m.draining_groups.insert(group))).await?;
+        // From now on the rebalancer gives it nothing (it would be the
+        // emptiest), and leases are granted elsewhere; lease homes freeze
+        // (a home hashed over every group would change with its removal).
+        self.store
+            .update(|m| {
+                if !m.groups.contains_key(&group) || m.draining_groups.contains(&group) {
+                    return Ok::<_, PlacementError>(false);
+                }
+                m.freeze_lease_homes();
+                m.draining_groups.insert(group);
+                Ok(true)
+            })
+            .await?;
         let mut bytes: BTreeMap<u64, u64> = others.iter().map(|g| (*g, 0)).collect();
         let units = self.units().await?;
         for u in &units.units {

@@ -294,6 +294,15 @@ impl Placement {
         if let Some(why) = cannot_give_remainder(&map, group, to) {
             return Err(PlacementError::conflict(why));
         }
+        // Everything the group holds moves: only its unit pins' keys may be
+        // there (a stray key would land where the map does not look).
+        let held = self.units_of(&map, group, crate::ring::Counted::All).await?;
+        if let Some(u) = held.units.iter().find(|u| map.unit_pins.get(String::from_utf8_lossy(u).as_ref()) != Some(&group)) {
+            return Err(PlacementError::conflict(format!(
+                "group {group} holds keys of unit {:?}, which the map does not give it",
+                String::from_utf8_lossy(u)
+            )));
+        }
         let report = MoveReport::starting("", to, &[group], map.epoch);
         self.run_move("", to, vec![group], rate_bytes, true, started, report).await
     }

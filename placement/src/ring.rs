@@ -64,16 +64,45 @@ pub(crate) struct UnitWalk {
     pub units: BTreeSet<Vec<u8>>,
 }
 
+/// Which keys a walk goes by: every key the group holds, or only those the
+/// ring places (a ring change moves only those: a unit listed for keys a
+/// split's subtree pin holds there would be kept by a needless pin, which
+/// a drain cannot move with the subtree pinned elsewhere).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Counted {
+    All,
+    RingPlaced,
+}
+
+/// Whether the ring places `key` (of unit `unit`): no pin or spread covers
+/// it and no unit pin names its unit.
+fn ring_placed(map: &ShardMap, key: &[u8], unit: &[u8]) -> bool {
+    !map.pins.keys().chain(map.spreads.keys()).any(|p| key.starts_with(p.as_bytes()))
+        && !std::str::from_utf8(unit).is_ok_and(|u| map.unit_pins.contains_key(u))
+}
+
 impl UnitWalk {
     /// Takes in a batch of keys (in order); where the listing goes on from
     /// (None: the end of the keyspace).
-    pub(crate) fn take(&mut self, depth: usize, keys: &[Vec<u8>]) -> Option<Vec<u8>> {
+    pub(crate) fn take(&mut self, map: &ShardMap, keys: &[Vec<u8>], counted: Counted) -> Option<Vec<u8>> {
+        let depth = map.depth;
         for k in keys {
-            self.units.insert(placement_unit(k, depth).to_vec());
+            let unit = placement_unit(k, depth);
+            if counted == Counted::All || ring_placed(map, k, unit) {
+                self.units.insert(unit.to_vec());
+            }
         }
         let last = keys.last()?;
         let unit = placement_unit(last, depth);
-        if prefix_fixes_unit(unit, depth) {
+        let placed_inside = |p: &String| p.len() > unit.len() && p.as_bytes().starts_with(unit);
+        let deeper: Vec<&String> = map.pins.keys().chain(map.spreads.keys()).filter(|p| placed_inside(p)).collect();
+        if counted == Counted::RingPlaced && !deeper.is_empty() {
+            // Its keys are not placed alike: past the deeper pin or spread
+            // the last key is under, else key by key.
+            if let Some(p) = deeper.iter().filter(|p| last.starts_with(p.as_bytes())).max_by_key(|p| p.len()) {
+                return Some(prefix_end(p.as_bytes()));
+            }
+        } else if prefix_fixes_unit(unit, depth) {
             // Every key under a whole unit is the unit's: skip past it.
             let end = prefix_end(unit);
             return (end != [0]).then_some(end);
@@ -92,9 +121,7 @@ fn whole(map: &ShardMap, unit: &[u8]) -> bool {
 /// The map `m` with `ring` as its ring: kept units pinned to their old
 /// owner, and the pins to `gaining` / unit pins the new ring implies gone.
 fn flipped(m: &mut ShardMap, ring: &[u64], gaining: &[u64], kept: &[KeptUnit]) {
-    if m.lease_homes.is_empty() {
-        m.lease_homes = m.ring.clone();
-    }
+    m.freeze_lease_homes();
     m.ring = ring.to_vec();
     for k in kept {
         if whole(m, k.unit.as_bytes()) {
@@ -144,23 +171,24 @@ fn changing(map: &ShardMap, listed: &BTreeSet<Vec<u8>>, next: &Ring) -> Vec<Kept
 }
 
 impl Placement {
-    /// The units holding keys on `group` (a linearizable listing).
-    async fn units_of(&self, map: &ShardMap, group: u64) -> Result<UnitWalk> {
+    /// The units holding keys on `group` (a linearizable listing), of
+    /// every key or of those the ring places.
+    pub(crate) async fn units_of(&self, map: &ShardMap, group: u64, counted: Counted) -> Result<UnitWalk> {
         let mut out = UnitWalk::default();
         let mut from = vec![0];
         loop {
             let (keys, more) = keys_page(self.dialer(), map, group, &from, &[0], LIST_BATCH).await?;
-            match out.take(map.depth, &keys) {
+            match out.take(map, &keys, counted) {
                 Some(next) if more => from = next,
                 _ => return Ok(out),
             }
         }
     }
 
-    /// Every unit holding keys on `groups` (listed concurrently: a flip
-    /// lists while older maps' calls wait).
+    /// Every unit holding keys the ring places on `groups` (listed
+    /// concurrently: a flip lists while older maps' calls wait).
     async fn units_on(&self, map: &ShardMap, groups: &[u64]) -> Result<BTreeSet<Vec<u8>>> {
-        let walks = futures::future::join_all(groups.iter().map(|g| self.units_of(map, *g))).await;
+        let walks = futures::future::join_all(groups.iter().map(|g| self.units_of(map, *g, Counted::RingPlaced))).await;
         let mut all = BTreeSet::new();
         for w in walks {
             all.extend(w?.units);
@@ -349,14 +377,32 @@ mod tests {
     #[test]
     fn a_walk_skips_whole_units_and_steps_through_shallow_keys() {
         let mut w = UnitWalk::default();
+        let m = ShardMap { depth: 3, ..Default::default() };
         let keys = |ks: &[&str]| ks.iter().map(|k| k.as_bytes().to_vec()).collect::<Vec<_>>();
-        let next = w.take(3, &keys(&["/registry/health", "/registry/pods/ns/a", "/registry/pods/ns/b"]));
+        let next = w.take(&m, &keys(&["/registry/health", "/registry/pods/ns/a", "/registry/pods/ns/b"]), Counted::All);
         assert_eq!(next.as_deref(), Some(&b"/registry/pods0"[..]));
-        let next = w.take(3, &keys(&["compact_rev_key"]));
+        let next = w.take(&m, &keys(&["compact_rev_key"]), Counted::All);
         assert_eq!(next.as_deref(), Some(&b"compact_rev_key\0"[..]));
         let units: Vec<&[u8]> = w.units.iter().map(Vec::as_slice).collect();
         assert_eq!(units, [&b""[..], b"/registry/", b"/registry/pods/"]);
-        assert_eq!(w.take(3, &[]), None);
+        assert_eq!(w.take(&m, &[], Counted::All), None);
+    }
+
+    #[test]
+    fn a_ring_walk_leaves_out_keys_a_pin_places_and_skips_past_the_pin() {
+        let mut m = ShardMap { depth: 3, ..Default::default() };
+        m.pins.insert("/registry/pods/ns2/".into(), 1);
+        m.unit_pins.insert("".into(), 1);
+        let keys = |ks: &[&str]| ks.iter().map(|k| k.as_bytes().to_vec()).collect::<Vec<_>>();
+        let mut w = UnitWalk::default();
+        // A split unit whose keys here are all its pinned subtree's: not listed.
+        let next = w.take(&m, &keys(&["compact_rev_key", "/registry/pods/ns2/a", "/registry/pods/ns2/b"]), Counted::RingPlaced);
+        assert_eq!(next.as_deref(), Some(&b"/registry/pods/ns20"[..]));
+        assert!(w.units.is_empty(), "{:?}", w.units);
+        // One ring-placed key of it lists it; the walk then steps key by key.
+        let next = w.take(&m, &keys(&["/registry/pods/ns3/a"]), Counted::RingPlaced);
+        assert_eq!(next.as_deref(), Some(&b"/registry/pods/ns3/a\0"[..]));
+        assert_eq!(w.units.iter().map(Vec::as_slice).collect::<Vec<_>>(), [&b"/registry/pods/"[..]]);
     }
 
     fn map() -> ShardMap {

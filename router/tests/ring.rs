@@ -7,9 +7,10 @@
 //! exactly the group the map names and readable through the router; a
 //! rebalance then evens the bytes out to a third each (± 10 %); the lease
 //! keeps its home; a unit created afterwards goes where the new ring says.
-//! Then the first group — on the ring, holding the shallow units and home
-//! of every lease — drains (leaves the ring, its remainder and leases go)
-//! and is removed, still under the writer and the watch.
+//! Then a unit of another group is split over every group, and the first
+//! group — on the ring, holding the shallow units, split subtrees, home of
+//! every lease — drains (leaves the ring, its pins, remainder and leases
+//! go) and is removed, still under the writer and the watch.
 
 use etcd_client::{Client, PutOptions, WatchOptions};
 use std::collections::{BTreeMap, BTreeSet};
@@ -137,6 +138,20 @@ async fn two_groups_join_the_ring_then_the_first_leaves_with_its_data_under_writ
         let share = *b as f64 / sum as f64;
         assert!((0.23..=0.43).contains(&share), "group {g} holds {:.0}% of the bytes: {bytes:?}", share * 100.0);
     }
+
+    // A unit the ring gives group 2 is split over every group: group 1
+    // then holds subtrees of it pinned to it (it lists the unit, whose
+    // ring-placed keys are not its own).
+    let split = (0..UNITS).map(unit).find(|u| ring.owner(u.as_bytes()) == Some(2)).expect("a unit on group 2");
+    for ns in 0..6 {
+        kv.put(PutRequest { key: format!("{split}sub{ns}/k").into(), value: b"x".to_vec(), ..Default::default() }).await.unwrap();
+    }
+    let total = total + 6;
+    let spread = f.tessera(&["split", &split, "1,2,3", "--json"]);
+    assert!(spread.status.success(), "{}", String::from_utf8_lossy(&spread.stderr));
+    let pinned: Vec<u64> =
+        map_of(&f).await.pins.iter().filter(|(p, _)| shardmap::strictly_under(p, &split)).map(|(_, g)| *g).collect();
+    assert!(pinned.contains(&1), "the split pinned subtrees to group 1: {pinned:?}");
 
     // Group 1 — on the ring, holding the shallow units, home of both
     // leases — leaves with its data, under the writer and the watch.

@@ -178,6 +178,15 @@ impl ShardMap {
         pool.get((hash(&id.to_be_bytes()) % pool.len().max(1) as u64) as usize).copied()
     }
 
+    /// Fixes the lease homes as they are now (the pool `lease_answerer`
+    /// hashes over), before a change to the ring or the groups would move
+    /// them: a lease's home is where it was granted.
+    pub fn freeze_lease_homes(&mut self) {
+        if self.lease_homes.is_empty() {
+            self.lease_homes = if self.ring.is_empty() { self.groups.keys().copied().collect() } else { self.ring.clone() };
+        }
+    }
+
     /// Whether `group` is in the map and not draining (it takes new leases).
     fn serves_leases(&self, group: u64) -> bool {
         self.groups.contains_key(&group) && !self.draining_groups.contains(&group)
