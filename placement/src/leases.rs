@@ -10,8 +10,11 @@
 use crate::error::{PlacementError, Result};
 use crate::members::{group_request, on_group};
 use crate::ops::Placement;
+use shardmap::ShardMap;
 use tessera_proto::etcdserverpb::lease_client::LeaseClient;
-use tessera_proto::etcdserverpb::{LeaseGrantRequest, LeaseLeasesRequest, LeaseTimeToLiveRequest};
+use tessera_proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
 use tessera_rpc::Error as EtcdError;
 
 impl Placement {
@@ -19,33 +22,10 @@ impl Placement {
     /// that serve leases (already there: left as it is); how many it copied.
     pub(crate) async fn copy_leases_off(&self, group: u64) -> Result<u64> {
         let map = self.map().await?;
-        let d = self.dialer();
-        let listed = on_group(
-            d,
-            &map,
-            group,
-            None,
-            |ch| {
-                let r = group_request(group, LeaseLeasesRequest {});
-                async move { LeaseClient::new(ch).lease_leases(r).await }
-            },
-            |_| None,
-        )
-        .await?;
+        let list = |mut c: Leases| async move { c.lease_leases(group_request(group, LeaseLeasesRequest {})).await };
         let mut copied = 0;
-        for id in listed.leases.iter().map(|l| l.id) {
-            let ttl = on_group(
-                d,
-                &map,
-                group,
-                None,
-                |ch| {
-                    let r = group_request(group, LeaseTimeToLiveRequest { id, keys: false });
-                    async move { LeaseClient::new(ch).lease_time_to_live(r).await }
-                },
-                |_| None,
-            )
-            .await?;
+        for id in self.on_leases(&map, group, list, |_| None).await?.leases.iter().map(|l| l.id) {
+            let ttl = self.time_to_live(&map, group, id).await?;
             if ttl.ttl <= 0 {
                 continue; // expired (its revoke is on the way) or revoked meanwhile
             }
@@ -53,20 +33,44 @@ impl Placement {
                 return Err(PlacementError::conflict(format!("lease {id:x} of group {group} has no other group to live on")));
             };
             let grant = LeaseGrantRequest { id, ttl: ttl.granted_ttl.max(ttl.ttl) };
-            let made = on_group(
-                d,
-                &map,
-                home,
-                None,
-                |ch| {
-                    let r = group_request(home, grant);
-                    async move { LeaseClient::new(ch).lease_grant(r).await.map(|r| r.map(|_| true)) }
-                },
-                |e| (*e == EtcdError::LeaseExist).then_some(false),
-            )
-            .await?;
+            let copy = |mut c: Leases| async move { c.lease_grant(group_request(home, grant)).await.map(|r| r.map(|_| true)) };
+            let made = self.on_leases(&map, home, copy, |e| (*e == EtcdError::LeaseExist).then_some(false)).await?;
+            // A revoke (or expiry) between the read above and the grant
+            // reached every group before the copy existed: the copy would
+            // outlive it. Read again, and take back a copy made for nothing.
+            if made && self.time_to_live(&map, group, id).await?.ttl <= 0 {
+                let revoke = |mut c: Leases| async move {
+                    c.lease_revoke(group_request(home, LeaseRevokeRequest { id })).await.map(|r| r.map(|_| ()))
+                };
+                self.on_leases(&map, home, revoke, |e| (*e == EtcdError::LeaseNotFound).then_some(())).await?;
+                continue;
+            }
             copied += u64::from(made);
         }
         Ok(copied)
     }
+
+    /// Lease `id`'s time to live on `group` (TTL -1: not there).
+    async fn time_to_live(&self, map: &ShardMap, group: u64, id: i64) -> Result<LeaseTimeToLiveResponse> {
+        let ask = |mut c: Leases| async move {
+            c.lease_time_to_live(group_request(group, LeaseTimeToLiveRequest { id, keys: false })).await
+        };
+        self.on_leases(map, group, ask, |_| None).await
+    }
+
+    /// One Lease call on a member of `group` (`members::on_group`).
+    async fn on_leases<R, Fut>(
+        &self,
+        map: &ShardMap,
+        group: u64,
+        call: impl Fn(Leases) -> Fut,
+        done: impl Fn(&EtcdError) -> Option<R>,
+    ) -> Result<R>
+    where
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<R>, tonic::Status>>,
+    {
+        on_group(self.dialer(), map, group, None, |ch| call(LeaseClient::new(ch)), done).await
+    }
 }
+
+type Leases = LeaseClient<tonic::transport::Channel>;

@@ -168,7 +168,7 @@ async fn release(d: &Dialer, map: &ShardMap, g: u64, msg: MoveRelease) -> Result
 
 /// Fences `prefix` at `epoch` on `g`, pending; its revision at the fence.
 async fn fence(d: &Dialer, map: &ShardMap, g: u64, prefix: &str, epoch: u64) -> Result<i64> {
-    let msg = FenceRequest { prefix: prefix.as_bytes().to_vec(), epoch, pending: true, count: false };
+    let msg = FenceRequest { prefix: prefix.as_bytes().to_vec(), epoch, pending: true, skip_count: true };
     let resp = shard(d, map, g, "fencing", |mut c| {
         let r = group_request(g, msg.clone());
         async move { c.fence(r).await }
@@ -344,7 +344,7 @@ impl Placement {
             Ok(()) => Ok(()),
             Err(e) => {
                 tracing::warn!(prefix, error = %e, "move failed; finishing or rolling it back");
-                match self.settle(prefix).await {
+                match self.settle(prefix, &from).await {
                     Ok(MovePhase::Committed) => Ok(()),
                     Ok(MovePhase::Copying) => {
                         report.outcome = "rolled_back".into();
@@ -354,8 +354,8 @@ impl Placement {
                     Err(e2) => {
                         // A group or the store is down: keep trying in the background.
                         let again = self.clone();
-                        let p = prefix.to_string();
-                        tokio::spawn(async move { again.settle_until_done(&p).await });
+                        let (p, from) = (prefix.to_string(), from.clone());
+                        tokio::spawn(async move { again.settle_until_done(&p, &from).await });
                         Err(PlacementError::unavailable(format!(
                             "{e}; then: {e2} (placement keeps finishing or rolling back the move it recorded; see `tessera moves`)"
                         )))
@@ -387,14 +387,7 @@ impl Placement {
         done: usize,
         batch: &str,
     ) -> Result<MoveReport> {
-        let report = self.move_prefix(prefix, to, rate_bytes).await?;
-        if report.outcome == "rolled_back" {
-            let why = report.error.clone().unwrap_or_default();
-            return Err(PlacementError::unavailable(format!(
-                "moving {prefix:?} to group {to} rolled back ({why}); {done} moves done before it; run the {batch} again"
-            )));
-        }
-        Ok(report)
+        self.move_prefix(prefix, to, rate_bytes).await.map_err(|e| in_batch(e, &format!("{prefix:?}"), to, done, batch))
     }
 
     async fn drive(
@@ -658,18 +651,15 @@ impl Placement {
         Ok(())
     }
 
-    /// Finishes (committed) or rolls back (not) the move of `prefix` the
-    /// map records; what it was.
-    async fn settle(&self, prefix: &str) -> Result<MovePhase> {
+    /// Finishes (committed) or rolls back (not) the move of `prefix` (from
+    /// groups `from`) the map records; what it was.
+    async fn settle(&self, prefix: &str, from: &[u64]) -> Result<MovePhase> {
         let map = self.map().await?;
         let Some(r) = map.moves.get(prefix).cloned() else {
             // Finished or rolled back already: the map says which (a
-            // remainder's: whether a draining group still has unit pins).
-            let committed = if prefix.is_empty() {
-                !map.unit_pins.values().any(|g| map.draining_groups.contains(g))
-            } else {
-                map.pins.contains_key(prefix)
-            };
+            // remainder's: whether its group still has unit pins).
+            let committed =
+                if prefix.is_empty() { !map.unit_pins.values().any(|g| from.contains(g)) } else { map.pins.contains_key(prefix) };
             return Ok(if committed { MovePhase::Committed } else { MovePhase::Copying });
         };
         match r.phase {
@@ -679,10 +669,10 @@ impl Placement {
     }
 
     /// `settle`, again and again (backing off) until it is done.
-    async fn settle_until_done(&self, prefix: &str) {
+    async fn settle_until_done(&self, prefix: &str, from: &[u64]) {
         let mut backoff = Duration::from_millis(200);
         loop {
-            match self.settle(prefix).await {
+            match self.settle(prefix, from).await {
                 Ok(phase) => {
                     tracing::info!(prefix, ?phase, "settled a move that had failed");
                     return;
@@ -699,11 +689,11 @@ impl Placement {
     pub async fn resume_moves(&self) -> Result<usize> {
         let map = self.map().await?;
         let mut n = 0;
-        for prefix in map.moves.keys() {
+        for (prefix, r) in &map.moves {
             if self.tracker.lock().expect("move tracker").in_flight.contains_key(prefix) {
                 continue;
             }
-            let phase = self.settle(prefix).await?;
+            let phase = self.settle(prefix, &r.from).await?;
             tracing::info!(prefix, ?phase, "settled a move its driver left");
             n += 1;
         }
@@ -769,6 +759,14 @@ pub(crate) fn kept_elsewhere(map: &ShardMap, prefix: &str, to: u64) -> Option<Ve
     pin(&mut after, prefix, to);
     let owners = after.routing().groups_for_range(prefix.as_bytes(), &shardmap::prefix_end(prefix.as_bytes()));
     (owners != [to]).then_some(owners)
+}
+
+/// A move of a batch (`what`, to group `to`) that failed (rolled back, or
+/// left to finish in the background): how far the batch got, and that
+/// running it again does the rest.
+pub(crate) fn in_batch(e: PlacementError, what: &str, to: u64, done: usize, batch: &str) -> PlacementError {
+    let message = format!("moving {what} to group {to}: {}; {done} moves done before it; run the {batch} again", e.message);
+    PlacementError { message, ..e }
 }
 
 /// Why `group`'s remainder cannot move to `to` now, if it cannot: the

@@ -149,7 +149,7 @@ pub(crate) async fn fence(
     epoch: u64,
     count: bool,
 ) -> Result<(i64, i64)> {
-    let req = FenceRequest { prefix: prefix.as_bytes().to_vec(), epoch, pending: false, count };
+    let req = FenceRequest { prefix: prefix.as_bytes().to_vec(), epoch, pending: false, skip_count: !count };
     let answers = futures::future::join_all(groups.iter().map(|g| {
         on_group(
             dialer,

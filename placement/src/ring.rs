@@ -47,7 +47,7 @@ use crate::ops::Placement;
 use crate::ownership::{fence, raise};
 use shardmap::ring::Ring;
 use shardmap::unit::{placement_unit, prefix_fixes_unit};
-use shardmap::{prefix_end, ShardMap};
+use shardmap::{prefix_end, strictly_under, ShardMap};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -96,14 +96,17 @@ impl UnitWalk {
         let unit = placement_unit(last, depth);
         let placed_inside = |p: &String| p.len() > unit.len() && p.as_bytes().starts_with(unit);
         let deeper: Vec<&String> = map.pins.keys().chain(map.spreads.keys()).filter(|p| placed_inside(p)).collect();
-        if counted == Counted::RingPlaced && !deeper.is_empty() {
-            // Its keys are not placed alike: past the deeper pin or spread
-            // the last key is under, else key by key.
+        // Its keys are not placed alike until one of them is listed.
+        let mixed = counted == Counted::RingPlaced && !deeper.is_empty() && !self.units.contains(unit);
+        if mixed {
+            // Past the deeper pin or spread the last key is under, else
+            // key by key.
             if let Some(p) = deeper.iter().filter(|p| last.starts_with(p.as_bytes())).max_by_key(|p| p.len()) {
                 return Some(prefix_end(p.as_bytes()));
             }
         } else if prefix_fixes_unit(unit, depth) {
-            // Every key under a whole unit is the unit's: skip past it.
+            // Every key under a whole unit is the unit's (and it is listed,
+            // or none of its keys will be): skip past it.
             let end = prefix_end(unit);
             return (end != [0]).then_some(end);
         }
@@ -114,17 +117,21 @@ impl UnitWalk {
 /// A unit with exactly `depth` slashes: a prefix that is exactly its keys,
 /// and that the ring hashes as it hashes them (a deeper prefix — a split's
 /// subtree pin — is hashed by its unit, not by itself).
-fn whole(map: &ShardMap, unit: &[u8]) -> bool {
+pub(crate) fn whole(map: &ShardMap, unit: &[u8]) -> bool {
     unit.ends_with(b"/") && unit.iter().filter(|b| **b == b'/').count() == map.depth
 }
 
 /// The map `m` with `ring` as its ring: kept units pinned to their old
 /// owner, and the pins to `gaining` / unit pins the new ring implies gone.
+/// A whole unit with pins or spreads inside (a split's) is unit-pinned: a
+/// pin over it could not move while its subtrees are placed elsewhere, and
+/// a leaving group's unit pins go with its remainder.
 fn flipped(m: &mut ShardMap, ring: &[u64], gaining: &[u64], kept: &[KeptUnit]) {
     m.freeze_lease_homes();
     m.ring = ring.to_vec();
     for k in kept {
-        if whole(m, k.unit.as_bytes()) {
+        let placed_inside = m.pins.keys().chain(m.spreads.keys()).any(|p| strictly_under(p, &k.unit));
+        if whole(m, k.unit.as_bytes()) && !placed_inside {
             m.pins.insert(k.unit.clone(), k.group);
         } else {
             m.unit_pins.insert(k.unit.clone(), k.group);
@@ -251,7 +258,7 @@ impl Placement {
             // joined before
         }
         let ring: Vec<u64> = map.ring.iter().copied().chain([group]).collect();
-        let flip = Flip { ring, fenced: map.ring.clone(), gaining: vec![group] };
+        let flip = Flip { from: map.ring.clone(), ring, fenced: map.ring.clone(), gaining: vec![group] };
         self.change_ring(&map, &flip, group, rate_bytes, "ring join").await
     }
 
@@ -304,6 +311,14 @@ impl Placement {
         let next = Ring::new(ring);
         for _ in 0..ATTEMPTS {
             let map = self.no_moves_in_flight().await?;
+            if map.ring != flip.from {
+                // Another join or drain flipped the ring meanwhile: this
+                // one's ring (and its moves) were planned from the old one.
+                return Err(PlacementError::conflict(format!(
+                    "the ring changed to {:?} while this change was planned from {:?}; run the command again",
+                    map.ring, flip.from
+                )));
+            }
             let epoch = map.epoch + 1;
             let started = Instant::now();
             let fenced = async {
@@ -348,23 +363,30 @@ impl Placement {
             return Ok(RingJoined { group, moves: vec![], kept: vec![], flip_ms: 0, epoch: map.epoch });
             // left before
         }
-        let ring: Vec<u64> = map.ring.iter().copied().filter(|g| *g != group).collect();
-        if ring.is_empty() {
-            return Err(PlacementError::conflict(format!(
-                "group {group} is the only group on the ring: add another with `tessera group add --ring` first"
-            )));
+        if let Some(why) = cannot_leave(&map, group) {
+            return Err(PlacementError::conflict(why));
         }
+        let ring: Vec<u64> = map.ring.iter().copied().filter(|g| *g != group).collect();
         // Only the leaving group's units change owner: it alone is fenced;
         // the others are raised past it (a unit whose keys it deleted
         // starts on its new owner above that history).
-        let flip = Flip { ring: ring.clone(), fenced: vec![group], gaining: ring };
+        let flip = Flip { from: map.ring.clone(), ring: ring.clone(), fenced: vec![group], gaining: ring };
         self.change_ring(&map, &flip, group, rate_bytes, "drain").await
     }
 }
 
-/// A ring change: the new ring, the groups whose units change owner (they
-/// are fenced and listed) and those that gain units (raised past them).
+/// Why `group` cannot leave the ring, if it cannot: it is the only group
+/// on it (the ring's units would have no owner).
+pub(crate) fn cannot_leave(map: &ShardMap, group: u64) -> Option<String> {
+    (map.ring == [group])
+        .then(|| format!("group {group} is the only group on the ring: add another with `tessera group add --ring` first"))
+}
+
+/// A ring change: the ring it was planned from, the new ring, the groups
+/// whose units change owner (they are fenced and listed) and those that
+/// gain units (raised past them).
 struct Flip {
+    from: Vec<u64>,
     ring: Vec<u64>,
     fenced: Vec<u64>,
     gaining: Vec<u64>,
@@ -399,9 +421,9 @@ mod tests {
         let next = w.take(&m, &keys(&["compact_rev_key", "/registry/pods/ns2/a", "/registry/pods/ns2/b"]), Counted::RingPlaced);
         assert_eq!(next.as_deref(), Some(&b"/registry/pods/ns20"[..]));
         assert!(w.units.is_empty(), "{:?}", w.units);
-        // One ring-placed key of it lists it; the walk then steps key by key.
+        // One ring-placed key of it lists it; the walk then skips past it.
         let next = w.take(&m, &keys(&["/registry/pods/ns3/a"]), Counted::RingPlaced);
-        assert_eq!(next.as_deref(), Some(&b"/registry/pods/ns3/a\0"[..]));
+        assert_eq!(next.as_deref(), Some(&b"/registry/pods0"[..]));
         assert_eq!(w.units.iter().map(Vec::as_slice).collect::<Vec<_>>(), [&b"/registry/pods/"[..]]);
     }
 
@@ -461,6 +483,17 @@ mod tests {
             let key = if whole(&after, u.as_bytes()) { format!("{u}ns/x") } else { format!("{u}leaf") };
             assert_eq!(r.group_of(key.as_bytes()), before.group_of(key.as_bytes()), "{u}");
         }
+        // A kept unit split before (subtrees pinned inside) is unit-pinned:
+        // its own keys stay, its subtrees go where their pins say.
+        let mut split_kept = m.clone();
+        let split_unit = kept.iter().find(|k| whole(&m, k.unit.as_bytes())).unwrap().unit.clone();
+        split_kept.pins.insert(format!("{split_unit}ns1/"), 1);
+        flipped(&mut split_kept, &[1, 2], &[1, 2], &kept);
+        assert_eq!(split_kept.unit_pins.get(&split_unit), Some(&3));
+        assert!(!split_kept.pins.contains_key(&split_unit));
+        let r = split_kept.routing();
+        assert_eq!(r.group_of(format!("{split_unit}ns1/a").as_bytes()), Some(1));
+        assert_eq!(r.group_of(format!("{split_unit}ns2/a").as_bytes()), Some(3));
         // A split's subtree pin (deeper than a unit) stays, whatever the
         // ring hashes its own letters to.
         let mut split = m.clone();

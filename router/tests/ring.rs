@@ -7,10 +7,11 @@
 //! exactly the group the map names and readable through the router; a
 //! rebalance then evens the bytes out to a third each (± 10 %); the lease
 //! keeps its home; a unit created afterwards goes where the new ring says.
-//! Then a unit of another group is split over every group, and the first
-//! group — on the ring, holding the shallow units, split subtrees, home of
-//! every lease — drains (leaves the ring, its pins, remainder and leases
-//! go) and is removed, still under the writer and the watch.
+//! Then a unit of another group and one of the first group are split over
+//! every group, and the first group — on the ring, holding the shallow
+//! units, split subtrees and a split unit's own keys, home of every lease
+//! — drains (leaves the ring, its pins, remainder and leases go) and is
+//! removed, still under the writer and the watch.
 
 use etcd_client::{Client, PutOptions, WatchOptions};
 use std::collections::{BTreeMap, BTreeSet};
@@ -152,6 +153,20 @@ async fn two_groups_join_the_ring_then_the_first_leaves_with_its_data_under_writ
     let pinned: Vec<u64> =
         map_of(&f).await.pins.iter().filter(|(p, _)| shardmap::strictly_under(p, &split)).map(|(_, g)| *g).collect();
     assert!(pinned.contains(&1), "the split pinned subtrees to group 1: {pinned:?}");
+    // And a unit on group 1, split too: group 1 keeps the unit's own keys
+    // (a leaf right under it, a subtree made after the split), which leave
+    // with its remainder (kept by a unit pin: a pin over the unit could not
+    // move while its subtrees are pinned elsewhere).
+    let routing = map_of(&f).await.routing();
+    let own = (0..UNITS)
+        .map(unit)
+        .find(|u| *u != split && routing.ring_places(u.as_bytes()) && routing.ring_owner(u.as_bytes()) == Some(1))
+        .expect("a unit the ring gives group 1");
+    kv.put(PutRequest { key: format!("{own}leaf").into(), value: b"x".to_vec(), ..Default::default() }).await.unwrap();
+    let spread = f.tessera(&["split", &own, "1,2,3", "--json"]);
+    assert!(spread.status.success(), "{}", String::from_utf8_lossy(&spread.stderr));
+    kv.put(PutRequest { key: format!("{own}late/k").into(), value: b"x".to_vec(), ..Default::default() }).await.unwrap();
+    let total = total + 2;
 
     // Group 1 — on the ring, holding the shallow units, home of both
     // leases — leaves with its data, under the writer and the watch.
@@ -159,7 +174,7 @@ async fn two_groups_join_the_ring_then_the_first_leaves_with_its_data_under_writ
     assert!(drained.status.success(), "{}", String::from_utf8_lossy(&drained.stderr));
     let drained: placement::api::GroupDrained = serde_json::from_slice(&drained.stdout).unwrap();
     assert!(drained.moves.iter().all(|m| m.outcome == "moved" && m.to != 1 && m.from == [1]), "{drained:?}");
-    assert!(drained.moves.iter().any(|m| m.prefix.is_empty() && m.keys >= 3), "its unit pins' keys moved: {drained:?}");
+    assert!(drained.moves.iter().any(|m| m.prefix.is_empty() && m.keys >= 5), "its unit pins' keys moved: {drained:?}");
     assert!(drained.leases_copied >= 1, "the keyless lease was copied: {drained:?}");
     eprintln!(
         "group 1 drained: {} moves, left the ring in {} ms, {} leases copied",
@@ -209,8 +224,8 @@ async fn two_groups_join_the_ring_then_the_first_leaves_with_its_data_under_writ
     assert_eq!(held, total);
     let through = kv.range(RangeRequest { key: vec![0], range_end: vec![0], count_only: true, ..Default::default() }).await;
     assert_eq!(through.unwrap().into_inner().count, total);
-    for k in shallow {
-        assert_eq!(etcd.get(k, None).await.unwrap().kvs().len(), 1, "{k}");
+    for k in shallow.into_iter().map(String::from).chain([format!("{own}leaf"), format!("{own}late/k")]) {
+        assert_eq!(etcd.get(k.as_str(), None).await.unwrap().kvs().len(), 1, "{k}");
     }
 
     // The leases outlived their home: renewed and listing their keys through the router.

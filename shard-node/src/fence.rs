@@ -92,6 +92,11 @@ impl Fences {
             // was written here after it.
             Some(x) => {
                 if f.epoch >= x.epoch {
+                    // A move's pending fence over a settled one: a rollback
+                    // brings the settled one back, not no fence.
+                    if f.pending && !x.pending {
+                        x.settled_epoch = x.epoch;
+                    }
                     x.pending = f.pending;
                 }
                 x.epoch = x.epoch.max(f.epoch);
@@ -114,8 +119,13 @@ impl Fences {
         if moved {
             f.pending = false;
             f.released = true;
+            f.settled_epoch = 0;
             f.epoch = f.epoch.max(epoch);
             self.incoming.retain(|i| !i.prefix.starts_with(prefix));
+        } else if was_pending && f.settled_epoch != 0 {
+            // Rolled back over a settled fence: that one holds again.
+            f.pending = false;
+            f.epoch = std::mem::take(&mut f.settled_epoch);
         } else if was_pending {
             // Rolled back: the prefix stays this group's, under every map.
             self.list.retain(|x| x.prefix != prefix);
@@ -193,14 +203,15 @@ impl Fences {
 
     /// Where stored revision `sub` of `key` belongs (`crate::mvcc::Place`):
     /// the longest prefix decides, of those given away with their data and
-    /// those taken from other groups (only their moved revisions are staged).
+    /// those taken from other groups (only the revisions that move brought
+    /// are staged: `moves::moved_by`).
     pub fn place(&self, key: &[u8], sub: i64) -> crate::mvcc::Place {
         use crate::mvcc::Place;
         let given = self.list.iter().filter(|f| f.released && key.starts_with(&f.prefix)).map(|f| f.prefix.len()).max();
         let taken = self.incoming.iter().filter(|i| key.starts_with(&i.prefix)).max_by_key(|i| i.prefix.len());
         match (given, taken) {
             (Some(g), t) if t.is_none_or(|t| t.prefix.len() < g) => Place::Retired,
-            (_, Some(t)) if t.adopted_epoch == 0 && crate::moves::is_moved(sub) => Place::Staged,
+            (_, Some(t)) if t.adopted_epoch == 0 && crate::moves::moved_by(&t.prefix, sub) => Place::Staged,
             _ => Place::Live,
         }
     }
@@ -315,7 +326,8 @@ impl Fences {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hidden {
     pub prefix: Vec<u8>,
-    /// Only the revisions a move brought here (the group's own stay).
+    /// Only the revisions the move of `prefix` brought here (the group's
+    /// own, and those earlier moves brought, stay: `moves::moved_by`).
     pub moved_only: bool,
 }
 
@@ -323,7 +335,7 @@ impl Hidden {
     /// Whether stored revision `sub` of `key` is hidden (`sub` 0 for an
     /// event of a write applied here).
     pub fn hides(&self, key: &[u8], sub: i64) -> bool {
-        key.starts_with(&self.prefix) && (!self.moved_only || crate::moves::is_moved(sub))
+        key.starts_with(&self.prefix) && (!self.moved_only || crate::moves::moved_by(&self.prefix, sub))
     }
 }
 
@@ -338,7 +350,14 @@ mod tests {
 
     fn fenced() -> Fences {
         Fences {
-            list: vec![Fence { prefix: b"/registry/pods/".to_vec(), epoch: 7, revision: 100, pending: false, released: false }],
+            list: vec![Fence {
+                prefix: b"/registry/pods/".to_vec(),
+                epoch: 7,
+                revision: 100,
+                pending: false,
+                released: false,
+                settled_epoch: 0,
+            }],
             incoming: vec![],
         }
     }
@@ -377,12 +396,26 @@ mod tests {
         let keys = GroupKeys::new(1);
         let mut batch = WriteBatch::default();
         f.raise(
-            &Fence { prefix: b"/registry/pods/".to_vec(), epoch: 9, revision: 120, pending: false, released: false },
+            &Fence {
+                prefix: b"/registry/pods/".to_vec(),
+                epoch: 9,
+                revision: 120,
+                pending: false,
+                released: false,
+                settled_epoch: 0,
+            },
             &keys,
             &mut batch,
         );
         f.raise(
-            &Fence { prefix: b"/registry/pods/".to_vec(), epoch: 8, revision: 130, pending: false, released: false },
+            &Fence {
+                prefix: b"/registry/pods/".to_vec(),
+                epoch: 8,
+                revision: 130,
+                pending: false,
+                released: false,
+                settled_epoch: 0,
+            },
             &keys,
             &mut batch,
         );
@@ -397,7 +430,11 @@ mod tests {
         let keys = GroupKeys::new(1);
         let mut batch = WriteBatch::default();
         let mut f = Fences::default();
-        f.raise(&Fence { prefix: b"/a/b/".to_vec(), epoch: 5, revision: 40, pending: true, released: false }, &keys, &mut batch);
+        f.raise(
+            &Fence { prefix: b"/a/b/".to_vec(), epoch: 5, revision: 40, pending: true, released: false, settled_epoch: 0 },
+            &keys,
+            &mut batch,
+        );
         assert!(matches!(f.check_range(4, b"/a/b/k", &[]), Err(Error::Refused(Refusal::EpochNotMatch { current: 5 }))));
         assert!(matches!(f.check_range(5, b"/a/b/k", &[]), Err(Error::Refused(Refusal::PrefixMoving))));
         assert!(f.check_range(5, b"/a/c/k", &[]).is_ok(), "other prefixes are not held");
@@ -414,11 +451,37 @@ mod tests {
     }
 
     #[test]
+    fn a_rolled_back_move_over_a_settled_fence_leaves_that_fence() {
+        let keys = GroupKeys::new(1);
+        let mut batch = WriteBatch::default();
+        let mut f = Fences::default();
+        // A ring flip fenced every key at 4; a remainder's cutover at 7.
+        let flip = Fence { prefix: vec![], epoch: 4, revision: 30, pending: false, released: false, settled_epoch: 0 };
+        f.raise(&flip, &keys, &mut batch);
+        f.raise(&Fence { epoch: 7, pending: true, ..flip.clone() }, &keys, &mut batch);
+        assert!(matches!(f.check_range(7, b"k", &[]), Err(Error::Refused(Refusal::PrefixMoving))));
+        assert!(f.release(b"", 8, false, &keys, &mut batch), "it was pending");
+        assert!(f.check_range(7, b"k", &[]).is_ok(), "the move's fence is lifted");
+        assert!(
+            matches!(f.check_range(3, b"k", &[]), Err(Error::Refused(Refusal::EpochNotMatch { current: 4 }))),
+            "the flip's still refuses maps older than it"
+        );
+        // Without a settled fence under it, a rollback leaves none.
+        f.raise(&Fence { prefix: b"/a/".to_vec(), epoch: 9, pending: true, ..flip }, &keys, &mut batch);
+        assert!(f.release(b"/a/", 10, false, &keys, &mut batch));
+        assert_eq!(f.list.len(), 1);
+    }
+
+    #[test]
     fn an_incoming_prefix_is_hidden_until_adopted_then_refuses_older_maps() {
         let keys = GroupKeys::new(2);
         let mut batch = WriteBatch::default();
         let mut f = Fences::default();
-        f.raise(&Fence { prefix: b"/a/b/".to_vec(), epoch: 3, revision: 10, pending: false, released: false }, &keys, &mut batch);
+        f.raise(
+            &Fence { prefix: b"/a/b/".to_vec(), epoch: 3, revision: 10, pending: false, released: false, settled_epoch: 0 },
+            &keys,
+            &mut batch,
+        );
         f.stage(b"/a/b/", &keys, &mut batch);
         assert!(f.is_staged(b"/a/b/k") && !f.is_staged(b"/a/c/k"));
         assert_eq!(f.place(b"/a/b/k", 1 << 40), crate::mvcc::Place::Staged);

@@ -11,7 +11,10 @@
 //! revisions for different keys (one timeline, several writers), so a
 //! staged revision takes a sub revision in a band no write reaches
 //! (`STAGED_SUB` + sub × `STRIDE` + a probe past any revision the group
-//! holds already), which keeps a txn's order within its revision.
+//! holds already), which keeps a txn's order within its revision. A
+//! leaving group's remainder, staged under the empty prefix, takes a band
+//! of its own (`REMAINDER_SUB`): under that prefix every revision an
+//! earlier move brought here is in the first band, and is this group's.
 //!
 //! Applies hold the state lock (exclusive) and write one batch, as every
 //! apply does (`crate::apply`); they publish no watch events: the moved
@@ -29,6 +32,9 @@ use tessera_proto::mvccpb::KeyValue;
 use tessera_proto::tessera::command::{move_target::Action, LeaseCopy, MoveRelease, MoveStage, MoveTarget, MovedEntry};
 
 const STAGED_SUB: i64 = 1 << 40;
+/// A remainder's band, past every slot of the first (`STAGED_SUB` + a
+/// source sub below `STAGED_SUB / STRIDE`, times `STRIDE`).
+const REMAINDER_SUB: i64 = 1 << 41;
 /// The time a moved key's lease gets when its source did not say (it had
 /// none left): it expires, and its keys go, at once.
 const MIN_COPIED_TTL: i64 = 1;
@@ -39,12 +45,29 @@ pub fn is_moved(sub: i64) -> bool {
     sub >= STAGED_SUB
 }
 
+/// Whether stored revision `sub` of a key under `prefix` is in the band
+/// the move of `prefix` stages in (the empty prefix: a remainder's). A
+/// revision in the other band came here by an earlier move: it is this
+/// group's.
+pub fn moved_by(prefix: &[u8], sub: i64) -> bool {
+    if prefix.is_empty() {
+        sub >= REMAINDER_SUB
+    } else {
+        is_moved(sub) && sub < REMAINDER_SUB
+    }
+}
+
 /// The first staged sub revision for a source's sub revision `sub`: its
 /// place in its txn, which a revision moved before keeps (so a prefix moved
-/// again and again stays in the band, and in order).
-fn staged_slot(sub: i64) -> i64 {
-    let place = if is_moved(sub) { (sub - STAGED_SUB) / STRIDE } else { sub };
-    STAGED_SUB + place * STRIDE
+/// again and again stays in the band, and in order), in the band of a
+/// remainder or of a prefix's move.
+fn staged_slot(sub: i64, remainder: bool) -> i64 {
+    let place = match sub {
+        s if s >= REMAINDER_SUB => (s - REMAINDER_SUB) / STRIDE,
+        s if is_moved(s) => (s - STAGED_SUB) / STRIDE,
+        s => s,
+    };
+    (if remainder { REMAINDER_SUB } else { STAGED_SUB }) + place * STRIDE
 }
 
 /// A chunk of a prefix's history, as the source answers it.
@@ -228,7 +251,7 @@ impl StateMachine {
             if ki.entries().last().is_some_and(|l| l.rev.main >= m.main) {
                 continue;
             }
-            let slot = staged_slot(m.sub);
+            let slot = staged_slot(m.sub, s.remainder);
             let mut rev = Rev::new(m.main, slot);
             while taken.contains(&rev) || self.engine.get(&self.keys.revision(rev.main, rev.sub))?.is_some() {
                 rev.sub += 1;

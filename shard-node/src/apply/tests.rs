@@ -232,7 +232,7 @@ fn compaction_drops_history_below_it_only() {
 #[test]
 fn a_fence_refuses_writes_routed_by_an_older_map() {
     let mut f = Fixture::new();
-    let fence = Fence { prefix: b"/moved/".to_vec(), epoch: 7, revision: 0, pending: false, released: false };
+    let fence = Fence { prefix: b"/moved/".to_vec(), epoch: 7, revision: 0, pending: false, released: false, settled_epoch: 0 };
     assert!(f.apply(Op::Fence(fence)).result.is_ok());
     let put = |key: &str| Op::Put(PutRequest { key: key.into(), ..Default::default() });
     let refused = f.apply_with(put("/moved/a"), 0, 6).result.unwrap_err();

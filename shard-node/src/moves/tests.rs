@@ -100,7 +100,7 @@ fn a_prefix_moves_with_its_history_leases_and_revisions() {
     assert_eq!(dst.sm.staged_size(b"/a/b/").0, 3);
 
     // Cutover at epoch 5: the source's pending fence holds newer maps and refuses older ones.
-    let fence = Fence { prefix: b"/a/b/".to_vec(), epoch: 5, revision: 0, pending: true, released: false };
+    let fence = Fence { prefix: b"/a/b/".to_vec(), epoch: 5, revision: 0, pending: true, released: false, settled_epoch: 0 };
     assert!(src.apply_with(Op::Fence(fence), 0, 0).result.is_ok());
     assert_eq!(src.put("/a/b/5", 0, 5), Err(Error::Refused(Refusal::PrefixMoving)));
     assert_eq!(src.put("/a/b/5", 0, 4), Err(Error::Refused(Refusal::EpochNotMatch { current: 5 })));
@@ -195,7 +195,7 @@ fn a_rolled_back_move_leaves_the_prefix_where_it_was() {
     let (mut src, mut dst) = (Side::new(1), Side::new(2));
     src.put("/a/b/1", 0, 0).unwrap();
     copy(&src, &mut dst, b"/a/b/", Rev::default(), true);
-    let fence = Fence { prefix: b"/a/b/".to_vec(), epoch: 5, revision: 0, pending: true, released: false };
+    let fence = Fence { prefix: b"/a/b/".to_vec(), epoch: 5, revision: 0, pending: true, released: false, settled_epoch: 0 };
     assert!(src.apply(Op::Fence(fence)).result.is_ok());
     let cutover = MoveTarget { prefix: b"/a/b/".to_vec(), action: Action::Cutover as i32, epoch: 5, ..Default::default() };
     assert!(dst.apply(Op::MoveTarget(cutover)).result.is_ok());
@@ -215,7 +215,7 @@ fn a_rolled_back_move_leaves_the_prefix_where_it_was() {
 /// The whole protocol from `a` to `b` at map epoch `epoch` (cutover) / `epoch + 1` (commit).
 fn move_all(a: &mut Side, b: &mut Side, prefix: &[u8], epoch: u64) {
     copy(a, b, prefix, Rev::default(), true);
-    let fence = Fence { prefix: prefix.to_vec(), epoch, revision: 0, pending: true, released: false };
+    let fence = Fence { prefix: prefix.to_vec(), epoch, revision: 0, pending: true, released: false, settled_epoch: 0 };
     assert!(a.apply(Op::Fence(fence)).result.is_ok());
     let last = a.sm.export(prefix, Rev::default(), 1 << 20, true).unwrap();
     copy(a, b, prefix, Rev::default(), false);
@@ -281,12 +281,33 @@ fn a_leaving_groups_remainder_moves_under_the_empty_prefix_and_the_target_keeps_
     // a prefix it gave away (released: its history retired here).
     dst.put("/z/own", 0, 0).unwrap();
     dst.put("/g/x", 0, 0).unwrap();
-    let flip = Fence { prefix: vec![], epoch: 2, revision: 0, pending: false, released: false };
+    let flip = Fence { prefix: vec![], epoch: 2, revision: 0, pending: false, released: false, settled_epoch: 0 };
     assert!(dst.apply(Op::Fence(flip)).result.is_ok());
-    let gave = Fence { prefix: b"/g/".to_vec(), epoch: 3, revision: 0, pending: true, released: false };
+    let gave = Fence { prefix: b"/g/".to_vec(), epoch: 3, revision: 0, pending: true, released: false, settled_epoch: 0 };
     assert!(dst.apply(Op::Fence(gave)).result.is_ok());
     let release = MoveRelease { prefix: b"/g/".to_vec(), epoch: 3, moved: true };
     assert!(matches!(dst.apply(Op::MoveRelease(release)).result, Ok(Applied::Released { keys: 1 })));
+    // ... and a prefix an earlier move brought it (in the moved band).
+    let mut other = Side::new(3);
+    other.put("/m/k", 0, 0).unwrap();
+    copy(&other, &mut dst, b"/m/", Rev::default(), true);
+    let m = other.sm.export(b"/m/", Rev::default(), 1 << 20, true).unwrap();
+    let adopt_m = MoveTarget {
+        prefix: b"/m/".to_vec(),
+        action: Action::Adopt as i32,
+        epoch: 4,
+        compact_revision: m.compact_revision,
+        revision: m.revision,
+        ..Default::default()
+    };
+    assert!(dst.apply(Op::MoveTarget(adopt_m)).result.is_ok());
+    let sub_of = |sm: &StateMachine, key: &str, staged: bool| {
+        let t = sm.tables.read();
+        let index = if staged { &t.mvcc.staged } else { &t.mvcc.index };
+        index.get(key.as_bytes()).and_then(|k| k.latest()).map(|e| e.rev.sub)
+    };
+    let moved_sub = sub_of(&dst.sm, "/m/k", false).unwrap();
+    assert!(is_moved(moved_sub));
 
     // The empty prefix is only a remainder's.
     let plain = MoveStage { reset: true, ..Default::default() };
@@ -296,7 +317,17 @@ fn a_leaving_groups_remainder_moves_under_the_empty_prefix_and_the_target_keeps_
     let stage = MoveStage { reset: true, entries: x.entries, remainder: true, epoch: 5, digest: true, ..Default::default() };
     let Ok(Applied::Staged { keys, digest, .. }) = dst.apply(Op::MoveStage(stage)).result else { panic!("staged") };
     assert_eq!((keys, digest), (2, x.digest));
-    assert_eq!(dst.keys("").len(), 1, "staged keys are not read; the target's own are");
+    assert_eq!(dst.keys("").len(), 2, "staged keys are not read; the target's own are");
+    // What earlier moves brought stays the target's while the remainder
+    // stages under the empty prefix: read, shown to watches, and so after
+    // a reopen (a restart, or a snapshot, rebuilds the index by band).
+    let staged_sub = sub_of(&dst.sm, "compact_rev_key", true).unwrap();
+    let hidden = dst.sm.hidden_history(5);
+    assert!(hidden.iter().any(|h| h.hides(b"compact_rev_key", staged_sub)));
+    assert!(!hidden.iter().any(|h| h.hides(b"/m/k", moved_sub) || h.hides(b"/z/own", 0)));
+    let reopened = dst.reopen();
+    assert_eq!(sub_of(&reopened, "/m/k", false), Some(moved_sub));
+    assert_eq!(reopened.staged_size(b"").0, 2);
     let cutover = MoveTarget { action: Action::Cutover as i32, epoch: 6, remainder: true, ..Default::default() };
     assert!(dst.apply(Op::MoveTarget(cutover)).result.is_ok());
     let adopt = MoveTarget {
@@ -309,12 +340,15 @@ fn a_leaving_groups_remainder_moves_under_the_empty_prefix_and_the_target_keeps_
     };
     assert!(dst.apply(Op::MoveTarget(adopt)).result.is_ok());
     let release = MoveRelease { prefix: vec![], epoch: 6, moved: true };
-    assert!(src.apply(Op::Fence(Fence { prefix: vec![], epoch: 6, revision: 0, pending: true, released: false })).result.is_ok());
+    assert!(src
+        .apply(Op::Fence(Fence { prefix: vec![], epoch: 6, revision: 0, pending: true, released: false, settled_epoch: 0 }))
+        .result
+        .is_ok());
     assert!(matches!(src.apply(Op::MoveRelease(release)).result, Ok(Applied::Released { keys: 2 })));
 
     // The target reads its own keys and the remainder's, not what it gave
     // away; its fences stay; so after a reopen.
-    let want: Vec<&str> = vec!["/registry/health", "/z/own", "compact_rev_key"];
+    let want: Vec<&str> = vec!["/m/k", "/registry/health", "/z/own", "compact_rev_key"];
     for sm in [&dst.sm, &dst.reopen()] {
         let end = vec![0];
         let (r, _) = sm.range(&RangeRequest { key: vec![0], range_end: end, ..Default::default() }).unwrap();

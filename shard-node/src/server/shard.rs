@@ -47,7 +47,7 @@ impl Shard for ShardService {
     }
 
     async fn fence(&self, req: Request<FenceRequest>) -> Result<Response<FenceResponse>, Status> {
-        let FenceRequest { prefix, epoch, pending, count } = req.into_inner();
+        let FenceRequest { prefix, epoch, pending, skip_count } = req.into_inner();
         // The empty prefix fences every key: a ring change (any unit may
         // change owner) refuses every call routed by an older map.
         if epoch == 0 {
@@ -56,8 +56,10 @@ impl Shard for ShardService {
         let g = &self.group;
         // Applied on this member: every write ordered before the fence is
         // counted, every later one routed by an older map is refused.
-        g.propose(Op::Fence(Fence { prefix: prefix.clone(), epoch, revision: 0, pending, released: false })).await?.result?;
-        if !count {
+        g.propose(Op::Fence(Fence { prefix: prefix.clone(), epoch, revision: 0, pending, released: false, settled_epoch: 0 }))
+            .await?
+            .result?;
+        if skip_count {
             return Ok(Response::new(FenceResponse { header: Some(g.header(g.sm.current_revision())), keys: 0 }));
         }
         let count =
