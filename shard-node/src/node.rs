@@ -8,7 +8,6 @@
 //! to group 0, so etcd clients talk to a standalone node unchanged.
 
 use crate::config::Config;
-use crate::engine::{Engine, RocksEngine};
 use crate::group::Group;
 use crate::locks::RwLock;
 use crate::members::{cluster_id, member_id};
@@ -163,7 +162,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     config.validate()?;
     let dir = config.data_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating data dir {}", dir.display()))?;
-    let engine: Arc<dyn Engine> = Arc::new(RocksEngine::open(&dir.join("db"))?);
+    let engine = crate::engine::open_durable(&dir.join("db"))?;
     let mailboxes: Mailboxes = crate::raft::transport::mailboxes();
     // Raft's traffic between nodes (heartbeats, appends, votes) runs on a
     // runtime of its own: a node whose client-facing runtime is saturated

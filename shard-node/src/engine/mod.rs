@@ -8,10 +8,27 @@
 
 pub mod keys;
 mod memory;
+#[cfg(feature = "rocksdb")]
 mod rocks;
 
+use std::path::Path;
+use std::sync::Arc;
+
 pub use memory::MemoryEngine;
+#[cfg(feature = "rocksdb")]
 pub use rocks::RocksEngine;
+
+/// Opens the durable engine a node keeps its groups in: rocksdb, fsynced.
+///
+/// rocksdb is a default feature so that the fuzz targets, which run the
+/// state machine over [`MemoryEngine`], build without its C++ (most of a
+/// cold fuzz build); a node built without it cannot start.
+pub fn open_durable(path: &Path) -> Result<Arc<dyn Engine>> {
+    #[cfg(feature = "rocksdb")]
+    return Ok(Arc::new(RocksEngine::open(path)?));
+    #[cfg(not(feature = "rocksdb"))]
+    return Err(EngineError(format!("cannot open {}: built without the rocksdb feature", path.display())));
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("storage engine: {0}")]
