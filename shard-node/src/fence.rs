@@ -135,9 +135,19 @@ impl Fences {
     }
 
     /// Starts (or restarts) taking `prefix` from other groups: staged, unseen.
-    pub fn stage(&mut self, prefix: &[u8], keys: &GroupKeys, batch: &mut WriteBatch) {
+    ///
+    /// A move staging again from scratch (a source compacted past its copy
+    /// under the fences) keeps the cutover it made (after map
+    /// `since_epoch`, when it began): the map may give the prefix at that
+    /// epoch before the new copy is adopted, and a call it routes here must
+    /// wait for the adoption, not read or write an empty prefix.
+    pub fn stage(&mut self, prefix: &[u8], since_epoch: u64, keys: &GroupKeys, batch: &mut WriteBatch) {
+        let cutover_epoch = self
+            .incoming(prefix)
+            .filter(|i| i.adopted_epoch == 0 && i.cutover_epoch > since_epoch)
+            .map_or(0, |i| i.cutover_epoch);
         self.incoming.retain(|i| i.prefix != prefix);
-        self.incoming.push(Incoming { prefix: prefix.to_vec(), ..Default::default() });
+        self.incoming.push(Incoming { prefix: prefix.to_vec(), cutover_epoch, ..Default::default() });
         self.save(keys, batch);
     }
 
@@ -482,7 +492,7 @@ mod tests {
             &keys,
             &mut batch,
         );
-        f.stage(b"/a/b/", &keys, &mut batch);
+        f.stage(b"/a/b/", 0, &keys, &mut batch);
         assert!(f.is_staged(b"/a/b/k") && !f.is_staged(b"/a/c/k"));
         assert_eq!(f.place(b"/a/b/k", 1 << 40), crate::mvcc::Place::Staged);
         assert_eq!(f.place(b"/a/b/k", 0), crate::mvcc::Place::Live, "the group's own revisions under it");

@@ -232,7 +232,7 @@ impl StateMachine {
                 let old = take_under(&mut t.mvcc.retired, &s.prefix);
                 delete_all(&mut t.mvcc, self, old.into_iter().flat_map(|(_, ki)| ki.into_entries()), batch);
             }
-            t.fences.stage(&s.prefix, &self.keys, batch);
+            t.fences.stage(&s.prefix, s.epoch, &self.keys, batch);
         } else if !t.fences.staging(&s.prefix) {
             return Err(moves_error("no move of that prefix to this group is staging"));
         }

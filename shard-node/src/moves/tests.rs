@@ -212,6 +212,34 @@ fn a_rolled_back_move_leaves_the_prefix_where_it_was() {
     assert_eq!(dst.sm.size_in_use(), dst.reopen().size_in_use());
 }
 
+#[test]
+fn a_copy_started_over_under_the_fences_keeps_the_cutover() {
+    // chaos seed 31: a source compacted past the copy in the move's last
+    // pass; the target staged again from scratch and forgot its cutover, so
+    // a range routed by the committed map read the prefix empty there
+    // before the adoption (and a write would have been lost to it).
+    let (mut src, mut dst) = (Side::new(1), Side::new(2));
+    src.put("/a/b/1", 0, 0).unwrap();
+    let reset = |epoch| MoveStage { prefix: b"/a/b/".to_vec(), reset: true, epoch, ..Default::default() };
+    // The move began at map epoch 4 and cuts over at 5.
+    assert!(dst.apply(Op::MoveStage(reset(4))).result.is_ok());
+    copy(&src, &mut dst, b"/a/b/", Rev::default(), false);
+    let fence = Fence { prefix: b"/a/b/".to_vec(), epoch: 5, revision: 0, pending: true, released: false, settled_epoch: 0 };
+    assert!(src.apply(Op::Fence(fence)).result.is_ok());
+    let cutover = MoveTarget { prefix: b"/a/b/".to_vec(), action: Action::Cutover as i32, epoch: 5, ..Default::default() };
+    assert!(dst.apply(Op::MoveTarget(cutover)).result.is_ok());
+    assert!(dst.apply(Op::MoveStage(reset(4))).result.is_ok());
+    assert_eq!(dst.put("/a/b/2", 0, 5), Err(Error::Refused(Refusal::PrefixMoving)), "a write waits for the adoption");
+    assert_eq!(dst.sm.check_fences(5, b"/a/", b"/a0"), Err(Error::Refused(Refusal::PrefixMoving)), "so does a read");
+    assert_eq!(dst.reopen().check_fences(5, b"/a/b/1", &[]), Err(Error::Refused(Refusal::PrefixMoving)));
+    copy(&src, &mut dst, b"/a/b/", Rev::default(), false);
+    assert_eq!(dst.sm.staged_size(b"/a/b/").0, 1);
+    // A move of the prefix begun later (this one rolled back without its
+    // abandon arriving) does not inherit the cutover.
+    assert!(dst.apply(Op::MoveStage(reset(6))).result.is_ok());
+    assert!(dst.put("/a/b/2", 0, 6).is_ok());
+}
+
 /// The whole protocol from `a` to `b` at map epoch `epoch` (cutover) / `epoch + 1` (commit).
 fn move_all(a: &mut Side, b: &mut Side, prefix: &[u8], epoch: u64) {
     copy(a, b, prefix, Rev::default(), true);
