@@ -179,6 +179,17 @@ impl Group {
         Ok(Some(rev))
     }
 
+    /// The revision a linearizable read at `at` (`read_revision`'s) reads
+    /// now: `at`, unless a compaction passed it while the call waited (a
+    /// slow ReadIndex after a leader change, a move's cutover) — then the
+    /// compacted revision, which is still after every write completed before
+    /// the call and applied here. A read of the current state never answers
+    /// "compacted", nor misses a key whose version at `at` the compaction
+    /// dropped (chaos seed 33).
+    pub fn compacted_past(&self, at: Option<i64>) -> Option<i64> {
+        at.map(|at| at.max(self.sm.compact_revision()))
+    }
+
     /// Checks an explicit read or compaction revision against the group:
     /// one the federation handed out that this group has not reached is
     /// raised to (standalone, or never handed out: etcd's future-revision error).

@@ -272,6 +272,9 @@ impl StateMachine {
         let t = &mut *guard;
         t.fences.check_txn(epoch, req)?;
         let leases = &t.leases;
+        // Not below a compaction that passed `at` while the call waited
+        // (`Group::compacted_past`): its keys' versions there may be gone.
+        let at = at.map(|at| at.max(t.mvcc.compact_rev));
         let mut txn = crate::mvcc::WriteTxn::read_at(&self.store, &mut t.mvcc, at);
         if !txn.chosen_branches_only_read(req)? {
             return Ok(None);

@@ -8,6 +8,7 @@ use crate::engine::{Engine, MemoryEngine};
 use std::sync::Arc;
 use tessera_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use tessera_proto::etcdserverpb::request_op::Request;
+use tessera_proto::etcdserverpb::{response_op, ResponseOp};
 use tessera_proto::etcdserverpb::{
     AlarmRequest, CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest,
     RangeRequest, RequestOp,
@@ -210,6 +211,39 @@ fn alarms_refuse_what_etcd_refuses() {
     let disarm = AlarmRequest { action: AlarmAction::Deactivate as i32, ..raise };
     f.apply(Op::Alarm(disarm));
     assert_eq!(f.put("a", "1", 0), Ok(2), "nothing was written under the alarm");
+}
+
+#[test]
+fn a_txn_read_at_a_revision_a_compaction_passed_reads_at_the_compaction() {
+    // chaos seed 33: a txn whose compare failed was read at the federation's
+    // read revision after a compaction had passed it (a slow ReadIndex), and
+    // answered a live key as missing.
+    let mut f = Fixture::new();
+    f.put("a", "1", 0).unwrap(); // 2
+    f.put("a", "2", 0).unwrap(); // 3
+    f.put("b", "1", 0).unwrap(); // 4
+    assert!(f.apply(Op::Compact(CompactionRequest { revision: 4, physical: false })).result.is_ok());
+    let get_a = RequestOp { request: Some(Request::RequestRange(RangeRequest { key: "a".into(), ..Default::default() })) };
+    let lost_cas = TxnRequest {
+        compare: vec![Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Mod as i32,
+            key: b"a".to_vec(),
+            target_union: Some(TargetUnion::ModRevision(99)),
+            ..Default::default()
+        }],
+        success: vec![RequestOp {
+            request: Some(Request::RequestPut(PutRequest { key: "a".into(), value: "x".into(), ..Default::default() })),
+        }],
+        failure: vec![get_a],
+    };
+    let (resp, rev) = f.sm.txn_if_it_only_reads(&lost_cas, 0, Some(2)).unwrap().expect("it only reads");
+    assert_eq!(rev, 4, "read at the compaction, not below it");
+    let Some(ResponseOp { response: Some(response_op::Response::ResponseRange(r)) }) = resp.responses.first() else {
+        panic!("a range")
+    };
+    assert_eq!(r.kvs.len(), 1, "the key is live");
+    assert_eq!((r.kvs[0].value.as_slice(), r.kvs[0].mod_revision), (b"2".as_slice(), 3));
 }
 
 #[test]

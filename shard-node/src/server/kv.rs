@@ -92,6 +92,7 @@ impl Kv for KvService {
         if r.revision > 0 {
             self.group.reach(r.revision).await?;
         }
+        let at = self.group.compacted_past(at);
         // As Range: the header names the revision read (a federation's read
         // revision, or the group's current one); every chunk reads the
         // client's revision, else that one.
@@ -124,6 +125,7 @@ impl Kv for KvService {
         }
         // In a federation a linearizable read answers at the oracle's
         // revision (its header), reading the state as of it.
+        let at = self.group.compacted_past(at);
         let header = at.map(|at| at.max(r.revision));
         if r.revision == 0 {
             r.revision = at.unwrap_or(0);
